@@ -1,0 +1,522 @@
+"""Ingest benchmark: mailgate vs. a bare aiosmtpd server, driven by smtp-source.
+
+Usage: python bench/ingest.py [--messages N] [--rounds R] [--sessions S]
+                              [--size BYTES] [--drain-timeout SECS]
+                              [--no-settle] [--baseline-only]
+
+Input:  command-line options only. Needs Postfix's smtp-source (on PATH or in
+        /usr/sbin) and, unless --baseline-only, the mailgate package in this
+        repository (run as `python -m mailgate` from the repository root).
+Output: per-round rates, the median rate of each server and the ratio
+        mailgate/baseline on stdout; diagnostics on stderr. Exit status 0 when
+        every run succeeded and every message mailgate acknowledged became a
+        ticket (the ratio is reported, never enforced); 1 on a failed run,
+        server start-up or ticket-count mismatch; 2 on bad usage or when
+        smtp-source is missing.
+Trust:  developer tool for a trusted local machine. It starts both servers
+        itself, on free 127.0.0.1 ports, sends traffic only to 127.0.0.1, and
+        keeps mailgate's config, data and log in a fresh temporary directory
+        (removed on success, kept and printed on failure).
+
+Method: a baseline server (bench/bare_server.py, its own process so it does
+not share a GIL with anything) and mailgate run side by side. Each round runs
+smtp-source once against the baseline and once against mailgate, alternating,
+and times each run with time.perf_counter. By default the script waits after
+each mailgate run until mailgate has turned every acknowledged message into a
+ticket (polling `mailgate stats --json`), so that mailgate's background work
+never overlaps a baseline run; --no-settle skips these waits and checks only
+once at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HOST = "127.0.0.1"
+SENDER = "sender@customer.test"
+RECIPIENT = "support@example.com"
+MAIL_DOMAIN = "example.com"
+MAILGATE_HOSTNAME = "bench.localhost"
+GOAL_RATIO = 0.5
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_ROOT = BENCH_DIR.parent
+BARE_SERVER = BENCH_DIR / "bare_server.py"
+SMTP_SOURCE_FALLBACK = Path("/usr/sbin/smtp-source")
+
+STARTUP_TIMEOUT = 30.0  # seconds for a server to start answering SMTP
+STOP_TIMEOUT = 10.0  # seconds between SIGTERM and SIGKILL
+RUN_TIMEOUT = 600.0  # seconds one smtp-source run may take before we give up
+STATS_TIMEOUT = 30.0  # seconds one `mailgate stats` call may take
+POLL_INTERVAL = 0.2  # seconds between `mailgate stats` calls
+LOG_TAIL_LINES = 40
+
+EXIT_OK = 0
+EXIT_FAIL = 1
+EXIT_USAGE = 2
+
+
+class BenchError(Exception):
+    """A failure that ends the benchmark with exit status 1."""
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """One timed smtp-source run."""
+
+    messages: int
+    seconds: float
+
+    @property
+    def rate(self) -> float:
+        """Messages per second."""
+        return self.messages / self.seconds
+
+
+@dataclass
+class Server:
+    """A server subprocess that this script started and must stop."""
+
+    name: str
+    port: int
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    results: list[RunResult] = field(default_factory=list)
+
+    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
+        """Return the last lines of the server's combined stdout/stderr."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError as exc:
+            return f"(cannot read {self.log_path}: {exc})"
+        tail = text.splitlines()[-lines:]
+        return "\n".join(tail) if tail else "(empty log)"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Parse and validate command-line options."""
+    parser = argparse.ArgumentParser(
+        description="Benchmark mailgate SMTP ingest against a bare aiosmtpd server."
+    )
+    parser.add_argument(
+        "--messages", type=int, default=2000, help="messages per run (default 2000)"
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="runs per server (default 3)")
+    parser.add_argument(
+        "--sessions",
+        type=int,
+        default=20,
+        help="concurrent SMTP sessions (default 20)",
+    )
+    parser.add_argument(
+        "--size",
+        type=int,
+        default=4096,
+        help="message body bytes, headers not included (default 4096)",
+    )
+    parser.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=120.0,
+        help="seconds to wait for mailgate's tickets to appear (default 120)",
+    )
+    parser.add_argument(
+        "--no-settle",
+        dest="settle",
+        action="store_false",
+        help="do not wait for mailgate to drain between rounds; check once at the end",
+    )
+    parser.add_argument(
+        "--baseline-only",
+        action="store_true",
+        help="run only the bare aiosmtpd baseline (no mailgate)",
+    )
+    args = parser.parse_args(argv)
+    for name in ("messages", "rounds", "sessions"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1")
+    if args.size < 0:
+        parser.error("--size must not be negative")
+    if args.drain_timeout <= 0:
+        parser.error("--drain-timeout must be positive")
+    return args
+
+
+def find_smtp_source() -> str | None:
+    """Return the path of Postfix's smtp-source, or None if it is not installed."""
+    found = shutil.which("smtp-source")
+    if found:
+        return found
+    if os.access(SMTP_SOURCE_FALLBACK, os.X_OK):
+        return str(SMTP_SOURCE_FALLBACK)
+    return None
+
+
+def free_port() -> int:
+    """Return a TCP port on HOST that is free right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def start_server(name: str, cmd: list[str], port: int, log_path: Path) -> Server:
+    """Start a server subprocess in its own session, output going to log_path."""
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            cmd,
+            cwd=REPO_ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    return Server(name=name, port=port, proc=proc, log_path=log_path)
+
+
+def wait_for_smtp(server: Server, timeout: float = STARTUP_TIMEOUT) -> None:
+    """Wait until the server accepts a connection and sends a 220 greeting."""
+    deadline = time.monotonic() + timeout
+    last_error = "no attempt made"
+    while time.monotonic() < deadline:
+        code = server.proc.poll()
+        if code is not None:
+            msg = (
+                f"{server.name} exited with status {code} during start-up; "
+                f"log {server.log_path}:\n{server.log_tail()}"
+            )
+            raise BenchError(msg)
+        try:
+            with socket.create_connection((HOST, server.port), timeout=2.0) as sock:
+                banner = sock.recv(512)
+                if banner.startswith(b"220"):
+                    sock.sendall(b"QUIT\r\n")
+                    return
+                last_error = f"unexpected greeting {banner[:80]!r}"
+        except OSError as exc:
+            last_error = str(exc)
+        time.sleep(0.1)
+    msg = (
+        f"{server.name} did not answer SMTP on {HOST}:{server.port} within "
+        f"{timeout:.0f} s (last error: {last_error}); log {server.log_path}:\n"
+        f"{server.log_tail()}"
+    )
+    raise BenchError(msg)
+
+
+def stop_server(server: Server) -> None:
+    """Stop a server: SIGTERM, then SIGKILL its process group after a grace period."""
+    # The server was started in its own session, so its pid is also the id of
+    # a process group holding only it and any workers it forked. A group id
+    # cannot be reused while the group has members, so killpg() below reaches
+    # only processes this script started.
+    proc = server.proc
+    was_running = proc.poll() is None  # if not, its exit was already reported
+    if was_running:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            print(
+                f"warning: {server.name} (pid {proc.pid}) ignored SIGTERM for "
+                f"{STOP_TIMEOUT:.0f} s; killing it",
+                file=sys.stderr,
+            )
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    try:
+        os.killpg(proc.pid, 0)
+    except ProcessLookupError:
+        pass  # no leftover workers
+    else:
+        print(
+            f"warning: {server.name} left processes in group {proc.pid}; killing them",
+            file=sys.stderr,
+        )
+        os.killpg(proc.pid, signal.SIGKILL)
+    if was_running and proc.returncode not in (0, -signal.SIGTERM, -signal.SIGKILL):
+        print(
+            f"warning: {server.name} exited with status {proc.returncode}; "
+            f"log {server.log_path}:\n{server.log_tail()}",
+            file=sys.stderr,
+        )
+
+
+def run_smtp_source(smtp_source: str, server: Server, args: argparse.Namespace) -> RunResult:
+    """Send args.messages messages to the server with smtp-source and time it."""
+    cmd = [
+        smtp_source,
+        "-s", str(args.sessions),
+        "-l", str(args.size),
+        "-m", str(args.messages),
+        "-f", SENDER,
+        "-t", RECIPIENT,
+        f"{HOST}:{server.port}",
+    ]  # fmt: skip
+    start = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, timeout=RUN_TIMEOUT, check=False)
+    except subprocess.TimeoutExpired as exc:
+        msg = f"smtp-source against {server.name} did not finish in {RUN_TIMEOUT:.0f} s"
+        raise BenchError(msg) from exc
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        stderr = proc.stderr.decode(errors="replace").strip() or "(no stderr)"
+        msg = (
+            f"smtp-source against {server.name} failed with status "
+            f"{proc.returncode}:\n{stderr}\n{server.name} log {server.log_path}:\n"
+            f"{server.log_tail()}"
+        )
+        raise BenchError(msg)
+    return RunResult(messages=args.messages, seconds=seconds)
+
+
+def write_mailgate_config(workdir: Path, port: int) -> Path:
+    """Write a mailgate TOML config for the benchmark and return its path."""
+    data_dir = workdir / "data"
+    data_dir.mkdir()
+    # json.dumps yields valid TOML basic strings for these plain values.
+    text = (
+        "[server]\n"
+        f"listen = {json.dumps(f'{HOST}:{port}')}\n"
+        f"hostname = {json.dumps(MAILGATE_HOSTNAME)}\n"
+        "\n[storage]\n"
+        f"data_dir = {json.dumps(str(data_dir))}\n"
+        "\n[mail]\n"
+        f"domains = [{json.dumps(MAIL_DOMAIN)}]\n"
+        f"mailboxes = [{json.dumps(RECIPIENT)}]\n"
+    )
+    config = workdir / "mailgate.toml"
+    config.write_text(text)
+    return config
+
+
+def parse_stats_output(stdout: str) -> dict[str, Any]:
+    """Parse `mailgate stats --json` output, tolerating log lines around the JSON."""
+    candidates = [stdout] + [
+        line for line in reversed(stdout.splitlines()) if line.lstrip().startswith("{")
+    ]
+    for candidate in candidates:
+        try:
+            value = json.loads(candidate)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(value, dict):
+            return value
+    msg = f"no JSON object in output: {stdout.strip()[:300]!r}"
+    raise ValueError(msg)
+
+
+def read_stats(config: Path) -> dict[str, Any]:
+    """Run `mailgate stats --json` once; raise BenchError if it cannot be read."""
+    cmd = [sys.executable, "-m", "mailgate", "--config", str(config), "stats", "--json"]
+    try:
+        proc = subprocess.run(
+            cmd, cwd=REPO_ROOT, capture_output=True, timeout=STATS_TIMEOUT, check=False
+        )
+    except subprocess.TimeoutExpired as exc:
+        msg = f"`mailgate stats --json` took longer than {STATS_TIMEOUT:.0f} s"
+        raise BenchError(msg) from exc
+    if proc.returncode != 0:
+        stderr = proc.stderr.decode(errors="replace").strip()
+        msg = f"`mailgate stats --json` exited with status {proc.returncode}: {stderr[-500:]}"
+        raise BenchError(msg)
+    try:
+        stats = parse_stats_output(proc.stdout.decode(errors="replace"))
+    except ValueError as exc:
+        msg = f"`mailgate stats --json`: {exc}"
+        raise BenchError(msg) from exc
+    if not isinstance(stats.get("tickets"), int):
+        msg = f"`mailgate stats --json` has no integer 'tickets': {stats}"
+        raise BenchError(msg)
+    return stats
+
+
+def wait_for_tickets(
+    config: Path, expected: int, since: float, timeout: float
+) -> tuple[float, dict[str, Any]]:
+    """Poll mailgate until it reports `expected` tickets.
+
+    Returns the seconds from `since` (a perf_counter value) until the count was
+    seen, and the last stats. Raises BenchError on timeout or overshoot.
+    Failing stats calls are retried until the deadline, since the daemon may
+    briefly hold locks while busy.
+    """
+    deadline = time.perf_counter() + timeout
+    stats: dict[str, Any] = {}
+    last_error = ""
+    while True:
+        try:
+            stats = read_stats(config)
+            last_error = ""
+        except BenchError as exc:
+            last_error = str(exc)
+        now = time.perf_counter()
+        if stats:
+            tickets = stats["tickets"]
+            if tickets == expected:
+                return now - since, stats
+            if tickets > expected:
+                msg = (
+                    f"mailgate reports {tickets} tickets but only {expected} "
+                    f"messages were sent; stats: {json.dumps(stats)}"
+                )
+                raise BenchError(msg)
+        if now >= deadline:
+            got = stats.get("tickets", "unknown")
+            msg = (
+                f"mailgate has {got} tickets, expected {expected}, after waiting "
+                f"{timeout:.0f} s; last stats: {json.dumps(stats) if stats else 'none'}"
+            )
+            if last_error:
+                msg += f"\nlast stats error: {last_error}"
+            raise BenchError(msg)
+        time.sleep(POLL_INTERVAL)
+
+
+def report(label: str, round_no: int, rounds: int, result: RunResult) -> None:
+    """Print one result line."""
+    print(
+        f"round {round_no}/{rounds} {label:<8}  {result.messages} msgs in "
+        f"{result.seconds:7.3f} s = {result.rate:8.1f} msg/s",
+        flush=True,
+    )
+
+
+def median_rate(server: Server) -> float:
+    """Median messages/second over the server's runs."""
+    return statistics.median(r.rate for r in server.results)
+
+
+def run_bench(args: argparse.Namespace, smtp_source: str, workdir: Path) -> None:
+    """Start the servers, run all rounds, verify tickets; raise BenchError on failure."""
+    servers: list[Server] = []
+    try:
+        baseline_port = free_port()
+        baseline = start_server(
+            "baseline",
+            [sys.executable, str(BARE_SERVER), str(baseline_port)],
+            baseline_port,
+            workdir / "baseline.log",
+        )
+        servers.append(baseline)
+        mailgate: Server | None = None
+        config: Path | None = None
+        if not args.baseline_only:
+            mailgate_port = free_port()
+            config = write_mailgate_config(workdir, mailgate_port)
+            mailgate = start_server(
+                "mailgate",
+                [sys.executable, "-m", "mailgate", "--config", str(config), "serve"],
+                mailgate_port,
+                workdir / "mailgate.log",
+            )
+            servers.append(mailgate)
+        for server in servers:
+            wait_for_smtp(server)
+
+        base_tickets = 0
+        if config is not None:
+            base_tickets = read_stats(config)["tickets"]
+
+        print(
+            f"ingest bench: {args.rounds} round(s) x {args.messages} msgs, "
+            f"{args.sessions} sessions, {args.size}-byte bodies, "
+            f"{os.cpu_count()} CPUs; baseline :{baseline.port}"
+            + (f", mailgate :{mailgate.port}" if mailgate else ""),
+            flush=True,
+        )
+        sent_to_mailgate = 0
+        last_end = 0.0
+        drain = 0.0
+        for round_no in range(1, args.rounds + 1):
+            result = run_smtp_source(smtp_source, baseline, args)
+            baseline.results.append(result)
+            report("baseline", round_no, args.rounds, result)
+            if mailgate is None or config is None:
+                continue
+            result = run_smtp_source(smtp_source, mailgate, args)
+            last_end = time.perf_counter()
+            mailgate.results.append(result)
+            sent_to_mailgate += result.messages
+            report("mailgate", round_no, args.rounds, result)
+            if args.settle:
+                drain, _ = wait_for_tickets(
+                    config, base_tickets + sent_to_mailgate, last_end, args.drain_timeout
+                )
+                print(
+                    f"round {round_no}/{args.rounds} mailgate  all tickets stored "
+                    f"{drain:.2f} s after the run ended",
+                    flush=True,
+                )
+
+        print(f"baseline median: {median_rate(baseline):8.1f} msg/s", flush=True)
+        if mailgate is None or config is None:
+            return
+        print(f"mailgate median: {median_rate(mailgate):8.1f} msg/s", flush=True)
+
+        # Final check (after --no-settle this is the only one).
+        if not args.settle:
+            drain, stats = wait_for_tickets(
+                config, base_tickets + sent_to_mailgate, last_end, args.drain_timeout
+            )
+        else:
+            stats = read_stats(config)
+            if stats["tickets"] != base_tickets + sent_to_mailgate:
+                msg = (
+                    f"mailgate ticket count changed to {stats['tickets']} after "
+                    f"draining; expected {base_tickets + sent_to_mailgate}"
+                )
+                raise BenchError(msg)
+        print(
+            f"pipeline drained: {sent_to_mailgate}/{sent_to_mailgate} acknowledged "
+            f"messages are tickets, {drain:.2f} s after the last run ended "
+            f"(poll interval {POLL_INTERVAL} s); spool {json.dumps(stats.get('spool'))}",
+            flush=True,
+        )
+        ratio = median_rate(mailgate) / median_rate(baseline)
+        print(f"ratio mailgate/baseline = {ratio:.2f} (goal >= {GOAL_RATIO})", flush=True)
+    finally:
+        for server in reversed(servers):
+            stop_server(server)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the process exit status."""
+    args = parse_args(argv)
+    smtp_source = find_smtp_source()
+    if smtp_source is None:
+        print(
+            "smtp-source not found; install it with `apt-get install postfix`",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    workdir = Path(tempfile.mkdtemp(prefix="mailgate-bench-"))
+    try:
+        run_bench(args, smtp_source, workdir)
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        print(f"work dir kept for inspection: {workdir}", file=sys.stderr)
+        return EXIT_FAIL
+    except KeyboardInterrupt:
+        print(f"interrupted; work dir kept: {workdir}", file=sys.stderr)
+        return 130
+    shutil.rmtree(workdir, ignore_errors=True)
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

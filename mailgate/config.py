@@ -1,0 +1,253 @@
+"""Configuration: one TOML file → a validated, frozen `Config`.
+
+Input: the path of a TOML file written by an administrator (trusted to mean what it says, not
+trusted to be well-formed). Output: a `Config` whose every value has the right type, or a
+`ConfigError` whose message is one line naming the file and the key at fault.
+
+The file is found in this order: an explicit path (`--config`), `$MAILGATE_CONFIG`,
+`./mailgate.toml`. Relative paths inside it are relative to the file's own directory.
+Stdlib only: every other module may import this one.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mailgate.errors import ConfigError
+
+DEFAULT_CONFIG_NAME = "mailgate.toml"
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Agent:
+    name: str
+    email: str
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 2525
+    hostname: str = "localhost"
+    max_message_size: int = 25 * MiB
+    max_recipients: int = 50
+    min_free_bytes: int = 100 * MiB
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    shutdown_seconds: float = 30.0
+    data_dir: Path = Path("data")
+    domains: tuple[str, ...] = ()
+    mailboxes: tuple[str, ...] = ()
+    relay_host: str = "127.0.0.1"
+    relay_port: int = 25
+    agents: tuple[Agent, ...] = ()
+    pipeline_max_attempts: int = 3
+    log_level: str = "INFO"
+
+    @property
+    def spool_path(self) -> Path:
+        return self.data_dir / "spool.db"
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "mailgate.db"
+
+    @property
+    def raw_dir(self) -> Path:
+        return self.data_dir / "raw"
+
+    @property
+    def attachments_dir(self) -> Path:
+        return self.data_dir / "attachments"
+
+
+# The schema: section → key → (expected python type(s), description for errors).
+_SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], str]]] = {
+    "server": {
+        "listen": (str, "a string host:port"),
+        "hostname": (str, "a string"),
+        "max_message_size": (int, "an integer (bytes)"),
+        "max_recipients": (int, "an integer"),
+        "min_free_bytes": (int, "an integer (bytes)"),
+        "tls_cert": (str, "a file path"),
+        "tls_key": (str, "a file path"),
+        "shutdown_seconds": ((int, float), "a number (seconds)"),
+    },
+    "storage": {"data_dir": (str, "a directory path")},
+    "mail": {
+        "domains": (list, "a list of domain names"),
+        "mailboxes": (list, "a list of email addresses"),
+    },
+    "relay": {"host": (str, "a host name"), "port": (int, "an integer port")},
+    "pipeline": {"max_attempts": (int, "an integer")},
+    "log": {"level": (str, "one of DEBUG, INFO, WARNING, ERROR")},
+}
+_AGENT_KEYS = {"name": str, "email": str}
+
+
+def find_config_path(explicit: str | os.PathLike[str] | None) -> Path:
+    """The config file to use: explicit path, then $MAILGATE_CONFIG, then ./mailgate.toml."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get("MAILGATE_CONFIG")
+    if env:
+        return Path(env)
+    return Path.cwd() / DEFAULT_CONFIG_NAME
+
+
+def load_config(explicit: str | os.PathLike[str] | None = None) -> Config:
+    path = find_config_path(explicit)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from None
+    try:
+        doc = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: config file is not UTF-8") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    return parse_config(doc, path)
+
+
+def _is_type(value: Any, expected: type | tuple[type, ...]) -> bool:
+    if isinstance(value, bool):  # bool is an int subclass; never accept it for numbers
+        exp = expected if isinstance(expected, tuple) else (expected,)
+        return bool in exp
+    return isinstance(value, expected)
+
+
+def parse_config(doc: dict[str, Any], path: Path) -> Config:
+    """Validate a parsed TOML document; raise ConfigError naming file and key on the first fault."""
+
+    def fail(key: str, message: str) -> ConfigError:
+        return ConfigError(f"{path}: {key}: {message}")
+
+    values: dict[str, dict[str, Any]] = {}
+    for section, body in doc.items():
+        if section == "agents":
+            continue
+        if section not in _SCHEMA:
+            raise fail(f"[{section}]", "unknown section")
+        if not isinstance(body, dict):
+            raise fail(f"[{section}]", "must be a table")
+        schema = _SCHEMA[section]
+        for key, value in body.items():
+            if key not in schema:
+                raise fail(f"[{section}] {key}", "unknown key")
+            expected, description = schema[key]
+            if not _is_type(value, expected):
+                raise fail(f"[{section}] {key}", f"expected {description}, got {value!r}")
+        values[section] = body
+
+    server = values.get("server", {})
+    host, port = "127.0.0.1", 2525
+    if "listen" in server:
+        host, port = _parse_hostport(server["listen"], lambda m: fail("[server] listen", m))
+    base = path.parent
+
+    def opt_path(section: str, key: str) -> Path | None:
+        v = values.get(section, {}).get(key)
+        if v in (None, ""):
+            return None
+        return (base / v).resolve()
+
+    for key in ("max_message_size", "max_recipients"):
+        if key in server and server[key] < 1:
+            raise fail(f"[server] {key}", "must be at least 1")
+    if "min_free_bytes" in server and server["min_free_bytes"] < 0:
+        raise fail("[server] min_free_bytes", "must not be negative")
+    tls_cert, tls_key = opt_path("server", "tls_cert"), opt_path("server", "tls_key")
+    if (tls_cert is None) != (tls_key is None):
+        raise fail("[server] tls_cert", "tls_cert and tls_key must be set together")
+    for key, p in (("tls_cert", tls_cert), ("tls_key", tls_key)):
+        if p is not None and not p.is_file():
+            raise fail(f"[server] {key}", f"file not found: {p}")
+
+    mail = values.get("mail", {})
+    domains = tuple(_strings(mail.get("domains", []), lambda m: fail("[mail] domains", m)))
+    domains = tuple(d.lower().strip(".") for d in domains)
+    for d in domains:
+        if "@" in d or ("." not in d and d != "localhost") or any(c.isspace() for c in d):
+            raise fail("[mail] domains", f"not a domain name: {d!r}")
+    mailboxes = []
+    for box in _strings(mail.get("mailboxes", []), lambda m: fail("[mail] mailboxes", m)):
+        local, at, domain = box.lower().rpartition("@")
+        if not at or not local or "+" in local:
+            raise fail("[mail] mailboxes", f"not a plain address (local@domain): {box!r}")
+        if domain not in domains:
+            raise fail("[mail] mailboxes", f"{box!r} is not in one of [mail] domains")
+        mailboxes.append(f"{local}@{domain}")
+
+    agents = []
+    raw_agents = doc.get("agents", [])
+    if not isinstance(raw_agents, list):
+        raise fail("[[agents]]", "must be an array of tables")
+    for i, entry in enumerate(raw_agents):
+        where = f"[[agents]] #{i + 1}"
+        if not isinstance(entry, dict):
+            raise fail(where, "must be a table")
+        for key, value in entry.items():
+            if key not in _AGENT_KEYS:
+                raise fail(f"{where} {key}", "unknown key")
+            if not isinstance(value, _AGENT_KEYS[key]):
+                raise fail(f"{where} {key}", f"expected a string, got {value!r}")
+        if "email" not in entry or "@" not in entry["email"]:
+            raise fail(f"{where} email", "an agent needs an email address")
+        agents.append(Agent(name=entry.get("name", entry["email"]), email=entry["email"].lower()))
+
+    level = values.get("log", {}).get("level", "INFO").upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise fail("[log] level", f"expected one of DEBUG, INFO, WARNING, ERROR, got {level!r}")
+    relay = values.get("relay", {})
+    if not 0 < relay.get("port", 25) < 65536:
+        raise fail("[relay] port", "must be between 1 and 65535")
+    attempts = values.get("pipeline", {}).get("max_attempts", 3)
+    if attempts < 1:
+        raise fail("[pipeline] max_attempts", "must be at least 1")
+
+    return Config(
+        path=path.resolve(),
+        listen_host=host,
+        listen_port=port,
+        hostname=server.get("hostname", "localhost"),
+        max_message_size=server.get("max_message_size", 25 * MiB),
+        max_recipients=server.get("max_recipients", 50),
+        min_free_bytes=server.get("min_free_bytes", 100 * MiB),
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        shutdown_seconds=float(server.get("shutdown_seconds", 30.0)),
+        data_dir=(base / values.get("storage", {}).get("data_dir", "data")).resolve(),
+        domains=domains,
+        mailboxes=tuple(mailboxes),
+        relay_host=relay.get("host", "127.0.0.1"),
+        relay_port=relay.get("port", 25),
+        agents=tuple(agents),
+        pipeline_max_attempts=attempts,
+        log_level=level,
+    )
+
+
+def _strings(value: list[Any], fail: Any) -> list[str]:
+    for item in value:
+        if not isinstance(item, str):
+            raise fail(f"expected strings, got {item!r}")
+    return value
+
+
+def _parse_hostport(value: str, fail: Any) -> tuple[str, int]:
+    host, sep, port_s = value.rpartition(":")
+    if not sep or not host or not port_s.isdigit():
+        raise fail(f"expected host:port, got {value!r}")
+    port = int(port_s)
+    if not 0 <= port < 65536:
+        raise fail(f"port out of range: {port}")
+    return host.strip("[]"), port

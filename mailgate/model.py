@@ -1,0 +1,115 @@
+"""The data passed between stages: frozen dataclasses, stdlib only.
+
+Input: none (definitions). Output: `Envelope` (what SMTP learned about a delivery),
+`SpoolEntry` (an envelope plus its bytes and spool state), `ParsedMail` and `ParsedAttachment`
+(what the parse stage read out of the bytes), `ThreadMatch` (which ticket, and why). Every value
+that came from the network is untrusted text: whoever displays it escapes it.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+# Spool states.
+INCOMING = "incoming"
+ACTIVE = "active"
+DONE = "done"
+DEFERRED = "deferred"
+HOLD = "hold"
+SPOOL_STATES = (INCOMING, ACTIVE, DEFERRED, HOLD, DONE)
+
+# Spool entry kinds: a message to process, or a refusal at DATA to record in the audit.
+KIND_MESSAGE = "message"
+KIND_REJECTION = "rejection"
+
+
+def new_queue_id() -> str:
+    """A short, unique, roughly time-ordered id: 10 hex digits of milliseconds + 6 random."""
+    return f"{int(time.time() * 1000):010X}{secrets.token_hex(3).upper()}"
+
+
+@dataclass(frozen=True)
+class Envelope:
+    queue_id: str
+    received_at: float
+    client_ip: str
+    helo: str
+    mail_from: str
+    rcpt_to: tuple[str, ...]
+    size: int
+    tls: bool = False
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> Envelope:
+        data = json.loads(text)
+        data["rcpt_to"] = tuple(data["rcpt_to"])
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class SpoolEntry:
+    envelope: Envelope
+    kind: str
+    state: str
+    attempts: int
+    content: bytes | None = None
+    reason: str | None = None  # why a rejection was refused; the last error for a held message
+    updated_at: float = 0.0
+
+    @property
+    def queue_id(self) -> str:
+        return self.envelope.queue_id
+
+
+@dataclass(frozen=True)
+class Address:
+    email: str  # lower-cased addr-spec; "" when the header had none usable
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class ParsedAttachment:
+    filename: str  # decoded and made path-safe
+    content_type: str
+    payload: bytes
+    content_id: str = ""
+    inline: bool = False
+
+
+@dataclass(frozen=True)
+class ParsedMail:
+    message_id: str  # without angle brackets; "" when absent
+    in_reply_to: tuple[str, ...]
+    references: tuple[str, ...]  # oldest first, as in the header
+    from_: Address
+    to: tuple[Address, ...]
+    cc: tuple[Address, ...]
+    reply_to: tuple[Address, ...]
+    subject: str
+    date: str  # ISO 8601 UTC when the Date header parsed, else ""
+    text: str
+    html: str  # already sanitised
+    attachments: tuple[ParsedAttachment, ...]
+    headers: dict[str, tuple[str, ...]] = field(default_factory=dict)  # lower-case name → values
+    defects: tuple[str, ...] = ()
+
+    def header(self, name: str) -> str:
+        values = self.headers.get(name.lower(), ())
+        return values[0] if values else ""
+
+
+@dataclass(frozen=True)
+class ThreadMatch:
+    ticket_id: int | None  # None: a new ticket
+    method: str  # "in-reply-to", "references", "new", ...
+    detail: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)

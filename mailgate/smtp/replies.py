@@ -1,0 +1,46 @@
+"""SMTP replies with enhanced status codes (RFC 3463) for the replies aiosmtpd composes itself.
+
+Input: a reply line aiosmtpd is about to send. Output: the same reply with an enhanced status
+code where it had none, so that every refusal a client sees carries one (for example
+`552 Error: Too much mail data` → `552 5.3.4 Message too big for system`). Greeting, EHLO lines
+and 354 are left alone, as RFC 2034 wants.
+"""
+
+from __future__ import annotations
+
+import re
+
+_ENHANCED = re.compile(r"^\d{3}[ -][245]\.\d{1,3}\.\d{1,3}( |$)")
+_EXACT = {
+    "250 OK": "250 2.0.0 OK",
+    "221 Bye": "221 2.0.0 Bye",
+    "552 Error: message size exceeds fixed maximum message size":
+        "552 5.3.4 Message size exceeds fixed maximum message size",
+    "552 Error: Too much mail data": "552 5.3.4 Message size exceeds fixed maximum message size",
+    "500 Line too long (see RFC5321 4.5.3.1.6)": "500 5.5.6 Line too long (RFC 5321 4.5.3.1.6)",
+}
+_BY_CODE = {
+    "421": "4.3.0", "451": "4.3.0", "452": "4.3.1",
+    "500": "5.5.2", "501": "5.5.4", "502": "5.5.1", "503": "5.5.1", "504": "5.5.4",
+    "530": "5.7.0", "535": "5.7.8", "550": "5.0.0", "552": "5.3.4", "553": "5.1.3",
+    "554": "5.0.0", "555": "5.5.4",
+}
+_PREFIX = re.compile(r"^(\d{3}) (?:Error: |Syntax: )?(.*)$", re.S)
+
+# aiosmtpd's replies that mean "the DATA you sent was refused", with our audit reason.
+DATA_REFUSALS = {
+    "552 Error: Too much mail data": "message exceeds max_message_size",
+    "500 Line too long (see RFC5321 4.5.3.1.6)": "line longer than 1000 bytes in DATA",
+}
+
+
+def with_enhanced_code(status: str) -> str:
+    if status in _EXACT:
+        return _EXACT[status]
+    if _ENHANCED.match(status) or status[3:4] == "-":
+        return status
+    m = _PREFIX.match(status)
+    if not m or m.group(1) not in _BY_CODE:
+        return status
+    code, text = m.groups()
+    return f"{code} {_BY_CODE[code]} {text}"

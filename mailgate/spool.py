@@ -1,0 +1,302 @@
+"""The durable spool between the SMTP side and the pipeline.
+
+Input: envelopes and message bytes from the SMTP handler (untrusted bytes, stored as received);
+state changes from the pipeline worker. Output: spool entries in states
+incoming → active → done / deferred / hold, kept in a SQLite file (WAL, synchronous=FULL).
+
+Durability: `SpoolWriter.submit` returns only once the entry's transaction has been committed,
+which in WAL mode with synchronous=FULL means the WAL was fsynced. Concurrent SMTP sessions are
+batched into one transaction by a single writer thread (group commit): one fsync serves every
+session that was waiting at the time. State changes are transactions too, so a crash leaves each
+entry in exactly one state. Content is deleted only when the entry is marked done, which the
+pipeline does after its own database commit.
+"""
+
+from __future__ import annotations
+
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+
+from mailgate.model import (
+    ACTIVE,
+    DEFERRED,
+    DONE,
+    HOLD,
+    INCOMING,
+    KIND_MESSAGE,
+    SPOOL_STATES,
+    Envelope,
+    SpoolEntry,
+)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS spool (
+    queue_id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    state TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    envelope TEXT NOT NULL,
+    content BLOB,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt REAL NOT NULL DEFAULT 0,
+    reason TEXT,
+    updated_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS spool_state ON spool (state, next_attempt);
+"""
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA busy_timeout=30000")
+    conn.executescript(_SCHEMA)
+    return conn
+
+
+@dataclass(frozen=True)
+class _Pending:
+    envelope: Envelope
+    kind: str
+    content: bytes | None
+    reason: str | None
+    future: Future[None]
+
+
+class SpoolWriter:
+    """One thread that commits new entries in batches (group commit)."""
+
+    def __init__(self, path: Path, max_batch: int = 256) -> None:
+        self._conn = connect(path)
+        self._queue: queue.Queue[_Pending | None] = queue.Queue()
+        self._max_batch = max_batch
+        self._thread = threading.Thread(target=self._run, name="spool-writer", daemon=True)
+        self._thread.start()
+        self.batches = 0
+        self.entries = 0
+
+    def submit(
+        self,
+        envelope: Envelope,
+        content: bytes | None,
+        kind: str = KIND_MESSAGE,
+        reason: str | None = None,
+    ) -> Future[None]:
+        fut: Future[None] = Future()
+        self._queue.put(_Pending(envelope, kind, content, reason, fut))
+        return fut
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        self._conn.close()
+
+    def _run(self) -> None:
+        stop = False
+        while not stop:
+            first = self._queue.get()
+            if first is None:
+                break
+            batch = [first]
+            while len(batch) < self._max_batch:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                    break
+                batch.append(item)
+            self._commit(batch)
+
+    def _commit(self, batch: list[_Pending]) -> None:
+        now = time.time()
+        rows = [
+            (
+                p.envelope.queue_id,
+                p.kind,
+                INCOMING,
+                p.envelope.received_at,
+                p.envelope.to_json(),
+                p.content,
+                p.reason,
+                now,
+            )
+            for p in batch
+        ]
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+            self._conn.executemany(
+                "INSERT INTO spool (queue_id, kind, state, received_at, envelope, content,"
+                " reason, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            self._conn.execute("COMMIT")
+        except Exception as exc:  # every waiter must learn that its mail is not safe
+            with suppress(sqlite3.Error):
+                self._conn.execute("ROLLBACK")
+            for p in batch:
+                p.future.set_exception(exc)
+            return
+        self.batches += 1
+        self.entries += len(batch)
+        for p in batch:
+            p.future.set_result(None)
+
+
+class Spool:
+    """State changes and queries, used by the pipeline worker and the CLI (one thread at a time)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._conn = connect(path)
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self._conn.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def recover(self, max_attempts: int) -> tuple[int, int]:
+        """At start-up: entries left `active` by a crash go back to `incoming`, or to `hold` when
+        they have already been tried `max_attempts` times. Returns (requeued, held)."""
+        now = time.time()
+        with self._tx() as c:
+            held = c.execute(
+                "UPDATE spool SET state=?, updated_at=?, reason=COALESCE(reason, '') ||"
+                " 'processing was interrupted ' || attempts || ' times (worker crashed)'"
+                " WHERE state=? AND attempts>=?",
+                (HOLD, now, ACTIVE, max_attempts),
+            ).rowcount
+            requeued = c.execute(
+                "UPDATE spool SET state=?, updated_at=? WHERE state=?", (INCOMING, now, ACTIVE)
+            ).rowcount
+        return requeued, held
+
+    def claim(self, limit: int = 16) -> list[SpoolEntry]:
+        """Move up to `limit` due entries (incoming, or deferred whose time came) to `active`,
+        counting the attempt, and return them oldest first."""
+        now = time.time()
+        with self._tx() as c:
+            rows = c.execute(
+                "SELECT queue_id FROM spool WHERE (state=? OR (state=? AND next_attempt<=?))"
+                " ORDER BY received_at LIMIT ?",
+                (INCOMING, DEFERRED, now, limit),
+            ).fetchall()
+            ids = [r[0] for r in rows]
+            c.executemany(
+                "UPDATE spool SET state=?, attempts=attempts+1, updated_at=? WHERE queue_id=?",
+                [(ACTIVE, now, q) for q in ids],
+            )
+            entries = [self._get(c, q) for q in ids]
+        return [e for e in entries if e is not None]
+
+    def mark_done(self, queue_id: str) -> None:
+        """The result is committed elsewhere: drop the bytes, keep the row as a record."""
+        with self._tx() as c:
+            c.execute(
+                "UPDATE spool SET state=?, content=NULL, updated_at=? WHERE queue_id=?",
+                (DONE, time.time(), queue_id),
+            )
+
+    def defer(self, queue_id: str, reason: str, delay: float) -> None:
+        with self._tx() as c:
+            c.execute(
+                "UPDATE spool SET state=?, reason=?, next_attempt=?, updated_at=? WHERE queue_id=?",
+                (DEFERRED, reason, time.time() + delay, time.time(), queue_id),
+            )
+
+    def hold(self, queue_id: str, reason: str) -> None:
+        with self._tx() as c:
+            c.execute(
+                "UPDATE spool SET state=?, reason=?, updated_at=? WHERE queue_id=?",
+                (HOLD, reason, time.time(), queue_id),
+            )
+
+    def retry(self, queue_id: str) -> None:
+        """held → incoming, with a fresh attempt count. Raises KeyError / ValueError."""
+        with self._tx() as c:
+            row = c.execute("SELECT state FROM spool WHERE queue_id=?", (queue_id,)).fetchone()
+            if row is None:
+                raise KeyError(queue_id)
+            if row[0] not in (HOLD, DEFERRED):
+                raise ValueError(row[0])
+            c.execute(
+                "UPDATE spool SET state=?, attempts=0, next_attempt=0, updated_at=?"
+                " WHERE queue_id=?",
+                (INCOMING, time.time(), queue_id),
+            )
+
+    def get(self, queue_id: str) -> SpoolEntry | None:
+        with self._lock:
+            return self._get(self._conn, queue_id)
+
+    def _get(
+        self, c: sqlite3.Connection, queue_id: str, with_content: bool = True
+    ) -> SpoolEntry | None:
+        column = "content" if with_content else "NULL"
+        row = c.execute(
+            f"SELECT envelope, kind, state, attempts, {column}, reason, updated_at FROM spool"
+            " WHERE queue_id=?",
+            (queue_id,),
+        ).fetchone()
+        if row is None:
+            return None
+        return SpoolEntry(
+            envelope=Envelope.from_json(row[0]),
+            kind=row[1],
+            state=row[2],
+            attempts=row[3],
+            content=row[4],
+            reason=row[5],
+            updated_at=row[6],
+        )
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            rows = self._conn.execute("SELECT state, COUNT(*) FROM spool GROUP BY state").fetchall()
+        counts = dict.fromkeys(SPOOL_STATES, 0)
+        counts.update({state: n for state, n in rows})
+        return counts
+
+    def entries(
+        self, states: tuple[str, ...] = (INCOMING, ACTIVE, DEFERRED, HOLD), limit: int = 100
+    ) -> list[SpoolEntry]:
+        """Entries in the given states, newest first, without their bytes."""
+        marks = ",".join("?" * len(states))
+        with self._lock:
+            rows = self._conn.execute(
+                f"SELECT queue_id FROM spool WHERE state IN ({marks})"
+                " ORDER BY received_at DESC LIMIT ?",
+                (*states, limit),
+            ).fetchall()
+            found = [self._get(self._conn, r[0], with_content=False) for r in rows]
+        return [e for e in found if e is not None]
+
+    def next_due_in(self) -> float | None:
+        """Seconds until the earliest deferred entry is due (None when there is none)."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT MIN(next_attempt) FROM spool WHERE state=?", (DEFERRED,)
+            ).fetchone()
+        if row is None or row[0] is None:
+            return None
+        return max(0.0, row[0] - time.time())

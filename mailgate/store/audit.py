@@ -1,0 +1,87 @@
+"""The incoming audit: one row per mail that reached DATA, saying what was done and why.
+
+Input: the envelope and the pipeline's decision (addresses and subjects are untrusted text,
+stored as data). Output: rows in `audit_incoming`, and filtered listings for the CLI. The queue
+id is unique, which is also how a re-run of the same spool entry (after a crash between the
+database commit and the spool update) is recognised as already done.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass
+from typing import Any
+
+import sqlite_utils
+
+from mailgate.model import Envelope
+from mailgate.store.db import now_iso
+
+ACTIONS = ("created_ticket", "appended", "duplicate", "rejected", "held")
+
+
+@dataclass(frozen=True)
+class IncomingAudit:
+    envelope: Envelope
+    action: str
+    reason: str = ""
+    message_id: str = ""
+    from_addr: str = ""
+    subject: str = ""
+    ticket_id: int | None = None
+    message_row: int | None = None
+    matched_by: str = ""
+    defects: int = 0
+
+
+def record_incoming(conn: sqlite3.Connection, a: IncomingAudit) -> None:
+    if a.action not in ("created_ticket", "appended") and not a.reason:
+        raise ValueError(f"audit action {a.action!r} needs a reason")
+    env = a.envelope
+    conn.execute(
+        "INSERT INTO audit_incoming (received_at, queue_id, client_ip, helo, mail_from, rcpt_to,"
+        " message_id, from_addr, subject, size, action, ticket_id, message_row, matched_by,"
+        " reason, defects) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            now_iso(env.received_at), env.queue_id, env.client_ip, env.helo, env.mail_from,
+            json.dumps(list(env.rcpt_to)), a.message_id, a.from_addr, a.subject, env.size,
+            a.action, a.ticket_id, a.message_row, a.matched_by, a.reason, a.defects,
+        ),
+    )
+
+
+def audited(conn: sqlite3.Connection, queue_id: str) -> bool:
+    row = conn.execute("SELECT 1 FROM audit_incoming WHERE queue_id=?", (queue_id,)).fetchone()
+    return row is not None
+
+
+def list_incoming(
+    db: sqlite_utils.Database, action: str | None = None, limit: int = 50,
+    queue_id: str | None = None,
+) -> list[dict[str, Any]]:
+    where, params = [], []
+    if action:
+        where.append("action = ?")
+        params.append(action)
+    if queue_id:
+        where.append("queue_id = ?")
+        params.append(queue_id)
+    sql = (
+        "SELECT id, received_at, queue_id, client_ip, helo, mail_from, rcpt_to, message_id,"
+        " from_addr AS 'from', subject, size, action, ticket_id, matched_by, reason, defects"
+        " FROM audit_incoming"
+    )
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += " ORDER BY id DESC LIMIT ?"
+    params.append(limit)
+    rows = list(db.query(sql, params))
+    for r in rows:
+        r["rcpt_to"] = json.loads(r["rcpt_to"] or "[]")
+    return rows
+
+
+def counts_by_action(db: sqlite_utils.Database) -> dict[str, int]:
+    rows = db.execute("SELECT action, COUNT(*) FROM audit_incoming GROUP BY action").fetchall()
+    return dict(rows)

@@ -1,0 +1,112 @@
+"""Opening the database and migrating its schema.
+
+Input: a path under `data_dir`. Output: a sqlite-utils `Database` in WAL mode with the schema at
+the newest version. Migrations are numbered functions applied in order inside one transaction
+each, tracked with `PRAGMA user_version`; they only ever add.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+import sqlite_utils
+
+
+def now_iso(ts: float | None = None) -> str:
+    dt = datetime.now(UTC) if ts is None else datetime.fromtimestamp(ts, UTC)
+    return dt.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _v1(db: sqlite_utils.Database) -> None:
+    db["customers"].create(
+        {"id": int, "email": str, "name": str, "created_at": str}, pk="id", not_null={"email"}
+    )
+    db["customers"].create_index(["email"], unique=True)
+    db["tickets"].create(
+        {
+            "id": int, "subject": str, "requester_id": int, "status": str, "assignee": str,
+            "created_at": str, "updated_at": str,
+        },
+        pk="id",
+        foreign_keys=[("requester_id", "customers", "id")],
+    )
+    db["tickets"].create_index(["status", "updated_at"])
+    db["tickets"].create_index(["assignee"])
+    db["messages"].create(
+        {
+            "id": int, "ticket_id": int, "direction": str, "queue_id": str, "message_id": str,
+            "in_reply_to": str, "references_": str, "from_addr": str, "from_name": str,
+            "to_addrs": str, "cc_addrs": str, "subject": str, "date": str, "text": str,
+            "html": str, "raw_path": str, "defects": str, "matched_by": str, "internal": int,
+            "internal_reason": str, "created_at": str,
+        },
+        pk="id",
+        foreign_keys=[("ticket_id", "tickets", "id")],
+        defaults={"internal": 0},
+    )
+    db["messages"].create_index(["ticket_id", "id"])
+    db["message_ids"].create(
+        {"message_id": str, "ticket_id": int, "message_row": int}, pk="message_id"
+    )
+    db["attachments"].create(
+        {
+            "id": int, "message_row": int, "sha256": str, "filename": str, "content_type": str,
+            "size": int, "content_id": str, "inline": int,
+        },
+        pk="id",
+        foreign_keys=[("message_row", "messages", "id")],
+    )
+    db["attachments"].create_index(["message_row"])
+    db["audit_incoming"].create(
+        {
+            "id": int, "received_at": str, "queue_id": str, "client_ip": str, "helo": str,
+            "mail_from": str, "rcpt_to": str, "message_id": str, "from_addr": str,
+            "subject": str, "size": int, "action": str, "ticket_id": int, "message_row": int,
+            "matched_by": str, "reason": str, "defects": int,
+        },
+        pk="id",
+    )
+    db["audit_incoming"].create_index(["queue_id"], unique=True)
+    db["audit_incoming"].create_index(["received_at"])
+    db["audit_incoming"].create_index(["action", "received_at"])
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1]
+
+
+def open_db(path: Path) -> sqlite_utils.Database:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute("PRAGMA busy_timeout=30000")
+    db = sqlite_utils.Database(conn)
+    migrate(db)
+    return db
+
+
+def migrate(db: sqlite_utils.Database) -> None:
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    for number, step in enumerate(MIGRATIONS[version:], start=version + 1):
+        with transaction(db):
+            step(db)
+            db.execute(f"PRAGMA user_version={number}")
+
+
+@contextmanager
+def transaction(db: sqlite_utils.Database) -> Iterator[sqlite3.Connection]:
+    """BEGIN IMMEDIATE … COMMIT on the raw connection (sqlite-utils' own writes commit on their
+    own, so writes inside a transaction use the connection directly)."""
+    conn = db.conn
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")

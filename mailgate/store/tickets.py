@@ -1,0 +1,177 @@
+"""Customers, tickets, messages and attachments: the writes the pipeline makes and the reads
+the CLI and the threading look-ups need.
+
+Input: values already parsed and decided by the stages (untrusted text, stored as data, bound as
+SQL parameters, never interpolated). Output: rows, and plain dicts for display. Write functions
+take a connection inside a transaction opened by the caller (the pipeline), so one message's
+changes and its audit row commit together.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Any
+
+import sqlite_utils
+
+from mailgate.errors import NotFound
+from mailgate.model import Address, ParsedMail
+
+STATUSES = ("open", "pending_customer", "pending_agent", "resolved", "closed")
+
+
+def get_or_create_customer(conn: sqlite3.Connection, addr: Address, now: str) -> int:
+    row = conn.execute("SELECT id, name FROM customers WHERE email=?", (addr.email,)).fetchone()
+    if row:
+        if addr.name and not row[1]:
+            conn.execute("UPDATE customers SET name=? WHERE id=?", (addr.name, row[0]))
+        return int(row[0])
+    cur = conn.execute(
+        "INSERT INTO customers (email, name, created_at) VALUES (?, ?, ?)",
+        (addr.email, addr.name, now),
+    )
+    return int(cur.lastrowid or 0)
+
+
+def create_ticket(conn: sqlite3.Connection, subject: str, requester_id: int, now: str) -> int:
+    cur = conn.execute(
+        "INSERT INTO tickets (subject, requester_id, status, assignee, created_at, updated_at)"
+        " VALUES (?, ?, 'open', NULL, ?, ?)",
+        (subject, requester_id, now, now),
+    )
+    return int(cur.lastrowid or 0)
+
+
+def touch_ticket(conn: sqlite3.Connection, ticket_id: int, now: str) -> None:
+    conn.execute("UPDATE tickets SET updated_at=? WHERE id=?", (now, ticket_id))
+
+
+def _addr_json(addrs: tuple[Address, ...]) -> str:
+    return json.dumps([a.email for a in addrs])
+
+
+def add_incoming_message(
+    conn: sqlite3.Connection,
+    ticket_id: int,
+    queue_id: str,
+    parsed: ParsedMail,
+    raw_path: str,
+    matched_by: str,
+    now: str,
+    internal_reason: str = "",
+) -> int:
+    cur = conn.execute(
+        "INSERT INTO messages (ticket_id, direction, queue_id, message_id, in_reply_to,"
+        " references_, from_addr, from_name, to_addrs, cc_addrs, subject, date, text, html,"
+        " raw_path, defects, matched_by, internal, internal_reason, created_at)"
+        " VALUES (?, 'in', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            ticket_id, queue_id, parsed.message_id, " ".join(parsed.in_reply_to),
+            json.dumps(list(parsed.references)), parsed.from_.email, parsed.from_.name,
+            _addr_json(parsed.to), _addr_json(parsed.cc), parsed.subject, parsed.date,
+            parsed.text, parsed.html, raw_path, json.dumps(list(parsed.defects)), matched_by,
+            1 if internal_reason else 0, internal_reason, now,
+        ),
+    )
+    row = int(cur.lastrowid or 0)
+    if parsed.message_id:
+        index_message_id(conn, parsed.message_id, ticket_id, row)
+    return row
+
+
+def index_message_id(conn: sqlite3.Connection, message_id: str, ticket_id: int, row: int) -> None:
+    conn.execute(
+        "INSERT OR IGNORE INTO message_ids (message_id, ticket_id, message_row) VALUES (?, ?, ?)",
+        (message_id, ticket_id, row),
+    )
+
+
+def add_attachment(
+    conn: sqlite3.Connection, message_row: int, sha256: str, filename: str, content_type: str,
+    size: int, content_id: str, inline: bool,
+) -> None:
+    conn.execute(
+        "INSERT INTO attachments (message_row, sha256, filename, content_type, size, content_id,"
+        " inline) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (message_row, sha256, filename, content_type, size, content_id, int(inline)),
+    )
+
+
+def ticket_for_message_id(conn: sqlite3.Connection, message_id: str) -> int | None:
+    row = conn.execute(
+        "SELECT ticket_id FROM message_ids WHERE message_id=?", (message_id,)
+    ).fetchone()
+    return int(row[0]) if row else None
+
+
+# --- reads for people -----------------------------------------------------------------------
+
+_TICKET_COLUMNS = (
+    "t.id, t.subject, c.email AS requester, c.name AS requester_name, t.status, t.assignee,"
+    " t.created_at, t.updated_at"
+)
+
+
+def list_tickets(
+    db: sqlite_utils.Database,
+    status: str | None = None,
+    unassigned: bool = False,
+    limit: int = 50,
+) -> list[dict[str, Any]]:
+    where, params = [], []
+    if status:
+        where.append("t.status = ?")
+        params.append(status)
+    if unassigned:
+        where.append("t.assignee IS NULL")
+    sql = f"SELECT {_TICKET_COLUMNS} FROM tickets t JOIN customers c ON c.id = t.requester_id"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += " ORDER BY t.updated_at DESC, t.id DESC LIMIT ?"
+    params.append(limit)
+    return list(db.query(sql, params))
+
+
+def get_ticket(db: sqlite_utils.Database, ticket_id: int) -> dict[str, Any]:
+    rows = list(
+        db.query(
+            f"SELECT {_TICKET_COLUMNS} FROM tickets t JOIN customers c ON c.id = t.requester_id"
+            " WHERE t.id = ?",
+            [ticket_id],
+        )
+    )
+    if not rows:
+        raise NotFound(f"no ticket #{ticket_id}")
+    ticket = rows[0]
+    messages = list(
+        db.query(
+            "SELECT id, direction, from_addr AS 'from', from_name, to_addrs AS 'to',"
+            " cc_addrs AS cc, subject, message_id, date, created_at, text, matched_by,"
+            " internal, internal_reason, queue_id, raw_path, defects"
+            " FROM messages WHERE ticket_id = ? ORDER BY id",
+            [ticket_id],
+        )
+    )
+    for m in messages:
+        m["to"] = json.loads(m["to"] or "[]")
+        m["cc"] = json.loads(m["cc"] or "[]")
+        m["defects"] = json.loads(m["defects"] or "[]")
+        m["internal"] = bool(m["internal"])
+        m["attachments"] = list(
+            db.query(
+                "SELECT filename, content_type, size, sha256, content_id, inline"
+                " FROM attachments WHERE message_row = ? ORDER BY id",
+                [m["id"]],
+            )
+        )
+    ticket["messages"] = messages
+    return ticket
+
+
+def counts(db: sqlite_utils.Database) -> dict[str, Any]:
+    tickets = db.execute("SELECT COUNT(*) FROM tickets").fetchone()[0]
+    messages = db.execute("SELECT COUNT(*) FROM messages").fetchone()[0]
+    by_status = dict(db.execute("SELECT status, COUNT(*) FROM tickets GROUP BY status").fetchall())
+    return {"tickets": tickets, "messages": messages, "tickets_by_status": by_status}
+
