@@ -153,6 +153,8 @@ class Pipeline:
         try:
             with transaction(self.db) as conn:
                 if not audited(conn, entry.queue_id):
+                    conn.execute("DELETE FROM audit_incoming WHERE queue_id=? AND action='held'",
+                                 (entry.queue_id,))
                     record_incoming(conn, IncomingAudit(entry.envelope, "held", reason=reason))
         except Exception:  # the spool still holds the message and its reason
             log.exception("queue_id=%s could not write the held audit row", entry.queue_id)

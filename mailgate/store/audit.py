@@ -52,7 +52,11 @@ def record_incoming(conn: sqlite3.Connection, a: IncomingAudit) -> None:
 
 
 def audited(conn: sqlite3.Connection, queue_id: str) -> bool:
-    row = conn.execute("SELECT 1 FROM audit_incoming WHERE queue_id=?", (queue_id,)).fetchone()
+    """True when this queue id already has its final result (a `held` row is not final: the
+    message can be released and processed again)."""
+    row = conn.execute(
+        "SELECT 1 FROM audit_incoming WHERE queue_id=? AND action != 'held'", (queue_id,)
+    ).fetchone()
     return row is not None
 
 

@@ -1,0 +1,191 @@
+"""Shared fixtures: a real mailgate daemon on a free loopback port, with its own config and data
+directory under pytest's tmp_path, and helpers to talk SMTP to it and read its CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from mailgate.cli import cli
+
+ROOT = Path(__file__).resolve().parent.parent
+CORPUS = ROOT.parent / "shared" / "corpus"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_config(directory: Path, port: int, extra: str = "", server_extra: str = "") -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "mailgate.toml"
+    floor = "" if "min_free_bytes" in server_extra else "min_free_bytes = 0"
+    path.write_text(
+        f"""
+[server]
+listen = "127.0.0.1:{port}"
+hostname = "mx.test.example"
+{floor}
+shutdown_seconds = 5
+{server_extra}
+
+[storage]
+data_dir = "data"
+
+[mail]
+domains = ["example.com", "help.example.org"]
+mailboxes = ["support@example.com", "sales@example.com", "help@help.example.org"]
+
+[relay]
+host = "127.0.0.1"
+port = 1
+
+[[agents]]
+name = "Alice Agent"
+email = "alice@example.com"
+{extra}
+"""
+    )
+    return path
+
+
+class Daemon:
+    """A `mailgate serve` subprocess."""
+
+    def __init__(self, config: Path, port: int) -> None:
+        self.config = config
+        self.port = port
+        self.data_dir = config.parent / "data"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = config.parent / "daemon.log"
+
+    def start(self, timeout: float = 20.0) -> None:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mailgate", "--config", str(self.config), "serve"],
+            stdout=log, stderr=log, cwd=self.config.parent,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"daemon exited early:\n{self.log()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"daemon did not listen in time:\n{self.log()}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        code = self.proc.returncode
+        self.proc = None
+        return code
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def cli(self, *args: str, expect: int = 0) -> str:
+        result = CliRunner().invoke(cli, ["--config", str(self.config), *args])
+        assert result.exit_code == expect, (result.output, result.exception)
+        return result.output
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self.cli(*args, "--json"))
+
+    def wait_idle(self, timeout: float = 30.0) -> dict[str, Any]:
+        """Wait until the spool has nothing incoming or active; return the stats."""
+        deadline = time.monotonic() + timeout
+        while True:
+            stats = self.json("stats")
+            spool = stats["spool"]
+            if spool["incoming"] == 0 and spool["active"] == 0:
+                return stats
+            if time.monotonic() > deadline:
+                raise AssertionError(f"spool not drained: {stats}\n{self.log()}")
+            time.sleep(0.05)
+
+    def audit_for(self, queue_id: str, timeout: float = 30.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            rows = self.json("audit", "incoming", "--queue-id", queue_id)
+            if rows:
+                return rows[0]
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no audit row for {queue_id}\n{self.log()}")
+            time.sleep(0.05)
+
+
+@pytest.fixture
+def make_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
+    started: list[Daemon] = []
+
+    def factory(extra: str = "", server_extra: str = "", name: str = "d") -> Daemon:
+        port = free_port()
+        cfg = write_config(tmp_path / name, port, extra, server_extra)
+        d = Daemon(cfg, port)
+        d.start()
+        started.append(d)
+        return d
+
+    yield factory
+    for d in started:
+        d.stop()
+
+
+@pytest.fixture
+def daemon(make_daemon: Callable[..., Daemon]) -> Daemon:
+    return make_daemon()
+
+
+def queue_id_of(reply: bytes | str) -> str:
+    text = reply.decode() if isinstance(reply, bytes) else reply
+    assert "queued as" in text, text
+    return text.rsplit(" ", 1)[-1].strip()
+
+
+os.environ.pop("MAILGATE_CONFIG", None)
+
+
+def send(port: int, data: bytes | str, mail_from: str = "customer@client.test",
+         rcpts: tuple[str, ...] = ("support@example.com",)) -> tuple[int, str]:
+    """One SMTP transaction; returns the reply to DATA (code, text)."""
+    import smtplib
+
+    if isinstance(data, str):
+        data = data.encode()
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as s:
+        s.ehlo("client.test")
+        code, msg = s.mail(mail_from)
+        assert code == 250, msg
+        for r in rcpts:
+            code, msg = s.rcpt(r)
+            assert code == 250, (r, code, msg)
+        code, msg = s.data(data)
+        return code, msg.decode()
+
+
+def crlf(data: bytes) -> bytes:
+    """Corpus files mostly have LF line endings; SMTP clients send CRLF."""
+    return data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")

@@ -1,0 +1,83 @@
+"""The dependency direction of DESIGN.md, checked by walking every module's imports with ast.
+
+model/config/errors (stdlib only) ← spool, store ← stage modules ← pipeline, smtp ← daemon,
+admin, cli. Stage modules never import each other; the smtp package never imports the store,
+the pipeline, the rules or threading.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PKG = Path(__file__).resolve().parent.parent / "mailgate"
+
+FOUNDATION = {"mailgate.model", "mailgate.config", "mailgate.errors"}
+STAGES = {"mailgate.parse", "mailgate.threading", "mailgate.rules", "mailgate.htmltext"}
+OUTER = {"mailgate.daemon", "mailgate.cli", "mailgate.admin", "mailgate.__main__"}
+
+
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(PKG.parent).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), str(path))
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+    return {m for m in found if m == "mailgate" or m.startswith("mailgate.")}
+
+
+def _top(name: str) -> str:
+    """mailgate.store.db → mailgate.store; mailgate.smtp.handler → mailgate.smtp."""
+    return ".".join(name.split(".")[:2])
+
+
+MODULES = {_module_name(p): _imports(p) for p in PKG.rglob("*.py")}
+
+
+def test_foundation_is_stdlib_only() -> None:
+    for mod in FOUNDATION:
+        assert MODULES[mod] <= FOUNDATION, (mod, MODULES[mod] - FOUNDATION)
+
+
+def test_smtp_never_reaches_later_stages() -> None:
+    allowed = FOUNDATION | {"mailgate.spool", "mailgate.smtp"}
+    for mod, imports in MODULES.items():
+        if _top(mod) == "mailgate.smtp":
+            bad = {i for i in imports if _top(i) not in allowed and i not in allowed}
+            assert not bad, (mod, bad)
+
+
+def test_stages_do_not_import_each_other_or_outer_layers() -> None:
+    for mod, imports in MODULES.items():
+        top = _top(mod)
+        if top not in STAGES:
+            continue
+        for imp in imports:
+            other = _top(imp)
+            assert other == top or other not in STAGES | OUTER | {"mailgate.pipeline"}, (mod, imp)
+
+
+def test_store_and_spool_do_not_import_stages_or_outer_layers() -> None:
+    for mod, imports in MODULES.items():
+        if _top(mod) in ("mailgate.store", "mailgate.spool"):
+            for imp in imports:
+                assert _top(imp) not in STAGES | OUTER | {"mailgate.pipeline", "mailgate.smtp"}, (
+                    mod, imp)
+
+
+def test_only_outer_layers_import_the_pipeline_and_daemon() -> None:
+    for mod, imports in MODULES.items():
+        if _top(mod) in OUTER or mod == "mailgate.pipeline":
+            continue
+        assert "mailgate.pipeline" not in imports, mod
+        assert "mailgate.daemon" not in imports, mod
