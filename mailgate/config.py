@@ -12,6 +12,7 @@ Stdlib only: every other module may import this one.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,46 @@ class Agent:
 
 
 @dataclass(frozen=True)
+class Relay:
+    host: str = "127.0.0.1"
+    port: int = 25
+    starttls: bool = False
+    username: str = ""
+    password: str = ""
+    timeout: float = 30.0
+    retry_base_seconds: float = 300.0
+    retry_max_seconds: float = 4000.0
+    give_up_after_seconds: float = 5 * 86400.0
+
+
+@dataclass(frozen=True)
+class Dkim:
+    domain: str
+    selector: str
+    key_file: Path
+
+
+@dataclass(frozen=True)
+class Branding:
+    company_name: str = "Support"
+    header: str = ""
+    footer: str = ""
+    signature: str = ""
+    primary_color: str = "#2563eb"
+    logo: str = ""  # a path (sent inline by Content-ID) or an http(s) URL
+    show_powered_by: bool = True
+
+
+@dataclass(frozen=True)
+class TemplateSettings:
+    enabled: bool = True
+    subject: str | None = None  # a jinja2 template; None: the kind's built-in subject
+
+
+TEMPLATE_KINDS = ("new_ticket_ack", "agent_reply", "assignee_notification")
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     listen_host: str = "127.0.0.1"
@@ -44,11 +85,27 @@ class Config:
     data_dir: Path = Path("data")
     domains: tuple[str, ...] = ()
     mailboxes: tuple[str, ...] = ()
-    relay_host: str = "127.0.0.1"
-    relay_port: int = 25
+    relay: Relay = Relay()
+    dkim: Dkim | None = None
+    branding: Branding = Branding()
+    templates_dir: Path | None = None
+    templates: tuple[tuple[str, TemplateSettings], ...] = ()
+    auto_replies_per_address_per_hour: int = 10
     agents: tuple[Agent, ...] = ()
     pipeline_max_attempts: int = 3
     log_level: str = "INFO"
+
+    def template(self, kind: str) -> TemplateSettings:
+        return dict(self.templates).get(kind, TemplateSettings())
+
+    def agent(self, email: str) -> Agent | None:
+        email = email.lower()
+        return next((a for a in self.agents if a.email == email), None)
+
+    @property
+    def from_address(self) -> str:
+        """Our address for outgoing mail: the first configured mailbox."""
+        return self.mailboxes[0] if self.mailboxes else f"support@{self.hostname}"
 
     @property
     def spool_path(self) -> Path:
@@ -84,7 +141,35 @@ _SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], str]]] = {
         "domains": (list, "a list of domain names"),
         "mailboxes": (list, "a list of email addresses"),
     },
-    "relay": {"host": (str, "a host name"), "port": (int, "an integer port")},
+    "relay": {
+        "host": (str, "a host name"),
+        "port": (int, "an integer port"),
+        "starttls": (bool, "true or false"),
+        "username": (str, "a string"),
+        "password": (str, "a string"),
+        "password_file": (str, "a file path"),
+        "timeout": ((int, float), "a number (seconds)"),
+        "retry_base_seconds": ((int, float), "a number (seconds)"),
+        "retry_max_seconds": ((int, float), "a number (seconds)"),
+        "give_up_after_seconds": ((int, float), "a number (seconds)"),
+    },
+    "dkim": {
+        "domain": (str, "a domain name"),
+        "selector": (str, "a DNS label"),
+        "key_file": (str, "a file path"),
+    },
+    "branding": {
+        "company_name": (str, "a string"),
+        "header": (str, "a string"),
+        "footer": (str, "a string"),
+        "signature": (str, "a string"),
+        "primary_color": (str, "a CSS colour like #2563eb"),
+        "logo": (str, "a file path or an http(s) URL"),
+        "show_powered_by": (bool, "true or false"),
+    },
+    "templates": {"dir": (str, "a directory path"), **{
+        kind: (dict, "a table") for kind in TEMPLATE_KINDS}},
+    "limits": {"auto_replies_per_address_per_hour": (int, "an integer")},
     "pipeline": {"max_attempts": (int, "an integer")},
     "log": {"level": (str, "one of DEBUG, INFO, WARNING, ERROR")},
 }
@@ -207,12 +292,34 @@ def parse_config(doc: dict[str, Any], path: Path) -> Config:
     level = values.get("log", {}).get("level", "INFO").upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise fail("[log] level", f"expected one of DEBUG, INFO, WARNING, ERROR, got {level!r}")
-    relay = values.get("relay", {})
-    if not 0 < relay.get("port", 25) < 65536:
-        raise fail("[relay] port", "must be between 1 and 65535")
     attempts = values.get("pipeline", {}).get("max_attempts", 3)
     if attempts < 1:
         raise fail("[pipeline] max_attempts", "must be at least 1")
+
+    relay_cfg = _relay(values.get("relay", {}), base, fail)
+    dkim = _dkim(values.get("dkim", {}), base, fail)
+    branding = _branding(values.get("branding", {}), fail)
+    tmpl = values.get("templates", {})
+    templates_dir = opt_path("templates", "dir")
+    if templates_dir is not None and not templates_dir.is_dir():
+        raise fail("[templates] dir", f"not a directory: {templates_dir}")
+    template_settings = []
+    for kind in TEMPLATE_KINDS:
+        body = tmpl.get(kind, {})
+        for key, value in body.items():
+            where = f"[templates.{kind}] {key}"
+            if key == "enabled" and not isinstance(value, bool):
+                raise fail(where, f"expected true or false, got {value!r}")
+            if key == "subject" and not isinstance(value, str):
+                raise fail(where, f"expected a string, got {value!r}")
+            if key not in ("enabled", "subject"):
+                raise fail(where, "unknown key")
+        template_settings.append(
+            (kind, TemplateSettings(body.get("enabled", True), body.get("subject")))
+        )
+    limit = values.get("limits", {}).get("auto_replies_per_address_per_hour", 10)
+    if limit < 0:
+        raise fail("[limits] auto_replies_per_address_per_hour", "must not be negative")
 
     return Config(
         path=path.resolve(),
@@ -228,12 +335,66 @@ def parse_config(doc: dict[str, Any], path: Path) -> Config:
         data_dir=(base / values.get("storage", {}).get("data_dir", "data")).resolve(),
         domains=domains,
         mailboxes=tuple(mailboxes),
-        relay_host=relay.get("host", "127.0.0.1"),
-        relay_port=relay.get("port", 25),
+        relay=relay_cfg,
+        dkim=dkim,
+        branding=branding,
+        templates_dir=templates_dir,
+        templates=tuple(template_settings),
+        auto_replies_per_address_per_hour=limit,
         agents=tuple(agents),
         pipeline_max_attempts=attempts,
         log_level=level,
     )
+
+
+def _relay(body: dict[str, Any], base: Path, fail: Any) -> Relay:
+    if not 0 < body.get("port", 25) < 65536:
+        raise fail("[relay] port", "must be between 1 and 65535")
+    password = body.get("password", "")
+    if "password_file" in body:
+        if password:
+            raise fail("[relay] password_file", "set either password or password_file, not both")
+        pw_path = (base / body["password_file"]).resolve()
+        try:
+            password = pw_path.read_text().strip()
+        except OSError as exc:
+            raise fail("[relay] password_file", f"cannot read {pw_path}: {exc.strerror}") from None
+    for key in ("timeout", "retry_base_seconds", "retry_max_seconds", "give_up_after_seconds"):
+        if key in body and body[key] <= 0:
+            raise fail(f"[relay] {key}", "must be positive")
+    if bool(body.get("username")) != bool(password):
+        raise fail("[relay] username", "username and password must be set together")
+    return Relay(
+        host=body.get("host", "127.0.0.1"),
+        port=body.get("port", 25),
+        starttls=body.get("starttls", False),
+        username=body.get("username", ""),
+        password=password,
+        timeout=float(body.get("timeout", 30.0)),
+        retry_base_seconds=float(body.get("retry_base_seconds", 300.0)),
+        retry_max_seconds=float(body.get("retry_max_seconds", 4000.0)),
+        give_up_after_seconds=float(body.get("give_up_after_seconds", 5 * 86400.0)),
+    )
+
+
+def _dkim(body: dict[str, Any], base: Path, fail: Any) -> Dkim | None:
+    if not body:
+        return None
+    for key in ("domain", "selector", "key_file"):
+        if not body.get(key):
+            raise fail(f"[dkim] {key}", "domain, selector and key_file must all be set")
+    key_file = (base / body["key_file"]).resolve()
+    if not key_file.is_file():
+        raise fail("[dkim] key_file", f"file not found: {key_file} (`mailgate dkim keygen`)")
+    return Dkim(body["domain"].lower(), body["selector"], key_file)
+
+
+def _branding(body: dict[str, Any], fail: Any) -> Branding:
+    color = body.get("primary_color", "#2563eb")
+    if not re.fullmatch(r"#[0-9a-fA-F]{3}|#[0-9a-fA-F]{6}|[a-zA-Z]{3,20}", color):
+        raise fail("[branding] primary_color", f"expected a CSS colour like #2563eb, got {color!r}")
+    defaults = Branding()
+    return Branding(**{k: body.get(k, getattr(defaults, k)) for k in _SCHEMA["branding"]})
 
 
 def _strings(value: list[Any], fail: Any) -> list[str]:

@@ -75,7 +75,25 @@ def _v1(db: sqlite_utils.Database) -> None:
     db["audit_incoming"].create_index(["action", "received_at"])
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1]
+def _v2(db: sqlite_utils.Database) -> None:
+    """The outbox: every mail we send or decided not to send, with its delivery state."""
+    db["outbound"].create(
+        {
+            "id": int, "ticket_id": int, "kind": str, "automatic": int, "to_addr": str,
+            "subject": str, "message_id": str, "raw": bytes, "status": str, "attempts": int,
+            "last_error": str, "created_at": str, "created_ts": float, "next_attempt": float,
+            "sent_at": str, "updated_at": str, "dsn_status": str, "queue_id": str,
+        },
+        pk="id",
+        defaults={"attempts": 0, "automatic": 0, "next_attempt": 0},
+    )
+    db["outbound"].create_index(["status", "next_attempt"])
+    db["outbound"].create_index(["ticket_id"])
+    db["outbound"].create_index(["to_addr", "automatic", "created_ts"])
+    db["messages"].add_column("outbound_id", int)
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2]
 
 
 def open_db(path: Path) -> sqlite_utils.Database:

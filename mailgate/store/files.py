@@ -38,6 +38,29 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def load_or_create_secret(data_dir: Path, name: str = "secret.key") -> bytes:
+    """The server's HMAC secret: 32 random bytes made once (mode 0600) and reused after."""
+    path = data_dir / name
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        data = os.urandom(32)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another process made it first: use theirs
+            return path.read_bytes()
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        fsync_dir(data_dir)
+    if len(data) < 16:
+        raise OSError(f"{path}: secret file is truncated; restore it from backup")
+    return data
+
+
 def raw_relpath(queue_id: str, received_at: float) -> str:
     day = time.strftime("%Y/%m/%d", time.gmtime(received_at))
     return f"raw/{day}/{queue_id}.eml"

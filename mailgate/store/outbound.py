@@ -1,0 +1,171 @@
+"""The outbox and the outgoing audit: one row per mail we send, or decided not to send.
+
+Input: rendered messages from the pipeline or an agent action (written in the caller's
+transaction, so a mail exists exactly when the change that caused it was committed), and
+delivery results from the relay worker. Output: rows whose `status` is one of `queued`,
+`sending`, `sent`, `deferred`, `failed`, `bounced`, `suppressed`; listings for the CLI.
+`sending` marks an attempt in flight: a crash leaves it there and start-up makes it `deferred`.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import sqlite_utils
+
+from mailgate.store.db import now_iso, transaction
+
+STATUSES = ("queued", "sending", "sent", "deferred", "failed", "bounced", "suppressed")
+
+
+@dataclass(frozen=True)
+class OutboundMail:
+    id: int
+    ticket_id: int | None
+    kind: str
+    to_addr: str
+    message_id: str
+    raw: bytes
+    attempts: int
+    created_ts: float
+
+
+def enqueue(
+    conn: sqlite3.Connection, *, ticket_id: int | None, kind: str, automatic: bool, to_addr: str,
+    subject: str, message_id: str, raw: bytes | None, status: str = "queued", reason: str = "",
+    queue_id: str = "",
+) -> int:
+    """Write an outbox row inside the caller's transaction. A `suppressed` or `failed` row
+    records mail that will not be sent, with `reason`."""
+    if status not in ("queued", "suppressed", "failed"):
+        raise ValueError(status)
+    ts = time.time()
+    cur = conn.execute(
+        "INSERT INTO outbound (ticket_id, kind, automatic, to_addr, subject, message_id, raw,"
+        " status, attempts, last_error, created_at, created_ts, next_attempt, updated_at,"
+        " queue_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, 0, ?, ?)",
+        (ticket_id, kind, int(automatic), to_addr, subject, message_id, raw, status, reason,
+         now_iso(ts), ts, now_iso(ts), queue_id),
+    )
+    return int(cur.lastrowid or 0)
+
+
+def automatic_sent_since(conn: sqlite3.Connection, to_addr: str, since_ts: float) -> int:
+    """How many automatic mails to `to_addr` were queued or sent since `since_ts` (rate limit)."""
+    row = conn.execute(
+        "SELECT COUNT(*) FROM outbound WHERE to_addr=? AND automatic=1 AND created_ts>=?"
+        " AND status NOT IN ('suppressed', 'failed')",
+        (to_addr, since_ts),
+    ).fetchone()
+    return int(row[0])
+
+
+def recover(db: sqlite_utils.Database) -> int:
+    """At start-up: attempts cut short by a crash become deferred (due now)."""
+    with transaction(db) as conn:
+        return conn.execute(
+            "UPDATE outbound SET status='deferred', next_attempt=0, updated_at=?,"
+            " last_error=COALESCE(last_error, '') || ' (attempt interrupted by a restart)'"
+            " WHERE status='sending'",
+            (now_iso(),),
+        ).rowcount
+
+
+def claim_due(db: sqlite_utils.Database, limit: int = 20) -> list[OutboundMail]:
+    now = time.time()
+    with transaction(db) as conn:
+        rows = conn.execute(
+            "SELECT id, ticket_id, kind, to_addr, message_id, raw, attempts, created_ts"
+            " FROM outbound WHERE status='queued' OR (status='deferred' AND next_attempt<=?)"
+            " ORDER BY id LIMIT ?",
+            (now, limit),
+        ).fetchall()
+        conn.executemany(
+            "UPDATE outbound SET status='sending', attempts=attempts+1, updated_at=? WHERE id=?",
+            [(now_iso(now), r[0]) for r in rows],
+        )
+    return [OutboundMail(r[0], r[1], r[2], r[3], r[4], r[5], r[6] + 1, r[7]) for r in rows]
+
+
+def mark_sent(db: sqlite_utils.Database, outbound_id: int, reply: str) -> None:
+    with transaction(db) as conn:
+        conn.execute(
+            "UPDATE outbound SET status='sent', sent_at=?, updated_at=?, last_error=? WHERE id=?",
+            (now_iso(), now_iso(), reply, outbound_id),
+        )
+
+
+def mark_deferred(db: sqlite_utils.Database, outbound_id: int, error: str, delay: float) -> None:
+    with transaction(db) as conn:
+        conn.execute(
+            "UPDATE outbound SET status='deferred', last_error=?, next_attempt=?, updated_at=?"
+            " WHERE id=?",
+            (error, time.time() + delay, now_iso(), outbound_id),
+        )
+
+
+def mark_failed(db: sqlite_utils.Database, outbound_id: int, error: str) -> None:
+    with transaction(db) as conn:
+        conn.execute(
+            "UPDATE outbound SET status='failed', last_error=?, updated_at=? WHERE id=?",
+            (error, now_iso(), outbound_id),
+        )
+
+
+def mark_bounced(conn: sqlite3.Connection, outbound_id: int, status: str, diagnostic: str
+                 ) -> bool:
+    """Inside the caller's transaction: the mail came back as a DSN. False if no such mail."""
+    cur = conn.execute(
+        "UPDATE outbound SET status='bounced', dsn_status=?, last_error=?, updated_at=?"
+        " WHERE id=?",
+        (status, diagnostic, now_iso(), outbound_id),
+    )
+    return cur.rowcount == 1
+
+
+def next_due_in(db: sqlite_utils.Database) -> float | None:
+    row = db.execute(
+        "SELECT MIN(CASE WHEN status='queued' THEN 0 ELSE next_attempt END) FROM outbound"
+        " WHERE status IN ('queued', 'deferred')"
+    ).fetchone()
+    if row is None or row[0] is None:
+        return None
+    return max(0.0, row[0] - time.time())
+
+
+_COLUMNS = (
+    "id, ticket_id, kind, to_addr AS 'to', subject, message_id, status, attempts, last_error,"
+    " dsn_status, created_at, sent_at"
+)
+
+
+def list_outgoing(
+    db: sqlite_utils.Database, status: str | None = None, ticket_id: int | None = None,
+    limit: int = 50,
+) -> list[dict[str, Any]]:
+    where, params = [], []
+    if status:
+        where.append("status = ?")
+        params.append(status)
+    if ticket_id is not None:
+        where.append("ticket_id = ?")
+        params.append(ticket_id)
+    sql = f"SELECT {_COLUMNS} FROM outbound"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += " ORDER BY id DESC LIMIT ?"
+    params.append(limit)
+    return list(db.query(sql, params))
+
+
+def get_raw(db: sqlite_utils.Database, outbound_id: int) -> bytes | None:
+    row = db.execute("SELECT raw FROM outbound WHERE id=?", [outbound_id]).fetchone()
+    return row[0] if row else None
+
+
+def counts_by_status(db: sqlite_utils.Database) -> dict[str, int]:
+    rows = db.execute("SELECT status, COUNT(*) FROM outbound GROUP BY status").fetchall()
+    return dict(rows)
