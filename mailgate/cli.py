@@ -16,11 +16,13 @@ from typing import Any
 
 import click
 
+from mailgate import app
 from mailgate.config import Config, load_config
 from mailgate.errors import NotFound, UserError
 from mailgate.model import SPOOL_STATES
 from mailgate.spool import Spool
 from mailgate.store import audit, tickets
+from mailgate.store import outbound as outbox
 from mailgate.store.db import open_db
 
 
@@ -75,7 +77,11 @@ def _cell(value: Any, width: int = 48) -> str:
     if isinstance(value, list | tuple):
         value = ",".join(str(v) for v in value)
     text = " ".join(str(value).split())  # no control characters or newlines from mail
-    return text if len(text) <= width else text[: width - 1] + "…"
+    if len(text) <= width:
+        return text
+    if text.startswith("/"):  # a path: its end says more than its start
+        return "…" + text[-(width - 1):]
+    return text[: width - 1] + "…"
 
 
 def format_table(rows: Iterable[dict[str, Any]], columns: Sequence[str]) -> str:
@@ -149,11 +155,13 @@ def tickets_list(state: _State, status: str | None, unassigned: bool, limit: int
 def tickets_show(state: _State, ticket_id: int, as_json: bool) -> None:
     """One ticket with its messages and attachments."""
     ticket = tickets.get_ticket(state.db(), ticket_id)
+    cfg = state.config
+    ticket["reply_address"] = app.signer(cfg).reply_address(cfg.from_address, ticket_id)
     if as_json:
         _emit(ticket, True)
         return
     click.echo(f"#{ticket['id']} {_cell(ticket['subject'], 200)}")
-    for key in ("status", "requester", "assignee", "created_at", "updated_at"):
+    for key in ("status", "requester", "assignee", "reply_address", "created_at", "updated_at"):
         click.echo(f"  {key}: {_cell(ticket[key], 200)}")
     for m in ticket["messages"]:
         flag = " [internal]" if m["internal"] else ""
@@ -166,6 +174,119 @@ def tickets_show(state: _State, ticket_id: int, as_json: bool) -> None:
                        f" {a['size']} bytes, sha256 {a['sha256'][:12]}…)")
         click.echo("")
         click.echo(m["text"] or "")
+
+
+@tickets_group.command("reply")
+@click.argument("ticket_id", type=int)
+@click.option("--agent", "agent_email", required=True, help="A configured agent's address.")
+@click.option("--body", help="The reply text.")
+@click.option("--body-file", type=click.File("r", encoding="utf-8"),
+              help="Read the reply text from a file ('-' for stdin).")
+@pass_state
+def tickets_reply(state: _State, ticket_id: int, agent_email: str, body: str | None,
+                  body_file: Any) -> None:
+    """Reply to the customer as an agent: stored on the ticket and sent through the relay."""
+    if (body is None) == (body_file is None):
+        raise UserError("give exactly one of --body and --body-file")
+    text = body if body is not None else body_file.read()
+    result = app.desk(state.config, state.db()).reply(ticket_id, agent_email, text)
+    q = result.queued
+    if q.status != "queued":
+        raise UserError(f"reply stored on ticket #{ticket_id} (message {result.message_row}) but"
+                        f" not sent: outbound #{q.outbound_id} {q.status}: {q.reason}")
+    click.echo(f"ticket #{ticket_id}: reply queued as outbound #{q.outbound_id}"
+               f" <{q.message_id}>")
+
+
+@tickets_group.command("assign")
+@click.argument("ticket_id", type=int)
+@click.argument("agent_email")
+@pass_state
+def tickets_assign(state: _State, ticket_id: int, agent_email: str) -> None:
+    """Assign a ticket to an agent (who gets an assignee_notification)."""
+    q = app.desk(state.config, state.db()).assign(ticket_id, agent_email)
+    note = f"notification outbound #{q.outbound_id} {q.status}"
+    click.echo(f"ticket #{ticket_id} assigned to {agent_email.lower()}; {note}"
+               + (f" ({q.reason})" if q.reason else ""))
+
+
+# --- templates and DKIM -----------------------------------------------------------------
+
+
+@cli.group("templates")
+def templates_group() -> None:
+    """Outgoing mail templates."""
+
+
+@templates_group.command("list")
+@json_option
+@pass_state
+def templates_list(state: _State, as_json: bool) -> None:
+    """Template kinds, whether each is enabled, and the files used."""
+    _emit(app.renderer(state.config).kinds(), as_json,
+          ["kind", "enabled", "html_source", "text_source"])
+
+
+@templates_group.command("preview")
+@click.argument("kind")
+@click.option("--ticket", "ticket_id", type=int, help="Render with this ticket's real data.")
+@click.option("--html", "part", flag_value="html", help="Print only the HTML part.")
+@click.option("--text", "part", flag_value="text", help="Print only the text part.")
+@pass_state
+def templates_preview(state: _State, kind: str, ticket_id: int | None, part: str | None) -> None:
+    """Render a template kind with sample data or a real ticket."""
+    from mailgate.outbound.render import TemplateError
+
+    cfg = state.config
+    renderer = app.renderer(cfg)
+    context = renderer.sample_context(kind)
+    if ticket_id is not None:
+        db = state.db()
+        ticket = tickets.ticket_row(db.conn, ticket_id)
+        if ticket is None:
+            raise NotFound(f"no ticket #{ticket_id}")
+        ticket["reply_address"] = app.signer(cfg).reply_address(cfg.from_address, ticket_id)
+        context["ticket"] = ticket
+        latest = tickets.latest_customer_message(db.conn, ticket_id)
+        if latest is not None:
+            context["customer_message"] = latest
+        context["recipient"] = {"name": ticket["requester_name"] or "",
+                                "email": ticket["requester"]}
+    try:
+        rendered = renderer.render(kind, context)
+    except TemplateError as exc:
+        raise UserError(f"template error: {exc}") from None
+    if part != "html":
+        click.echo(f"Subject: {rendered.subject}\n" if part is None else "", nl=False)
+        click.echo(rendered.text)
+    if part != "text":
+        click.echo(rendered.html)
+
+
+@cli.group("dkim")
+def dkim_group() -> None:
+    """DKIM keys for signing outgoing mail."""
+
+
+@dkim_group.command("keygen")
+@click.option("--selector", required=True, help="DNS selector, e.g. mail2026.")
+@click.option("--domain", help="Signing domain (default: the first of [mail] domains).")
+@click.option("--force", is_flag=True, help="Overwrite an existing key for this selector.")
+@pass_state
+def dkim_keygen(state: _State, selector: str, domain: str | None, force: bool) -> None:
+    """Write an RSA key under data_dir and print the DNS TXT record to publish."""
+    from mailgate.outbound.dkim_sign import keygen
+
+    cfg = state.config
+    domain = domain or (cfg.domains[0] if cfg.domains else "")
+    if not domain:
+        raise UserError(f"no domain: pass --domain or set [mail] domains in {cfg.path}")
+    path, record = keygen(cfg.data_dir, selector, domain, force=force)
+    click.echo(f"key written to {path}")
+    click.echo("publish this DNS record:")
+    click.echo(record)
+    click.echo(f"then add to {cfg.path}:\n[dkim]\ndomain = \"{domain}\"\n"
+               f"selector = \"{selector}\"\nkey_file = \"{path}\"")
 
 
 # --- audit ----------------------------------------------------------------------------------
@@ -190,6 +311,20 @@ def audit_incoming(state: _State, action: str | None, queue_id: str | None, limi
                           "ticket_id", "reason"])
 
 
+@audit_group.command("outgoing")
+@click.option("--status", type=click.Choice(outbox.STATUSES), help="Only mail in this status.")
+@click.option("--ticket", "ticket_id", type=int, help="Only mail about this ticket.")
+@click.option("--limit", type=click.IntRange(1, 100000), default=50, show_default=True)
+@json_option
+@pass_state
+def audit_outgoing(state: _State, status: str | None, ticket_id: int | None, limit: int,
+                   as_json: bool) -> None:
+    """Every mail we sent or decided not to send: delivery state and failure reason."""
+    rows = outbox.list_outgoing(state.db(), status=status, ticket_id=ticket_id, limit=limit)
+    _emit(rows, as_json, ["id", "ticket_id", "kind", "to", "subject", "status", "attempts",
+                          "last_error", "created_at", "sent_at"])
+
+
 # --- stats and spool ---------------------------------------------------------------------
 
 
@@ -202,12 +337,14 @@ def stats(state: _State, as_json: bool) -> None:
     data = tickets.counts(db)
     data["incoming_by_action"] = audit.counts_by_action(db)
     data["spool"] = state.spool().counts()
+    data["outgoing_by_status"] = outbox.counts_by_status(db)
     if as_json:
         _emit(data, True)
         return
     click.echo(f"tickets: {data['tickets']}  messages: {data['messages']}")
     for title, key in (("tickets by status", "tickets_by_status"),
-                       ("incoming mail by action", "incoming_by_action"), ("spool", "spool")):
+                       ("incoming mail by action", "incoming_by_action"), ("spool", "spool"),
+                       ("outgoing mail by status", "outgoing_by_status")):
         parts = ", ".join(f"{k}={v}" for k, v in data[key].items()) or "-"
         click.echo(f"{title}: {parts}")
 

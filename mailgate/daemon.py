@@ -1,5 +1,5 @@
-"""The daemon: one asyncio process wiring the SMTP server, the spool writer and the pipeline
-worker together, with an orderly stop on SIGTERM/SIGINT.
+"""The daemon: one asyncio process wiring the SMTP server, the spool writer, the pipeline
+worker and the relay worker together, with an orderly stop on SIGTERM/SIGINT.
 
 Input: a validated `Config`. Output: a running server until a stop signal. On start-up, work
 that a crash left `active` in the spool goes back to `incoming` (or to `hold` once it has been
@@ -15,8 +15,10 @@ import logging
 import signal
 import sys
 
+from mailgate import app
 from mailgate.config import Config
 from mailgate.errors import UserError
+from mailgate.outbound.relay import RelayWorker
 from mailgate.pipeline import Pipeline, PipelineWorker
 from mailgate.smtp.handler import MailgateHandler
 from mailgate.smtp.recipients import RecipientPolicy
@@ -44,11 +46,18 @@ async def serve(config: Config) -> None:
     if requeued or held:
         log.warning("recovered spool: %d entries requeued, %d held after repeated crashes",
                     requeued, held)
+    mail = app.mail_context(config)
+    tokens = app.signer(config)
+    relay = RelayWorker(
+        config.db_path, config.relay, envelope_from=lambda m: mail.bounce_address(m.id),
+        signer=app.dkim_signer(config), hostname=config.hostname,
+    )
     writer = SpoolWriter(config.spool_path)
-    pipeline = Pipeline(db, spool, config.data_dir, config.pipeline_max_attempts)
-    worker = PipelineWorker(pipeline)
+    pipeline = Pipeline(db, spool, config.data_dir, config.pipeline_max_attempts, mail=mail,
+                        verify_bounce=tokens.outbound_from_address)
+    worker = PipelineWorker(pipeline, on_processed=relay.wake)
     handler = MailgateHandler(
-        RecipientPolicy(frozenset(config.domains), frozenset(config.mailboxes)),
+        RecipientPolicy.for_config(config),
         writer,
         max_recipients=config.max_recipients,
         data_dir=config.data_dir,
@@ -64,6 +73,7 @@ async def serve(config: Config) -> None:
             f" {config.path}): {exc.strerror or exc}"
         ) from None
     worker_task = asyncio.create_task(worker.run(), name="pipeline-worker")
+    relay_task = asyncio.create_task(relay.run(), name="relay-worker")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -79,6 +89,13 @@ async def serve(config: Config) -> None:
             await asyncio.wait_for(server.wait_closed(), config.shutdown_seconds)
         worker.stop()
         await worker_task
+        relay.stop()
+        try:
+            await asyncio.wait_for(relay_task, config.shutdown_seconds)
+        except TimeoutError:  # an attempt cut short stays `sending`: deferred at next start
+            log.warning("relay attempts still in flight after %.0fs; stopping anyway",
+                        config.shutdown_seconds)
+        relay.close()
         writer.close()
         spool.close()
         db.close()

@@ -32,6 +32,12 @@ def new_queue_id() -> str:
     return f"{int(time.time() * 1000):010X}{secrets.token_hex(3).upper()}"
 
 
+def base_mailbox(address: str) -> str:
+    """`Support+tag@Example.COM` → `support@example.com` (lower-cased, plus tag removed)."""
+    local, _, domain = address.rpartition("@")
+    return f"{local.split('+', 1)[0]}@{domain}".lower().rstrip(".")
+
+
 @dataclass(frozen=True)
 class Envelope:
     queue_id: str

@@ -15,16 +15,20 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import sqlite_utils
 
+from mailgate.bounces import read_dsn
 from mailgate.errors import PermanentFailure, TemporaryFailure
-from mailgate.model import KIND_REJECTION, Address, ParsedMail, SpoolEntry
+from mailgate.model import KIND_REJECTION, Address, ParsedMail, SpoolEntry, base_mailbox
+from mailgate.outbound.mailer import MailContext, queue_ticket_mail
 from mailgate.parse import parse
 from mailgate.spool import Spool
 from mailgate.store import files
+from mailgate.store import outbound as outbox
 from mailgate.store.audit import IncomingAudit, audited, record_incoming
 from mailgate.store.db import now_iso, transaction
 from mailgate.store.tickets import (
@@ -33,6 +37,7 @@ from mailgate.store.tickets import (
     create_ticket,
     get_or_create_customer,
     ticket_for_message_id,
+    ticket_row,
     touch_ticket,
 )
 from mailgate.threading import find_ticket
@@ -52,12 +57,15 @@ class Outcome:
 
 class Pipeline:
     def __init__(
-        self, db: sqlite_utils.Database, spool: Spool, data_dir: Path, max_attempts: int = 3
+        self, db: sqlite_utils.Database, spool: Spool, data_dir: Path, max_attempts: int = 3,
+        mail: MailContext | None = None, verify_bounce: Callable[[str], int | None] | None = None,
     ) -> None:
         self.db = db
         self.spool = spool
         self.data_dir = data_dir
         self.max_attempts = max_attempts
+        self.mail = mail  # None: this pipeline sends no mail (tools, tests of ingest alone)
+        self.verify_bounce = verify_bounce
 
     # --- one entry --------------------------------------------------------------------------
 
@@ -110,7 +118,37 @@ class Pipeline:
             conn.execute(
                 "DELETE FROM audit_incoming WHERE queue_id=? AND action='held'", (env.queue_id,)
             )
+            bounce = self._bounce_target(env.rcpt_to)
+            if bounce is not None:
+                return self._bounce(conn, entry, parsed, content, bounce)
             return self._store(conn, entry, parsed, raw_path, blobs)
+
+    def _bounce_target(self, rcpts: tuple[str, ...]) -> int | None:
+        """0 when mail came to a bounce address without a valid token; the outbound id when it
+        names one of our mails; None when it is not for a bounce address at all."""
+        bounce_rcpts = [r for r in rcpts if base_mailbox(r).startswith("bounces@")]
+        if not bounce_rcpts:
+            return None
+        for r in bounce_rcpts:
+            oid = self.verify_bounce(r) if self.verify_bounce else None
+            if oid:
+                return oid
+        return 0
+
+    def _bounce(self, conn: sqlite3.Connection, entry: SpoolEntry, parsed: ParsedMail,
+                content: bytes, outbound_id: int) -> Outcome:
+        env = entry.envelope
+        dsn = read_dsn(content)
+        detail = " ".join(x for x in (dsn.status, dsn.diagnostic) if x) or "no status given"
+        if outbound_id and outbox.mark_bounced(conn, outbound_id, dsn.status, detail):
+            reason = (f"delivery failure for outbound mail #{outbound_id} to {dsn.recipient}:"
+                      f" {detail}")
+        else:
+            reason = f"bounce to our VERP address without a valid token (not matched): {detail}"
+        record_incoming(conn, IncomingAudit(
+            env, "bounce", reason=reason, message_id=parsed.message_id,
+            from_addr=parsed.from_.email, subject=parsed.subject, defects=len(parsed.defects)))
+        return Outcome(env.queue_id, "bounce", reason=reason)
 
     def _store(self, conn: sqlite3.Connection, entry: SpoolEntry, parsed: ParsedMail,
                raw_path: str, blobs: list[str]) -> Outcome:
@@ -147,7 +185,26 @@ class Pipeline:
                            att.content_id, att.inline)
         record_incoming(conn, replace(base, action=action, ticket_id=ticket_id, message_row=row,
                                     matched_by=match.method))
+        if action == "created_ticket" and self.mail is not None:
+            self._acknowledge(conn, entry, parsed, ticket_id, requester)
         return Outcome(env.queue_id, action, ticket_id)
+
+    def _acknowledge(self, conn: sqlite3.Connection, entry: SpoolEntry, parsed: ParsedMail,
+                     ticket_id: int, requester: Address) -> None:
+        assert self.mail is not None
+        ticket = ticket_row(conn, ticket_id)
+        assert ticket is not None
+        customer_message = {"subject": parsed.subject, "text": parsed.text,
+                            "from": parsed.from_.email}
+        queued = queue_ticket_mail(
+            conn, self.mail, kind="new_ticket_ack", ticket=ticket, to=requester,
+            context={"customer_message": customer_message}, automatic=True, trigger=parsed,
+            envelope_sender=entry.envelope.mail_from, in_reply_to=parsed.message_id,
+            references=parsed.references, queue_id=entry.queue_id,
+        )
+        log.info("queue_id=%s new_ticket_ack outbound_id=%d status=%s%s", entry.queue_id,
+                 queued.outbound_id, queued.status,
+                 f" reason={queued.reason!r}" if queued.reason else "")
 
     def _record_held(self, entry: SpoolEntry, reason: str) -> None:
         try:
@@ -168,8 +225,10 @@ class Pipeline:
 class PipelineWorker:
     """Runs the pipeline in a thread whenever the spool has due work."""
 
-    def __init__(self, pipeline: Pipeline, idle_poll: float = 1.0) -> None:
+    def __init__(self, pipeline: Pipeline, idle_poll: float = 1.0,
+                 on_processed: Callable[[], None] | None = None) -> None:
         self.pipeline = pipeline
+        self.on_processed = on_processed
         self.idle_poll = idle_poll
         self._wake = asyncio.Event()
         self._stopping = False
@@ -194,6 +253,8 @@ class PipelineWorker:
                 await asyncio.sleep(1.0)
             self.processed += len(outcomes)
             if outcomes:
+                if self.on_processed is not None:
+                    self.on_processed()
                 continue
             due = await loop.run_in_executor(None, self.pipeline.spool.next_due_in)
             timeout = self.idle_poll if due is None else min(self.idle_poll, due)

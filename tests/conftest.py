@@ -33,6 +33,7 @@ def write_config(directory: Path, port: int, extra: str = "", server_extra: str 
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "mailgate.toml"
     floor = "" if "min_free_bytes" in server_extra else "min_free_bytes = 0"
+    relay = "" if "[relay]" in extra else '[relay]\nhost = "127.0.0.1"\nport = 1'  # nobody there
     path.write_text(
         f"""
 [server]
@@ -49,9 +50,7 @@ data_dir = "data"
 domains = ["example.com", "help.example.org"]
 mailboxes = ["support@example.com", "sales@example.com", "help@help.example.org"]
 
-[relay]
-host = "127.0.0.1"
-port = 1
+{relay}
 
 [[agents]]
 name = "Alice Agent"

@@ -1,8 +1,8 @@
 """The dependency direction of DESIGN.md, checked by walking every module's imports with ast.
 
-model/config/errors (stdlib only) ← spool, store ← stage modules ← pipeline, smtp ← daemon,
-admin, cli. Stage modules never import each other; the smtp package never imports the store,
-the pipeline, the rules or threading.
+model/config/errors (stdlib only) ← spool, store ← stage modules ← pipeline (and service, the
+orchestrator of agent actions), smtp ← daemon, admin, cli, app. Stage modules never import each
+other; the smtp package never imports the store, the pipeline, the rules or threading.
 """
 
 from __future__ import annotations
@@ -13,8 +13,10 @@ from pathlib import Path
 PKG = Path(__file__).resolve().parent.parent / "mailgate"
 
 FOUNDATION = {"mailgate.model", "mailgate.config", "mailgate.errors"}
-STAGES = {"mailgate.parse", "mailgate.threading", "mailgate.rules", "mailgate.htmltext"}
-OUTER = {"mailgate.daemon", "mailgate.cli", "mailgate.admin", "mailgate.__main__"}
+STAGES = {"mailgate.parse", "mailgate.threading", "mailgate.rules", "mailgate.outbound",
+          "mailgate.bounces"}
+ORCHESTRATORS = {"mailgate.pipeline", "mailgate.service"}
+OUTER = {"mailgate.daemon", "mailgate.cli", "mailgate.admin", "mailgate.__main__", "mailgate.app"}
 
 
 def _module_name(path: Path) -> str:
@@ -64,20 +66,20 @@ def test_stages_do_not_import_each_other_or_outer_layers() -> None:
             continue
         for imp in imports:
             other = _top(imp)
-            assert other == top or other not in STAGES | OUTER | {"mailgate.pipeline"}, (mod, imp)
+            assert other == top or other not in STAGES | OUTER | ORCHESTRATORS, (mod, imp)
 
 
 def test_store_and_spool_do_not_import_stages_or_outer_layers() -> None:
     for mod, imports in MODULES.items():
         if _top(mod) in ("mailgate.store", "mailgate.spool"):
             for imp in imports:
-                assert _top(imp) not in STAGES | OUTER | {"mailgate.pipeline", "mailgate.smtp"}, (
+                assert _top(imp) not in STAGES | OUTER | ORCHESTRATORS | {"mailgate.smtp"}, (
                     mod, imp)
 
 
 def test_only_outer_layers_import_the_pipeline_and_daemon() -> None:
     for mod, imports in MODULES.items():
-        if _top(mod) in OUTER or mod == "mailgate.pipeline":
+        if _top(mod) in OUTER | ORCHESTRATORS:
             continue
-        assert "mailgate.pipeline" not in imports, mod
+        assert not imports & ORCHESTRATORS, mod
         assert "mailgate.daemon" not in imports, mod

@@ -10,17 +10,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mailgate.config import Config
+from mailgate.model import base_mailbox
 
-def base_mailbox(address: str) -> str:
-    """`Support+tag@Example.COM` → `support@example.com` (lower-cased, plus tag removed)."""
-    local, _, domain = address.rpartition("@")
-    return f"{local.split('+', 1)[0]}@{domain}".lower()
+BOUNCE_LOCAL = "bounces"
 
 
 @dataclass(frozen=True)
 class RecipientPolicy:
     domains: frozenset[str]
     mailboxes: frozenset[str]
+
+    @classmethod
+    def for_config(cls, config: Config) -> RecipientPolicy:
+        """Our mailboxes, plus `bounces@` in each domain: the VERP return path of our mail."""
+        boxes = set(config.mailboxes) | {f"{BOUNCE_LOCAL}@{d}" for d in config.domains}
+        return cls(frozenset(config.domains), frozenset(boxes))
 
     def check(self, address: str) -> str | None:
         local, at, domain = address.rpartition("@")

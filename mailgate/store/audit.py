@@ -18,7 +18,7 @@ import sqlite_utils
 from mailgate.model import Envelope
 from mailgate.store.db import now_iso
 
-ACTIONS = ("created_ticket", "appended", "duplicate", "rejected", "held")
+ACTIONS = ("created_ticket", "appended", "duplicate", "bounce", "rejected", "held")
 
 
 @dataclass(frozen=True)

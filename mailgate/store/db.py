@@ -109,9 +109,10 @@ def open_db(path: Path) -> sqlite_utils.Database:
 
 
 def migrate(db: sqlite_utils.Database) -> None:
-    version = db.execute("PRAGMA user_version").fetchone()[0]
-    for number, step in enumerate(MIGRATIONS[version:], start=version + 1):
-        with transaction(db):
+    for number, step in enumerate(MIGRATIONS, start=1):
+        with transaction(db):  # read the version inside the write lock: one process migrates
+            if db.execute("PRAGMA user_version").fetchone()[0] >= number:
+                continue
             step(db)
             db.execute(f"PRAGMA user_version={number}")
 

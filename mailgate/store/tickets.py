@@ -80,7 +80,9 @@ def add_incoming_message(
     return row
 
 
-def index_message_id(conn: sqlite3.Connection, message_id: str, ticket_id: int, row: int) -> None:
+def index_message_id(
+    conn: sqlite3.Connection, message_id: str, ticket_id: int, row: int | None
+) -> None:
     conn.execute(
         "INSERT OR IGNORE INTO message_ids (message_id, ticket_id, message_row) VALUES (?, ?, ?)",
         (message_id, ticket_id, row),
@@ -175,3 +177,66 @@ def counts(db: sqlite_utils.Database) -> dict[str, Any]:
     by_status = dict(db.execute("SELECT status, COUNT(*) FROM tickets GROUP BY status").fetchall())
     return {"tickets": tickets, "messages": messages, "tickets_by_status": by_status}
 
+
+
+# --- reads and writes inside a transaction, for outbound mail and agent actions ----------
+
+
+def ticket_row(conn: sqlite3.Connection, ticket_id: int) -> dict[str, Any] | None:
+    row = conn.execute(
+        "SELECT t.id, t.subject, t.status, t.assignee, c.email, c.name, t.created_at,"
+        " t.updated_at FROM tickets t JOIN customers c ON c.id = t.requester_id WHERE t.id=?",
+        (ticket_id,),
+    ).fetchone()
+    if row is None:
+        return None
+    keys = ("id", "subject", "status", "assignee", "requester", "requester_name", "created_at",
+            "updated_at")
+    return dict(zip(keys, row, strict=True))
+
+
+def latest_customer_message(conn: sqlite3.Connection, ticket_id: int) -> dict[str, Any] | None:
+    row = conn.execute(
+        "SELECT id, message_id, references_, subject, text, from_addr, from_name FROM messages"
+        " WHERE ticket_id=? AND direction='in' AND internal=0 ORDER BY id DESC LIMIT 1",
+        (ticket_id,),
+    ).fetchone()
+    if row is None:
+        return None
+    return {
+        "id": row[0], "message_id": row[1] or "", "references": tuple(json.loads(row[2] or "[]")),
+        "subject": row[3] or "", "text": row[4] or "", "from": row[5] or "",
+        "from_name": row[6] or "",
+    }
+
+
+def add_outgoing_message(
+    conn: sqlite3.Connection, ticket_id: int, *, from_addr: str, from_name: str, to_addr: str,
+    subject: str, text: str, message_id: str, in_reply_to: str, now: str,
+) -> int:
+    cur = conn.execute(
+        "INSERT INTO messages (ticket_id, direction, message_id, in_reply_to, references_,"
+        " from_addr, from_name, to_addrs, cc_addrs, subject, text, html, defects, matched_by,"
+        " internal, internal_reason, created_at)"
+        " VALUES (?, 'out', ?, ?, '[]', ?, ?, ?, '[]', ?, ?, '', '[]', 'agent', 0, '', ?)",
+        (ticket_id, message_id, in_reply_to, from_addr, from_name, json.dumps([to_addr]),
+         subject, text, now),
+    )
+    row = int(cur.lastrowid or 0)
+    index_message_id(conn, message_id, ticket_id, row)
+    return row
+
+
+def link_outbound(conn: sqlite3.Connection, message_row: int, outbound_id: int) -> None:
+    conn.execute("UPDATE messages SET outbound_id=? WHERE id=?", (outbound_id, message_row))
+
+
+def set_assignee(conn: sqlite3.Connection, ticket_id: int, assignee: str | None, now: str) -> None:
+    conn.execute("UPDATE tickets SET assignee=?, updated_at=? WHERE id=?",
+                 (assignee, now, ticket_id))
+
+
+def set_status(conn: sqlite3.Connection, ticket_id: int, status: str, now: str) -> None:
+    if status not in STATUSES:
+        raise ValueError(status)
+    conn.execute("UPDATE tickets SET status=?, updated_at=? WHERE id=?", (status, now, ticket_id))

@@ -1,0 +1,138 @@
+"""Queueing one mail about a ticket: the decision, the rendering and the outbox row, together.
+
+Input: a connection inside the caller's transaction (the pipeline's, or an agent action's),
+the ticket, the recipient and the template context (untrusted values, escaped by templates).
+Output: exactly one outbox row — `queued` with the composed message, `suppressed` with the rule
+that stopped it, or `failed` with the template error — so every decision is in the outgoing
+audit. Our Message-ID carries the ticket's signed token and is indexed for threading.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from mailgate.model import Address, ParsedMail
+from mailgate.outbound.compose import BadAddress, Headers, compose
+from mailgate.outbound.render import Renderer, TemplateError
+from mailgate.outbound.suppress import suppression_reason
+from mailgate.store import outbound as outbox
+from mailgate.store.tickets import index_message_id
+
+
+class TokenMinter(Protocol):
+    """What mail composition needs of the signed tokens (mailgate.threading.token.Signer)."""
+
+    def reply_address(self, mailbox: str, ticket_id: int) -> str: ...
+    def message_id(self, ticket_id: int, domain: str) -> str: ...
+    def bounce_address(self, bounce_mailbox: str, outbound_id: int) -> str: ...
+
+
+@dataclass(frozen=True)
+class MailContext:
+    renderer: Renderer
+    tokens: TokenMinter
+    from_addr: str
+    from_name: str
+    domains: frozenset[str]
+    agents: frozenset[str]
+    auto_limit: int
+
+    @property
+    def from_domain(self) -> str:
+        return self.from_addr.rpartition("@")[2]
+
+    def reply_address(self, ticket_id: int) -> str:
+        return self.tokens.reply_address(self.from_addr, ticket_id)
+
+    def bounce_address(self, outbound_id: int) -> str:
+        return self.tokens.bounce_address(f"bounces@{self.from_domain}", outbound_id)
+
+    def ticket_view(self, ticket: Mapping[str, Any]) -> dict[str, Any]:
+        view = dict(ticket)
+        view["reply_address"] = self.reply_address(int(ticket["id"]))
+        return view
+
+
+@dataclass(frozen=True)
+class Queued:
+    outbound_id: int
+    status: str  # queued, suppressed, failed
+    message_id: str
+    subject: str
+    reason: str = ""
+
+
+def queue_ticket_mail(
+    conn: sqlite3.Connection,
+    ctx: MailContext,
+    *,
+    kind: str,
+    ticket: Mapping[str, Any],
+    to: Address,
+    context: Mapping[str, Any],
+    automatic: bool,
+    trigger: ParsedMail | None = None,
+    envelope_sender: str | None = None,
+    in_reply_to: str = "",
+    references: tuple[str, ...] = (),
+    queue_id: str = "",
+    message_id: str | None = None,
+) -> Queued:
+    ticket_id = int(ticket["id"])
+
+    def record(status: str, reason: str, subject: str = "", message_id: str = "",
+               raw: bytes | None = None) -> Queued:
+        oid = outbox.enqueue(
+            conn, ticket_id=ticket_id, kind=kind, automatic=automatic, to_addr=to.email,
+            subject=subject, message_id=message_id, raw=raw, status=status, reason=reason,
+            queue_id=queue_id,
+        )
+        return Queued(oid, status, message_id, subject, reason)
+
+    if not ctx.renderer.enabled(kind):
+        return record("suppressed", f"[templates.{kind}] enabled = false")
+    if automatic:
+        reason = suppression_reason(
+            trigger=trigger,
+            envelope_sender=envelope_sender,
+            to_addr=to.email,
+            our_domains=ctx.domains,
+            sent_last_hour=outbox.automatic_sent_since(conn, to.email, time.time() - 3600),
+            limit_per_hour=ctx.auto_limit,
+            recipient_is_agent=to.email in ctx.agents,
+        )
+        if reason:
+            return record("suppressed", reason)
+    full_context = {
+        **context,
+        "ticket": ctx.ticket_view(ticket),
+        "recipient": {"name": to.name, "email": to.email},
+    }
+    try:
+        rendered = ctx.renderer.render(kind, full_context)
+    except TemplateError as exc:
+        return record("failed", f"template error: {exc}")
+    message_id = message_id or ctx.tokens.message_id(ticket_id, ctx.from_domain)
+    headers = Headers(
+        from_name=ctx.from_name,
+        from_addr=ctx.from_addr,
+        to_name=to.name,
+        to_addr=to.email,
+        reply_to=ctx.reply_address(ticket_id),
+        message_id=message_id,
+        in_reply_to=in_reply_to,
+        references=references,
+        automatic=automatic,
+        ticket_id=ticket_id,
+    )
+    try:
+        raw = compose(rendered.subject, rendered.text, rendered.html, rendered.images, headers)
+    except BadAddress as exc:
+        return record("failed", str(exc), rendered.subject)
+    queued = record("queued", "", rendered.subject, message_id, raw)
+    index_message_id(conn, message_id, ticket_id, None)
+    return queued

@@ -1,0 +1,99 @@
+"""What people do to tickets (from the CLI, later the admin endpoint): reply, assign.
+
+Input: a ticket id, an agent's address and text typed by that agent (trusted as the agent's
+words, still untrusted markup: templates escape it). Output: the change and the mail it causes,
+committed in one transaction (the outbox pattern): the agent's message stored on the ticket
+with its Message-ID, and one outbox row. Like the pipeline, this is an orchestrator: it calls
+the stages and the store, never the other way round.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import sqlite_utils
+
+from mailgate.config import Agent
+from mailgate.errors import NotFound, UserError
+from mailgate.model import Address
+from mailgate.outbound.mailer import MailContext, Queued, queue_ticket_mail
+from mailgate.store.db import now_iso, transaction
+from mailgate.store.tickets import (
+    add_outgoing_message,
+    latest_customer_message,
+    link_outbound,
+    set_assignee,
+    set_status,
+    ticket_row,
+)
+
+
+@dataclass(frozen=True)
+class ReplyResult:
+    ticket_id: int
+    message_row: int
+    queued: Queued
+
+
+class Desk:
+    def __init__(self, db: sqlite_utils.Database, mail: MailContext,
+                 agents: tuple[Agent, ...], config_path: str = "the config") -> None:
+        self.db = db
+        self.mail = mail
+        self.agents = {a.email: a for a in agents}
+        self.config_path = config_path
+
+    def agent(self, email: str) -> Agent:
+        agent = self.agents.get(email.strip().lower())
+        if agent is None:
+            raise UserError(f"{email} is not a configured agent ([[agents]] in {self.config_path})")
+        return agent
+
+    def _ticket(self, conn: Any, ticket_id: int) -> dict[str, Any]:
+        ticket = ticket_row(conn, ticket_id)
+        if ticket is None:
+            raise NotFound(f"no ticket #{ticket_id}")
+        return ticket
+
+    def reply(self, ticket_id: int, agent_email: str, body: str) -> ReplyResult:
+        agent = self.agent(agent_email)
+        if not body.strip():
+            raise UserError("the reply is empty")
+        with transaction(self.db) as conn:
+            ticket = self._ticket(conn, ticket_id)
+            latest = latest_customer_message(conn, ticket_id)
+            in_reply_to = latest["message_id"] if latest else ""
+            references = latest["references"] if latest else ()
+            message_id = self.mail.tokens.message_id(ticket_id, self.mail.from_domain)
+            queued = queue_ticket_mail(
+                conn, self.mail, kind="agent_reply", ticket=ticket,
+                to=Address(ticket["requester"], ticket["requester_name"] or ""),
+                context={"agent": {"name": agent.name, "email": agent.email}, "body": body},
+                automatic=False, in_reply_to=in_reply_to, references=references,
+                message_id=message_id,
+            )
+            now = now_iso()
+            row = add_outgoing_message(
+                conn, ticket_id, from_addr=agent.email, from_name=agent.name,
+                to_addr=ticket["requester"], subject=queued.subject or ticket["subject"],
+                text=body, message_id=message_id, in_reply_to=in_reply_to, now=now,
+            )
+            link_outbound(conn, row, queued.outbound_id)
+            set_status(conn, ticket_id, "pending_customer", now)
+        return ReplyResult(ticket_id, row, queued)
+
+    def assign(self, ticket_id: int, agent_email: str) -> Queued:
+        agent = self.agent(agent_email)
+        with transaction(self.db) as conn:
+            ticket = self._ticket(conn, ticket_id)
+            set_assignee(conn, ticket_id, agent.email, now_iso())
+            ticket["assignee"] = agent.email
+            latest = latest_customer_message(conn, ticket_id)
+            return queue_ticket_mail(
+                conn, self.mail, kind="assignee_notification", ticket=ticket,
+                to=Address(agent.email, agent.name),
+                context={"agent": {"name": agent.name, "email": agent.email},
+                         "customer_message": latest},
+                automatic=True, envelope_sender=None,
+            )
