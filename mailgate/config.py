@@ -167,8 +167,7 @@ _SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], str]]] = {
         "logo": (str, "a file path or an http(s) URL"),
         "show_powered_by": (bool, "true or false"),
     },
-    "templates": {"dir": (str, "a directory path"), **{
-        kind: (dict, "a table") for kind in TEMPLATE_KINDS}},
+    "templates": {"dir": (str, "a directory path")},  # plus [templates.<kind>] tables
     "limits": {"auto_replies_per_address_per_hour": (int, "an integer")},
     "pipeline": {"max_attempts": (int, "an integer")},
     "log": {"level": (str, "one of DEBUG, INFO, WARNING, ERROR")},
@@ -226,6 +225,10 @@ def parse_config(doc: dict[str, Any], path: Path) -> Config:
             raise fail(f"[{section}]", "must be a table")
         schema = _SCHEMA[section]
         for key, value in body.items():
+            if section == "templates" and key != "dir":
+                if not isinstance(value, dict) or not re.fullmatch(r"[a-z][a-z0-9_]*", key):
+                    raise fail(f"[templates] {key}", "expected a [templates.<kind>] table")
+                continue
             if key not in schema:
                 raise fail(f"[{section}] {key}", "unknown key")
             expected, description = schema[key]
@@ -304,7 +307,7 @@ def parse_config(doc: dict[str, Any], path: Path) -> Config:
     if templates_dir is not None and not templates_dir.is_dir():
         raise fail("[templates] dir", f"not a directory: {templates_dir}")
     template_settings = []
-    for kind in TEMPLATE_KINDS:
+    for kind in dict.fromkeys([*TEMPLATE_KINDS, *(k for k in tmpl if k != "dir")]):
         body = tmpl.get(kind, {})
         for key, value in body.items():
             where = f"[templates.{kind}] {key}"
