@@ -94,6 +94,11 @@ class Config:
     agents: tuple[Agent, ...] = ()
     pipeline_max_attempts: int = 3
     log_level: str = "INFO"
+    log_format: str = "text"
+    admin_host: str | None = None  # None: the admin endpoint is off
+    admin_port: int = 8025
+    admin_tls_cert: Path | None = None
+    admin_tls_key: Path | None = None
 
     def template(self, kind: str) -> TemplateSettings:
         return dict(self.templates).get(kind, TemplateSettings())
@@ -170,7 +175,15 @@ _SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], str]]] = {
     "templates": {"dir": (str, "a directory path")},  # plus [templates.<kind>] tables
     "limits": {"auto_replies_per_address_per_hour": (int, "an integer")},
     "pipeline": {"max_attempts": (int, "an integer")},
-    "log": {"level": (str, "one of DEBUG, INFO, WARNING, ERROR")},
+    "log": {
+        "level": (str, "one of DEBUG, INFO, WARNING, ERROR"),
+        "format": (str, "\"text\" or \"json\""),
+    },
+    "admin": {
+        "listen": (str, "a string host:port"),
+        "tls_cert": (str, "a file path"),
+        "tls_key": (str, "a file path"),
+    },
 }
 _AGENT_KEYS = {"name": str, "email": str}
 
@@ -292,6 +305,21 @@ def parse_config(doc: dict[str, Any], path: Path) -> Config:
             raise fail(f"{where} email", "an agent needs an email address")
         agents.append(Agent(name=entry.get("name", entry["email"]), email=entry["email"].lower()))
 
+    log_format = values.get("log", {}).get("format", "text")
+    if log_format not in ("text", "json"):
+        raise fail("[log] format", f'expected "text" or "json", got {log_format!r}')
+    admin = values.get("admin", {})
+    admin_host: str | None = None
+    admin_port = 8025
+    if admin.get("listen"):
+        admin_host, admin_port = _parse_hostport(
+            admin["listen"], lambda m: fail("[admin] listen", m))
+    admin_cert, admin_key = opt_path("admin", "tls_cert"), opt_path("admin", "tls_key")
+    if (admin_cert is None) != (admin_key is None):
+        raise fail("[admin] tls_cert", "tls_cert and tls_key must be set together")
+    for key, p in (("tls_cert", admin_cert), ("tls_key", admin_key)):
+        if p is not None and not p.is_file():
+            raise fail(f"[admin] {key}", f"file not found: {p}")
     level = values.get("log", {}).get("level", "INFO").upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise fail("[log] level", f"expected one of DEBUG, INFO, WARNING, ERROR, got {level!r}")
@@ -347,6 +375,11 @@ def parse_config(doc: dict[str, Any], path: Path) -> Config:
         agents=tuple(agents),
         pipeline_max_attempts=attempts,
         log_level=level,
+        log_format=log_format,
+        admin_host=admin_host,
+        admin_port=admin_port,
+        admin_tls_cert=admin_cert,
+        admin_tls_key=admin_key,
     )
 
 
