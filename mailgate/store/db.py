@@ -93,7 +93,22 @@ def _v2(db: sqlite_utils.Database) -> None:
     db["messages"].add_column("outbound_id", int)
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2]
+def _v3(db: sqlite_utils.Database) -> None:
+    """Threading and the workflow: classification, reply text, participants, reopening."""
+    db["audit_incoming"].add_column("classification", str)
+    db["audit_incoming"].add_column("details", str)  # JSON: DSN, forwarding code and link, ...
+    db["messages"].add_column("reply_text", str)
+    db["messages"].add_column("classification", str)
+    db["tickets"].add_column("closed_at", str)
+    db["tickets"].add_column("linked_ticket_id", int)
+    db["participants"].create(
+        {"ticket_id": int, "email": str, "role": str, "added_at": str},
+        pk=("ticket_id", "email"),
+    )
+    db["participants"].create_index(["email"])
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3]
 
 
 def open_db(path: Path) -> sqlite_utils.Database:
