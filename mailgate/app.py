@@ -12,6 +12,7 @@ from pathlib import Path
 import sqlite_utils
 
 from mailgate.config import Config
+from mailgate.deliver import Policy
 from mailgate.outbound.dkim_sign import sign as dkim_sign
 from mailgate.outbound.mailer import MailContext
 from mailgate.outbound.render import Renderer
@@ -25,6 +26,16 @@ BUILTIN_TEMPLATES = Path(__file__).resolve().parent.parent / "config" / "templat
 def renderer(config: Config) -> Renderer:
     return Renderer(BUILTIN_TEMPLATES, config.templates_dir, config.branding,
                     dict(config.templates), config.path.parent)
+
+
+def policy(config: Config) -> Policy:
+    """The workflow settings the pipeline applies to each message."""
+    return Policy(
+        domains=frozenset(config.domains),
+        agents=frozenset(a.email for a in config.agents),
+        strangers=config.strangers,
+        reopen_closed_days=config.reopen_closed_days,
+    )
 
 
 def signer(config: Config) -> Signer:

@@ -18,8 +18,10 @@ import click
 
 from mailgate import app
 from mailgate.config import Config, load_config
+from mailgate.doctor import doctor_command
 from mailgate.errors import NotFound, UserError
 from mailgate.model import SPOOL_STATES
+from mailgate.setup_wizard import init_command
 from mailgate.spool import Spool
 from mailgate.store import audit, tickets
 from mailgate.store import outbound as outbox
@@ -105,6 +107,10 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
     ctx.obj = _State(config_path)
 
 
+cli.add_command(init_command)  # mailgate init: the setup wizard (mailgate/setup_wizard.py)
+cli.add_command(doctor_command)  # mailgate doctor: one line per check (mailgate/doctor.py)
+
+
 @cli.command("check-config")
 @pass_state
 def check_config(state: _State) -> None:
@@ -119,10 +125,10 @@ def check_config(state: _State) -> None:
 def serve(state: _State) -> None:
     """Run the daemon: SMTP listener, spool and pipeline worker."""
     from mailgate.daemon import serve as run_daemon
-    from mailgate.daemon import setup_logging
+    from mailgate.logsetup import setup_logging
 
     cfg = state.config
-    setup_logging(cfg.log_level)
+    setup_logging(cfg.log_level, cfg.log_format)
     asyncio.run(run_daemon(cfg))
 
 
@@ -137,15 +143,20 @@ def tickets_group() -> None:
 @tickets_group.command("list")
 @click.option("--status", type=click.Choice(tickets.STATUSES), help="Only tickets in this status.")
 @click.option("--unassigned", is_flag=True, help="Only tickets nobody is assigned to.")
+@click.option("--assignee", metavar="EMAIL", help="Only tickets assigned to this agent.")
 @click.option("--limit", type=click.IntRange(1, 100000), default=50, show_default=True)
 @json_option
 @pass_state
-def tickets_list(state: _State, status: str | None, unassigned: bool, limit: int,
-                 as_json: bool) -> None:
+def tickets_list(state: _State, status: str | None, unassigned: bool, assignee: str | None,
+                 limit: int, as_json: bool) -> None:
     """Tickets, most recently updated first."""
-    rows = tickets.list_tickets(state.db(), status=status, unassigned=unassigned, limit=limit)
-    _emit(rows, as_json, ["id", "subject", "requester", "status", "assignee", "created_at",
-                          "updated_at"])
+    rows = tickets.list_tickets(state.db(), status=status, unassigned=unassigned,
+                                assignee=assignee, limit=limit)
+    for r in rows:
+        r["status_label"] = state.config.status_label(r["status"])
+    table = [{**r, "status": r["status_label"]} for r in rows]  # people see the labels
+    _emit(rows if as_json else table, as_json,
+          ["id", "subject", "requester", "status", "assignee", "created_at", "updated_at"])
 
 
 @tickets_group.command("show")
@@ -196,6 +207,16 @@ def tickets_reply(state: _State, ticket_id: int, agent_email: str, body: str | N
                         f" not sent: outbound #{q.outbound_id} {q.status}: {q.reason}")
     click.echo(f"ticket #{ticket_id}: reply queued as outbound #{q.outbound_id}"
                f" <{q.message_id}>")
+
+
+@tickets_group.command("status")
+@click.argument("ticket_id", type=int)
+@click.argument("status", type=click.Choice(tickets.STATUSES))
+@pass_state
+def tickets_status(state: _State, ticket_id: int, status: str) -> None:
+    """Set a ticket's status (open, pending_customer, pending_agent, resolved, closed)."""
+    ticket = app.desk(state.config, state.db()).set_status(ticket_id, status)
+    click.echo(f"ticket #{ticket_id} is now {state.config.status_label(ticket['status'])}")
 
 
 @tickets_group.command("assign")
@@ -325,6 +346,25 @@ def audit_outgoing(state: _State, status: str | None, ticket_id: int | None, lim
                           "last_error", "created_at", "sent_at"])
 
 
+@cli.group("forwarding")
+def forwarding_group() -> None:
+    """Forwarding confirmations (Gmail, Outlook) waiting for an administrator."""
+
+
+@forwarding_group.command("pending")
+@click.option("--limit", type=click.IntRange(1, 100000), default=50, show_default=True)
+@json_option
+@pass_state
+def forwarding_pending(state: _State, limit: int, as_json: bool) -> None:
+    """Confirmation mails received, with the code and the link that finish forwarding setup."""
+    rows = []
+    for r in audit.list_incoming(state.db(), action="forwarding_confirmation", limit=limit):
+        d = r.get("details") or {}
+        rows.append({"received_at": r["received_at"], "queue_id": r["queue_id"],
+                     "from": r["from"], "subject": r["subject"], **d})
+    _emit(rows, as_json, ["received_at", "provider", "code", "link", "subject"])
+
+
 # --- stats and spool ---------------------------------------------------------------------
 
 
@@ -389,6 +429,27 @@ def spool_retry(state: _State, queue_id: str) -> None:
     except ValueError as exc:
         raise UserError(f"spool entry {queue_id} is {exc}, not held or deferred") from None
     click.echo(f"{queue_id}: back to incoming; the running daemon picks it up")
+
+
+# --- admin endpoint -------------------------------------------------------------------------
+
+
+@cli.group("admin")
+def admin_group() -> None:
+    """The admin HTTP endpoint ([admin] listen)."""
+
+
+@admin_group.command("token")
+@click.option("--rotate", is_flag=True,
+              help="Make a new token; the old one and every session stop working at once.")
+@pass_state
+def admin_token(state: _State, rotate: bool) -> None:
+    """Print the admin token (created on first use, in data_dir/admin.token, mode 0600)."""
+    from mailgate.admin import token as admin_token_file
+
+    data_dir = state.config.data_dir
+    token = (admin_token_file.rotate if rotate else admin_token_file.load_or_create)(data_dir)
+    click.echo(token)
 
 
 def main() -> None:

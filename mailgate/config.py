@@ -95,6 +95,9 @@ class Config:
     pipeline_max_attempts: int = 3
     log_level: str = "INFO"
     log_format: str = "text"
+    strangers: str = "internal"
+    reopen_closed_days: float = 7.0
+    status_labels: tuple[tuple[str, str], ...] = ()
     admin_host: str | None = None  # None: the admin endpoint is off
     admin_port: int = 8025
     admin_tls_cert: Path | None = None
@@ -106,6 +109,10 @@ class Config:
     def agent(self, email: str) -> Agent | None:
         email = email.lower()
         return next((a for a in self.agents if a.email == email), None)
+
+    def status_label(self, status: str) -> str:
+        """The name people see for a status ([statuses] in the config)."""
+        return dict(self.status_labels).get(status, status.replace("_", " "))
 
     @property
     def from_address(self) -> str:
@@ -175,6 +182,12 @@ _SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], str]]] = {
     "templates": {"dir": (str, "a directory path")},  # plus [templates.<kind>] tables
     "limits": {"auto_replies_per_address_per_hour": (int, "an integer")},
     "pipeline": {"max_attempts": (int, "an integer")},
+    "threading": {
+        "strangers": (str, "\"internal\" or \"new_ticket\""),
+        "reopen_closed_days": ((int, float), "a number of days"),
+    },
+    "statuses": {s: (str, "a display name") for s in (
+        "open", "pending_customer", "pending_agent", "resolved", "closed")},
     "log": {
         "level": (str, "one of DEBUG, INFO, WARNING, ERROR"),
         "format": (str, "\"text\" or \"json\""),
@@ -320,6 +333,15 @@ def parse_config(doc: dict[str, Any], path: Path) -> Config:
     for key, p in (("tls_cert", admin_cert), ("tls_key", admin_key)):
         if p is not None and not p.is_file():
             raise fail(f"[admin] {key}", f"file not found: {p}")
+    threading_cfg = values.get("threading", {})
+    strangers = threading_cfg.get("strangers", "internal")
+    if strangers not in ("internal", "new_ticket"):
+        raise fail("[threading] strangers",
+                   f'expected "internal" or "new_ticket", got {strangers!r}')
+    reopen_days = float(threading_cfg.get("reopen_closed_days", 7))
+    if reopen_days < 0:
+        raise fail("[threading] reopen_closed_days", "must not be negative")
+    labels = tuple((k, v) for k, v in values.get("statuses", {}).items())
     level = values.get("log", {}).get("level", "INFO").upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise fail("[log] level", f"expected one of DEBUG, INFO, WARNING, ERROR, got {level!r}")
@@ -376,6 +398,9 @@ def parse_config(doc: dict[str, Any], path: Path) -> Config:
         pipeline_max_attempts=attempts,
         log_level=level,
         log_format=log_format,
+        strangers=strangers,
+        reopen_closed_days=reopen_days,
+        status_labels=labels,
         admin_host=admin_host,
         admin_port=admin_port,
         admin_tls_cert=admin_cert,

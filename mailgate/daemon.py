@@ -1,44 +1,94 @@
 """The daemon: one asyncio process wiring the SMTP server, the spool writer, the pipeline
-worker and the relay worker together, with an orderly stop on SIGTERM/SIGINT.
+worker and the relay worker together, with an orderly stop on SIGTERM/SIGINT and a reload of the
+configuration on SIGHUP.
 
-Input: a validated `Config`. Output: a running server until a stop signal. On start-up, work
-that a crash left `active` in the spool goes back to `incoming` (or to `hold` once it has been
-tried `[pipeline] max_attempts` times). On stop, the listener closes first, sessions get up to
-`[server] shutdown_seconds` to finish, then the worker stops between messages.
+Input: a validated `Config`, the signals, and systemd's environment (see `mailgate.sdnotify`).
+Output: a running server until a stop signal. On start-up, work that a crash left `active` in
+the spool goes back to `incoming` (or to `hold` once it has been tried `[pipeline] max_attempts`
+times); the SMTP socket is the one systemd passes (socket activation) or `[server] listen`;
+`READY=1` goes to systemd once everything is up.
+
+SIGTERM/SIGINT: `STOPPING=1`; new sessions and new transactions get `421 4.3.2`, transactions
+under way run to their reply (a 250 only ever follows the spool commit, so nothing acknowledged
+is lost); then the pipeline worker stops after its batch, the relay after the mails in flight,
+all within `[server] shutdown_seconds` as far as the mail in hand allows.
+
+SIGHUP: the config file is read again. When it is valid (and its templates render), the new
+recipient policy, templates, branding, workflow policy, relay settings, DKIM key and log
+settings apply to the next message, without dropping a connection; settings that only a
+restart can change (listen addresses, hostname, TLS, data_dir, message size) keep their running
+values and are logged as such. When it is not, one line names the file and key, and the running
+configuration stays.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import dataclasses
 import logging
 import signal
-import sys
+import socket
+from collections.abc import Callable
 
-from mailgate import app
-from mailgate.config import Config
+from mailgate import app, sdnotify
+from mailgate.config import Config, load_config
 from mailgate.errors import UserError
+from mailgate.logsetup import setup_logging
+from mailgate.outbound.mailer import MailContext
 from mailgate.outbound.relay import RelayWorker
 from mailgate.pipeline import Pipeline, PipelineWorker
 from mailgate.smtp.handler import MailgateHandler
 from mailgate.smtp.recipients import RecipientPolicy
-from mailgate.smtp.server import start_server
+from mailgate.smtp.server import Sessions, start_server
 from mailgate.spool import Spool, SpoolWriter
 from mailgate.store.db import open_db
 
 log = logging.getLogger("mailgate.daemon")
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level, logging.INFO),
-        format="%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd's per-command chatter
+# Settings read once at start: a reload logs a change to them and keeps the running value.
+RESTART_ONLY = {
+    "listen_host": "[server] listen", "listen_port": "[server] listen",
+    "hostname": "[server] hostname", "max_message_size": "[server] max_message_size",
+    "tls_cert": "[server] tls_cert", "tls_key": "[server] tls_key",
+    "data_dir": "[storage] data_dir", "admin_host": "[admin] listen",
+    "admin_port": "[admin] listen", "admin_tls_cert": "[admin] tls_cert",
+    "admin_tls_key": "[admin] tls_key",
+}
+
+
+def reloadable(old: Config, new: Config) -> tuple[Config, list[str]]:
+    """`new` with the restart-only settings of `old`, and the names of those that differ."""
+    differ = sorted({key for field, key in RESTART_ONLY.items()
+                     if getattr(old, field) != getattr(new, field)})
+    keep = {field: getattr(old, field) for field in RESTART_ONLY}
+    return dataclasses.replace(new, **keep), differ
+
+
+def inherited_smtp_socket() -> socket.socket | None:
+    """The SMTP socket from socket activation: the one named `smtp`, else the first."""
+    found = sdnotify.listen_sockets()
+    if not found:
+        return None
+    name = "smtp" if "smtp" in found else next(iter(found))
+    sock = found.pop(name)
+    for other, extra in found.items():
+        log.warning("socket activation: socket %r is not used by mailgate; closing it", other)
+        extra.close()
+    return sock
+
+
+@dataclasses.dataclass
+class _Live:
+    """What a reload replaces: the running config and mail context."""
+
+    config: Config
+    mail: MailContext
+    reloaders: list[Callable[[Config], None]] = dataclasses.field(default_factory=list)
 
 
 async def serve(config: Config) -> None:
+    notifier = sdnotify.Notifier.from_env()
     config.data_dir.mkdir(parents=True, exist_ok=True)
     db = open_db(config.db_path)
     spool = Spool(config.spool_path)
@@ -47,14 +97,20 @@ async def serve(config: Config) -> None:
         log.warning("recovered spool: %d entries requeued, %d held after repeated crashes",
                     requeued, held)
     mail = app.mail_context(config)
+    live = _Live(config, mail)
     tokens = app.signer(config)
     relay = RelayWorker(
-        config.db_path, config.relay, envelope_from=lambda m: mail.bounce_address(m.id),
+        config.db_path, config.relay, envelope_from=lambda m: live.mail.bounce_address(m.id),
         signer=app.dkim_signer(config), hostname=config.hostname,
     )
+    admin = None
+    if config.admin_host is not None:  # an unsafe [admin] listen is refused here, before binding
+        from mailgate.admin.server import AdminServer
+
+        admin = AdminServer(config, relay)
     writer = SpoolWriter(config.spool_path)
     pipeline = Pipeline(db, spool, config.data_dir, config.pipeline_max_attempts, mail=mail,
-                        verify_bounce=tokens.outbound_from_address)
+                        tokens=tokens, policy=app.policy(config))
     worker = PipelineWorker(pipeline, on_processed=relay.wake)
     handler = MailgateHandler(
         RecipientPolicy.for_config(config),
@@ -64,39 +120,130 @@ async def serve(config: Config) -> None:
         min_free_bytes=config.min_free_bytes,
         notify=worker.wake,
     )
+    sessions = Sessions()
+    sock = inherited_smtp_socket()
     try:
-        server = await start_server(config, handler)
+        server = await start_server(config, handler, sock=sock, sessions=sessions)
     except OSError as exc:
         writer.close()
         raise UserError(
             f"cannot listen on {config.listen_host}:{config.listen_port} ([server] listen in"
             f" {config.path}): {exc.strerror or exc}"
         ) from None
+    if admin is not None:
+        try:
+            await admin.start()
+        except UserError:
+            server.close()
+            writer.close()
+            raise
+    where = f"{config.listen_host}:{config.listen_port}"
+    if sock is not None:
+        where = f"{_address(sock)} (socket from systemd; [server] listen not used)"
     worker_task = asyncio.create_task(worker.run(), name="pipeline-worker")
     relay_task = asyncio.create_task(relay.run(), name="relay-worker")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    log.info("mailgate listening on %s:%d (SMTP), data in %s",
-             config.listen_host, config.listen_port, config.data_dir)
+
+    def apply(new: Config, mail: MailContext) -> None:
+        live.config, live.mail = new, mail
+        pipeline.mail, pipeline.policy = live.mail, app.policy(new)
+        pipeline.max_attempts = new.pipeline_max_attempts
+        handler.policy = RecipientPolicy.for_config(new)
+        handler.max_recipients, handler.min_free_bytes = new.max_recipients, new.min_free_bytes
+        relay.relay, relay.signer = new.relay, app.dkim_signer(new)
+        setup_logging(new.log_level, new.log_format)
+        for reload_hook in live.reloaders:  # e.g. the admin endpoint's
+            reload_hook(new)
+
+    if admin is not None:
+        live.reloaders.append(admin.reload)
+    loop.add_signal_handler(signal.SIGHUP, lambda: reload(live, apply, notifier))
+    log.info("mailgate listening on %s (SMTP), data in %s", where, config.data_dir)
+    # Everything is up (SMTP, workers, the admin endpoint when configured): tell systemd.
+    notifier.ready(f"accepting mail on {where}")
+    beat = None
+    if notifier.enabled:
+        def status() -> str:
+            return (f"{handler.accepted} accepted, {worker.processed} processed,"
+                    f" {relay.sent} sent")
+        beat = asyncio.create_task(
+            sdnotify.heartbeat(notifier, status, sdnotify.watchdog_interval()), name="heartbeat")
     try:
         await stop.wait()
     finally:
-        log.info("stopping: closing the SMTP listener")
+        loop.remove_signal_handler(signal.SIGHUP)
+        grace = live.config.shutdown_seconds
+        deadline = loop.time() + grace
+        busy = sessions.begin_drain()
+        notifier.stopping(f"stopping: {busy} SMTP transaction(s) to finish")
+        log.info("stopping: new SMTP sessions get 421 4.3.2; waiting up to %.0fs for %d"
+                 " transaction(s) under way", grace, busy)
+        cut = await sessions.drain(max(0.0, deadline - loop.time() - 0.5))
+        if cut:
+            log.warning("%d SMTP transaction(s) cut short at the deadline (never acknowledged:"
+                        " the clients retry)", cut)
         server.close()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(server.wait_closed(), config.shutdown_seconds)
         worker.stop()
-        await worker_task
+        await worker_task  # finishes the batch in hand: claimed entries are never left behind
         relay.stop()
         try:
-            await asyncio.wait_for(relay_task, config.shutdown_seconds)
+            await asyncio.wait_for(relay_task, max(1.0, deadline - loop.time()))
         except TimeoutError:  # an attempt cut short stays `sending`: deferred at next start
-            log.warning("relay attempts still in flight after %.0fs; stopping anyway",
-                        config.shutdown_seconds)
+            log.warning("relay attempts still in flight after %.0fs; stopping anyway", grace)
+        if beat is not None:
+            beat.cancel()
+        if admin is not None:
+            await admin.stop()
         relay.close()
         writer.close()
         spool.close()
         db.close()
         log.info("stopped")
+
+
+def _address(sock: socket.socket) -> str:
+    try:
+        name = sock.getsockname()
+    except OSError:
+        return "?"
+    return f"{name[0]}:{name[1]}" if isinstance(name, tuple) else str(name)
+
+
+def reload(live: _Live, apply: Callable[[Config, MailContext], None],
+           notifier: sdnotify.Notifier) -> bool:
+    """SIGHUP: read the config file again and apply it, or keep the running one (one line)."""
+    notifier.reloading()
+    old = live.config
+    try:
+        new, restart = reloadable(old, load_config(old.path))
+        mail = app.mail_context(new)
+        problems = mail.renderer.check()
+        if problems:
+            raise UserError(f"{new.path}: templates: {problems[0]}")
+    except UserError as exc:
+        log.error("reload failed, keeping the running configuration: %s", exc)
+        notifier.ready("reload failed; running on the previous configuration")
+        return False
+    except Exception as exc:  # e.g. the secret or a key file unreadable
+        log.error("reload failed, keeping the running configuration: %s: %s: %s",
+                  old.path, type(exc).__name__, exc)
+        notifier.ready("reload failed; running on the previous configuration")
+        return False
+    changed = [f.name for f in dataclasses.fields(Config)
+               if getattr(old, f.name) != getattr(new, f.name)]
+    try:
+        apply(new, mail)
+    except Exception:
+        log.exception("reload: applying %s failed part-way; restart mailgate", old.path)
+        notifier.ready("reload failed part-way; restart mailgate")
+        return False
+    for key in restart:
+        log.warning("reload: %s changed in %s; it takes effect at the next restart", key,
+                    old.path)
+    log.info("reloaded configuration from %s (changed: %s)", old.path,
+             ", ".join(changed) or "nothing")
+    notifier.ready("configuration reloaded")
+    return True

@@ -114,8 +114,9 @@ class ParsedMail:
 @dataclass(frozen=True)
 class ThreadMatch:
     ticket_id: int | None  # None: a new ticket
-    method: str  # "in-reply-to", "references", "new", ...
-    detail: str = ""
+    method: str  # "token", "in-reply-to", "references", "subject" or "new"
+    detail: str = ""  # what matched: the address, the Message-ID, the tag
+    notes: tuple[str, ...] = ()  # what was refused on the way (forged token, stranger's tag)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -14,61 +14,44 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import sqlite3
 from collections.abc import Callable
-from dataclasses import dataclass, replace
 from pathlib import Path
 
 import sqlite_utils
 
-from mailgate.bounces import read_dsn
+from mailgate import metrics
+from mailgate.classify import classify
+from mailgate.deliver import Deliverer, Incoming, Outcome, Policy
 from mailgate.errors import PermanentFailure, TemporaryFailure
-from mailgate.model import KIND_REJECTION, Address, ParsedMail, SpoolEntry, base_mailbox
-from mailgate.outbound.mailer import MailContext, queue_ticket_mail
+from mailgate.model import KIND_REJECTION, SpoolEntry
+from mailgate.outbound.mailer import MailContext
 from mailgate.parse import parse
+from mailgate.replytext import reply_text
 from mailgate.spool import Spool
 from mailgate.store import files
-from mailgate.store import outbound as outbox
 from mailgate.store.audit import IncomingAudit, audited, record_incoming
-from mailgate.store.db import now_iso, transaction
-from mailgate.store.tickets import (
-    add_attachment,
-    add_incoming_message,
-    create_ticket,
-    get_or_create_customer,
-    ticket_for_message_id,
-    ticket_row,
-    touch_ticket,
-)
-from mailgate.threading import find_ticket
+from mailgate.store.db import transaction
+from mailgate.threading.token import Signer
 
 log = logging.getLogger("mailgate.pipeline")
-
-UNKNOWN_SENDER = Address(email="unknown-sender@invalid", name="(no sender address)")
-
-
-@dataclass(frozen=True)
-class Outcome:
-    queue_id: str
-    action: str
-    ticket_id: int | None = None
-    reason: str = ""
-
 
 class Pipeline:
     def __init__(
         self, db: sqlite_utils.Database, spool: Spool, data_dir: Path, max_attempts: int = 3,
-        mail: MailContext | None = None, verify_bounce: Callable[[str], int | None] | None = None,
+        mail: MailContext | None = None, tokens: Signer | None = None,
+        policy: Policy | None = None,
     ) -> None:
         self.db = db
         self.spool = spool
         self.data_dir = data_dir
         self.max_attempts = max_attempts
         self.mail = mail  # None: this pipeline sends no mail (tools, tests of ingest alone)
-        self.verify_bounce = verify_bounce
+        self.tokens = tokens  # None: no signed tokens to match or decode
+        self.policy = policy or Policy()
 
     # --- one entry --------------------------------------------------------------------------
 
+    @metrics.PIPELINE_SECONDS.time()
     def handle(self, entry: SpoolEntry) -> Outcome:
         """Process one claimed entry and move it to its next spool state. Never raises for a
         bad message: failures become deferred retries, then a held message with its error."""
@@ -109,102 +92,20 @@ class Pipeline:
             raise PermanentFailure("spool entry has no message content")
         content = entry.content
         parsed = parse(content)
+        classification = classify(parsed, content, env.mail_from)
+        reply = reply_text(parsed.text, parsed.html)
         raw_path = files.raw_relpath(env.queue_id, env.received_at)
         files.write_durable(self.data_dir / raw_path, content)
         blobs = [files.store_blob(self.data_dir, a.payload) for a in parsed.attachments]
+        incoming = Incoming(entry, parsed, content, raw_path, blobs, classification, reply)
+        deliverer = Deliverer(self.policy, self.mail, self.tokens)
         with transaction(self.db) as conn:
             if audited(conn, env.queue_id):  # committed before a crash: nothing more to do
                 return Outcome(env.queue_id, "already_done")
             conn.execute(
                 "DELETE FROM audit_incoming WHERE queue_id=? AND action='held'", (env.queue_id,)
             )
-            bounce = self._bounce_target(env.rcpt_to)
-            if bounce is not None:
-                return self._bounce(conn, entry, parsed, content, bounce)
-            return self._store(conn, entry, parsed, raw_path, blobs)
-
-    def _bounce_target(self, rcpts: tuple[str, ...]) -> int | None:
-        """0 when mail came to a bounce address without a valid token; the outbound id when it
-        names one of our mails; None when it is not for a bounce address at all."""
-        bounce_rcpts = [r for r in rcpts if base_mailbox(r).startswith("bounces@")]
-        if not bounce_rcpts:
-            return None
-        for r in bounce_rcpts:
-            oid = self.verify_bounce(r) if self.verify_bounce else None
-            if oid:
-                return oid
-        return 0
-
-    def _bounce(self, conn: sqlite3.Connection, entry: SpoolEntry, parsed: ParsedMail,
-                content: bytes, outbound_id: int) -> Outcome:
-        env = entry.envelope
-        dsn = read_dsn(content)
-        detail = " ".join(x for x in (dsn.status, dsn.diagnostic) if x) or "no status given"
-        if outbound_id and outbox.mark_bounced(conn, outbound_id, dsn.status, detail):
-            reason = (f"delivery failure for outbound mail #{outbound_id} to {dsn.recipient}:"
-                      f" {detail}")
-        else:
-            reason = f"bounce to our VERP address without a valid token (not matched): {detail}"
-        record_incoming(conn, IncomingAudit(
-            env, "bounce", reason=reason, message_id=parsed.message_id,
-            from_addr=parsed.from_.email, subject=parsed.subject, defects=len(parsed.defects)))
-        return Outcome(env.queue_id, "bounce", reason=reason)
-
-    def _store(self, conn: sqlite3.Connection, entry: SpoolEntry, parsed: ParsedMail,
-               raw_path: str, blobs: list[str]) -> Outcome:
-        env = entry.envelope
-        now = now_iso()
-        base = IncomingAudit(
-            env, "", message_id=parsed.message_id, from_addr=parsed.from_.email,
-            subject=parsed.subject, defects=len(parsed.defects),
-        )
-        if parsed.message_id:
-            existing = ticket_for_message_id(conn, parsed.message_id)
-            if existing is not None:
-                reason = f"Message-ID <{parsed.message_id}> is already stored on ticket #{existing}"
-                record_incoming(conn, replace(base, action="duplicate", reason=reason,
-                                            ticket_id=existing))
-                return Outcome(env.queue_id, "duplicate", existing, reason)
-
-        match = find_ticket(parsed, lambda mid: ticket_for_message_id(conn, mid))
-        requester = parsed.from_ if parsed.from_.email else (
-            Address(env.mail_from.lower()) if env.mail_from else UNKNOWN_SENDER
-        )
-        customer_id = get_or_create_customer(conn, requester, now)
-        if match.ticket_id is None:
-            ticket_id = create_ticket(conn, parsed.subject or "(no subject)", customer_id, now)
-            action = "created_ticket"
-        else:
-            ticket_id = match.ticket_id
-            touch_ticket(conn, ticket_id, now)
-            action = "appended"
-        row = add_incoming_message(conn, ticket_id, env.queue_id, parsed, raw_path,
-                                   match.method, now)
-        for att, sha in zip(parsed.attachments, blobs, strict=True):
-            add_attachment(conn, row, sha, att.filename, att.content_type, len(att.payload),
-                           att.content_id, att.inline)
-        record_incoming(conn, replace(base, action=action, ticket_id=ticket_id, message_row=row,
-                                    matched_by=match.method))
-        if action == "created_ticket" and self.mail is not None:
-            self._acknowledge(conn, entry, parsed, ticket_id, requester)
-        return Outcome(env.queue_id, action, ticket_id)
-
-    def _acknowledge(self, conn: sqlite3.Connection, entry: SpoolEntry, parsed: ParsedMail,
-                     ticket_id: int, requester: Address) -> None:
-        assert self.mail is not None
-        ticket = ticket_row(conn, ticket_id)
-        assert ticket is not None
-        customer_message = {"subject": parsed.subject, "text": parsed.text,
-                            "from": parsed.from_.email}
-        queued = queue_ticket_mail(
-            conn, self.mail, kind="new_ticket_ack", ticket=ticket, to=requester,
-            context={"customer_message": customer_message}, automatic=True, trigger=parsed,
-            envelope_sender=entry.envelope.mail_from, in_reply_to=parsed.message_id,
-            references=parsed.references, queue_id=entry.queue_id,
-        )
-        log.info("queue_id=%s new_ticket_ack outbound_id=%d status=%s%s", entry.queue_id,
-                 queued.outbound_id, queued.status,
-                 f" reason={queued.reason!r}" if queued.reason else "")
+            return deliverer.deliver(conn, incoming)
 
     def _record_held(self, entry: SpoolEntry, reason: str) -> None:
         try:

@@ -1,4 +1,4 @@
-"""What people do to tickets (from the CLI, later the admin endpoint): reply, assign.
+"""What people do to tickets (from the CLI and the admin endpoint): reply, assign, set status.
 
 Input: a ticket id, an agent's address and text typed by that agent (trusted as the agent's
 words, still untrusted markup: templates escape it). Output: the change and the mail it causes,
@@ -20,6 +20,7 @@ from mailgate.model import Address
 from mailgate.outbound.mailer import MailContext, Queued, queue_ticket_mail
 from mailgate.store.db import now_iso, transaction
 from mailgate.store.tickets import (
+    STATUSES,
     add_outgoing_message,
     latest_customer_message,
     link_outbound,
@@ -82,6 +83,17 @@ class Desk:
             link_outbound(conn, row, queued.outbound_id)
             set_status(conn, ticket_id, "pending_customer", now)
         return ReplyResult(ticket_id, row, queued)
+
+    def set_status(self, ticket_id: int, status: str) -> dict[str, Any]:
+        """Move a ticket to `status` (closing records when, for the reopen rule)."""
+        if status not in STATUSES:
+            raise UserError(f"unknown status {status!r}; one of: {', '.join(STATUSES)}")
+        with transaction(self.db) as conn:
+            self._ticket(conn, ticket_id)
+            set_status(conn, ticket_id, status, now_iso())
+            ticket = ticket_row(conn, ticket_id)
+            assert ticket is not None
+            return ticket
 
     def assign(self, ticket_id: int, agent_email: str) -> Queued:
         agent = self.agent(agent_email)

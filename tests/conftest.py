@@ -16,8 +16,10 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from relay_stub import RelayStub
 
 from mailgate.cli import cli
+from mailgate.outbound.dkim_sign import keygen
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT.parent / "shared" / "corpus"
@@ -188,3 +190,64 @@ def send(port: int, data: bytes | str, mail_from: str = "customer@client.test",
 def crlf(data: bytes) -> bytes:
     """Corpus files mostly have LF line endings; SMTP clients send CRLF."""
     return data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
+
+
+# --- outbound: a real aiosmtpd relay and daemons wired to it ---------------------------------
+
+
+@pytest.fixture
+def relay() -> Iterator[RelayStub]:
+    stub = RelayStub(port=free_port())
+    stub.start()
+    yield stub
+    stub.stop()
+
+
+def outbound_config(relay_port: int, extra: str = "", dkim_key: Path | None = None) -> str:
+    dkim_section = ""
+    if dkim_key is not None:
+        dkim_section = (f'\n[dkim]\ndomain = "example.com"\nselector = "s1"\n'
+                        f'key_file = "{dkim_key}"\n')
+    return f"""
+[relay]
+host = "127.0.0.1"
+port = {relay_port}
+retry_base_seconds = 0.3
+retry_max_seconds = 1
+timeout = 5
+
+[branding]
+company_name = "Acme Support"
+header = "Acme helps you"
+footer = "Acme Inc, 1 Road, Town"
+signature = "The Acme support team"
+primary_color = "#ff6600"
+{dkim_section}
+{extra}
+"""
+
+
+@pytest.fixture
+def out_daemon(make_daemon: Callable[..., Daemon], relay: RelayStub, tmp_path: Path
+               ) -> Callable[..., Daemon]:
+    def factory(extra: str = "", with_dkim: bool = False) -> Daemon:
+        key = None
+        if with_dkim:
+            key, _ = keygen(tmp_path / "keys", "s1", "example.com")
+        return make_daemon(extra=outbound_config(relay.port, extra, key))
+
+    return factory
+
+
+def wait_outgoing(d: Daemon, predicate: Callable[[list[dict]], bool], timeout: float = 20.0
+                  ) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = d.json("audit", "outgoing")
+        if predicate(rows):
+            return rows
+        if time.monotonic() > deadline:
+            raise AssertionError(f"outgoing audit never matched: {rows}\n{d.log()}")
+        time.sleep(0.1)
+
+

@@ -1,5 +1,7 @@
-"""Every message of ../shared/corpus/ goes through the real pipeline (spool → parse → store)
-without an exception, ending as a ticket message or a held message with its reason."""
+"""Every message of ../shared/corpus/ goes through the real pipeline (spool → parse → classify
+→ thread → store) without an exception and ends as its label says: a customer's mail as a
+ticket message, a bounce as a bounce record with no ticket, an auto-reply or feedback report as
+a deliberate ignore with its reason — or a held message with its error."""
 
 from __future__ import annotations
 
@@ -59,13 +61,22 @@ def test_corpus_message_is_ingested(pipeline, path: str, label: str) -> None:
     assert row is not None, "no audit row"
     action, reason, ticket_id, message_row = row
     assert action == outcome.action
+    expected = {
+        "customer": {"created_ticket", "appended", "duplicate"},
+        "bounce": {"bounce"},
+        "feedback_report": {"ignored"},
+        "auto_reply": {"ignored", "appended"},  # appended only as an internal note
+    }[label]
+    assert action in expected, (action, reason)
     if action in ("created_ticket", "appended"):
-        stored = pipe.db.execute("SELECT ticket_id, raw_path FROM messages WHERE id=?",
-                                 [message_row]).fetchone()
+        stored = pipe.db.execute(
+            "SELECT ticket_id, raw_path, internal FROM messages WHERE id=?", [message_row]
+        ).fetchone()
         assert stored[0] == ticket_id
         assert (pipe.data_dir / stored[1]).read_bytes() == raw
+        assert bool(stored[2]) == (label == "auto_reply")
     else:
         # corpus fixtures are anonymised copies: some share a Message-ID (duplicate)
-        assert action in ("held", "duplicate"), action
+        assert ticket_id is None or action == "duplicate"
         assert reason
     assert pipe.spool.get(env.queue_id).state in ("done", "hold")

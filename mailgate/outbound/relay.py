@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 
 import aiosmtplib
 
+from mailgate import metrics
 from mailgate.config import Relay
 from mailgate.errors import PermanentFailure, TemporaryFailure
 from mailgate.store.db import open_db
@@ -190,7 +191,7 @@ class RelayWorker:
     async def _attempt(self, mail: OutboundMail) -> None:
         """Deliver one claimed mail and record the result. Never raises (but cancellation)."""
         try:
-            reply = await self._deliver(mail)
+            reply = await metrics.timed(metrics.RELAY_SECONDS, self._deliver(mail))
         except _Permanent as exc:
             # A 5xx means the relay is up and answering; a bad address or message says nothing.
             await self._finish(mail, "failed", str(exc),

@@ -78,6 +78,9 @@ class MailgateHandler:
             return NO_SPACE
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
+        # The transaction's queue id, from MAIL on (as Postfix does): every log line about
+        # this message, refused recipients included, carries it.
+        session.mailgate_queue_id = new_queue_id()  # type: ignore[attr-defined]
         return "250 2.1.0 Sender OK"
 
     async def handle_RCPT(
@@ -88,14 +91,15 @@ class MailgateHandler:
             return TOO_MANY_RCPTS
         refusal = self.policy.check(address)
         if refusal:
-            log.info("refused RCPT %r from %s: %s", address, session.peer, refusal)
+            log.info("queue_id=%s refused RCPT %r from %s: %s",
+                     getattr(session, "mailgate_queue_id", "-"), address, session.peer, refusal)
             return refusal
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         return "250 2.1.5 Recipient OK"
 
     def _envelope(self, session: Session, envelope: SMTPEnvelope, size: int) -> Envelope:
-        queue_id = new_queue_id()
+        queue_id = getattr(session, "mailgate_queue_id", None) or new_queue_id()
         session.mailgate_queue_id = queue_id  # type: ignore[attr-defined]
         peer = session.peer
         client_ip = peer[0] if isinstance(peer, tuple) else str(peer)

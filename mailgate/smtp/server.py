@@ -4,6 +4,11 @@ Input: the validated config and a handler. Output: an asyncio server bound to `[
 (optionally on an inherited socket). Every reply goes out with an enhanced status code; an
 unexpected exception anywhere in a session answers `451 4.3.0` and is logged with the queue id,
 never a 500 that names a Python class.
+
+Stopping (`Sessions`): once `begin_drain()` is called, new connections are answered
+`421 4.3.2 Service shutting down` and closed, idle sessions get the same and are closed, a new
+MAIL gets it too, while a transaction already under way (MAIL given, or DATA being received or
+spooled) runs to its reply; `drain()` waits for those up to a deadline and then closes the rest.
 """
 
 from __future__ import annotations
@@ -15,19 +20,110 @@ import ssl
 from collections.abc import Callable
 from typing import AnyStr
 
-from aiosmtpd.smtp import SMTP
+from aiosmtpd.smtp import SMTP, syntax
 
+from mailgate import metrics
 from mailgate.config import Config
 from mailgate.smtp.handler import TEMPORARY, MailgateHandler
 from mailgate.smtp.replies import DATA_REFUSALS, with_enhanced_code
 
 log = logging.getLogger("mailgate.smtp")
 
+SHUTTING_DOWN = "421 4.3.2 Service shutting down"
+
+
+class Sessions:
+    """The open SMTP sessions of one server, and the orderly stop of all of them."""
+
+    def __init__(self) -> None:
+        self.open: set[MailgateSMTP] = set()
+        self.draining = False
+
+    def busy(self) -> int:
+        """Sessions with a transaction under way (they may be about to get a 250)."""
+        return sum(1 for s in self.open if s.in_transaction)
+
+    def begin_drain(self) -> int:
+        """Refuse new sessions and transactions from now on; close the idle sessions.
+        Returns the number of transactions still under way."""
+        self.draining = True
+        for session in list(self.open):
+            if not session.in_transaction:
+                session.shut_down()
+        return self.busy()
+
+    async def drain(self, timeout: float, grace: float = 1.0) -> int:
+        """Wait up to `timeout` seconds for the transactions under way, then up to `grace`
+        seconds more (within `timeout`) for their clients to QUIT; close whatever is left.
+        Returns the number of transactions cut short."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(0.0, timeout)
+        while self.busy() and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        grace_end = min(deadline, loop.time() + grace)
+        while self.open and loop.time() < grace_end:
+            await asyncio.sleep(0.05)
+        cut = self.busy()
+        for session in list(self.open):
+            session.shut_down()
+        return cut
+
+
+class _ShuttingDown(asyncio.Protocol):
+    """What a connection made while draining gets instead of a greeting."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.WriteTransport)
+        transport.write(SHUTTING_DOWN.encode() + b"\r\n")
+        transport.close()
+
 
 class MailgateSMTP(SMTP):
     """aiosmtpd's protocol, with enhanced status codes and refusals at DATA recorded."""
 
     mailgate_handler: MailgateHandler
+    mailgate_sessions: Sessions | None = None
+    _mailgate_counted = False  # this session is in the sessions gauge (STARTTLS calls
+    # connection_made again, and connection_lost can run twice)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if not self._mailgate_counted:
+            self._mailgate_counted = True
+            metrics.SMTP_SESSIONS.inc()
+            metrics.SMTP_SESSIONS_TOTAL.inc()
+        super().connection_made(transport)
+        if self.mailgate_sessions is not None:
+            self.mailgate_sessions.open.add(self)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self._mailgate_counted:
+            self._mailgate_counted = False
+            metrics.SMTP_SESSIONS.dec()
+        if self.mailgate_sessions is not None:
+            self.mailgate_sessions.open.discard(self)
+        super().connection_lost(error)
+
+    @property
+    def in_transaction(self) -> bool:
+        """MAIL was accepted and the transaction has not had its final reply yet (aiosmtpd
+        resets the envelope just before it sends the reply to DATA)."""
+        return self.envelope is not None and self.envelope.mail_from is not None
+
+    def shut_down(self) -> None:
+        """Say `421 4.3.2` and close the connection, whatever the session is doing."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        assert isinstance(transport, asyncio.WriteTransport)
+        transport.write(SHUTTING_DOWN.encode() + b"\r\n")
+        transport.close()
+
+    @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        if self.mailgate_sessions is not None and self.mailgate_sessions.draining:
+            self.shut_down()  # no new transaction once we are stopping
+            return
+        await super().smtp_MAIL(arg)
 
     async def push(self, status: AnyStr) -> None:
         text = status.decode() if isinstance(status, bytes) else status
@@ -54,10 +150,14 @@ def tls_context(config: Config) -> ssl.SSLContext | None:
     return ctx
 
 
-def protocol_factory(config: Config, handler: MailgateHandler) -> Callable[[], MailgateSMTP]:
+def protocol_factory(
+    config: Config, handler: MailgateHandler, sessions: Sessions | None = None
+) -> Callable[[], asyncio.Protocol]:
     ctx = tls_context(config)
 
-    def factory() -> MailgateSMTP:
+    def factory() -> asyncio.Protocol:
+        if sessions is not None and sessions.draining:
+            return _ShuttingDown()
         proto = MailgateSMTP(
             handler,
             hostname=config.hostname,
@@ -69,16 +169,18 @@ def protocol_factory(config: Config, handler: MailgateHandler) -> Callable[[], M
             require_starttls=False,
         )
         proto.mailgate_handler = handler
+        proto.mailgate_sessions = sessions
         return proto
 
     return factory
 
 
 async def start_server(
-    config: Config, handler: MailgateHandler, sock: socket.socket | None = None
+    config: Config, handler: MailgateHandler, sock: socket.socket | None = None,
+    sessions: Sessions | None = None,
 ) -> asyncio.Server:
     loop = asyncio.get_running_loop()
-    factory = protocol_factory(config, handler)
+    factory = protocol_factory(config, handler, sessions)
     if sock is not None:
         return await loop.create_server(factory, sock=sock)
     return await loop.create_server(

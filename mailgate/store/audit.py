@@ -18,7 +18,8 @@ import sqlite_utils
 from mailgate.model import Envelope
 from mailgate.store.db import now_iso
 
-ACTIONS = ("created_ticket", "appended", "duplicate", "bounce", "rejected", "held")
+ACTIONS = ("created_ticket", "appended", "duplicate", "bounce", "forwarding_confirmation",
+           "ignored", "rejected", "held")
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,8 @@ class IncomingAudit:
     message_row: int | None = None
     matched_by: str = ""
     defects: int = 0
+    classification: str = ""
+    details: dict[str, Any] | None = None
 
 
 def record_incoming(conn: sqlite3.Connection, a: IncomingAudit) -> None:
@@ -42,11 +45,13 @@ def record_incoming(conn: sqlite3.Connection, a: IncomingAudit) -> None:
     conn.execute(
         "INSERT INTO audit_incoming (received_at, queue_id, client_ip, helo, mail_from, rcpt_to,"
         " message_id, from_addr, subject, size, action, ticket_id, message_row, matched_by,"
-        " reason, defects) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " reason, defects, classification, details)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             now_iso(env.received_at), env.queue_id, env.client_ip, env.helo, env.mail_from,
             json.dumps(list(env.rcpt_to)), a.message_id, a.from_addr, a.subject, env.size,
             a.action, a.ticket_id, a.message_row, a.matched_by, a.reason, a.defects,
+            a.classification, json.dumps(a.details) if a.details else None,
         ),
     )
 
@@ -73,8 +78,8 @@ def list_incoming(
         params.append(queue_id)
     sql = (
         "SELECT id, received_at, queue_id, client_ip, helo, mail_from, rcpt_to, message_id,"
-        " from_addr AS 'from', subject, size, action, ticket_id, matched_by, reason, defects"
-        " FROM audit_incoming"
+        " from_addr AS 'from', subject, size, action, ticket_id, matched_by, reason, defects,"
+        " classification, details FROM audit_incoming"
     )
     if where:
         sql += " WHERE " + " AND ".join(where)
@@ -83,9 +88,83 @@ def list_incoming(
     rows = list(db.query(sql, params))
     for r in rows:
         r["rcpt_to"] = json.loads(r["rcpt_to"] or "[]")
+        r["details"] = json.loads(r["details"]) if r.get("details") else None
     return rows
 
 
 def counts_by_action(db: sqlite_utils.Database) -> dict[str, int]:
     rows = db.execute("SELECT action, COUNT(*) FROM audit_incoming GROUP BY action").fetchall()
     return dict(rows)
+
+
+# --- searches for the admin endpoint (q over addresses, subject, Message-ID; a day) --------
+
+
+def like_pattern(text: str) -> str:
+    """A LIKE pattern matching `text` anywhere, with its own % and _ taken literally."""
+    return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+def day_range(day: str) -> tuple[str, str]:
+    """'YYYY-MM-DD' → the [start, end) pair of ISO timestamps (UTC) bounding that day.
+    ValueError for anything that is not a calendar date."""
+    from datetime import date, timedelta
+
+    start = date.fromisoformat(day)
+    if len(day) != 10:
+        raise ValueError(day)
+    return start.isoformat(), (start + timedelta(days=1)).isoformat()
+
+
+def search_incoming(
+    db: sqlite_utils.Database, *, action: str | None = None, queue_id: str | None = None,
+    q: str | None = None, day: str | None = None, limit: int = 50,
+) -> list[dict[str, Any]]:
+    """Like `list_incoming`, plus `q` (a substring of the envelope sender or recipients, the
+    From address, the subject or the Message-ID, or an exact queue id) and `day`
+    (YYYY-MM-DD, UTC). Newest first; `details` decoded from JSON."""
+    where, params = [], []
+    if action:
+        where.append("action = ?")
+        params.append(action)
+    if queue_id:
+        where.append("queue_id = ?")
+        params.append(queue_id)
+    if q and q.strip():
+        text = q.strip()
+        pattern = like_pattern(text.strip("<>") or text)
+        where.append(
+            "(mail_from LIKE ? ESCAPE '\\' OR rcpt_to LIKE ? ESCAPE '\\' OR from_addr LIKE ?"
+            " ESCAPE '\\' OR subject LIKE ? ESCAPE '\\' OR message_id LIKE ? ESCAPE '\\'"
+            " OR queue_id = ?)"
+        )
+        params += [pattern] * 5 + [text]
+    if day:
+        start, end = day_range(day)
+        where += ["received_at >= ?", "received_at < ?"]
+        params += [start, end]
+    sql = (
+        "SELECT id, received_at, queue_id, client_ip, helo, mail_from, rcpt_to, message_id,"
+        " from_addr AS 'from', subject, size, action, ticket_id, matched_by, reason, defects,"
+        " classification, details FROM audit_incoming"
+    )
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += " ORDER BY id DESC LIMIT ?"
+    params.append(limit)
+    rows = list(db.query(sql, params))
+    for r in rows:
+        r["rcpt_to"] = json.loads(r["rcpt_to"] or "[]")
+        try:
+            r["details"] = json.loads(r["details"]) if r["details"] else None
+        except ValueError:
+            r["details"] = {"unreadable": r["details"]}
+    return rows
+
+
+def last_received_at(db: sqlite_utils.Database) -> str | None:
+    """When the newest mail that was accepted (not refused at DATA) arrived, or None."""
+    row = db.execute(
+        "SELECT MAX(received_at) FROM audit_incoming WHERE action != 'rejected'"
+    ).fetchone()
+    return row[0] if row else None

@@ -63,6 +63,12 @@ def automatic_sent_since(conn: sqlite3.Connection, to_addr: str, since_ts: float
     return int(row[0])
 
 
+def outbound_for_message_id(conn: sqlite3.Connection, message_id: str) -> int | None:
+    row = conn.execute("SELECT id FROM outbound WHERE message_id=? ORDER BY id DESC LIMIT 1",
+                       (message_id,)).fetchone()
+    return int(row[0]) if row else None
+
+
 def recover(db: sqlite_utils.Database) -> int:
     """At start-up: attempts cut short by a crash become deferred (due now)."""
     with transaction(db) as conn:
@@ -169,3 +175,42 @@ def get_raw(db: sqlite_utils.Database, outbound_id: int) -> bytes | None:
 def counts_by_status(db: sqlite_utils.Database) -> dict[str, int]:
     rows = db.execute("SELECT status, COUNT(*) FROM outbound GROUP BY status").fetchall()
     return dict(rows)
+
+
+# --- searches for the admin endpoint (q over address, subject, Message-ID; a day) ----------
+
+
+def search_outgoing(
+    db: sqlite_utils.Database, *, status: str | None = None, ticket_id: int | None = None,
+    q: str | None = None, day: str | None = None, limit: int = 50,
+) -> list[dict[str, Any]]:
+    """Like `list_outgoing`, plus `q` (a substring of the recipient, the subject or the
+    Message-ID) and `day` (YYYY-MM-DD, UTC, of `created_at`). Newest first."""
+    from mailgate.store.audit import day_range, like_pattern
+
+    where, params = [], []
+    if status:
+        where.append("status = ?")
+        params.append(status)
+    if ticket_id is not None:
+        where.append("ticket_id = ?")
+        params.append(ticket_id)
+    if q and q.strip():
+        text = q.strip()
+        pattern = like_pattern(text.strip("<>") or text)
+        where.append("(to_addr LIKE ? ESCAPE '\\' OR subject LIKE ? ESCAPE '\\'"
+                     " OR message_id LIKE ? ESCAPE '\\')")
+        params += [pattern] * 3
+    if day:
+        start, end = day_range(day)
+        where += ["created_at >= ?", "created_at < ?"]
+        params += [start, end]
+    sql = f"SELECT {_COLUMNS}, automatic FROM outbound"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += " ORDER BY id DESC LIMIT ?"
+    params.append(limit)
+    rows = list(db.query(sql, params))
+    for r in rows:
+        r["automatic"] = bool(r["automatic"])
+    return rows

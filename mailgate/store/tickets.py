@@ -34,13 +34,32 @@ def get_or_create_customer(conn: sqlite3.Connection, addr: Address, now: str) ->
     return int(cur.lastrowid or 0)
 
 
-def create_ticket(conn: sqlite3.Connection, subject: str, requester_id: int, now: str) -> int:
+def create_ticket(conn: sqlite3.Connection, subject: str, requester_id: int, now: str,
+                  linked_ticket_id: int | None = None) -> int:
     cur = conn.execute(
-        "INSERT INTO tickets (subject, requester_id, status, assignee, created_at, updated_at)"
-        " VALUES (?, ?, 'open', NULL, ?, ?)",
-        (subject, requester_id, now, now),
+        "INSERT INTO tickets (subject, requester_id, status, assignee, created_at, updated_at,"
+        " linked_ticket_id) VALUES (?, ?, 'open', NULL, ?, ?, ?)",
+        (subject, requester_id, now, now, linked_ticket_id),
     )
     return int(cur.lastrowid or 0)
+
+
+def add_participant(conn: sqlite3.Connection, ticket_id: int, email: str, role: str, now: str
+                    ) -> None:
+    conn.execute(
+        "INSERT OR IGNORE INTO participants (ticket_id, email, role, added_at) VALUES (?,?,?,?)",
+        (ticket_id, email.lower(), role, now),
+    )
+
+
+def is_participant(conn: sqlite3.Connection, ticket_id: int, email: str) -> bool:
+    row = conn.execute("SELECT 1 FROM participants WHERE ticket_id=? AND email=?",
+                       (ticket_id, email.lower())).fetchone()
+    return row is not None
+
+
+def ticket_exists(conn: sqlite3.Connection, ticket_id: int) -> bool:
+    return conn.execute("SELECT 1 FROM tickets WHERE id=?", (ticket_id,)).fetchone() is not None
 
 
 def touch_ticket(conn: sqlite3.Connection, ticket_id: int, now: str) -> None:
@@ -60,18 +79,23 @@ def add_incoming_message(
     matched_by: str,
     now: str,
     internal_reason: str = "",
+    reply_text: str = "",
+    classification: str = "normal",
+    direction: str = "in",
 ) -> int:
     cur = conn.execute(
         "INSERT INTO messages (ticket_id, direction, queue_id, message_id, in_reply_to,"
         " references_, from_addr, from_name, to_addrs, cc_addrs, subject, date, text, html,"
-        " raw_path, defects, matched_by, internal, internal_reason, created_at)"
-        " VALUES (?, 'in', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " raw_path, defects, matched_by, internal, internal_reason, created_at, reply_text,"
+        " classification)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
-            ticket_id, queue_id, parsed.message_id, " ".join(parsed.in_reply_to),
+            ticket_id, direction, queue_id, parsed.message_id, " ".join(parsed.in_reply_to),
             json.dumps(list(parsed.references)), parsed.from_.email, parsed.from_.name,
             _addr_json(parsed.to), _addr_json(parsed.cc), parsed.subject, parsed.date,
             parsed.text, parsed.html, raw_path, json.dumps(list(parsed.defects)), matched_by,
-            1 if internal_reason else 0, internal_reason, now,
+            1 if internal_reason else 0, internal_reason, now, reply_text or parsed.text,
+            classification,
         ),
     )
     row = int(cur.lastrowid or 0)
@@ -111,7 +135,7 @@ def ticket_for_message_id(conn: sqlite3.Connection, message_id: str) -> int | No
 
 _TICKET_COLUMNS = (
     "t.id, t.subject, c.email AS requester, c.name AS requester_name, t.status, t.assignee,"
-    " t.created_at, t.updated_at"
+    " t.created_at, t.updated_at, t.closed_at, t.linked_ticket_id"
 )
 
 
@@ -120,8 +144,12 @@ def list_tickets(
     status: str | None = None,
     unassigned: bool = False,
     limit: int = 50,
+    assignee: str | None = None,
 ) -> list[dict[str, Any]]:
     where, params = [], []
+    if assignee:
+        where.append("t.assignee = ?")
+        params.append(assignee.lower())
     if status:
         where.append("t.status = ?")
         params.append(status)
@@ -149,8 +177,9 @@ def get_ticket(db: sqlite_utils.Database, ticket_id: int) -> dict[str, Any]:
     messages = list(
         db.query(
             "SELECT id, direction, from_addr AS 'from', from_name, to_addrs AS 'to',"
-            " cc_addrs AS cc, subject, message_id, date, created_at, text, matched_by,"
-            " internal, internal_reason, queue_id, raw_path, defects"
+            " cc_addrs AS cc, subject, message_id, date, created_at, text, reply_text,"
+            " matched_by, internal, internal_reason, classification, queue_id, raw_path,"
+            " defects, outbound_id"
             " FROM messages WHERE ticket_id = ? ORDER BY id",
             [ticket_id],
         )
@@ -168,6 +197,11 @@ def get_ticket(db: sqlite_utils.Database, ticket_id: int) -> dict[str, Any]:
             )
         )
     ticket["messages"] = messages
+    ticket["participants"] = [
+        r[0] for r in db.execute(
+            "SELECT email FROM participants WHERE ticket_id=? ORDER BY added_at, email",
+            [ticket_id]).fetchall()
+    ]
     return ticket
 
 
@@ -185,13 +219,14 @@ def counts(db: sqlite_utils.Database) -> dict[str, Any]:
 def ticket_row(conn: sqlite3.Connection, ticket_id: int) -> dict[str, Any] | None:
     row = conn.execute(
         "SELECT t.id, t.subject, t.status, t.assignee, c.email, c.name, t.created_at,"
-        " t.updated_at FROM tickets t JOIN customers c ON c.id = t.requester_id WHERE t.id=?",
+        " t.updated_at, t.closed_at, t.linked_ticket_id"
+        " FROM tickets t JOIN customers c ON c.id = t.requester_id WHERE t.id=?",
         (ticket_id,),
     ).fetchone()
     if row is None:
         return None
     keys = ("id", "subject", "status", "assignee", "requester", "requester_name", "created_at",
-            "updated_at")
+            "updated_at", "closed_at", "linked_ticket_id")
     return dict(zip(keys, row, strict=True))
 
 
@@ -237,6 +272,66 @@ def set_assignee(conn: sqlite3.Connection, ticket_id: int, assignee: str | None,
 
 
 def set_status(conn: sqlite3.Connection, ticket_id: int, status: str, now: str) -> None:
+    """Change the status; `closed_at` is set when a ticket is closed and cleared otherwise."""
     if status not in STATUSES:
         raise ValueError(status)
-    conn.execute("UPDATE tickets SET status=?, updated_at=? WHERE id=?", (status, now, ticket_id))
+    conn.execute(
+        "UPDATE tickets SET status=?, updated_at=?,"
+        " closed_at=CASE WHEN ?='closed' THEN COALESCE(closed_at, ?) ELSE NULL END WHERE id=?",
+        (status, now, status, now, ticket_id),
+    )
+
+
+# --- reads for the admin endpoint -----------------------------------------------------------
+
+
+def search_tickets(
+    db: sqlite_utils.Database, *, statuses: tuple[str, ...] = (), unassigned: bool = False,
+    limit: int = 50,
+) -> list[dict[str, Any]]:
+    """Like `list_tickets` with any of several statuses (the admin's views), newest first."""
+    where: list[str] = []
+    params: list[Any] = []
+    if statuses:
+        where.append(f"t.status IN ({','.join('?' * len(statuses))})")
+        params += list(statuses)
+    if unassigned:
+        where.append("t.assignee IS NULL")
+    sql = f"SELECT {_TICKET_COLUMNS} FROM tickets t JOIN customers c ON c.id = t.requester_id"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += " ORDER BY t.updated_at DESC, t.id DESC LIMIT ?"
+    params.append(limit)
+    return list(db.query(sql, params))
+
+
+def message_html(db: sqlite_utils.Database, ticket_id: int) -> dict[int, str]:
+    """Message row id → its HTML part (already sanitised with nh3 by the pipeline), for the
+    messages of one ticket that have one."""
+    rows = db.execute(
+        "SELECT id, html FROM messages WHERE ticket_id=? AND html IS NOT NULL AND html != ''",
+        [ticket_id],
+    ).fetchall()
+    return {int(r[0]): r[1] for r in rows}
+
+
+def organizations(db: sqlite_utils.Database) -> list[dict[str, Any]]:
+    """Every organization, by name (an empty list while the store has none)."""
+    if "organizations" not in db.table_names():
+        return []
+    table = db["organizations"]
+    order = "name" if "name" in table.columns_dict else "rowid"
+    return list(db.query(f"SELECT * FROM organizations ORDER BY {order}"))
+
+
+def count_tickets(db: sqlite_utils.Database, *, statuses: tuple[str, ...] = (),
+                  unassigned: bool = False) -> int:
+    """How many tickets `search_tickets` would find with no limit."""
+    where: list[str] = []
+    params: list[Any] = list(statuses)
+    if statuses:
+        where.append(f"status IN ({','.join('?' * len(statuses))})")
+    if unassigned:
+        where.append("assignee IS NULL")
+    sql = "SELECT COUNT(*) FROM tickets" + (" WHERE " + " AND ".join(where) if where else "")
+    return int(db.execute(sql, params).fetchone()[0])

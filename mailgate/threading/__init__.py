@@ -6,6 +6,6 @@ store). Output: a `ThreadMatch`: a ticket id and the method (`in-reply-to`, `ref
 no ticket and the method `new`. First match wins.
 """
 
-from mailgate.threading.match import find_ticket
+from mailgate.threading.match import Lookups, find_ticket, our_addresses
 
-__all__ = ["find_ticket"]
+__all__ = ["Lookups", "find_ticket", "our_addresses"]

@@ -1,0 +1,207 @@
+"""The JSON API of the admin endpoint, with the field names of the CLI's `--json`.
+
+Input: HTTP requests that passed `mailgate.admin.auth` (the bearer token; `/api/health` is
+open), with query parameters and JSON or form bodies (untrusted, checked by `params`).
+Output: JSON. Errors are `{"error": "<one line>"}` with 400 (bad input), 401 (no or wrong
+token), 404 (no such ticket or route), 409 (a well-formed request the state refuses: an
+address that is not a configured agent), 500 (a bug; logged).
+
+    GET  /api/health                      status, spool, outbound, last mail, relay
+    GET  /api/tickets                     ?status= &unassigned= &view= &org= &limit=
+    GET  /api/tickets/{id}                as `mailgate tickets show ID --json`
+    POST /api/tickets/{id}/reply          agent, body
+    POST /api/tickets/{id}/assign         agent
+    POST /api/tickets/{id}/status         status
+    GET  /api/audit/incoming              ?action= &queue_id= &q= &day= &limit=
+    GET  /api/audit/outgoing              ?status= &ticket= &q= &day= &limit=
+    GET  /api/orgs                        organizations ([] until they exist)
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from aiohttp import web
+
+from mailgate.admin import params
+from mailgate.admin.backend import BACKEND, VIEWS, Backend, Conflict
+from mailgate.errors import NotFound, UserError
+from mailgate.store import outbound as outbox
+from mailgate.store import tickets as ticket_store
+
+log = logging.getLogger("mailgate.admin")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_dumps = functools.partial(json.dumps, ensure_ascii=False, default=str)
+
+
+def reply(data: Any, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status, dumps=_dumps)
+
+
+def error(message: str, status: int) -> web.Response:
+    return reply({"error": message}, status)
+
+
+def status_of(exc: UserError) -> int:
+    if isinstance(exc, NotFound):
+        return 404
+    if isinstance(exc, Conflict):
+        return 409
+    return 400
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """API routes: every failure as JSON with its status. Panels show user errors on the page
+    themselves; what reaches this point becomes a plain-text page with the same status."""
+    is_api = request.path.startswith("/api/") or request.path == "/metrics"
+    try:
+        return await handler(request)
+    except UserError as exc:
+        if is_api:
+            return error(str(exc), status_of(exc))
+        return web.Response(status=status_of(exc), content_type="text/plain",
+                            text=f"{status_of(exc)}: {exc}\n")
+    except web.HTTPException as exc:
+        if is_api and exc.status >= 400:
+            return error(exc.reason, exc.status)
+        raise
+    except Exception:
+        log.exception("admin: unexpected error on %s %s", request.method, request.path)
+        if is_api:
+            return error("internal error (logged by the daemon)", 500)
+        return web.Response(status=500, content_type="text/plain",
+                            text="500: internal error (logged by the daemon)\n")
+
+
+def backend(request: web.Request) -> Backend:
+    return request.app[BACKEND]
+
+
+async def body_of(request: web.Request) -> Mapping[str, Any]:
+    """The request's fields: a JSON object, or a urlencoded / multipart form."""
+    if request.content_type == "application/json":
+        try:
+            data = await request.json()
+        except ValueError:
+            raise params.BadInput("the body is not valid JSON") from None
+        if not isinstance(data, dict):
+            raise params.BadInput("the JSON body must be an object")
+        return data
+    return await request.post()
+
+
+def _ticket_id(request: web.Request) -> int:
+    return params.ticket_id(request.match_info["id"])
+
+
+# --- handlers --------------------------------------------------------------------------------
+
+
+async def health(request: web.Request) -> web.Response:
+    try:
+        data = await backend(request).run(backend(request).health)
+    except Exception as exc:
+        log.exception("admin: health check cannot read the database")
+        return reply({"status": "error", "error": f"{type(exc).__name__}: {exc}"}, 503)
+    return reply(data)
+
+
+async def list_tickets(request: web.Request) -> web.Response:
+    q = request.query
+    status = params.choice(q, "status", ticket_store.STATUSES)
+    view = params.choice(q, "view", tuple(VIEWS))
+    unassigned = params.flag(q, "unassigned")
+    org = params.text(q, "org", 200) or None
+    limit = params.limit(q)
+    b = backend(request)
+    rows = await b.run(functools.partial(b.tickets, status=status, view=view,
+                                         unassigned=unassigned, org=org, limit=limit))
+    return reply(rows)
+
+
+async def show_ticket(request: web.Request) -> web.Response:
+    b = backend(request)
+    return reply(await b.run(b.ticket, _ticket_id(request)))
+
+
+async def reply_ticket(request: web.Request) -> web.Response:
+    ticket_id = _ticket_id(request)
+    form = await body_of(request)
+    agent = params.text(form, "agent", 320)
+    body = params.text(form, "body", params.MAX_BODY, required=True)
+    b = backend(request)
+    result = await b.run(b.reply, ticket_id, agent, body)
+    log.info("admin: ticket #%d reply by %s (api): outbound #%d %s", ticket_id,
+             agent.strip().lower(), result["outbound_id"], result["status"])
+    return reply(result)
+
+
+async def assign_ticket(request: web.Request) -> web.Response:
+    ticket_id = _ticket_id(request)
+    form = await body_of(request)
+    agent = params.text(form, "agent", 320)
+    b = backend(request)
+    result = await b.run(b.assign, ticket_id, agent)
+    log.info("admin: ticket #%d assigned to %s (api)", ticket_id, result["assignee"])
+    return reply(result)
+
+
+async def status_ticket(request: web.Request) -> web.Response:
+    ticket_id = _ticket_id(request)
+    form = await body_of(request)
+    status = params.choice(form, "status", ticket_store.STATUSES, required=True)
+    assert status is not None
+    b = backend(request)
+    result = await b.run(b.set_status, ticket_id, status)
+    log.info("admin: ticket #%d status %s (api)", ticket_id, status)
+    return reply(result)
+
+
+async def audit_incoming(request: web.Request) -> web.Response:
+    q = request.query
+    filters = {
+        "action": params.word(q, "action"),
+        "queue_id": params.text(q, "queue_id", 100) or params.text(q, "queue-id", 100) or None,
+        "q": params.text(q, "q", 500) or None,
+        "day": params.day(q),
+        "limit": params.limit(q),
+    }
+    b = backend(request)
+    return reply(await b.run(functools.partial(b.incoming, **filters)))
+
+
+async def audit_outgoing(request: web.Request) -> web.Response:
+    q = request.query
+    filters = {
+        "status": params.choice(q, "status", outbox.STATUSES),
+        "ticket_id": params.integer(q, "ticket"),
+        "q": params.text(q, "q", 500) or None,
+        "day": params.day(q),
+        "limit": params.limit(q),
+    }
+    b = backend(request)
+    return reply(await b.run(functools.partial(b.outgoing, **filters)))
+
+
+async def orgs(request: web.Request) -> web.Response:
+    b = backend(request)
+    return reply(await b.run(b.orgs))
+
+
+def add_routes(app: web.Application) -> None:
+    r = app.router
+    r.add_get("/api/health", health)
+    r.add_get("/api/tickets", list_tickets)
+    r.add_get(r"/api/tickets/{id:\d+}", show_ticket)
+    r.add_post(r"/api/tickets/{id:\d+}/reply", reply_ticket)
+    r.add_post(r"/api/tickets/{id:\d+}/assign", assign_ticket)
+    r.add_post(r"/api/tickets/{id:\d+}/status", status_ticket)
+    r.add_get("/api/audit/incoming", audit_incoming)
+    r.add_get("/api/audit/outgoing", audit_outgoing)
+    r.add_get("/api/orgs", orgs)

@@ -1,0 +1,238 @@
+"""What the admin endpoint reads and does, on its own database connection and thread.
+
+Input: validated parameters from `api` and `panels`; the config (trusted); the relay worker's
+health attributes. Output: plain dicts and lists with the CLI's `--json` field names, read
+through `mailgate.store` and acted on through `mailgate.app.desk` (the library, as the CLI does:
+never around it). Values from mail are returned as data: escaping is the renderer's job.
+
+Every database call runs on one dedicated thread (`await backend.run(fn, ...)`): sqlite and
+the fsync of a commit stay off the event loop, and the admin's connection is never used by two
+threads at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any, Protocol, TypeVar
+
+from aiohttp import web
+
+from mailgate import app, metrics
+from mailgate.admin.params import BadInput
+from mailgate.config import Config
+from mailgate.errors import UserError
+from mailgate.outbound.render import TemplateError
+from mailgate.spool import Spool
+from mailgate.store import audit, tickets
+from mailgate.store import outbound as outbox
+from mailgate.store.db import now_iso, open_db
+
+log = logging.getLogger("mailgate.admin")
+
+T = TypeVar("T")
+
+# The ticket views of the panels and of `GET /api/tickets?view=`.
+OPEN_STATUSES = ("open", "pending_customer", "pending_agent")
+VIEWS: dict[str, tuple[str, tuple[str, ...], bool]] = {
+    # name → (title, statuses, unassigned only)
+    "unassigned": ("Unassigned", OPEN_STATUSES, True),
+    "pending_customer": ("Pending customer", ("pending_customer",), False),
+    "pending_agent": ("Pending agent", ("open", "pending_agent"), False),
+    "all": ("All", (), False),
+}
+FORWARDING_ACTION = "forwarding_confirmation"
+
+
+class RelayHealth(Protocol):
+    """What the admin endpoint reads from the relay worker (`mailgate.outbound.relay`)."""
+
+    last_ok: bool | None
+    last_attempt_at: float | None
+    last_error: str
+
+    def wake(self) -> None: ...
+
+
+class Conflict(UserError):
+    """The request is well-formed but the state says no (HTTP 409): e.g. an address that is
+    not a configured agent."""
+
+
+def _iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+class Backend:
+    def __init__(self, config: Config, relay: RelayHealth | None = None) -> None:
+        self.relay = relay
+        self.db = open_db(config.db_path)
+        self.spool = Spool(config.spool_path)
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="admin-db")
+        self.reload(config)
+
+    def reload(self, config: Config) -> None:
+        """Take a new config (SIGHUP): agents, templates and branding used from now on."""
+        self.config = config
+        self.desk = app.desk(config, self.db)
+        self.renderer = app.renderer(config)
+        self.signer = app.signer(config)
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+
+    def close(self) -> None:
+        self._thread.shutdown(wait=True)
+        self.spool.close()
+        self.db.close()
+
+    # --- health and counts --------------------------------------------------------------------
+
+    def relay_health(self) -> dict[str, Any]:
+        r = self.relay
+        return {
+            "host": self.config.relay.host,
+            "port": self.config.relay.port,
+            "last_ok": None if r is None else r.last_ok,
+            "last_attempt_at": None if r is None else _iso(r.last_attempt_at),
+            "last_error": "" if r is None else r.last_error,
+        }
+
+    def health(self) -> dict[str, Any]:
+        spool = self.spool.counts()
+        outgoing = outbox.counts_by_status(self.db)
+        relay = self.relay_health()
+        problems = []
+        if spool.get("hold"):
+            problems.append(f"{spool['hold']} message(s) held in the spool"
+                            " (`mailgate spool list --state hold`)")
+        if relay["last_ok"] is False:
+            problems.append(f"the relay {relay['host']}:{relay['port']} did not answer its last"
+                            f" attempt: {relay['last_error']}")
+        return {
+            "status": "degraded" if problems else "ok",
+            "problems": problems,
+            "time": now_iso(),
+            "spool": spool,
+            "outbound": outgoing,
+            "last_mail_received_at": audit.last_received_at(self.db),
+            "relay": relay,
+        }
+
+    def counts(self) -> metrics.Counts:
+        return metrics.Counts(
+            incoming_by_action=audit.counts_by_action(self.db),
+            outgoing_by_status=outbox.counts_by_status(self.db),
+            spool_by_state=self.spool.counts(),
+        )
+
+    def dashboard(self) -> dict[str, Any]:
+        data = tickets.counts(self.db)
+        data["incoming_by_action"] = audit.counts_by_action(self.db)
+        data["health"] = self.health()
+        data["views"] = {
+            name: tickets.count_tickets(self.db, statuses=statuses, unassigned=unassigned)
+            for name, (_title, statuses, unassigned) in VIEWS.items() if name != "all"
+        }
+        return data
+
+    # --- tickets ------------------------------------------------------------------------------
+
+    def tickets(self, *, status: str | None = None, view: str | None = None,
+                unassigned: bool = False, org: str | None = None,
+                limit: int = 50) -> list[dict[str, Any]]:
+        """Tickets, most recently updated first. `org` is accepted and, until organizations
+        exist in the store, filters nothing."""
+        statuses: tuple[str, ...] = ()
+        if view is not None:
+            _title, statuses, only_unassigned = VIEWS[view]
+            unassigned = unassigned or only_unassigned
+        if status is not None:
+            statuses = (status,)
+        return tickets.search_tickets(self.db, statuses=statuses, unassigned=unassigned,
+                                      limit=limit)
+
+    def ticket(self, ticket_id: int) -> dict[str, Any]:
+        """The fields of `mailgate tickets show ID --json` (raises NotFound)."""
+        ticket = tickets.get_ticket(self.db, ticket_id)
+        ticket["reply_address"] = self.signer.reply_address(self.config.from_address, ticket_id)
+        return ticket
+
+    def ticket_page(self, ticket_id: int) -> dict[str, Any]:
+        """The ticket, each message's sanitised HTML (for the sandboxed frame), and the mail
+        we sent about it."""
+        ticket = self.ticket(ticket_id)
+        html = tickets.message_html(self.db, ticket_id)
+        for m in ticket["messages"]:
+            m["html"] = html.get(m["id"], "")
+        ticket["outgoing"] = outbox.search_outgoing(self.db, ticket_id=ticket_id, limit=200)
+        return ticket
+
+    def _agent(self, email: str) -> str:
+        email = email.strip().lower()
+        if not email:
+            raise BadInput("agent: required (the address of a configured agent)")
+        if self.config.agent(email) is None:
+            raise Conflict(f"{email} is not a configured agent ([[agents]] in"
+                           f" {self.config.path})")
+        return email
+
+    def reply(self, ticket_id: int, agent: str, body: str) -> dict[str, Any]:
+        agent = self._agent(agent)
+        result = self.desk.reply(ticket_id, agent, body)
+        q = result.queued
+        self._wake_relay()
+        return {"ticket_id": ticket_id, "message_row": result.message_row,
+                "outbound_id": q.outbound_id, "status": q.status, "message_id": q.message_id,
+                "subject": q.subject, "reason": q.reason}
+
+    def assign(self, ticket_id: int, agent: str) -> dict[str, Any]:
+        agent = self._agent(agent)
+        q = self.desk.assign(ticket_id, agent)
+        self._wake_relay()
+        return {"ticket_id": ticket_id, "assignee": agent, "notification": {
+            "outbound_id": q.outbound_id, "status": q.status, "reason": q.reason}}
+
+    def set_status(self, ticket_id: int, status: str) -> dict[str, Any]:
+        return self.desk.set_status(ticket_id, status)
+
+    def _wake_relay(self) -> None:
+        if self.relay is not None:
+            self.relay.wake()
+
+    # --- audits, organizations, forwarding, templates -----------------------------------------
+
+    def incoming(self, **filters: Any) -> list[dict[str, Any]]:
+        return audit.search_incoming(self.db, **filters)
+
+    def outgoing(self, **filters: Any) -> list[dict[str, Any]]:
+        return outbox.search_outgoing(self.db, **filters)
+
+    def orgs(self) -> list[dict[str, Any]]:
+        return tickets.organizations(self.db)
+
+    def forwarding(self, limit: int = 200) -> list[dict[str, Any]]:
+        return audit.search_incoming(self.db, action=FORWARDING_ACTION, limit=limit)
+
+    def template_previews(self) -> list[dict[str, Any]]:
+        """Each template kind rendered with its sample data (or the error that stops it)."""
+        previews = []
+        for info in self.renderer.kinds():
+            kind = info["kind"]
+            entry = {**info, "subject": "", "html": "", "text": "", "error": ""}
+            try:
+                rendered = self.renderer.render(kind, self.renderer.sample_context(kind))
+            except TemplateError as exc:
+                entry["error"] = str(exc)
+            else:
+                entry.update(subject=rendered.subject, html=rendered.html, text=rendered.text)
+            previews.append(entry)
+        return previews
+
+
+BACKEND = web.AppKey("backend", Backend)

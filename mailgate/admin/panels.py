@@ -1,0 +1,304 @@
+"""The web panels: server-rendered HTML for people, no scripts, readable on a phone.
+
+Input: HTTP requests that passed `mailgate.admin.auth` (session cookie or bearer token; every
+form carries the session's CSRF token), query and form values (untrusted, checked by
+`params`), and rows from `Backend` whose text came from mail (untrusted). Output: HTML from the
+jinja2 templates in `templates/`, autoescaped: every value from mail is escaped. A message's
+HTML part (sanitised by nh3 when it was stored) is only ever shown inside
+`<iframe sandbox="" srcdoc="...">`, under the page's Content-Security-Policy.
+
+    /login, /logout          the token form; the session cookie
+    /                        counts and health
+    /tickets?view=           Unassigned, Pending customer, Pending agent, All
+    /tickets/{id}            conversation, reply, assign, status
+    /audit/incoming?q=       search by address, subject, Message-ID or day (YYYY-MM-DD)
+    /audit/outgoing?q=       delivery status and failure reason
+    /forwarding              forwarding confirmations (provider, code, link)
+    /orgs, /templates        organizations; each template kind rendered with sample data
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+from aiohttp import web
+from jinja2 import Environment, FileSystemLoader
+from markupsafe import Markup, escape
+
+from mailgate.admin import auth, params
+from mailgate.admin.api import status_of
+from mailgate.admin.backend import BACKEND, VIEWS, Backend
+from mailgate.errors import NotFound, UserError
+from mailgate.store import audit
+from mailgate.store import outbound as outbox
+from mailgate.store import tickets as ticket_store
+
+log = logging.getLogger("mailgate.admin")
+
+TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
+NAV = (
+    ("/", "Dashboard"),
+    ("/tickets", "Tickets"),
+    ("/audit/incoming", "Incoming"),
+    ("/audit/outgoing", "Outgoing"),
+    ("/forwarding", "Forwarding"),
+    ("/orgs", "Organizations"),
+    ("/templates", "Templates"),
+)
+INLINE_STYLES = "inline_styles"  # request key: this page shows mail HTML in a sandboxed frame
+NOTICES = {
+    "replied": "Reply queued.",
+    "assigned": "Ticket assigned.",
+    "status": "Status changed.",
+}
+
+
+def when(value: Any) -> str:
+    """'2026-03-01T10:11:12Z' → '2026-03-01 10:11:12 UTC' (anything else as it is)."""
+    if not isinstance(value, str) or len(value) < 19 or value[10] != "T":
+        return "" if value is None else str(value)
+    return value[:10] + " " + value[11:19] + (" UTC" if value.endswith("Z") else "")
+
+
+def wbr(value: Any) -> Markup:
+    """Escaped text with a line-break opportunity after each @ (addresses in narrow cells)."""
+    return Markup(str(escape("" if value is None else value)).replace("@", "@<wbr>"))
+
+
+def http_link(value: Any) -> str:
+    """`value` when it is an http(s) URL (fit to be a link), else ''."""
+    text = str(value or "").strip()
+    return text if text.lower().startswith(("https://", "http://")) else ""
+
+
+@functools.lru_cache(maxsize=1)
+def environment() -> Environment:
+    env = Environment(loader=FileSystemLoader(TEMPLATES_DIR), autoescape=True,
+                      trim_blocks=True, lstrip_blocks=True)
+    env.filters["when"] = when
+    env.filters["http_link"] = http_link
+    env.filters["wbr"] = wbr
+    env.filters["pretty"] = lambda v: json.dumps(v, indent=2, ensure_ascii=False, default=str)
+    return env
+
+
+def backend(request: web.Request) -> Backend:
+    return request.app[BACKEND]
+
+
+def render(request: web.Request, template: str, **context: Any) -> str:
+    config = backend(request).config
+    return environment().get_template(template).render(
+        request=request, path=request.path, csrf=request.get("csrf", ""),
+        authed=request.get("auth") in ("session", "bearer"),
+        session=request.get("auth") == "session", nav=NAV,
+        company=config.branding.company_name, label=config.status_label, **context)
+
+
+def page(request: web.Request, template: str, code: int = 200, *,
+         inline_styles: bool = False, **context: Any) -> web.Response:
+    if inline_styles:
+        request[INLINE_STYLES] = True
+    return web.Response(text=render(request, template, **context), status=code,
+                        content_type="text/html", charset="utf-8")
+
+
+def see_other(location: str) -> web.Response:
+    return web.Response(status=303, headers={"Location": location})
+
+
+# --- login ------------------------------------------------------------------------------------
+
+
+async def login_form(request: web.Request, error: str = "", status: int = 200,
+                     target: str | None = None) -> web.Response:
+    response = web.Response(status=status, content_type="text/html", charset="utf-8")
+    csrf = request.app[auth.AUTH].login_csrf(request, response)
+    if target is None:
+        target = request.query.get("next", "/")
+    response.text = render(request, "login.html", error=error, login_csrf=csrf,
+                           next=auth.safe_next(target))
+    return response
+
+
+async def login(request: web.Request) -> web.Response:
+    authn = request.app[auth.AUTH]
+    form = await request.post()
+    presented, csrf, target = form.get("token"), form.get("csrf"), form.get("next")
+    target = auth.safe_next(target if isinstance(target, str) else "/")
+    if not isinstance(csrf, str) or not authn.login_csrf_ok(request, csrf):
+        return await login_form(request, "The form had expired: paste the token again.", 403,
+                                target)
+    if not isinstance(presented, str) or not authn.check_token(presented):
+        log.warning("admin: failed login from %s", request.remote)
+        return await login_form(request, "Wrong token (`mailgate admin token` prints it).",
+                                401, target)
+    session = authn.new_session()
+    if session is None:
+        return await login_form(request, "No admin token exists yet.", 401, target)
+    response = see_other(target)
+    authn.set_session(response, session)
+    response.del_cookie(auth.LOGIN_COOKIE, path="/login")
+    log.info("admin: login from %s", request.remote)
+    return response
+
+
+async def logout(request: web.Request) -> web.Response:
+    response = see_other("/login")
+    request.app[auth.AUTH].clear_session(response)
+    return response
+
+
+# --- pages ------------------------------------------------------------------------------------
+
+
+async def dashboard(request: web.Request) -> web.Response:
+    b = backend(request)
+    data = await b.run(b.dashboard)
+    return page(request, "dashboard.html", data=data, views=VIEWS)
+
+
+async def ticket_list(request: web.Request) -> web.Response:
+    view = request.query.get("view", "unassigned")
+    if view not in VIEWS:
+        view = "unassigned"
+    b = backend(request)
+    rows = await b.run(functools.partial(b.tickets, view=view, limit=200))
+    return page(request, "tickets.html", rows=rows, view=view, views=VIEWS)
+
+
+async def _ticket_page(request: web.Request, ticket_id: int, error: str = "",
+                       code: int = 200, form: dict[str, str] | None = None) -> web.Response:
+    b = backend(request)
+    try:
+        ticket = await b.run(b.ticket_page, ticket_id)
+    except NotFound as exc:
+        return page(request, "error.html", 404, title="Not found", message=str(exc))
+    notice = NOTICES.get(request.query.get("notice", ""), "")
+    return page(request, "ticket.html", code, inline_styles=True, ticket=ticket,
+                error=error, notice=notice, agents=b.config.agents,
+                statuses=ticket_store.STATUSES, form=form or {})
+
+
+async def ticket(request: web.Request) -> web.Response:
+    return await _ticket_page(request, params.ticket_id(request.match_info["id"]))
+
+
+async def _act(request: web.Request, action: str) -> web.Response:
+    ticket_id = params.ticket_id(request.match_info["id"])
+    form = await request.post()
+    values = {k: v for k, v in form.items() if isinstance(v, str) and k != "csrf"}
+    b = backend(request)
+    try:
+        if action == "replied":
+            agent = params.text(values, "agent", 320)
+            body = params.text(values, "body", params.MAX_BODY, required=True)
+            result = await b.run(b.reply, ticket_id, agent, body)
+            log.info("admin: ticket #%d reply by %s (panel): outbound #%d %s", ticket_id,
+                     agent.strip().lower(), result["outbound_id"], result["status"])
+        elif action == "assigned":
+            agent = params.text(values, "agent", 320)
+            await b.run(b.assign, ticket_id, agent)
+            log.info("admin: ticket #%d assigned to %s (panel)", ticket_id, agent.lower())
+        else:
+            status = params.choice(values, "status", ticket_store.STATUSES, required=True)
+            await b.run(b.set_status, ticket_id, status)
+            log.info("admin: ticket #%d status %s (panel)", ticket_id, status)
+    except UserError as exc:
+        return await _ticket_page(request, ticket_id, str(exc), status_of(exc), values)
+    return see_other(f"/tickets/{ticket_id}?" + urlencode({"notice": action}))
+
+
+async def reply(request: web.Request) -> web.Response:
+    return await _act(request, "replied")
+
+
+async def assign(request: web.Request) -> web.Response:
+    return await _act(request, "assigned")
+
+
+async def set_status(request: web.Request) -> web.Response:
+    return await _act(request, "status")
+
+
+async def incoming(request: web.Request) -> web.Response:
+    q = request.query
+    search = (q.get("q") or "").strip()
+    rows: list[dict[str, Any]] = []
+    error = ""
+    try:
+        action = params.word(q, "action")
+        day = params.day(q)
+        text: str | None = search or None
+        if search and params.is_day(search):
+            day, text = search, None
+        b = backend(request)
+        rows = await b.run(functools.partial(b.incoming, action=action, q=text, day=day,
+                                             limit=params.limit(q, 100)))
+    except UserError as exc:
+        error = str(exc)
+    return page(request, "incoming.html", 400 if error else 200, rows=rows, q=search,
+                action=q.get("action", ""), actions=audit.ACTIONS, error=error)
+
+
+async def outgoing(request: web.Request) -> web.Response:
+    q = request.query
+    search = (q.get("q") or "").strip()
+    rows: list[dict[str, Any]] = []
+    error = ""
+    try:
+        status = params.choice(q, "status", outbox.STATUSES)
+        day = params.day(q)
+        text: str | None = search or None
+        if search and params.is_day(search):
+            day, text = search, None
+        b = backend(request)
+        rows = await b.run(functools.partial(
+            b.outgoing, status=status, ticket_id=params.integer(q, "ticket"), q=text, day=day,
+            limit=params.limit(q, 100)))
+    except UserError as exc:
+        error = str(exc)
+    return page(request, "outgoing.html", 400 if error else 200, rows=rows, q=search,
+                status=q.get("status", ""), statuses=outbox.STATUSES, error=error)
+
+
+async def orgs(request: web.Request) -> web.Response:
+    b = backend(request)
+    rows = await b.run(b.orgs)
+    columns = list(rows[0]) if rows else []
+    return page(request, "orgs.html", rows=rows, columns=columns)
+
+
+async def templates(request: web.Request) -> web.Response:
+    b = backend(request)
+    previews = await b.run(b.template_previews)
+    return page(request, "templates.html", inline_styles=True, previews=previews)
+
+
+async def forwarding(request: web.Request) -> web.Response:
+    b = backend(request)
+    rows = await b.run(b.forwarding)
+    return page(request, "forwarding.html", rows=rows)
+
+
+def add_routes(app: web.Application) -> None:
+    r = app.router
+    r.add_get("/login", login_form)
+    r.add_post("/login", login)
+    r.add_post("/logout", logout)
+    r.add_get("/", dashboard)
+    r.add_get("/tickets", ticket_list)
+    r.add_get(r"/tickets/{id:\d+}", ticket)
+    r.add_post(r"/tickets/{id:\d+}/reply", reply)
+    r.add_post(r"/tickets/{id:\d+}/assign", assign)
+    r.add_post(r"/tickets/{id:\d+}/status", set_status)
+    r.add_get("/audit/incoming", incoming)
+    r.add_get("/audit/outgoing", outgoing)
+    r.add_get("/forwarding", forwarding)
+    r.add_get("/orgs", orgs)
+    r.add_get("/templates", templates)

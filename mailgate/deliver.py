@@ -1,0 +1,318 @@
+"""Delivering one parsed, classified message into the store: the pipeline's decisions applied.
+
+Input: a connection inside the pipeline's transaction and an `Incoming` (the envelope, the
+parsed message — untrusted —, its class and reply text, where its raw bytes and attachments were
+written). Output: the rows that record what happened — a bounce matched to our outgoing mail, a
+forwarding confirmation, an ignored robot, a duplicate, or a ticket message with its workflow
+consequences (status, internal note, acknowledgement, an agent's emailed reply relayed to the
+customer) — and the incoming-audit row saying why. Part of the pipeline (an orchestrator): it
+calls the stages (threading, workflow, outbound) with look-ups bound to this transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sqlite3
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from mailgate.classify import Classification
+from mailgate.model import Address, ParsedMail, SpoolEntry, base_mailbox
+from mailgate.outbound.mailer import MailContext, queue_ticket_mail
+from mailgate.store import outbound as outbox
+from mailgate.store.audit import IncomingAudit, record_incoming
+from mailgate.store.db import now_iso
+from mailgate.store.tickets import (
+    add_attachment,
+    add_incoming_message,
+    add_participant,
+    create_ticket,
+    get_or_create_customer,
+    index_message_id,
+    is_participant,
+    latest_customer_message,
+    link_outbound,
+    set_status,
+    ticket_exists,
+    ticket_for_message_id,
+    ticket_row,
+    touch_ticket,
+)
+from mailgate.threading import Lookups, find_ticket
+from mailgate.threading.forwarded import original_of
+from mailgate.threading.token import Signer
+from mailgate.workflow import AGENT, PARTICIPANT, STRANGER, Decision, Situation, decide
+
+log = logging.getLogger("mailgate.pipeline")
+
+UNKNOWN_SENDER = Address(email="unknown-sender@invalid", name="(no sender address)")
+
+
+@dataclass(frozen=True)
+class Policy:
+    domains: frozenset[str] = frozenset()
+    agents: frozenset[str] = frozenset()
+    strangers: str = "internal"
+    reopen_closed_days: float = 7.0
+
+
+@dataclass(frozen=True)
+class Incoming:
+    entry: SpoolEntry
+    parsed: ParsedMail
+    content: bytes
+    raw_path: str
+    blobs: list[str]
+    classification: Classification
+    reply_text: str
+
+
+@dataclass(frozen=True)
+class Outcome:
+    queue_id: str
+    action: str
+    ticket_id: int | None = None
+    reason: str = ""
+
+
+def _days_since(iso: str | None) -> float | None:
+    if not iso:
+        return None
+    then = datetime.fromisoformat(iso.replace("Z", "+00:00"))
+    return (datetime.now(UTC) - then).total_seconds() / 86400
+
+
+class Deliverer:
+    def __init__(self, policy: Policy, mail: MailContext | None, tokens: Signer | None) -> None:
+        self.policy = policy
+        self.mail = mail
+        self.tokens = tokens
+
+    # --- the entry point ----------------------------------------------------------------------
+
+    def deliver(self, conn: sqlite3.Connection, inc: Incoming) -> Outcome:
+        env, parsed, cls = inc.entry.envelope, inc.parsed, inc.classification
+        base = IncomingAudit(
+            env, "", message_id=parsed.message_id, from_addr=parsed.from_.email,
+            subject=parsed.subject, defects=len(parsed.defects), classification=cls.kind,
+        )
+        verp = self._verp_target(env.rcpt_to)
+        if cls.kind == "bounce" or verp is not None:
+            return self._bounce(conn, inc, base, verp)
+        if cls.kind == "forwarding_confirmation":
+            details = asdict(cls.forwarding) if cls.forwarding is not None else {}
+            reason = (f"forwarding confirmation ({details.get('provider', '?')}): finish setup"
+                      " with the code or link (mailgate forwarding pending)")
+            record_incoming(conn, replace(base, action="forwarding_confirmation", reason=reason,
+                                          details=details))
+            return Outcome(env.queue_id, "forwarding_confirmation", reason=reason)
+        if cls.kind == "feedback_report":
+            reason = f"abuse/feedback report, not a conversation: {cls.reason}"
+            record_incoming(conn, replace(base, action="ignored", reason=reason))
+            return Outcome(env.queue_id, "ignored", reason=reason)
+        if parsed.message_id:
+            existing = ticket_for_message_id(conn, parsed.message_id)
+            if existing is not None:
+                reason = f"Message-ID <{parsed.message_id}> is already stored on ticket #{existing}"
+                record_incoming(conn, replace(base, action="duplicate", reason=reason,
+                                              ticket_id=existing))
+                return Outcome(env.queue_id, "duplicate", existing, reason)
+        return self._thread(conn, inc, base)
+
+    # --- bounces ------------------------------------------------------------------------------
+
+    def _verp_target(self, rcpts: tuple[str, ...]) -> int | None:
+        """None: not sent to a bounce address; 0: to one, without a valid token; else the id."""
+        bounce_rcpts = [r for r in rcpts if base_mailbox(r).startswith("bounces@")]
+        if not bounce_rcpts:
+            return None
+        for r in bounce_rcpts:
+            oid = self.tokens.outbound_from_address(r) if self.tokens else None
+            if oid:
+                return oid
+        return 0
+
+    def _bounce(self, conn: sqlite3.Connection, inc: Incoming, base: IncomingAudit,
+                verp: int | None) -> Outcome:
+        env, parsed, dsn = inc.entry.envelope, inc.parsed, inc.classification.dsn
+        status = dsn.status if dsn else ""
+        diagnostic = dsn.diagnostic if dsn else ""
+        recipient = dsn.recipient if dsn else ""
+        detail = " ".join(x for x in (status, diagnostic) if x) or "no status given"
+        outbound_id = verp or None
+        if outbound_id is None:  # a DSN that quotes one of our Message-IDs
+            for mid in (*parsed.in_reply_to, *reversed(parsed.references), *self._quoted_ids(inc)):
+                outbound_id = outbox.outbound_for_message_id(conn, mid)
+                if outbound_id:
+                    break
+        if outbound_id and outbox.mark_bounced(conn, outbound_id, status, detail):
+            reason = (f"delivery failure for our outbound mail #{outbound_id} to"
+                      f" {recipient or '?'}: {detail}")
+        elif verp == 0:
+            reason = f"bounce to our VERP address without a valid token (not matched): {detail}"
+        else:
+            reason = (f"delivery status notification for {recipient or 'an unknown recipient'}:"
+                      f" {detail}; not one of our outgoing mails")
+        details = {"recipient": recipient, "status": status, "diagnostic": diagnostic,
+                   "outbound_id": outbound_id or None}
+        record_incoming(conn, replace(base, action="bounce", reason=reason, details=details,
+                                      classification="bounce"))
+        return Outcome(env.queue_id, "bounce", reason=reason)
+
+    def _quoted_ids(self, inc: Incoming) -> list[str]:
+        """Message-IDs of ours quoted in the returned headers of a DSN."""
+        if self.tokens is None:
+            return []
+        found = re.findall(rb"Message-ID:\s*<([^<>\s]+)>", inc.content, re.I)
+        ids = [m.decode("ascii", "replace") for m in found]
+        return [i for i in ids if self.tokens.ticket_from_message_id(i) is not None]
+
+    # --- conversations ------------------------------------------------------------------------
+
+    def _lookups(self, conn: sqlite3.Connection) -> Lookups:
+        tokens = self.tokens
+        domains = self.policy.domains
+        agents = self.policy.agents
+        return Lookups(
+            ticket_for_message_id=lambda mid: ticket_for_message_id(conn, mid),
+            ticket_from_token_address=(tokens.ticket_from_address if tokens
+                                       else lambda _a: None),
+            ticket_from_our_message_id=(tokens.ticket_from_message_id if tokens
+                                        else lambda _m: None),
+            is_participant=lambda tid, email: (email.lower() in agents
+                                               or is_participant(conn, tid, email)),
+            is_ours=lambda addr: addr.rpartition("@")[2].rstrip(".") in domains,
+            ticket_exists=lambda tid: ticket_exists(conn, tid),
+        )
+
+    def _role(self, conn: sqlite3.Connection, ticket_id: int, sender: str) -> str:
+        if sender in self.policy.agents:
+            return AGENT
+        if sender and is_participant(conn, ticket_id, sender):
+            return PARTICIPANT
+        return STRANGER
+
+    def _thread(self, conn: sqlite3.Connection, inc: Incoming, base: IncomingAudit) -> Outcome:
+        env, parsed = inc.entry.envelope, inc.parsed
+        match = find_ticket(parsed, env.rcpt_to, self._lookups(conn))
+        sender = parsed.from_.email
+        ticket = ticket_row(conn, match.ticket_id) if match.ticket_id is not None else None
+        situation = Situation(
+            kind=inc.classification.kind,
+            ticket_id=match.ticket_id,
+            ticket_status=ticket["status"] if ticket else None,
+            closed_days_ago=_days_since(ticket["closed_at"]) if ticket else None,
+            sender_role=self._role(conn, match.ticket_id, sender) if ticket else PARTICIPANT,
+            sender=sender,
+            strangers=self.policy.strangers,
+            reopen_closed_days=self.policy.reopen_closed_days,
+        )
+        decision = decide(situation)
+        notes = "; ".join(match.notes)
+        details: dict[str, Any] = {"notes": list(match.notes)} if match.notes else {}
+        if decision.action == "ignore":
+            reason = "; ".join(x for x in (decision.reason, notes) if x)
+            record_incoming(conn, replace(base, action="ignored", reason=reason,
+                                          matched_by=match.method, details=details or None))
+            return Outcome(env.queue_id, "ignored", reason=reason)
+        now = now_iso()
+        if decision.action == "create":
+            ticket_id, requester = self._create(conn, inc, decision, now)
+            action, matched_by = "created_ticket", "new"
+        else:
+            assert match.ticket_id is not None
+            ticket_id, requester, action, matched_by = match.ticket_id, None, "appended", \
+                match.method
+        row = add_incoming_message(
+            conn, ticket_id, env.queue_id, parsed, inc.raw_path, matched_by, now,
+            internal_reason=decision.internal_reason, reply_text=inc.reply_text,
+            classification=inc.classification.kind, direction=decision.direction,
+        )
+        for att, sha in zip(parsed.attachments, inc.blobs, strict=True):
+            add_attachment(conn, row, sha, att.filename, att.content_type, len(att.payload),
+                           att.content_id, att.inline)
+        if decision.new_status:
+            set_status(conn, ticket_id, decision.new_status, now)
+        else:
+            touch_ticket(conn, ticket_id, now)
+        reason = "; ".join(x for x in (decision.reason, notes) if x)
+        if decision.internal_reason:
+            details["internal"] = decision.internal_reason
+        record_incoming(conn, replace(
+            base, action=action, ticket_id=ticket_id, message_row=row, matched_by=matched_by,
+            reason=reason, details=details or None))
+        if self.mail is not None:
+            if decision.acknowledge and requester is not None:
+                self._acknowledge(conn, inc, ticket_id, requester)
+            if decision.relay_agent_reply:
+                self._relay_agent_reply(conn, inc, ticket_id, row)
+        return Outcome(env.queue_id, action, ticket_id, reason)
+
+    def _create(self, conn: sqlite3.Connection, inc: Incoming, decision: Decision, now: str
+                ) -> tuple[int, Address]:
+        env, parsed = inc.entry.envelope, inc.parsed
+        requester = parsed.from_ if parsed.from_.email else (
+            Address(env.mail_from.lower()) if env.mail_from else UNKNOWN_SENDER)
+        subject = parsed.subject
+        if requester.email in self.policy.agents:
+            forwarded = original_of(parsed)
+            if forwarded is not None and forwarded.sender.email not in self.policy.agents:
+                requester, subject = forwarded.sender, forwarded.subject or subject
+        customer_id = get_or_create_customer(conn, requester, now)
+        ticket_id = create_ticket(conn, subject or "(no subject)", customer_id, now,
+                                  decision.linked_ticket_id)
+        add_participant(conn, ticket_id, requester.email, "requester", now)
+        for cc in (*parsed.cc, *parsed.to):
+            domain = cc.email.rpartition("@")[2]
+            if cc.email != requester.email and cc.email not in self.policy.agents \
+                    and domain not in self.policy.domains:
+                add_participant(conn, ticket_id, cc.email, "cc", now)
+        return ticket_id, requester
+
+    def _acknowledge(self, conn: sqlite3.Connection, inc: Incoming, ticket_id: int,
+                     requester: Address) -> None:
+        assert self.mail is not None
+        parsed = inc.parsed
+        ticket = ticket_row(conn, ticket_id)
+        assert ticket is not None
+        queued = queue_ticket_mail(
+            conn, self.mail, kind="new_ticket_ack", ticket=ticket, to=requester,
+            context={"customer_message": {"subject": parsed.subject, "text": inc.reply_text,
+                                          "from": parsed.from_.email}},
+            automatic=True, trigger=parsed, envelope_sender=inc.entry.envelope.mail_from,
+            in_reply_to=parsed.message_id, references=parsed.references,
+            queue_id=inc.entry.queue_id,
+        )
+        self._log_queued(inc, "new_ticket_ack", queued.outbound_id, queued.status, queued.reason)
+
+    def _relay_agent_reply(self, conn: sqlite3.Connection, inc: Incoming, ticket_id: int,
+                           message_row: int) -> None:
+        """An agent answered by email: send their words on to the customer, in our template."""
+        assert self.mail is not None
+        parsed = inc.parsed
+        ticket = ticket_row(conn, ticket_id)
+        assert ticket is not None
+        agent_name = parsed.from_.name or parsed.from_.email
+        message_id = self.mail.tokens.message_id(ticket_id, self.mail.from_domain)
+        latest = latest_customer_message(conn, ticket_id)
+        queued = queue_ticket_mail(
+            conn, self.mail, kind="agent_reply", ticket=ticket,
+            to=Address(ticket["requester"], ticket["requester_name"] or ""),
+            context={"agent": {"name": agent_name, "email": parsed.from_.email},
+                     "body": inc.reply_text},
+            automatic=False, in_reply_to=latest["message_id"] if latest else "",
+            references=latest["references"] if latest else (), queue_id=inc.entry.queue_id,
+            message_id=message_id,
+        )
+        index_message_id(conn, message_id, ticket_id, message_row)
+        link_outbound(conn, message_row, queued.outbound_id)
+        self._log_queued(inc, "agent_reply", queued.outbound_id, queued.status, queued.reason)
+
+    @staticmethod
+    def _log_queued(inc: Incoming, kind: str, outbound_id: int, status: str, reason: str
+                    ) -> None:
+        log.info("queue_id=%s %s outbound_id=%d status=%s%s", inc.entry.queue_id, kind,
+                 outbound_id, status, f" reason={reason!r}" if reason else "")
+
