@@ -16,9 +16,10 @@ FOUNDATION = {"mailgate.model", "mailgate.config", "mailgate.errors"}
 STAGES = {"mailgate.parse", "mailgate.threading", "mailgate.rules", "mailgate.outbound",
           "mailgate.classify", "mailgate.replytext", "mailgate.workflow"}
 ORCHESTRATORS = {"mailgate.pipeline", "mailgate.deliver", "mailgate.service"}
-OUTER = {"mailgate.daemon", "mailgate.cli", "mailgate.admin", "mailgate.__main__", "mailgate.app"}
+OUTER = {"mailgate.daemon", "mailgate.cli", "mailgate.admin", "mailgate.__main__", "mailgate.app",
+         "mailgate.doctor", "mailgate.setup_wizard", "mailgate.sdnotify"}
 # Observability, like logging: importable from anywhere, importing nothing of mailgate.
-ANYWHERE = {"mailgate.metrics"}
+ANYWHERE = {"mailgate.metrics", "mailgate.logsetup"}
 
 
 def _module_name(path: Path) -> str:

@@ -276,6 +276,7 @@ class RelayWorker:
     async def _finish(self, mail: OutboundMail, status: str, text: str, delay: float = 0.0,
                       *, relay_ok: bool | None) -> None:
         oid, to = mail.id, _printable(mail.to_addr)
+        ids = {"queue_id": mail.queue_id} if mail.queue_id else {}  # JSON logs: a field
         self.last_attempt_at = time.time()
         if relay_ok is not None:
             self.last_ok = relay_ok
@@ -284,17 +285,17 @@ class RelayWorker:
             if status == "sent":
                 self.sent += 1
                 log.info("outbound_id=%d sent to %s (attempt %d): %s",
-                         oid, to, mail.attempts, text)
+                         oid, to, mail.attempts, text, extra=ids)
                 await self._in_db(mark_sent, oid, text)
             elif status == "failed":
                 self.failed += 1
                 log.warning("outbound_id=%d failed (attempt %d, to %s): %s",
-                            oid, mail.attempts, to, text)
+                            oid, mail.attempts, to, text, extra=ids)
                 await self._in_db(mark_failed, oid, text)
             else:
                 self.deferred += 1
                 log.warning("outbound_id=%d deferred for %.1fs (attempt %d, to %s): %s",
-                            oid, delay, mail.attempts, to, text)
+                            oid, delay, mail.attempts, to, text, extra=ids)
                 await self._in_db(mark_deferred, oid, text, delay)
         except Exception:
             log.exception("outbound_id=%d could not record %r; the row stays 'sending' until"

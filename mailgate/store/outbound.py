@@ -31,6 +31,7 @@ class OutboundMail:
     raw: bytes
     attempts: int
     created_ts: float
+    queue_id: str = ""  # the incoming mail that caused it (acknowledgements), else ""
 
 
 def enqueue(
@@ -84,7 +85,8 @@ def claim_due(db: sqlite_utils.Database, limit: int = 20) -> list[OutboundMail]:
     now = time.time()
     with transaction(db) as conn:
         rows = conn.execute(
-            "SELECT id, ticket_id, kind, to_addr, message_id, raw, attempts, created_ts"
+            "SELECT id, ticket_id, kind, to_addr, message_id, raw, attempts, created_ts,"
+            " COALESCE(queue_id, '')"
             " FROM outbound WHERE status='queued' OR (status='deferred' AND next_attempt<=?)"
             " ORDER BY id LIMIT ?",
             (now, limit),
@@ -93,7 +95,8 @@ def claim_due(db: sqlite_utils.Database, limit: int = 20) -> list[OutboundMail]:
             "UPDATE outbound SET status='sending', attempts=attempts+1, updated_at=? WHERE id=?",
             [(now_iso(now), r[0]) for r in rows],
         )
-    return [OutboundMail(r[0], r[1], r[2], r[3], r[4], r[5], r[6] + 1, r[7]) for r in rows]
+    return [OutboundMail(r[0], r[1], r[2], r[3], r[4], r[5], r[6] + 1, r[7], r[8])
+            for r in rows]
 
 
 def mark_sent(db: sqlite_utils.Database, outbound_id: int, reply: str) -> None:
