@@ -11,13 +11,18 @@ from pathlib import Path
 
 import sqlite_utils
 
+from mailgate.automation import Automation, RuleSet
 from mailgate.config import Config
 from mailgate.deliver import Policy
+from mailgate.errors import ConfigError, UserError
 from mailgate.outbound.dkim_sign import sign as dkim_sign
 from mailgate.outbound.mailer import MailContext
 from mailgate.outbound.render import Renderer
+from mailgate.rules import load_business_hours, load_rules, load_slas
 from mailgate.service import Desk
+from mailgate.store.db import transaction
 from mailgate.store.files import load_or_create_secret
+from mailgate.store.orgs import sync_configured
 from mailgate.threading.token import Signer
 
 BUILTIN_TEMPLATES = Path(__file__).resolve().parent.parent / "config" / "templates"
@@ -35,7 +40,49 @@ def policy(config: Config) -> Policy:
         agents=frozenset(a.email for a in config.agents),
         strangers=config.strangers,
         reopen_closed_days=config.reopen_closed_days,
+        auto_create_organizations=config.auto_create_organizations,
+        free_mail_domains=frozenset(config.free_mail_domains),
     )
+
+
+def sync_organizations(config: Config, db: sqlite_utils.Database) -> None:
+    """The `[[organizations]]` of the config, created or updated in the database."""
+    if not config.organizations:
+        return
+    try:
+        with transaction(db) as conn:
+            sync_configured(conn, list(config.organizations))
+    except UserError as exc:
+        raise ConfigError(f"{config.path}: [[organizations]]: {exc}") from None
+
+
+BUILTIN_RULES = Path(__file__).resolve().parent.parent / "config" / "automations.toml"
+
+
+def rules_file(config: Config) -> Path | None:
+    """`[rules] file`, else the config directory's config/automations.toml, else the built-in
+    default workflow shipped with mailgate."""
+    path = config.rules_file
+    if config.rules_file_explicit or (path is not None and path.exists()):
+        return path
+    return BUILTIN_RULES if BUILTIN_RULES.exists() else None
+
+
+def ruleset(config: Config) -> RuleSet:
+    """The automations and SLAs, validated (ConfigError naming file, rule and key)."""
+    hours = load_business_hours(config.business_hours, str(config.path))
+    agents = frozenset(a.email for a in config.agents)
+    kinds = frozenset(k["kind"] for k in renderer(config).kinds())
+    rules = load_rules(list(config.automations), str(config.path), rules_file(config),
+                       file_required=config.rules_file_explicit, agents=agents,
+                       template_kinds=kinds, hours=hours, mailboxes=frozenset(config.mailboxes))
+    slas = load_slas(list(config.slas), str(config.path), hours, agents=agents,
+                     mailboxes=frozenset(config.mailboxes))
+    return RuleSet(rules=rules, hours=hours, agents=agents, slas=slas)
+
+
+def automation(config: Config, mail: MailContext | None) -> Automation:
+    return Automation(ruleset(config), mail)
 
 
 def signer(config: Config) -> Signer:
@@ -55,7 +102,8 @@ def mail_context(config: Config) -> MailContext:
 
 
 def desk(config: Config, db: sqlite_utils.Database) -> Desk:
-    return Desk(db, mail_context(config), config.agents, str(config.path))
+    mail = mail_context(config)
+    return Desk(db, mail, config.agents, str(config.path), automation(config, mail))
 
 
 def dkim_signer(config: Config) -> Callable[[bytes], bytes] | None:

@@ -116,8 +116,9 @@ cli.add_command(doctor_command)  # mailgate doctor: one line per check (mailgate
 def check_config(state: _State) -> None:
     """Validate the configuration file and exit (0 when valid)."""
     cfg = state.config
+    ruleset = app.ruleset(cfg)  # rules and SLAs are part of the configuration
     click.echo(f"{cfg.path}: ok ({len(cfg.domains)} domains, {len(cfg.mailboxes)} mailboxes,"
-               f" {len(cfg.agents)} agents)")
+               f" {len(cfg.agents)} agents, {len(ruleset.rules)} rules)")
 
 
 @cli.command()
@@ -144,19 +145,25 @@ def tickets_group() -> None:
 @click.option("--status", type=click.Choice(tickets.STATUSES), help="Only tickets in this status.")
 @click.option("--unassigned", is_flag=True, help="Only tickets nobody is assigned to.")
 @click.option("--assignee", metavar="EMAIL", help="Only tickets assigned to this agent.")
+@click.option("--org", metavar="NAME", help="Only tickets of this organization.")
+@click.option("--breached", is_flag=True, help="Only tickets whose SLA is breached.")
 @click.option("--limit", type=click.IntRange(1, 100000), default=50, show_default=True)
 @json_option
 @pass_state
 def tickets_list(state: _State, status: str | None, unassigned: bool, assignee: str | None,
-                 limit: int, as_json: bool) -> None:
+                 org: str | None, breached: bool, limit: int, as_json: bool) -> None:
     """Tickets, most recently updated first."""
     rows = tickets.list_tickets(state.db(), status=status, unassigned=unassigned,
-                                assignee=assignee, limit=limit)
+                                assignee=assignee, org=org, limit=100000 if breached else limit)
+    if breached:
+        automation = app.automation(state.config, None)
+        rows = [r for r in rows if (automation.sla(r) or {}).get("breached")][:limit]
     for r in rows:
         r["status_label"] = state.config.status_label(r["status"])
     table = [{**r, "status": r["status_label"]} for r in rows]  # people see the labels
     _emit(rows if as_json else table, as_json,
-          ["id", "subject", "requester", "status", "assignee", "created_at", "updated_at"])
+          ["id", "subject", "requester", "organization", "status", "priority", "assignee",
+           "created_at", "updated_at"])
 
 
 @tickets_group.command("show")
@@ -168,11 +175,13 @@ def tickets_show(state: _State, ticket_id: int, as_json: bool) -> None:
     ticket = tickets.get_ticket(state.db(), ticket_id)
     cfg = state.config
     ticket["reply_address"] = app.signer(cfg).reply_address(cfg.from_address, ticket_id)
+    ticket["sla"] = app.automation(cfg, None).sla(ticket)
     if as_json:
         _emit(ticket, True)
         return
     click.echo(f"#{ticket['id']} {_cell(ticket['subject'], 200)}")
-    for key in ("status", "requester", "assignee", "reply_address", "created_at", "updated_at"):
+    for key in ("status", "requester", "organization", "priority", "tags", "assignee",
+                "reply_address", "sla", "created_at", "updated_at"):
         click.echo(f"  {key}: {_cell(ticket[key], 200)}")
     for m in ticket["messages"]:
         flag = " [internal]" if m["internal"] else ""
@@ -450,6 +459,19 @@ def admin_token(state: _State, rotate: bool) -> None:
     data_dir = state.config.data_dir
     token = (admin_token_file.rotate if rotate else admin_token_file.load_or_create)(data_dir)
     click.echo(token)
+
+
+def _register_more() -> None:
+    """Command groups kept in modules of their own."""
+    from mailgate.cli_orgs import customers_group, orgs_group
+    from mailgate.cli_rules import rules_group
+
+    cli.add_command(rules_group)
+    cli.add_command(orgs_group)
+    cli.add_command(customers_group)
+
+
+_register_more()
 
 
 def main() -> None:

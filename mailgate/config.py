@@ -92,6 +92,15 @@ class Config:
     templates: tuple[tuple[str, TemplateSettings], ...] = ()
     auto_replies_per_address_per_hour: int = 10
     agents: tuple[Agent, ...] = ()
+    organizations: tuple[dict[str, Any], ...] = ()  # validated [[organizations]] entries
+    auto_create_organizations: bool = False
+    free_mail_domains: tuple[str, ...] = ()
+    automations: tuple[dict[str, Any], ...] = ()  # raw [[automations]]: the rules loader checks
+    rules_file: Path | None = None
+    rules_file_explicit: bool = False
+    business_hours: dict[str, Any] | None = None
+    slas: tuple[dict[str, Any], ...] = ()
+    tick_seconds: float = 30.0
     pipeline_max_attempts: int = 3
     log_level: str = "INFO"
     log_format: str = "text"
@@ -188,6 +197,18 @@ _SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], str]]] = {
     },
     "statuses": {s: (str, "a display name") for s in (
         "open", "pending_customer", "pending_agent", "resolved", "closed")},
+    "customers": {
+        "auto_create_organizations": (bool, "true or false"),
+        "free_mail_domains": (list, "a list of domain names"),
+    },
+    "rules": {"file": (str, "a file path")},
+    "scheduler": {"tick_seconds": ((int, float), "a number (seconds)")},
+    "business_hours": {
+        "timezone": (str, "a time zone name like Europe/Berlin"),
+        "days": (list, "a list of days like [\"mon\", \"tue\"]"),
+        "start": (str, "a time like \"09:00\""),
+        "end": (str, "a time like \"17:00\""),
+    },
     "log": {
         "level": (str, "one of DEBUG, INFO, WARNING, ERROR"),
         "format": (str, "\"text\" or \"json\""),
@@ -199,6 +220,11 @@ _SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], str]]] = {
     },
 }
 _AGENT_KEYS = {"name": str, "email": str}
+_ARRAYS = ("agents", "organizations", "automations", "sla")  # arrays of tables
+_ORG_KEYS = {"name": str, "domains": list, "notes": str, "on_new_ticket": dict}
+ROUTE_KEYS = {"assign": str, "round_robin": list, "priority": str, "add_tags": list,
+              "status": str, "send_template": str}
+PRIORITIES = ("low", "normal", "high", "urgent")
 
 
 def find_config_path(explicit: str | os.PathLike[str] | None) -> Path:
@@ -243,7 +269,9 @@ def parse_config(doc: dict[str, Any], path: Path) -> Config:
 
     values: dict[str, dict[str, Any]] = {}
     for section, body in doc.items():
-        if section == "agents":
+        if section in _ARRAYS:
+            if not isinstance(body, list):
+                raise fail(f"[[{section}]]", "must be an array of tables ([[...]])")
             continue
         if section not in _SCHEMA:
             raise fail(f"[{section}]", "unknown section")
@@ -370,6 +398,21 @@ def parse_config(doc: dict[str, Any], path: Path) -> Config:
         template_settings.append(
             (kind, TemplateSettings(body.get("enabled", True), body.get("subject")))
         )
+    organizations = _organizations(doc.get("organizations", []), agents, fail)
+    customers = values.get("customers", {})
+    free_mail = tuple(d.lower() for d in _strings(
+        customers.get("free_mail_domains", []), lambda m: fail("[customers] free_mail_domains", m)))
+    rules_file = opt_path("rules", "file")
+    explicit = rules_file is not None
+    if rules_file is None:
+        rules_file = (base / "config" / "automations.toml").resolve()
+    tick = float(values.get("scheduler", {}).get("tick_seconds", 30))
+    if tick <= 0:
+        raise fail("[scheduler] tick_seconds", "must be positive")
+    for array in ("automations", "sla"):
+        for i, entry in enumerate(doc.get(array, [])):
+            if not isinstance(entry, dict):
+                raise fail(f"[[{array}]] #{i + 1}", "must be a table")
     limit = values.get("limits", {}).get("auto_replies_per_address_per_hour", 10)
     if limit < 0:
         raise fail("[limits] auto_replies_per_address_per_hour", "must not be negative")
@@ -395,6 +438,15 @@ def parse_config(doc: dict[str, Any], path: Path) -> Config:
         templates=tuple(template_settings),
         auto_replies_per_address_per_hour=limit,
         agents=tuple(agents),
+        organizations=organizations,
+        auto_create_organizations=customers.get("auto_create_organizations", False),
+        free_mail_domains=free_mail,
+        automations=tuple(doc.get("automations", [])),
+        rules_file=rules_file,
+        rules_file_explicit=explicit,
+        business_hours=values.get("business_hours"),
+        slas=tuple(doc.get("sla", [])),
+        tick_seconds=tick,
         pipeline_max_attempts=attempts,
         log_level=level,
         log_format=log_format,
@@ -406,6 +458,59 @@ def parse_config(doc: dict[str, Any], path: Path) -> Config:
         admin_tls_cert=admin_cert,
         admin_tls_key=admin_key,
     )
+
+
+def _organizations(entries: list[Any], agents: list[Agent], fail: Any
+                   ) -> tuple[dict[str, Any], ...]:
+    seen_names: set[str] = set()
+    owner: dict[str, str] = {}
+    agent_emails = {a.email for a in agents}
+    out = []
+    for i, entry in enumerate(entries):
+        where = f"[[organizations]] #{i + 1}"
+        if not isinstance(entry, dict):
+            raise fail(where, "must be a table")
+        for key, value in entry.items():
+            if key not in _ORG_KEYS:
+                raise fail(f"{where} {key}", "unknown key")
+            if not isinstance(value, _ORG_KEYS[key]):
+                raise fail(f"{where} {key}", f"expected {_ORG_KEYS[key].__name__}, got {value!r}")
+        name = entry.get("name", "").strip()
+        if not name:
+            raise fail(f"{where} name", "an organization needs a name")
+        where = f"[[organizations]] {name!r}"
+        if name.lower() in seen_names:
+            raise fail(f"{where} name", "two organizations with this name")
+        seen_names.add(name.lower())
+        domains = [d.lower().strip().rstrip(".") for d in _strings(
+            entry.get("domains", []), lambda m, w=where: fail(f"{w} domains", m))]
+        for d in domains:
+            if "." not in d or "@" in d:
+                raise fail(f"{where} domains", f"not a domain name: {d!r}")
+            if d in owner:
+                raise fail(f"{where} domains", f"{d} already belongs to {owner[d]!r}")
+            owner[d] = name
+        route = entry.get("on_new_ticket", {})
+        for key, value in route.items():
+            rwhere = f"{where} on_new_ticket.{key}"
+            if key not in ROUTE_KEYS:
+                raise fail(rwhere, "unknown action")
+            if not isinstance(value, ROUTE_KEYS[key]):
+                raise fail(rwhere, f"expected {ROUTE_KEYS[key].__name__}, got {value!r}")
+        for key in ("assign",):
+            if key in route and route[key].lower() not in agent_emails:
+                raise fail(f"{where} on_new_ticket.assign", f"{route[key]} is not an agent")
+        for a in route.get("round_robin", []):
+            if not isinstance(a, str) or a.lower() not in agent_emails:
+                raise fail(f"{where} on_new_ticket.round_robin", f"{a!r} is not an agent")
+        if "priority" in route and route["priority"] not in PRIORITIES:
+            raise fail(f"{where} on_new_ticket.priority", f"one of {', '.join(PRIORITIES)}")
+        statuses = ("open", "pending_customer", "pending_agent", "resolved", "closed")
+        if "status" in route and route["status"] not in statuses:
+            raise fail(f"{where} on_new_ticket.status", f"one of {', '.join(statuses)}")
+        out.append({"name": name, "domains": domains, "notes": entry.get("notes", ""),
+                    "on_new_ticket": route})
+    return tuple(out)
 
 
 def _relay(body: dict[str, Any], base: Path, fail: Any) -> Relay:

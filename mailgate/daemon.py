@@ -37,6 +37,7 @@ from mailgate.logsetup import setup_logging
 from mailgate.outbound.mailer import MailContext
 from mailgate.outbound.relay import RelayWorker
 from mailgate.pipeline import Pipeline, PipelineWorker
+from mailgate.scheduler import Scheduler
 from mailgate.smtp.handler import MailgateHandler
 from mailgate.smtp.recipients import RecipientPolicy
 from mailgate.smtp.server import Sessions, start_server
@@ -91,6 +92,7 @@ async def serve(config: Config) -> None:
     notifier = sdnotify.Notifier.from_env()
     config.data_dir.mkdir(parents=True, exist_ok=True)
     db = open_db(config.db_path)
+    app.sync_organizations(config, db)
     spool = Spool(config.spool_path)
     requeued, held = spool.recover(config.pipeline_max_attempts)
     if requeued or held:
@@ -110,7 +112,8 @@ async def serve(config: Config) -> None:
         admin = AdminServer(config, relay)
     writer = SpoolWriter(config.spool_path)
     pipeline = Pipeline(db, spool, config.data_dir, config.pipeline_max_attempts, mail=mail,
-                        tokens=tokens, policy=app.policy(config))
+                        tokens=tokens, policy=app.policy(config),
+                        automation=app.automation(config, mail))
     worker = PipelineWorker(pipeline, on_processed=relay.wake)
     handler = MailgateHandler(
         RecipientPolicy.for_config(config),
@@ -142,6 +145,9 @@ async def serve(config: Config) -> None:
         where = f"{_address(sock)} (socket from systemd; [server] listen not used)"
     worker_task = asyncio.create_task(worker.run(), name="pipeline-worker")
     relay_task = asyncio.create_task(relay.run(), name="relay-worker")
+    scheduler = Scheduler(config.db_path, lambda: pipeline.automation or app.automation(
+        live.config, live.mail), config.tick_seconds)
+    scheduler_task = asyncio.create_task(scheduler.run(), name="scheduler")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -150,6 +156,12 @@ async def serve(config: Config) -> None:
     def apply(new: Config, mail: MailContext) -> None:
         live.config, live.mail = new, mail
         pipeline.mail, pipeline.policy = live.mail, app.policy(new)
+        pipeline.automation = app.automation(new, mail)
+        own = open_db(new.db_path)  # not `db`: the pipeline's thread may be inside a transaction
+        try:
+            app.sync_organizations(new, own)
+        finally:
+            own.close()
         pipeline.max_attempts = new.pipeline_max_attempts
         handler.policy = RecipientPolicy.for_config(new)
         handler.max_recipients, handler.min_free_bytes = new.max_recipients, new.min_free_bytes
@@ -186,6 +198,8 @@ async def serve(config: Config) -> None:
             log.warning("%d SMTP transaction(s) cut short at the deadline (never acknowledged:"
                         " the clients retry)", cut)
         server.close()
+        scheduler.stop()
+        await scheduler_task
         worker.stop()
         await worker_task  # finishes the batch in hand: claimed entries are never left behind
         relay.stop()
@@ -220,6 +234,7 @@ def reload(live: _Live, apply: Callable[[Config, MailContext], None],
     try:
         new, restart = reloadable(old, load_config(old.path))
         mail = app.mail_context(new)
+        app.ruleset(new)  # a bad rule keeps the running configuration
         problems = mail.renderer.check()
         if problems:
             raise UserError(f"{new.path}: templates: {problems[0]}")

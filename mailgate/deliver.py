@@ -18,12 +18,22 @@ from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from mailgate.automation import Automation, RuleSet, Run, Trigger
 from mailgate.classify import Classification
 from mailgate.model import Address, ParsedMail, SpoolEntry, base_mailbox
+from mailgate.organizations import domain_of, find_organization, why_no_auto_organization
 from mailgate.outbound.mailer import MailContext, queue_ticket_mail
 from mailgate.store import outbound as outbox
 from mailgate.store.audit import IncomingAudit, record_incoming
 from mailgate.store.db import now_iso
+from mailgate.store.orgs import (
+    add_domain,
+    create_org,
+    customer_org,
+    org_for_domain,
+    route_of,
+    set_customer_org,
+)
 from mailgate.store.tickets import (
     add_attachment,
     add_incoming_message,
@@ -34,6 +44,7 @@ from mailgate.store.tickets import (
     is_participant,
     latest_customer_message,
     link_outbound,
+    mark_first_response,
     set_status,
     ticket_exists,
     ticket_for_message_id,
@@ -56,6 +67,8 @@ class Policy:
     agents: frozenset[str] = frozenset()
     strangers: str = "internal"
     reopen_closed_days: float = 7.0
+    auto_create_organizations: bool = False
+    free_mail_domains: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -85,10 +98,12 @@ def _days_since(iso: str | None) -> float | None:
 
 
 class Deliverer:
-    def __init__(self, policy: Policy, mail: MailContext | None, tokens: Signer | None) -> None:
+    def __init__(self, policy: Policy, mail: MailContext | None, tokens: Signer | None,
+                 automation: Automation | None = None) -> None:
         self.policy = policy
         self.mail = mail
         self.tokens = tokens
+        self.automation = automation or Automation(RuleSet(), mail)
 
     # --- the entry point ----------------------------------------------------------------------
 
@@ -219,12 +234,11 @@ class Deliverer:
             return Outcome(env.queue_id, "ignored", reason=reason)
         now = now_iso()
         if decision.action == "create":
-            ticket_id, requester = self._create(conn, inc, decision, now)
+            ticket_id, _requester = self._create(conn, inc, decision, now)
             action, matched_by = "created_ticket", "new"
         else:
             assert match.ticket_id is not None
-            ticket_id, requester, action, matched_by = match.ticket_id, None, "appended", \
-                match.method
+            ticket_id, action, matched_by = match.ticket_id, "appended", match.method
         row = add_incoming_message(
             conn, ticket_id, env.queue_id, parsed, inc.raw_path, matched_by, now,
             internal_reason=decision.internal_reason, reply_text=inc.reply_text,
@@ -233,22 +247,54 @@ class Deliverer:
         for att, sha in zip(parsed.attachments, inc.blobs, strict=True):
             add_attachment(conn, row, sha, att.filename, att.content_type, len(att.payload),
                            att.content_id, att.inline)
+        status_before = ticket["status"] if ticket else None
         if decision.new_status:
             set_status(conn, ticket_id, decision.new_status, now)
-        else:
-            touch_ticket(conn, ticket_id, now)
+        touch_ticket(conn, ticket_id, now)
+        if decision.direction == "out":
+            mark_first_response(conn, ticket_id, now)
         reason = "; ".join(x for x in (decision.reason, notes) if x)
         if decision.internal_reason:
             details["internal"] = decision.internal_reason
         record_incoming(conn, replace(
             base, action=action, ticket_id=ticket_id, message_row=row, matched_by=matched_by,
             reason=reason, details=details or None))
-        if self.mail is not None:
-            if decision.acknowledge and requester is not None:
-                self._acknowledge(conn, inc, ticket_id, requester)
-            if decision.relay_agent_reply:
-                self._relay_agent_reply(conn, inc, ticket_id, row)
+        if decision.relay_agent_reply and self.mail is not None:
+            self._relay_agent_reply(conn, inc, ticket_id, row)
+        self._run_rules(conn, inc, decision, ticket_id, status_before)
         return Outcome(env.queue_id, action, ticket_id, reason)
+
+    def _run_rules(self, conn: sqlite3.Connection, inc: Incoming, decision: Decision,
+                   ticket_id: int, status_before: str | None) -> None:
+        """Organization routing and the automation rules for what this message did."""
+        env = inc.entry.envelope
+        trigger = Trigger(
+            parsed=inc.parsed, envelope_sender=env.mail_from,
+            mailbox=base_mailbox(env.rcpt_to[0]) if env.rcpt_to else "", body=inc.reply_text,
+            queue_id=env.queue_id, customer_mail_allowed=decision.acknowledge or
+            decision.action != "create",
+            why_no_customer_mail="the sender could not be trusted",
+        )
+        if decision.internal_reason:
+            return  # notes from robots and strangers trigger nothing
+        run = Run()
+        if decision.action == "create":
+            ticket = ticket_row(conn, ticket_id)
+            assert ticket is not None
+            if ticket["organization_id"] is not None:
+                self.automation.route_new_ticket(
+                    conn, ticket_id, route_of(conn, ticket["organization_id"]), trigger, run,
+                    ticket["organization"])
+            self.automation.fire(conn, "ticket_created", ticket_id, trigger, run)
+        elif decision.direction == "out":
+            self.automation.fire(conn, "agent_replied", ticket_id, trigger, run)
+        else:
+            self.automation.fire(conn, "customer_replied", ticket_id, trigger, run)
+        if decision.new_status and decision.new_status != status_before \
+                and decision.action != "create":
+            self.automation.fire(conn, "status_changed", ticket_id, trigger, run)
+        for line in run.log:
+            log.info("queue_id=%s %s", env.queue_id, line)
 
     def _create(self, conn: sqlite3.Connection, inc: Incoming, decision: Decision, now: str
                 ) -> tuple[int, Address]:
@@ -261,6 +307,7 @@ class Deliverer:
             if forwarded is not None and forwarded.sender.email not in self.policy.agents:
                 requester, subject = forwarded.sender, forwarded.subject or subject
         customer_id = get_or_create_customer(conn, requester, now)
+        self._join_organization(conn, customer_id, requester.email)
         ticket_id = create_ticket(conn, subject or "(no subject)", customer_id, now,
                                   decision.linked_ticket_id)
         add_participant(conn, ticket_id, requester.email, "requester", now)
@@ -271,21 +318,31 @@ class Deliverer:
                 add_participant(conn, ticket_id, cc.email, "cc", now)
         return ticket_id, requester
 
-    def _acknowledge(self, conn: sqlite3.Connection, inc: Incoming, ticket_id: int,
-                     requester: Address) -> None:
-        assert self.mail is not None
-        parsed = inc.parsed
-        ticket = ticket_row(conn, ticket_id)
-        assert ticket is not None
-        queued = queue_ticket_mail(
-            conn, self.mail, kind="new_ticket_ack", ticket=ticket, to=requester,
-            context={"customer_message": {"subject": parsed.subject, "text": inc.reply_text,
-                                          "from": parsed.from_.email}},
-            automatic=True, trigger=parsed, envelope_sender=inc.entry.envelope.mail_from,
-            in_reply_to=parsed.message_id, references=parsed.references,
-            queue_id=inc.entry.queue_id,
-        )
-        self._log_queued(inc, "new_ticket_ack", queued.outbound_id, queued.status, queued.reason)
+    def _join_organization(self, conn: sqlite3.Connection, customer_id: int, email: str
+                           ) -> None:
+        """A customer without an organization joins the one owning their domain (or a parent
+        domain); with auto-creation on, a new company domain gets an organization of its own."""
+        if customer_org(conn, customer_id) is not None:
+            return
+        found = find_organization(email, lambda d: org_for_domain(conn, d))
+        if found is not None:
+            set_customer_org(conn, customer_id, found[0])
+            return
+        if not self.policy.auto_create_organizations:
+            return
+        domain = domain_of(email)
+        if why_no_auto_organization(domain, self.policy.free_mail_domains,
+                                    self.policy.domains) is not None:
+            return
+        existing = conn.execute("SELECT id FROM organizations WHERE name=? COLLATE NOCASE",
+                                (domain,)).fetchone()
+        if existing is not None:
+            org_id = int(existing[0])
+            add_domain(conn, org_id, domain)
+        else:
+            org_id = create_org(conn, domain, [domain], auto_created=True)
+            log.info("organization %r created for a new company domain", domain)
+        set_customer_org(conn, customer_id, org_id)
 
     def _relay_agent_reply(self, conn: sqlite3.Connection, inc: Incoming, ticket_id: int,
                            message_row: int) -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 import sqlite_utils
 
 from mailgate import metrics
+from mailgate.automation import Automation
 from mailgate.classify import classify
 from mailgate.deliver import Deliverer, Incoming, Outcome, Policy
 from mailgate.errors import PermanentFailure, TemporaryFailure
@@ -39,7 +40,7 @@ class Pipeline:
     def __init__(
         self, db: sqlite_utils.Database, spool: Spool, data_dir: Path, max_attempts: int = 3,
         mail: MailContext | None = None, tokens: Signer | None = None,
-        policy: Policy | None = None,
+        policy: Policy | None = None, automation: Automation | None = None,
     ) -> None:
         self.db = db
         self.spool = spool
@@ -48,6 +49,7 @@ class Pipeline:
         self.mail = mail  # None: this pipeline sends no mail (tools, tests of ingest alone)
         self.tokens = tokens  # None: no signed tokens to match or decode
         self.policy = policy or Policy()
+        self.automation = automation  # None: no routing or automation rules
 
     # --- one entry --------------------------------------------------------------------------
 
@@ -98,7 +100,7 @@ class Pipeline:
         files.write_durable(self.data_dir / raw_path, content)
         blobs = [files.store_blob(self.data_dir, a.payload) for a in parsed.attachments]
         incoming = Incoming(entry, parsed, content, raw_path, blobs, classification, reply)
-        deliverer = Deliverer(self.policy, self.mail, self.tokens)
+        deliverer = Deliverer(self.policy, self.mail, self.tokens, self.automation)
         with transaction(self.db) as conn:
             if audited(conn, env.queue_id):  # committed before a crash: nothing more to do
                 return Outcome(env.queue_id, "already_done")

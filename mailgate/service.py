@@ -14,6 +14,7 @@ from typing import Any
 
 import sqlite_utils
 
+from mailgate.automation import Automation, RuleSet, Trigger
 from mailgate.config import Agent
 from mailgate.errors import NotFound, UserError
 from mailgate.model import Address
@@ -24,6 +25,7 @@ from mailgate.store.tickets import (
     add_outgoing_message,
     latest_customer_message,
     link_outbound,
+    mark_first_response,
     set_assignee,
     set_status,
     ticket_row,
@@ -39,11 +41,13 @@ class ReplyResult:
 
 class Desk:
     def __init__(self, db: sqlite_utils.Database, mail: MailContext,
-                 agents: tuple[Agent, ...], config_path: str = "the config") -> None:
+                 agents: tuple[Agent, ...], config_path: str = "the config",
+                 automation: Automation | None = None) -> None:
         self.db = db
         self.mail = mail
         self.agents = {a.email: a for a in agents}
         self.config_path = config_path
+        self.automation = automation or Automation(RuleSet(), mail)
 
     def agent(self, email: str) -> Agent:
         agent = self.agents.get(email.strip().lower())
@@ -82,6 +86,10 @@ class Desk:
             )
             link_outbound(conn, row, queued.outbound_id)
             set_status(conn, ticket_id, "pending_customer", now)
+            mark_first_response(conn, ticket_id, now)
+            self.automation.fire(conn, "agent_replied", ticket_id, Trigger(body=body))
+            if ticket["status"] != "pending_customer":
+                self.automation.fire(conn, "status_changed", ticket_id, Trigger(body=body))
         return ReplyResult(ticket_id, row, queued)
 
     def set_status(self, ticket_id: int, status: str) -> dict[str, Any]:
@@ -89,8 +97,10 @@ class Desk:
         if status not in STATUSES:
             raise UserError(f"unknown status {status!r}; one of: {', '.join(STATUSES)}")
         with transaction(self.db) as conn:
-            self._ticket(conn, ticket_id)
+            before = self._ticket(conn, ticket_id)
             set_status(conn, ticket_id, status, now_iso())
+            if before["status"] != status:
+                self.automation.fire(conn, "status_changed", ticket_id, Trigger())
             ticket = ticket_row(conn, ticket_id)
             assert ticket is not None
             return ticket
@@ -102,10 +112,12 @@ class Desk:
             set_assignee(conn, ticket_id, agent.email, now_iso())
             ticket["assignee"] = agent.email
             latest = latest_customer_message(conn, ticket_id)
-            return queue_ticket_mail(
+            queued = queue_ticket_mail(
                 conn, self.mail, kind="assignee_notification", ticket=ticket,
                 to=Address(agent.email, agent.name),
                 context={"agent": {"name": agent.name, "email": agent.email},
                          "customer_message": latest},
                 automatic=True, envelope_sender=None,
             )
+            self.automation.fire(conn, "assigned", ticket_id, Trigger())
+            return queued

@@ -14,10 +14,13 @@ PKG = Path(__file__).resolve().parent.parent / "mailgate"
 
 FOUNDATION = {"mailgate.model", "mailgate.config", "mailgate.errors"}
 STAGES = {"mailgate.parse", "mailgate.threading", "mailgate.rules", "mailgate.outbound",
-          "mailgate.classify", "mailgate.replytext", "mailgate.workflow"}
-ORCHESTRATORS = {"mailgate.pipeline", "mailgate.deliver", "mailgate.service"}
+          "mailgate.classify", "mailgate.replytext", "mailgate.workflow",
+          "mailgate.organizations"}
+ORCHESTRATORS = {"mailgate.pipeline", "mailgate.deliver", "mailgate.service",
+                 "mailgate.automation", "mailgate.scheduler"}
 OUTER = {"mailgate.daemon", "mailgate.cli", "mailgate.admin", "mailgate.__main__", "mailgate.app",
-         "mailgate.doctor", "mailgate.setup_wizard", "mailgate.sdnotify"}
+         "mailgate.doctor", "mailgate.setup_wizard", "mailgate.sdnotify",
+         "mailgate.cli_orgs", "mailgate.cli_rules"}
 # Observability, like logging: importable from anywhere, importing nothing of mailgate.
 ANYWHERE = {"mailgate.metrics", "mailgate.logsetup"}
 

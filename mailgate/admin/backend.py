@@ -161,6 +161,7 @@ class Backend:
         """The fields of `mailgate tickets show ID --json` (raises NotFound)."""
         ticket = tickets.get_ticket(self.db, ticket_id)
         ticket["reply_address"] = self.signer.reply_address(self.config.from_address, ticket_id)
+        ticket["sla"] = app.automation(self.config, None).sla(ticket)
         return ticket
 
     def ticket_page(self, ticket_id: int) -> dict[str, Any]:

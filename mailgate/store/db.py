@@ -108,7 +108,40 @@ def _v3(db: sqlite_utils.Database) -> None:
     db["participants"].create_index(["email"])
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3]
+def _v4(db: sqlite_utils.Database) -> None:
+    """Organizations by domain, ticket priority and tags, and the automation records."""
+    db["organizations"].create(
+        {"id": int, "name": str, "notes": str, "created_at": str, "auto_created": int,
+         "on_new_ticket": str, "rr_position": int},
+        pk="id", not_null={"name"}, defaults={"auto_created": 0, "rr_position": 0},
+    )
+    db["organizations"].create_index(["name"], unique=True)
+    db["org_domains"].create({"domain": str, "organization_id": int}, pk="domain")
+    db["org_domains"].create_index(["organization_id"])
+    db["customers"].add_column("organization_id", int)
+    db["customers"].create_index(["organization_id"])
+    db["tickets"].add_column("organization_id", int)
+    db["tickets"].add_column("priority", str, not_null_default="normal")
+    db["tickets"].add_column("tags", str, not_null_default="[]")
+    db["tickets"].add_column("first_response_at", str)
+    db["tickets"].add_column("resolved_at", str)
+    db["tickets"].add_column("last_activity_at", str)
+    db["tickets"].create_index(["organization_id"])
+    db["tickets"].create_index(["last_activity_at"])
+    db["rule_evaluations"].create(
+        {"id": int, "ticket_id": int, "event": str, "rule": str, "hit": int, "why": str,
+         "depth": int, "at": str},
+        pk="id",
+    )
+    db["rule_evaluations"].create_index(["ticket_id", "id"])
+    db["rule_firings"].create(
+        {"ticket_id": int, "rule": str, "key": str, "fired_at": str},
+        pk=("ticket_id", "rule", "key"),
+    )
+    db["round_robin"].create({"key": str, "position": int}, pk="key")
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3, _v4]
 
 
 def open_db(path: Path) -> sqlite_utils.Database:

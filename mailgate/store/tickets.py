@@ -38,8 +38,9 @@ def create_ticket(conn: sqlite3.Connection, subject: str, requester_id: int, now
                   linked_ticket_id: int | None = None) -> int:
     cur = conn.execute(
         "INSERT INTO tickets (subject, requester_id, status, assignee, created_at, updated_at,"
-        " linked_ticket_id) VALUES (?, ?, 'open', NULL, ?, ?, ?)",
-        (subject, requester_id, now, now, linked_ticket_id),
+        " linked_ticket_id, last_activity_at, organization_id) VALUES (?, ?, 'open', NULL, ?, ?,"
+        " ?, ?, (SELECT organization_id FROM customers WHERE id=?))",
+        (subject, requester_id, now, now, linked_ticket_id, now, requester_id),
     )
     return int(cur.lastrowid or 0)
 
@@ -63,7 +64,28 @@ def ticket_exists(conn: sqlite3.Connection, ticket_id: int) -> bool:
 
 
 def touch_ticket(conn: sqlite3.Connection, ticket_id: int, now: str) -> None:
-    conn.execute("UPDATE tickets SET updated_at=? WHERE id=?", (now, ticket_id))
+    """Something happened on the ticket (a message): resets the idle clock."""
+    conn.execute("UPDATE tickets SET updated_at=?, last_activity_at=? WHERE id=?",
+                 (now, now, ticket_id))
+
+
+def mark_first_response(conn: sqlite3.Connection, ticket_id: int, now: str) -> None:
+    conn.execute("UPDATE tickets SET first_response_at=COALESCE(first_response_at, ?)"
+                 " WHERE id=?", (now, ticket_id))
+
+
+def set_priority(conn: sqlite3.Connection, ticket_id: int, priority: str, now: str) -> None:
+    conn.execute("UPDATE tickets SET priority=?, updated_at=? WHERE id=?",
+                 (priority, now, ticket_id))
+
+
+def set_tags(conn: sqlite3.Connection, ticket_id: int, tags: list[str], now: str) -> None:
+    conn.execute("UPDATE tickets SET tags=?, updated_at=? WHERE id=?",
+                 (json.dumps(sorted(set(tags))), now, ticket_id))
+
+
+def set_organization(conn: sqlite3.Connection, ticket_id: int, org_id: int | None) -> None:
+    conn.execute("UPDATE tickets SET organization_id=? WHERE id=?", (org_id, ticket_id))
 
 
 def _addr_json(addrs: tuple[Address, ...]) -> str:
@@ -135,8 +157,18 @@ def ticket_for_message_id(conn: sqlite3.Connection, message_id: str) -> int | No
 
 _TICKET_COLUMNS = (
     "t.id, t.subject, c.email AS requester, c.name AS requester_name, t.status, t.assignee,"
-    " t.created_at, t.updated_at, t.closed_at, t.linked_ticket_id"
+    " o.name AS organization, t.priority, t.tags, t.created_at, t.updated_at, t.closed_at,"
+    " t.linked_ticket_id, t.first_response_at, t.resolved_at"
 )
+_TICKET_FROM = (
+    "tickets t JOIN customers c ON c.id = t.requester_id"
+    " LEFT JOIN organizations o ON o.id = t.organization_id"
+)
+
+
+def _decode(row: dict[str, Any]) -> dict[str, Any]:
+    row["tags"] = json.loads(row.get("tags") or "[]")
+    return row
 
 
 def list_tickets(
@@ -145,8 +177,16 @@ def list_tickets(
     unassigned: bool = False,
     limit: int = 50,
     assignee: str | None = None,
+    org: str | None = None,
+    ids: list[int] | None = None,
 ) -> list[dict[str, Any]]:
     where, params = [], []
+    if org:
+        where.append("o.name = ? COLLATE NOCASE")
+        params.append(org)
+    if ids is not None:
+        where.append(f"t.id IN ({','.join('?' * len(ids))})")
+        params.extend(ids)
     if assignee:
         where.append("t.assignee = ?")
         params.append(assignee.lower())
@@ -155,25 +195,24 @@ def list_tickets(
         params.append(status)
     if unassigned:
         where.append("t.assignee IS NULL")
-    sql = f"SELECT {_TICKET_COLUMNS} FROM tickets t JOIN customers c ON c.id = t.requester_id"
+    sql = f"SELECT {_TICKET_COLUMNS} FROM {_TICKET_FROM}"
     if where:
         sql += " WHERE " + " AND ".join(where)
     sql += " ORDER BY t.updated_at DESC, t.id DESC LIMIT ?"
     params.append(limit)
-    return list(db.query(sql, params))
+    return [_decode(r) for r in db.query(sql, params)]
 
 
 def get_ticket(db: sqlite_utils.Database, ticket_id: int) -> dict[str, Any]:
     rows = list(
         db.query(
-            f"SELECT {_TICKET_COLUMNS} FROM tickets t JOIN customers c ON c.id = t.requester_id"
-            " WHERE t.id = ?",
+            f"SELECT {_TICKET_COLUMNS} FROM {_TICKET_FROM} WHERE t.id = ?",
             [ticket_id],
         )
     )
     if not rows:
         raise NotFound(f"no ticket #{ticket_id}")
-    ticket = rows[0]
+    ticket = _decode(rows[0])
     messages = list(
         db.query(
             "SELECT id, direction, from_addr AS 'from', from_name, to_addrs AS 'to',"
@@ -219,15 +258,20 @@ def counts(db: sqlite_utils.Database) -> dict[str, Any]:
 def ticket_row(conn: sqlite3.Connection, ticket_id: int) -> dict[str, Any] | None:
     row = conn.execute(
         "SELECT t.id, t.subject, t.status, t.assignee, c.email, c.name, t.created_at,"
-        " t.updated_at, t.closed_at, t.linked_ticket_id"
-        " FROM tickets t JOIN customers c ON c.id = t.requester_id WHERE t.id=?",
+        " t.updated_at, t.closed_at, t.linked_ticket_id, t.priority, t.tags, o.name,"
+        " t.organization_id, t.first_response_at, t.resolved_at, t.last_activity_at"
+        f" FROM {_TICKET_FROM} WHERE t.id=?",
         (ticket_id,),
     ).fetchone()
     if row is None:
         return None
     keys = ("id", "subject", "status", "assignee", "requester", "requester_name", "created_at",
-            "updated_at", "closed_at", "linked_ticket_id")
-    return dict(zip(keys, row, strict=True))
+            "updated_at", "closed_at", "linked_ticket_id", "priority", "tags", "organization",
+            "organization_id", "first_response_at", "resolved_at", "last_activity_at")
+    ticket = dict(zip(keys, row, strict=True))
+    ticket["tags"] = json.loads(ticket["tags"] or "[]")
+    ticket["organization"] = ticket["organization"] or ""
+    return ticket
 
 
 def latest_customer_message(conn: sqlite3.Connection, ticket_id: int) -> dict[str, Any] | None:
@@ -276,9 +320,11 @@ def set_status(conn: sqlite3.Connection, ticket_id: int, status: str, now: str) 
     if status not in STATUSES:
         raise ValueError(status)
     conn.execute(
-        "UPDATE tickets SET status=?, updated_at=?,"
-        " closed_at=CASE WHEN ?='closed' THEN COALESCE(closed_at, ?) ELSE NULL END WHERE id=?",
-        (status, now, status, now, ticket_id),
+        "UPDATE tickets SET status=?, updated_at=?, last_activity_at=?,"
+        " closed_at=CASE WHEN ?='closed' THEN COALESCE(closed_at, ?) ELSE NULL END,"
+        " resolved_at=CASE WHEN ? IN ('resolved', 'closed') THEN COALESCE(resolved_at, ?)"
+        " ELSE NULL END WHERE id=?",
+        (status, now, now, status, now, status, now, ticket_id),
     )
 
 
@@ -297,7 +343,7 @@ def search_tickets(
         params += list(statuses)
     if unassigned:
         where.append("t.assignee IS NULL")
-    sql = f"SELECT {_TICKET_COLUMNS} FROM tickets t JOIN customers c ON c.id = t.requester_id"
+    sql = f"SELECT {_TICKET_COLUMNS} FROM {_TICKET_FROM}"
     if where:
         sql += " WHERE " + " AND ".join(where)
     sql += " ORDER BY t.updated_at DESC, t.id DESC LIMIT ?"

@@ -1,0 +1,209 @@
+"""Authentication benchmark: the authenticate stage with a warm DNS cache vs. the pipeline's
+per-message CPU work without it.
+
+Usage: python bench/auth.py [--messages N] [--rounds R] [--arc-every K]
+
+Input:  command-line options; the `customer` messages of ../shared/corpus/ (labels.tsv), with
+        CRLF line ends as SMTP delivers them. Each is DKIM-signed here (RSA 2048, d= its From
+        domain) with a key published on a local dnslib server (tests/dns_server.py) together
+        with an SPF record (with one `include:`) and a DMARC record for that domain; every K-th
+        message is also forwarded "through Gmail": the forwarder records its results, adds a
+        footer (breaking the DKIM signature) and seals the message with ARC (d=google.com).
+Output: per-round rates and their medians on stdout: messages per second of (a) the pipeline's
+        CPU work without the stage — `mailgate.parse.parse` + `mailgate.classify.classify` +
+        `mailgate.replytext.reply_text` on the same messages — (b) `authenticate_sync` one
+        message after another, as the pipeline's worker thread would call it, and (c)
+        `authenticate` with 16 messages in flight on one event loop; then the stage's time per
+        message as a share of the pipeline's, and the pipeline's rate with the stage as a share
+        of its rate without (the goal: at least 70 %). Exit status 0, or 1 when a verdict is not
+        the expected one (every message must pass), 2 on bad usage.
+Trust:  developer tool for a trusted local machine; all DNS stays on 127.0.0.1.
+
+Method. Untimed set-up: sign, publish, and one full pass of the stage to warm its DNS cache
+(the DNS server's query counter must then stay unchanged through the timed passes, which is
+checked and reported). Each round then times (a), (b) and (c) over all messages, in that order;
+medians over the rounds are reported. The ratio is printed, never enforced.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import dkim
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from mailgate.auth import Authenticator, AuthSettings  # noqa: E402
+from mailgate.classify import classify  # noqa: E402
+from mailgate.parse import parse  # noqa: E402
+from mailgate.replytext import reply_text  # noqa: E402
+from tests.dns_server import DnsTestServer  # noqa: E402
+
+CORPUS = ROOT.parent / "shared" / "corpus"
+CLIENT_IP = "198.51.100.20"  # inside the SPF include: two lookups, a pass
+GMAIL_IP = "203.0.113.5"
+FORWARDER = "support+caf_=help=help.example@company.example"
+IN_FLIGHT = 16
+
+
+def make_key() -> tuple[bytes, str]:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(serialization.Encoding.PEM,
+                            serialization.PrivateFormat.TraditionalOpenSSL,
+                            serialization.NoEncryption())
+    der = key.public_key().public_bytes(serialization.Encoding.DER,
+                                        serialization.PublicFormat.SubjectPublicKeyInfo)
+    return pem, f"v=DKIM1; k=rsa; p={base64.b64encode(der).decode('ascii')}"
+
+
+def corpus_messages() -> list[bytes]:
+    found = []
+    for line in (CORPUS / "labels.tsv").read_text().splitlines():
+        path, _, label = line.partition("\t")
+        if label.strip() == "customer" and (CORPUS / path).is_file():
+            raw = (CORPUS / path).read_bytes()
+            found.append(raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n"))
+    return found
+
+
+Case = tuple[bytes, str, str, str]  # raw, client ip, envelope sender, From domain
+
+
+def prepare(limit: int, arc_every: int, dns: DnsTestServer) -> list[Case]:
+    pem, txt = make_key()
+    arc_pem, arc_txt = make_key()
+    dns.add([("arc._domainkey.google.com", "TXT", arc_txt),
+             ("_spf.bench-esp.example", "TXT", "v=spf1 ip4:198.51.100.0/24 -all"),
+             ("company.example", "TXT", "v=spf1 ip4:203.0.113.0/24 -all")])
+    published: set[str] = set()
+    cases: list[Case] = []
+    for raw in corpus_messages():
+        if len(cases) >= limit:
+            break
+        sender = parse(raw).from_.email
+        domain = sender.rpartition("@")[2]
+        if not sender or not domain.isascii() or "." not in domain:
+            continue
+        try:
+            signed = dkim.sign(raw, b"bench", domain.encode(), pem,
+                               canonicalize=(b"relaxed", b"relaxed")) + raw
+        except Exception:  # dkimpy refuses some malformed corpus mail: leave it out
+            continue
+        if domain not in published:
+            published.add(domain)
+            dns.add([(f"bench._domainkey.{domain}", "TXT", txt),
+                     (domain, "TXT", "v=spf1 ip4:192.0.2.0/24 include:_spf.bench-esp.example"
+                                     " ~all"),
+                     (f"_dmarc.{domain}", "TXT", "v=DMARC1; p=quarantine")])
+        if arc_every and len(cases) % arc_every == arc_every - 1:
+            seen = (f"Authentication-Results: mx.google.com; dkim=pass header.i=@{domain};"
+                    f" spf=pass smtp.mailfrom={sender}; dmarc=pass header.from={domain}\r\n")
+            head, sep, body = signed.partition(b"\r\n\r\n")
+            forwarded = seen.encode() + head + sep + body + b"\r\n-- \r\nforwarded\r\n"
+            try:
+                seal = dkim.arc_sign(forwarded, b"arc", b"google.com", arc_pem,
+                                     b"mx.google.com")
+            except Exception:
+                continue
+            cases.append((b"".join(seal) + forwarded, GMAIL_IP, FORWARDER, domain))
+        else:
+            cases.append((signed, CLIENT_IP, sender, domain))
+    return cases
+
+
+def time_pipeline(cases: list[Case]) -> float:
+    start = time.perf_counter()
+    for raw, _ip, sender, _domain in cases:
+        parsed = parse(raw)
+        classify(parsed, raw, sender)
+        reply_text(parsed.text, parsed.html)
+    return time.perf_counter() - start
+
+
+def time_sync(auth: Authenticator, cases: list[Case]) -> tuple[float, list[str]]:
+    verdicts = []
+    start = time.perf_counter()
+    for raw, ip, sender, domain in cases:
+        verdicts.append(auth.authenticate_sync(raw, ip, "mail.example", sender, domain).verdict)
+    return time.perf_counter() - start, verdicts
+
+
+async def _in_flight(auth: Authenticator, cases: list[Case]) -> list[str]:
+    gate = asyncio.Semaphore(IN_FLIGHT)
+
+    async def one(case: Case) -> str:
+        raw, ip, sender, domain = case
+        async with gate:
+            return (await auth.authenticate(raw, ip, "mail.example", sender, domain)).verdict
+
+    return list(await asyncio.gather(*(one(c) for c in cases)))
+
+
+def time_async(auth: Authenticator, cases: list[Case]) -> tuple[float, list[str]]:
+    start = time.perf_counter()
+    verdicts = asyncio.run(_in_flight(auth, cases))
+    return time.perf_counter() - start, verdicts
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--messages", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--arc-every", type=int, default=3,
+                        help="every K-th message is an ARC-sealed Gmail forward (0: none)")
+    args = parser.parse_args()
+    if args.messages < 1 or args.rounds < 1 or args.arc_every < 0:
+        parser.error("--messages and --rounds must be positive, --arc-every not negative")
+
+    with DnsTestServer() as dns:
+        cases = prepare(args.messages, args.arc_every, dns)
+        n = len(cases)
+        forwards = sum(1 for c in cases if c[1] == GMAIL_IP)
+        print(f"{n} corpus messages, DKIM-signed (RSA 2048); {forwards} of them ARC-sealed"
+              " Gmail forwards")
+        auth = Authenticator(AuthSettings("mx.help.example", nameservers=(dns.address,)))
+        _t, verdicts = time_sync(auth, cases)  # warm the cache
+        warm_queries = sum(dns.resolver.queries.values())
+        bad = [v for v in verdicts if v != "pass"]
+        pipeline, sync, concurrent = [], [], []
+        for r in range(args.rounds):
+            p = time_pipeline(cases)
+            s, v1 = time_sync(auth, cases)
+            c, v2 = time_async(auth, cases)
+            bad += [v for v in v1 + v2 if v != "pass"]
+            pipeline.append(n / p)
+            sync.append(n / s)
+            concurrent.append(n / c)
+            print(f"round {r + 1}: pipeline {n / p:7.1f}/s   auth (sync) {n / s:7.1f}/s"
+                  f"   auth ({IN_FLIGHT} in flight) {n / c:7.1f}/s")
+        extra_queries = sum(dns.resolver.queries.values()) - warm_queries
+        auth.close()
+
+    base = statistics.median(pipeline)
+    stage = statistics.median(sync)
+    share = base / stage  # the stage's time per message / the pipeline's
+    print(f"\nmedian pipeline without the stage   {base:8.1f} messages/s")
+    print(f"median authenticate_sync             {stage:8.1f} messages/s")
+    print(f"median authenticate, {IN_FLIGHT} in flight   {statistics.median(concurrent):8.1f}"
+          " messages/s")
+    print(f"DNS queries during the timed passes: {extra_queries} (warm cache: expect 0)")
+    print(f"stage time / pipeline time per message: {share:.2f}")
+    print(f"pipeline rate with the stage / without: {1 / (1 + share):.2f}"
+          "  (goal: >= 0.70, i.e. the stage costs at most 30 % of the rate)")
+    if bad:
+        print(f"FAIL: {len(bad)} verdicts were not 'pass': {sorted(set(bad))}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""The command line for organizations and customers (`mailgate orgs …`, `mailgate customers …`).
+
+Input: names, domains and routing typed by an administrator. Output: changes made through the
+store in one transaction each, and listings (tables, or JSON with `--json`). A mistake — a
+domain owned by another organization, an unknown agent — prints one line and exits 1.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from mailgate.cli import _emit, _State, json_option, pass_state
+from mailgate.config import PRIORITIES
+from mailgate.errors import UserError
+from mailgate.store import orgs
+from mailgate.store.db import transaction
+from mailgate.store.tickets import STATUSES
+
+
+@click.group("orgs")
+def orgs_group() -> None:
+    """Customer organizations, by email domain."""
+
+
+@orgs_group.command("list")
+@json_option
+@pass_state
+def orgs_list(state: _State, as_json: bool) -> None:
+    """Organizations with their domains and counts."""
+    _emit(orgs.list_orgs(state.db()), as_json,
+          ["name", "domains", "customers", "tickets", "auto_created", "on_new_ticket"])
+
+
+@orgs_group.command("show")
+@click.argument("name")
+@json_option
+@pass_state
+def orgs_show(state: _State, name: str, as_json: bool) -> None:
+    """One organization: domains, notes, routing and customers."""
+    org = orgs.show_org(state.db(), name)
+    if as_json:
+        _emit(org, True)
+        return
+    click.echo(f"{org['name']}  domains: {', '.join(org['domains']) or '-'}")
+    click.echo(f"  notes: {org['notes'] or '-'}\n  routing: {org['on_new_ticket'] or '-'}")
+    click.echo(f"  tickets: {org['tickets']}  customers: {org['customers']}")
+    for c in org["customer_list"]:
+        click.echo(f"  - {c['email']} {c['name'] or ''}".rstrip())
+
+
+@orgs_group.command("create")
+@click.argument("name")
+@click.option("--domain", "domains", multiple=True, help="An email domain (repeatable).")
+@click.option("--notes", default="", help="Free text.")
+@click.option("--join-existing", is_flag=True, help="Customers already at these domains join.")
+@pass_state
+def orgs_create(state: _State, name: str, domains: tuple[str, ...], notes: str,
+                join_existing: bool) -> None:
+    """Create an organization."""
+    db = state.db()
+    with transaction(db) as conn:
+        org_id = orgs.create_org(conn, name, list(domains), notes)
+        joined = sum(orgs.join_existing(conn, org_id, d) for d in domains) if join_existing else 0
+    click.echo(f"organization {name!r} created" + (f"; {joined} customers joined" if joined
+                                                   else ""))
+
+
+@orgs_group.command("add-domain")
+@click.argument("name")
+@click.argument("domain")
+@click.option("--join-existing", is_flag=True,
+              help="Customers already at this domain (and its subdomains) join too.")
+@pass_state
+def orgs_add_domain(state: _State, name: str, domain: str, join_existing: bool) -> None:
+    """Add an email domain to an organization."""
+    db = state.db()
+    with transaction(db) as conn:
+        org_id = orgs.org_id_by_name(conn, name)
+        d = orgs.add_domain(conn, org_id, domain)
+        joined = orgs.join_existing(conn, org_id, d) if join_existing else 0
+    click.echo(f"{d} added to {name!r}" + (f"; {joined} customers joined" if join_existing
+                                           else ""))
+
+
+@orgs_group.command("remove-domain")
+@click.argument("name")
+@click.argument("domain")
+@pass_state
+def orgs_remove_domain(state: _State, name: str, domain: str) -> None:
+    """Remove an email domain from an organization (its customers stay members)."""
+    db = state.db()
+    with transaction(db) as conn:
+        orgs.remove_domain(conn, orgs.org_id_by_name(conn, name), domain)
+    click.echo(f"{domain.lower()} removed from {name!r}")
+
+
+@orgs_group.command("route")
+@click.argument("name")
+@click.option("--assign", metavar="EMAIL", help="Assign new tickets to this agent.")
+@click.option("--round-robin", "round_robin", metavar="EMAIL", multiple=True,
+              help="Assign new tickets in turn to these agents (repeatable).")
+@click.option("--priority", type=click.Choice(PRIORITIES))
+@click.option("--tag", "tags", multiple=True, help="Tag new tickets (repeatable).")
+@click.option("--status", type=click.Choice(STATUSES))
+@click.option("--template", metavar="KIND",
+              help="Send this template kind instead of the default acknowledgement.")
+@click.option("--clear", is_flag=True, help="Remove all routing.")
+@pass_state
+def orgs_route(state: _State, name: str, assign: str | None, round_robin: tuple[str, ...],
+               priority: str | None, tags: tuple[str, ...], status: str | None,
+               template: str | None, clear: bool) -> None:
+    """What happens to new tickets from this organization."""
+    cfg = state.config
+    agents = {a.email for a in cfg.agents}
+    for who in (assign, *round_robin):
+        if who and who.lower() not in agents:
+            raise UserError(f"{who} is not a configured agent ([[agents]] in {cfg.path})")
+    if template:
+        from mailgate import app
+
+        kinds = {k["kind"] for k in app.renderer(cfg).kinds()}
+        if template not in kinds:
+            raise UserError(f"no template kind {template!r} (mailgate templates list)")
+    route: dict[str, Any] = {}
+    if assign:
+        route["assign"] = assign.lower()
+    if round_robin:
+        route["round_robin"] = [a.lower() for a in round_robin]
+    if priority:
+        route["priority"] = priority
+    if tags:
+        route["add_tags"] = list(tags)
+    if status:
+        route["status"] = status
+    if template:
+        route["send_template"] = template
+    if not route and not clear:
+        raise UserError("give at least one of --assign, --round-robin, --priority, --tag,"
+                        " --status, --template (or --clear)")
+    db = state.db()
+    with transaction(db) as conn:
+        orgs.set_route(conn, orgs.org_id_by_name(conn, name), route)
+    click.echo(f"routing for {name!r}: {route or 'none'}")
+
+
+@click.group("customers")
+def customers_group() -> None:
+    """Customers (people who wrote to us)."""
+
+
+@customers_group.command("list")
+@click.option("--org", help="Only customers of this organization.")
+@click.option("--limit", type=click.IntRange(1, 100000), default=100, show_default=True)
+@json_option
+@pass_state
+def customers_list(state: _State, org: str | None, limit: int, as_json: bool) -> None:
+    """Customers and their organization."""
+    _emit(orgs.list_customers(state.db(), org=org, limit=limit), as_json,
+          ["id", "email", "name", "organization", "created_at"])

@@ -1,0 +1,115 @@
+"""The scheduler: time-based rules (idle reminders and escalations) and SLA breaches.
+
+Input: the database (its own connection) and the loaded rules; runs every `[scheduler]
+tick_seconds` in the daemon. Output: `idle` rules fired once per ticket and rule when nothing
+happened on the ticket for `after` while their conditions hold, and `sla_breached` rules fired
+once per ticket, policy and target (first response, resolution); each firing recorded in
+`rule_firings` in the same transaction as its actions, so a restart never fires twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from mailgate.automation import Automation
+from mailgate.store.db import open_db, transaction
+from mailgate.store.tickets import ticket_row
+
+log = logging.getLogger("mailgate.scheduler")
+BATCH = 500
+
+
+def _iso(dt: datetime) -> str:
+    return dt.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+class Scheduler:
+    def __init__(self, db_path: Path, automation: Callable[[], Automation],
+                 tick_seconds: float) -> None:
+        self.db_path = db_path
+        self.automation = automation  # read at each tick: a reload swaps the rules
+        self.tick_seconds = tick_seconds
+        self._stop = asyncio.Event()
+        self._lock = threading.Lock()
+        self.fired = 0
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        db = await loop.run_in_executor(None, open_db, self.db_path)
+        try:
+            while not self._stop.is_set():
+                try:
+                    self.fired += await loop.run_in_executor(None, self.tick, db)
+                except Exception:
+                    log.exception("scheduler tick failed; trying again at the next tick")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), self.tick_seconds)
+        finally:
+            db.close()
+
+    def tick(self, db: object) -> int:
+        """One pass over idle rules and SLAs; returns how many rule firings happened."""
+        with self._lock:
+            return self._idle(db) + self._slas(db)
+
+    def _idle(self, db: object) -> int:
+        auto = self.automation()
+        fired = 0
+        now = datetime.now(UTC)
+        for rule in auto.ruleset.rules:
+            if rule.when != "idle" or not rule.enabled or rule.after is None:
+                continue
+            cutoff = _iso(now - timedelta(seconds=rule.after))
+            rows = db.execute(  # type: ignore[attr-defined]
+                "SELECT id FROM tickets WHERE last_activity_at <= ? AND status != 'closed'"
+                " AND NOT EXISTS (SELECT 1 FROM rule_firings f WHERE f.ticket_id = tickets.id"
+                " AND f.rule = ? AND f.key = 'idle') ORDER BY last_activity_at LIMIT ?",
+                (cutoff, rule.name, BATCH),
+            ).fetchall()
+            for (ticket_id,) in rows:
+                with transaction(db) as conn:  # type: ignore[arg-type]
+                    if auto.fire_once(conn, "idle", ticket_id, "idle", (rule,)):
+                        fired += 1
+                        log.info("ticket #%d: idle rule %r fired", ticket_id, rule.name)
+        return fired
+
+    def _slas(self, db: object) -> int:
+        auto = self.automation()
+        if not auto.ruleset.slas:
+            return 0
+        breach_rules = tuple(r for r in auto.ruleset.rules if r.when == "sla_breached")
+        fired = 0
+        rows = db.execute(  # type: ignore[attr-defined]
+            "SELECT id FROM tickets WHERE status NOT IN ('resolved', 'closed')"
+        ).fetchall()
+        for (ticket_id,) in rows:
+            with transaction(db) as conn:  # type: ignore[arg-type]
+                ticket = ticket_row(conn, ticket_id)
+                state = auto.sla(ticket) if ticket else None
+                if not state or not state["breached"]:
+                    continue
+                for target in ("first_response", "resolution"):
+                    if not state[f"{target}_breached"]:
+                        continue
+                    key = f"sla:{state['policy']}:{target}"
+                    new = conn.execute(
+                        "INSERT OR IGNORE INTO rule_firings (ticket_id, rule, key, fired_at)"
+                        " VALUES (?, '(sla)', ?, ?)", (ticket_id, key, _iso(datetime.now(UTC))),
+                    ).rowcount
+                    if not new:
+                        continue
+                    log.info("ticket #%d: SLA %s breached (%s)", ticket_id, state["policy"],
+                             target)
+                    if breach_rules and auto.fire_once(conn, "sla_breached", ticket_id, key,
+                                                       breach_rules):
+                        fired += 1
+        return fired
