@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import dkim
@@ -39,7 +39,8 @@ class DkimSignature:
     i: str = ""
 
     def as_dict(self) -> dict[str, str]:
-        return asdict(self)
+        return {"d": self.d, "s": self.s, "result": self.result, "reason": self.reason,
+                "b": self.b, "i": self.i}
 
 
 class ErrorLog:
@@ -86,6 +87,17 @@ class KeyFetcher:
             return None
         self.last = "found"
         return next((r for r in joined if b"p=" in r), joined[0])
+
+
+def split_message(raw: bytes) -> tuple[Headers, bytes]:
+    """`dkim.rfc822_parse(raw)`, without splitting and re-joining the body when the message
+    has CRLF line ends only (as SMTP delivers it): the same header fields, the same body bytes.
+    Raises `dkim.MessageFormatError` for a header section dkimpy cannot read."""
+    end = raw.find(b"\r\n\r\n")
+    if end < 0 or raw.count(b"\n") != raw.count(b"\r\n"):
+        return dkim.rfc822_parse(raw)
+    headers, _ = dkim.rfc822_parse(raw[:end + 2])
+    return headers, raw[end + 4:]
 
 
 def _text(value: bytes | None, limit: int = 253) -> str:

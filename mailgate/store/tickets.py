@@ -168,6 +168,7 @@ _TICKET_FROM = (
 
 def _decode(row: dict[str, Any]) -> dict[str, Any]:
     row["tags"] = json.loads(row.get("tags") or "[]")
+    row["organization"] = row.get("organization") or ""
     return row
 
 
