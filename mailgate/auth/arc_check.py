@@ -18,6 +18,7 @@ import dkim
 from mailgate.auth.dkim_check import ErrorLog, Headers, KeyFetcher, Lookup, signature_tags
 
 MAX_INSTANCES = 10  # each set costs two RSA verifications and lookups; real chains have 1-3
+ARC_FIELDS = (b"arc-seal", b"arc-message-signature", b"arc-authentication-results")
 
 
 @dataclass(frozen=True)
@@ -30,8 +31,11 @@ class ArcChain:
 
 def _instances(headers: Headers) -> dict[int, dict[bytes, bytes]]:
     """i= → {lower-case header name: relaxed value} for the ARC header fields present."""
+    arc_only = [(n, v) for n, v in headers if n.lower() in ARC_FIELDS]
+    if not arc_only:
+        return {}
     verifier = dkim.ARC(None, logger=ErrorLog())
-    verifier.headers = list(headers)
+    verifier.headers = arc_only
     _max, found = verifier.sorted_arc_headers()
     sets: dict[int, dict[bytes, bytes]] = {}
     for instance, (name, value) in found:

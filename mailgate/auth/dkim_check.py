@@ -94,7 +94,7 @@ def split_message(raw: bytes) -> tuple[Headers, bytes]:
     has CRLF line ends only (as SMTP delivers it): the same header fields, the same body bytes.
     Raises `dkim.MessageFormatError` for a header section dkimpy cannot read."""
     end = raw.find(b"\r\n\r\n")
-    if end < 0 or raw.count(b"\n") != raw.count(b"\r\n"):
+    if end < 0 or raw.startswith(b"\r\n") or raw.count(b"\n") != raw.count(b"\r\n"):
         return dkim.rfc822_parse(raw)
     headers, _ = dkim.rfc822_parse(raw[:end + 2])
     return headers, raw[end + 4:]

@@ -14,7 +14,7 @@ Suffix List that the `publicsuffixlist` package ships (no download at run time).
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from publicsuffixlist import PublicSuffixList
@@ -141,7 +141,7 @@ class DmarcOutcome:
     reason: str = ""
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return dict(vars(self))  # shallow: every value is immutable
 
 
 _WEAKER = {"reject": "quarantine", "quarantine": "none", "none": "none"}

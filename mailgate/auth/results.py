@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import authres
@@ -114,23 +114,21 @@ class Recorded:
     methods: dict[str, str] = field(default_factory=dict)  # method → first result, for display
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        values = dict(vars(self))
+        values["dkim"] = [list(pair) for pair in self.dkim]
+        values["methods"] = dict(self.methods)
+        return values
 
 
 def _domain_of(value: str) -> str:
     return value.rpartition("@")[2].strip().lower().rstrip(".")
 
 
-def _entries_authres(text: str) -> tuple[str, list[tuple[str, str, dict[str, str]]]]:
-    header = _FEATURES.parse_value(text)
-    entries = []
-    for result in header.results:
-        props = {f"{p.type}.{p.name}": str(p.value or "") for p in result.properties}
-        entries.append((result.method, result.result, props))
-    return header.authserv_id or "", entries
-
-
-def _entries_lenient(text: str) -> tuple[str, list[tuple[str, str, dict[str, str]]]]:
+def _entries(text: str) -> tuple[str, list[tuple[str, str, dict[str, str]]]]:
+    """A tolerant reader of an Authentication-Results value: authserv-id, then (method, result,
+    properties) per result. Quoted strings (reasons) and comments are dropped first, so neither
+    a `;` nor a `=` inside them is read as structure."""
+    text = re.sub(r'"(?:[^"\\]|\\.)*"', '""', text)
     previous = None
     while previous != text:  # drop comments, innermost first
         previous, text = text, re.sub(r"\([^()]*\)", " ", text)
@@ -155,10 +153,7 @@ def read_recorded(value: str) -> Recorded:
     match = _INSTANCE.match(value)
     instance = int(match.group(1)) if match else 0
     text = value[match.end():] if match else value
-    try:
-        authserv_id, entries = _entries_authres(text)
-    except Exception:  # authres.core.SyntaxError and the like: real headers are often sloppy
-        authserv_id, entries = _entries_lenient(text)
+    authserv_id, entries = _entries(text)
     dkim = []
     spf_domain, spf_result, helo_domain, helo_result = "", "", "", ""
     dmarc_result, dmarc_from = "", ""

@@ -20,7 +20,7 @@ import ipaddress
 import re
 import threading
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import spf
@@ -45,7 +45,7 @@ class SpfOutcome:
     helo_reason: str = ""
 
     def as_dict(self) -> dict[str, str]:
-        return asdict(self)
+        return dict(vars(self))  # shallow: every value is immutable
 
 
 def _dispatch(name: str, qtype: str, strict: Any = True, timeout: float = 20) -> list[Any]:
