@@ -27,8 +27,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-import dkim
-
 from mailgate.auth import arc_check, dkim_check, spf_check
 from mailgate.auth.arc_check import ArcChain
 from mailgate.auth.dkim_check import DkimSignature
@@ -42,7 +40,6 @@ from mailgate.auth.dmarc import (
 )
 from mailgate.auth.dns import Resolver, SyncLookup
 from mailgate.auth.forwarding import forwarded_by
-from mailgate.auth.headers import header_fields
 from mailgate.auth.results import Recorded, build_header, fold, read_recorded
 from mailgate.auth.spf_check import SpfOutcome
 from mailgate.auth.verdict import Verdict, decide
@@ -162,26 +159,16 @@ class Authenticator:
         mail_from = mail_from.strip().strip("<>").strip()
         helo = helo.strip().rstrip(".").lower()
         try:
-            headers, body = dkim.rfc822_parse(raw)
+            headers, body = dkim_check.split_message(raw)
         except Exception:  # dkim.MessageFormatError: a header line that is no header
             headers, body = [], b""
-
-        spf_helo = helo if mail_from and spf_check.is_domain(helo) else ""
-        checks = await asyncio.gather(
+        (signatures, chain), spf, policy = await asyncio.gather(
             self._signatures(loop, headers, body, lookup, deadline),
-            loop.run_in_executor(self._pool, spf_check.check, client_ip, mail_from, helo, lookup),
-            loop.run_in_executor(self._pool, spf_check.check, client_ip, "", spf_helo, lookup)
-            if spf_helo else _nothing(),
+            loop.run_in_executor(self._pool, _spf, client_ip, mail_from, helo, lookup),
             fetch_policy(self.resolver, from_domain, deadline),
         )
-        (signatures, chain), (spf_result, spf_reason), helo_check, policy = checks
-        spf = SpfOutcome(
-            result=spf_result, domain=_domain(mail_from) if mail_from else helo,
-            mailfrom=mail_from or f"postmaster@{helo}", reason=spf_reason, helo=spf_helo,
-            helo_result=helo_check[0] if helo_check else "none",
-            helo_reason=helo_check[1] if helo_check else "",
-        )
-        return self._conclude(raw, from_domain, mail_from, signatures, chain, spf, policy)
+        return self._conclude(raw, headers, from_domain, mail_from, signatures, chain, spf,
+                              policy)
 
     async def _signatures(self, loop: asyncio.AbstractEventLoop, headers: list[Any],
                           body: bytes, lookup: SyncLookup,
@@ -194,12 +181,11 @@ class Authenticator:
                              return_exceptions=True)
         return await loop.run_in_executor(self._pool, _verify_all, headers, body, lookup)
 
-    def _conclude(self, raw: bytes, from_domain: str, mail_from: str,
+    def _conclude(self, raw: bytes, headers: list[Any], from_domain: str, mail_from: str,
                   signatures: tuple[DkimSignature, ...], chain: ArcChain, spf: SpfOutcome,
                   policy: PolicyLookup) -> AuthResult:
-        sample = _sample(raw)
-        fields = header_fields(raw)
-        forwarder = forwarded_by(mail_from, fields, self.settings.forwarders)
+        sample = _sample(raw) if policy.record and policy.record.pct < 100 else 0
+        forwarder = forwarded_by(mail_from, headers, self.settings.forwarders)
         own = Evidence(dkim=tuple((s.d, s.result) for s in signatures),
                        spf_domain="" if forwarder else spf.domain, spf_result=spf.result)
         own_dmarc = evaluate(from_domain, policy, own, sample)
@@ -211,7 +197,9 @@ class Authenticator:
             self.our_domains, forwarder)
         header = build_header(self.settings.authserv_id, signatures, chain, trusted_sealer,
                               spf, own_dmarc)
-        first_hop = read_recorded(chain.results[-1]) if chain.results else None
+        first_hop = None
+        if chain.results:
+            first_hop = recorded if len(chain.sealers) == 1 else read_recorded(chain.results[-1])
         arc = {
             "cv": chain.cv, "sealers": list(chain.sealers), "reason": chain.reason,
             "trusted_sealer": trusted_sealer,
@@ -255,11 +243,22 @@ class Authenticator:
         return chain.sealers[run - 1], recorded, evidence, outcome
 
 
+def _spf(client_ip: str, mail_from: str, helo: str, lookup: SyncLookup) -> SpfOutcome:
+    """Both SPF identities, one after the other in one worker thread (the HELO's usually costs
+    one cached lookup); a null sender's check is the HELO's."""
+    result, reason = spf_check.check(client_ip, mail_from, helo, lookup)
+    spf_helo = helo if mail_from and spf_check.is_domain(helo) else ""
+    helo_result, helo_reason = (spf_check.check(client_ip, "", spf_helo, lookup) if spf_helo
+                                else ("none", ""))
+    return SpfOutcome(
+        result=result, domain=_domain(mail_from) if mail_from else helo,
+        mailfrom=mail_from or f"postmaster@{helo}", reason=reason, helo=spf_helo,
+        helo_result=helo_result, helo_reason=helo_reason,
+    )
+
+
 def _verify_all(headers: list[Any], body: bytes,
                 lookup: SyncLookup) -> tuple[tuple[DkimSignature, ...], ArcChain]:
     return (dkim_check.verify_signatures(headers, body, lookup),
             arc_check.verify_chain(headers, body, lookup))
 
-
-async def _nothing() -> None:
-    return None
