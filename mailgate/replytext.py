@@ -281,6 +281,8 @@ def _library_attributions(views: list[str], quoted: list[bool], pats: _Patterns
     # which keeps its expressions fast on pathological input (a line of 30,000 '>').
     masked = ["" if q or len(v) > MAX_HEADER_CHARS else v
               for v, q in zip(views, quoted, strict=True)]
+    if not any(m.rstrip().endswith((":", "：")) for m in masked):
+        return {}  # every header kept below ends with a colon: none here, skip the expressions
     blob = "\n".join(masked)
     starts = list(itertools.accumulate((len(m) + 1 for m in masked[:-1]), initial=0))
     found: dict[int, _Attribution] = {}

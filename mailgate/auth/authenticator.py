@@ -8,12 +8,14 @@ sender, and the From domain the parse stage read — all untrusted — plus `Aut
 stored mail, and each method's details as plain dicts for the audit. Never raises for any
 message, any DNS behaviour or any library failure: the worst outcome is `none` with the reason.
 
-`authenticate` runs on an event loop and never blocks it: DNS is dnspython's async resolver; the
-CPU and the synchronous library code (dkimpy, pyspf) run in the stage's own thread pool and
-resolve through the same resolver and cache on the caller's loop. All DNS for one message shares
-one budget of `dns_timeout` seconds, so a dead or slow nameserver costs a message at most about
-that long, and whatever did not answer is `temperror`. `authenticate_sync` does the same from a
-plain thread (the pipeline's worker) on an event loop private to that thread.
+One message is authenticated by synchronous code in one thread — the caller's for
+`authenticate_sync` (the pipeline's worker), one of the stage's pool for `authenticate`, which
+thus never blocks the caller's event loop. DNS is dnspython's async resolver on the resolver's
+own event loop thread (`mailgate.auth.dns`): the DKIM and ARC keys and the DMARC policy are all
+asked at once there while SPF is evaluated, and dkimpy and pyspf then read their answers from the
+cache without any hand-off. All DNS for one message shares one budget of `dns_timeout` seconds,
+so a dead or slow nameserver costs a message at most about that long, and whatever did not
+answer in time is `temperror`.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from mailgate.auth.dmarc import (
     DmarcOutcome,
     Evidence,
     PolicyLookup,
+    cached_policy,
     evaluate,
     fetch_policy,
     organizational_domain,
@@ -110,51 +112,46 @@ class Authenticator:
         self.settings = settings
         self.resolver = Resolver(settings.nameservers, settings.dns_timeout)
         self._pool = ThreadPoolExecutor(POOL_THREADS, thread_name_prefix="mailgate-auth")
-        self._local = threading.local()
         sealers = (*settings.trusted_arc_sealers, *(_domain(f) for f in settings.forwarders))
         self.trusted_sealers = frozenset(organizational_domain(s) for s in sealers if s)
         self.our_domains = tuple(d.lower().rstrip(".") for d in settings.our_domains)
 
     def close(self) -> None:
+        """Stop the worker threads and the resolver's loop (a later call starts them again)."""
         self._pool.shutdown(wait=False, cancel_futures=True)
-        loop = getattr(self._local, "loop", None)
-        if loop is not None and not loop.is_running():
-            loop.close()
-
-    # --- the synchronous entry point ------------------------------------------------------
-
-    def authenticate_sync(self, raw: bytes, client_ip: str, helo: str, mail_from: str,
-                          from_domain: str) -> AuthResult:
-        """For a plain thread (the pipeline's worker); not for a thread running an event loop."""
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            pass
-        else:
-            raise RuntimeError("authenticate_sync called on an event loop: await authenticate()")
-        loop = getattr(self._local, "loop", None)
-        if loop is None or loop.is_closed():
-            loop = asyncio.new_event_loop()
-            self._local.loop = loop
-        return loop.run_until_complete(
-            self.authenticate(raw, client_ip, helo, mail_from, from_domain))
-
-    # --- the stage --------------------------------------------------------------------------
+        self._pool = ThreadPoolExecutor(POOL_THREADS, thread_name_prefix="mailgate-auth")
+        self.resolver.close()
 
     async def authenticate(self, raw: bytes, client_ip: str, helo: str, mail_from: str,
                            from_domain: str) -> AuthResult:
+        """The stage, awaited on an event loop: the work runs in one of the stage's threads."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self._run, raw, client_ip, helo,
+                                          mail_from, from_domain)
+
+    def authenticate_sync(self, raw: bytes, client_ip: str, helo: str, mail_from: str,
+                          from_domain: str) -> AuthResult:
+        """The stage in the calling thread (the pipeline's worker): not on an event loop's
+        thread, which it would block for up to `dns_timeout`."""
         try:
-            return await self._authenticate(raw, client_ip, helo, mail_from, from_domain)
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return self._run(raw, client_ip, helo, mail_from, from_domain)
+        raise RuntimeError("authenticate_sync called on an event loop: await authenticate()")
+
+    def _run(self, raw: bytes, client_ip: str, helo: str, mail_from: str,
+             from_domain: str) -> AuthResult:
+        try:
+            return self._authenticate(raw, client_ip, helo, mail_from, from_domain)
         except Exception as exc:  # a bug or a library surprise: recorded, never a pass
             reason = f"authentication error: {type(exc).__name__}: {exc}"[:300]
             header = f"Authentication-Results: {self.settings.authserv_id}; none"
             return AuthResult("none", reason, header)
 
-    async def _authenticate(self, raw: bytes, client_ip: str, helo: str, mail_from: str,
-                            from_domain: str) -> AuthResult:
-        loop = asyncio.get_running_loop()
+    def _authenticate(self, raw: bytes, client_ip: str, helo: str, mail_from: str,
+                      from_domain: str) -> AuthResult:
         deadline = time.monotonic() + self.settings.dns_timeout
-        lookup = self.resolver.sync(loop, deadline)
+        lookup = self.resolver.sync(deadline)
         from_domain = _domain(from_domain) if from_domain else ""
         mail_from = mail_from.strip().strip("<>").strip()
         helo = helo.strip().rstrip(".").lower()
@@ -162,24 +159,27 @@ class Authenticator:
             headers, body = dkim_check.split_message(raw)
         except Exception:  # dkim.MessageFormatError: a header line that is no header
             headers, body = [], b""
-        (signatures, chain), spf, policy = await asyncio.gather(
-            self._signatures(loop, headers, body, lookup, deadline),
-            loop.run_in_executor(self._pool, _spf, client_ip, mail_from, helo, lookup),
-            fetch_policy(self.resolver, from_domain, deadline),
-        )
+        # DNS first: every key and the DMARC policy at once on the resolver's loop, while SPF
+        # (whose lookups depend on each other) runs here; then the signatures, from the cache.
+        names = dkim_check.key_names(headers) | arc_check.key_names(headers) if headers else set()
+        policy = cached_policy(self.resolver, from_domain)
+        if policy is None or any(self.resolver.cached(n, "TXT") is None for n in names):
+            early = self.resolver.submit(_prefetch(self.resolver, names, from_domain, deadline))
+            spf = _spf(client_ip, mail_from, helo, lookup)
+            try:
+                policy = early.result(timeout=max(0.0, deadline - time.monotonic()) + 1.0)
+            except Exception as exc:  # the resolver's loop overran the budget, or was stopped
+                early.cancel()
+                policy = PolicyLookup("temperror", reason=f"DNS did not complete: {exc!r}"[:200])
+        else:  # a warm cache: no hand-off at all
+            spf = _spf(client_ip, mail_from, helo, lookup)
+        if headers:
+            signatures = dkim_check.verify_signatures(headers, body, lookup)
+            chain = arc_check.verify_chain(headers, body, lookup)
+        else:
+            signatures, chain = (), ArcChain("none", reason="the header section cannot be read")
         return self._conclude(raw, headers, from_domain, mail_from, signatures, chain, spf,
                               policy)
-
-    async def _signatures(self, loop: asyncio.AbstractEventLoop, headers: list[Any],
-                          body: bytes, lookup: SyncLookup,
-                          deadline: float) -> tuple[tuple[DkimSignature, ...], ArcChain]:
-        """Fetch every key at once on the loop, then verify in a thread from the cache."""
-        if not headers:
-            return (), ArcChain("none", reason="the header section cannot be read")
-        names = dkim_check.key_names(headers) | arc_check.key_names(headers)
-        await asyncio.gather(*(self.resolver.lookup(n, "TXT", deadline) for n in names),
-                             return_exceptions=True)
-        return await loop.run_in_executor(self._pool, _verify_all, headers, body, lookup)
 
     def _conclude(self, raw: bytes, headers: list[Any], from_domain: str, mail_from: str,
                   signatures: tuple[DkimSignature, ...], chain: ArcChain, spf: SpfOutcome,
@@ -257,8 +257,11 @@ def _spf(client_ip: str, mail_from: str, helo: str, lookup: SyncLookup) -> SpfOu
     )
 
 
-def _verify_all(headers: list[Any], body: bytes,
-                lookup: SyncLookup) -> tuple[tuple[DkimSignature, ...], ArcChain]:
-    return (dkim_check.verify_signatures(headers, body, lookup),
-            arc_check.verify_chain(headers, body, lookup))
-
+async def _prefetch(resolver: Resolver, names: set[str], from_domain: str,
+                    deadline: float) -> PolicyLookup:
+    policy, *_keys = await asyncio.gather(
+        fetch_policy(resolver, from_domain, deadline),
+        *(resolver.lookup(n, "TXT", deadline) for n in names), return_exceptions=True)
+    if isinstance(policy, BaseException):
+        return PolicyLookup("temperror", reason=f"DMARC lookup failed: {policy!r}"[:200])
+    return policy

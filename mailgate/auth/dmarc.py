@@ -90,30 +90,47 @@ class PolicyLookup:
     reason: str = ""
 
 
-async def _record_at(resolver: Resolver, domain: str,
-                     deadline: float) -> tuple[str, DmarcRecord | None]:
-    records = await resolver.lookup(f"_dmarc.{domain}", "TXT", deadline)
+def _record_in(records: tuple[Any, ...], domain: str) -> DmarcRecord | None:
     texts = [b"".join(r).decode("utf-8", "replace") for r in records]
     parsed = [r for r in (parse_record(t, domain) for t in texts) if r is not None]
-    if len(parsed) == 1:
-        return "found", parsed[0]
-    return "none", None  # none, or more than one: "as if no record was found"
+    return parsed[0] if len(parsed) == 1 else None  # more than one: "as if none was found"
+
+
+def _found(record: DmarcRecord | None, from_domain: str) -> PolicyLookup:
+    if record is None:
+        return PolicyLookup("none", reason=f"no DMARC record for {from_domain}")
+    return PolicyLookup("found", record)
 
 
 async def fetch_policy(resolver: Resolver, from_domain: str, deadline: float) -> PolicyLookup:
     if not from_domain:
         return PolicyLookup("none", reason="no From domain")
     try:
-        status, record = await _record_at(resolver, from_domain, deadline)
-        if status == "none":
-            org = organizational_domain(from_domain)
-            if org != from_domain:
-                status, record = await _record_at(resolver, org, deadline)
+        records = await resolver.lookup(f"_dmarc.{from_domain}", "TXT", deadline)
+        record = _record_in(records, from_domain)
+        org = organizational_domain(from_domain)
+        if record is None and org != from_domain:
+            record = _record_in(await resolver.lookup(f"_dmarc.{org}", "TXT", deadline), org)
     except DnsTempError as exc:
         return PolicyLookup("temperror", reason=str(exc))
-    if record is None:
-        return PolicyLookup("none", reason=f"no DMARC record for {from_domain}")
-    return PolicyLookup("found", record)
+    return _found(record, from_domain)
+
+
+def cached_policy(resolver: Resolver, from_domain: str) -> PolicyLookup | None:
+    """`fetch_policy` answered from the cache alone; None when it would have to ask DNS."""
+    if not from_domain:
+        return PolicyLookup("none", reason="no From domain")
+    records = resolver.cached(f"_dmarc.{from_domain}", "TXT")
+    if records is None:
+        return None
+    record = _record_in(records, from_domain)
+    org = organizational_domain(from_domain)
+    if record is None and org != from_domain:
+        records = resolver.cached(f"_dmarc.{org}", "TXT")
+        if records is None:
+            return None
+        record = _record_in(records, org)
+    return _found(record, from_domain)
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,11 @@ type, is `()` (cached, like answers, for at most its TTL). A lookup that cannot 
 the budget — timeout, SERVFAIL from every server, no resolver configured — raises
 `DnsTempError`, never anything else, and is not cached: callers record it as `temperror`.
 
-`SyncLookup` serves lookups to code that runs in a worker thread (dkimpy, pyspf): a cache hit is
-answered in the thread; a miss is resolved on the caller's event loop and waited for, so every
-query goes through the same resolver, cache and deadline. Never call it on the loop's own thread.
+The resolver runs its queries on an event loop of its own, in a daemon thread it starts on first
+use (`submit`), so synchronous code in any thread can use it: `SyncLookup` serves dkimpy and
+pyspf, answering a cache hit in the calling thread without any hand-off, and waiting for a miss
+to be resolved on the resolver's loop — every query goes through the same resolver, cache and
+deadline. `lookup` can also be awaited on any other event loop.
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ import concurrent.futures
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Coroutine, Sequence
+from typing import Any, TypeVar
 
 import dns.asyncresolver
 import dns.exception
@@ -32,6 +34,7 @@ import dns.rdatatype
 import dns.resolver
 
 Records = tuple[Any, ...]
+T = TypeVar("T")
 
 RDTYPES = ("TXT", "A", "AAAA", "MX", "PTR")
 CACHE_SIZE = 4096
@@ -102,6 +105,9 @@ class Resolver:
         self._lock = threading.Lock()
         self._cache: OrderedDict[tuple[str, str], tuple[float, Records]] = OrderedDict()
         self.setup_error = ""
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._loop_lock = threading.Lock()
         self._resolver: dns.asyncresolver.Resolver | None
         try:
             resolver = dns.asyncresolver.Resolver(configure=not nameservers)
@@ -185,17 +191,53 @@ class Resolver:
         self._store((qname, rdtype), records, answer.expiration - time.time())
         return records
 
-    def sync(self, loop: asyncio.AbstractEventLoop, deadline: float) -> SyncLookup:
-        return SyncLookup(self, loop, deadline)
+    # --- the resolver's own event loop ------------------------------------------------------
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        """Run `coro` on the resolver's loop (started on first use); never on that loop."""
+        with self._loop_lock:
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                started = threading.Event()
+                thread = threading.Thread(target=_serve, args=(loop, started),
+                                          name="mailgate-auth-dns", daemon=True)
+                thread.start()
+                started.wait()
+                self._loop, self._thread = loop, thread
+            return asyncio.run_coroutine_threadsafe(coro, self._loop)
+
+    def close(self) -> None:
+        """Stop the resolver's loop (lookups still waiting end as `DnsTempError`)."""
+        with self._loop_lock:
+            loop, thread = self._loop, self._thread
+            self._loop = self._thread = None
+        if loop is not None and thread is not None:
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(timeout=5.0)
+
+    def sync(self, deadline: float) -> SyncLookup:
+        return SyncLookup(self, deadline)
+
+
+def _serve(loop: asyncio.AbstractEventLoop, started: threading.Event) -> None:
+    asyncio.set_event_loop(loop)
+    loop.call_soon(started.set)
+    try:
+        loop.run_forever()
+        pending = asyncio.all_tasks(loop)
+        for task in pending:
+            task.cancel()
+        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+    finally:
+        loop.close()
 
 
 class SyncLookup:
-    """`lookup(name, rdtype)` for code in a worker thread, resolved on `loop` within `deadline`."""
+    """`lookup(name, rdtype)` for synchronous code in any thread but the resolver's own, within
+    `deadline` (time.monotonic())."""
 
-    def __init__(self, resolver: Resolver, loop: asyncio.AbstractEventLoop,
-                 deadline: float) -> None:
+    def __init__(self, resolver: Resolver, deadline: float) -> None:
         self.resolver = resolver
-        self.loop = loop
         self.deadline = deadline
 
     def __call__(self, name: str, rdtype: str) -> Records:
@@ -209,8 +251,7 @@ class SyncLookup:
         if remaining <= 0.0:
             raise DnsTempError(f"DNS time budget spent before looking up {qname} {rdtype}")
         try:
-            future = asyncio.run_coroutine_threadsafe(
-                self.resolver.lookup(qname, rdtype, self.deadline), self.loop)
+            future = self.resolver.submit(self.resolver.lookup(qname, rdtype, self.deadline))
         except RuntimeError as exc:  # the loop is closed
             raise DnsTempError(f"DNS unavailable: {exc}") from None
         try:
