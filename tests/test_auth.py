@@ -359,7 +359,8 @@ def test_the_same_chain_from_an_untrusted_sealer(dns: DnsTestServer,
     result = run(authenticator(dns), raw, "203.0.113.5", "mx.forwarder.example",
                  "support@forwarder.example", "customer.example")
     assert result.arc["cv"] == "pass" and result.arc["sealers"] == ["forwarder.example"]
-    assert result.arc["trusted_sealer"] == ""
+    assert result.arc["trusted_sealer"] == "" and result.arc["trusted_hop"] == {}
+    assert result.arc["first_hop"]["dmarc_result"] == "pass"  # recorded, and not believed
     assert result.verdict == "fail"  # judged on the message itself: DMARC p=reject fails
     assert "via trusted ARC sealer" not in result.reason
 
@@ -372,6 +373,31 @@ def test_a_broken_chain_from_a_trusted_sealer_is_not_trusted(dns: DnsTestServer,
                  "customer.example")
     assert result.arc["cv"] == "fail"
     assert result.verdict == "fail"
+
+
+@pytest.mark.usefixtures("arc_zone")
+def test_an_untrusted_first_hop_is_not_believed_through_a_trusted_one(
+        dns: DnsTestServer, keys: tuple[Key, Key, Key]) -> None:
+    """A list (untrusted) claims DMARC passed and seals i=1; Gmail, which saw the list's
+    rewrite fail, seals i=2: what Gmail recorded stands, not what the list claimed."""
+    original = sign(message("Jane <jane@customer.example>"), keys[0], "customer.example")
+    rewritten = original.replace(b"Please help.", b"Please help. [list footer]")
+    lied = (b"Authentication-Results: mx.lists.example; dkim=pass header.d=customer.example;"
+            b" dmarc=pass header.from=customer.example\r\n") + rewritten
+    hop1 = b"".join(dkim.arc_sign(lied, b"arc", b"forwarder.example", keys[1].pem,
+                                  b"mx.lists.example", include_headers=SIGNED)) + lied
+    seen = (b"Authentication-Results: mx.google.com; dkim=fail header.d=customer.example;"
+            b" arc=pass; dmarc=fail header.from=customer.example\r\n") + hop1
+    hop2 = b"".join(dkim.arc_sign(seen, b"arc", b"google.com", keys[1].pem, b"mx.google.com",
+                                  include_headers=SIGNED)) + seen
+    result = run(authenticator(dns), hop2, "203.0.113.5", "", "x@company.example",
+                 "customer.example")
+    assert result.arc["cv"] == "pass"
+    assert result.arc["sealers"] == ["google.com", "forwarder.example"]
+    assert result.arc["first_hop"]["authserv_id"] == "mx.lists.example"
+    assert result.arc["trusted_hop"]["authserv_id"] == "mx.google.com"
+    assert result.verdict == "fail"
+    assert result.reason.endswith("via trusted ARC sealer google.com")
 
 
 def test_configured_forwarder_is_judged_by_dkim_alone(dns: DnsTestServer) -> None:
@@ -516,11 +542,23 @@ def test_authenticate_sync_from_worker_threads(dns: DnsTestServer,
 
 def test_fast_canonicalization_matches_dkimpy() -> None:
     rng = random.Random(8601)
+    fast, original = dkim_speedups.FAST, dkim_speedups.ORIGINALS
+
+    def text() -> bytes:
+        return bytes(rng.choice(b" \t\r\nab") for _ in range(rng.randrange(0, 40)))
+
     for _ in range(20000):
-        value = bytes(rng.choice(b" \t\r\nab") for _ in range(rng.randrange(0, 40)))
-        for name, fast in dkim_speedups.FAST.items():
-            assert fast(value) == dkim_speedups.ORIGINALS[name](value), (name, value)
+        value = text()
+        for name in ("strip_trailing_whitespace", "compress_whitespace", "unfold_header_value",
+                     "relaxed_body"):
+            assert fast[name](value) == original[name](value), (name, value)
+        headers = [[b"X-" + text().replace(b":", b""), text()] for _ in range(rng.randrange(4))]
+        assert fast["relaxed_headers"](headers) == original["relaxed_headers"](headers)
+        if headers:  # the memory of the last answer never outlives a change
+            headers[-1] = [headers[-1][0], headers[-1][1] + b"  x"]
+            assert fast["relaxed_headers"](headers) == original["relaxed_headers"](headers)
     assert dkim.canonicalization.compress_whitespace is dkim_speedups.compress_whitespace
+    assert dkim.canonicalization.Relaxed.canonicalize_body is dkim_speedups.relaxed_body
 
 
 def test_fast_rsa_verify_matches_dkimpy() -> None:

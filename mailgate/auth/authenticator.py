@@ -197,9 +197,9 @@ class Authenticator:
             self.our_domains, forwarder)
         header = build_header(self.settings.authserv_id, signatures, chain, trusted_sealer,
                               spf, own_dmarc)
-        first_hop = None
-        if chain.results:
-            first_hop = recorded if len(chain.sealers) == 1 else read_recorded(chain.results[-1])
+        first_hop = recorded if recorded is not None and recorded.instance == 1 else None
+        if first_hop is None and chain.results:
+            first_hop = read_recorded(chain.results[-1])  # i=1: the chain is ordered 1..n
         arc = {
             "cv": chain.cv, "sealers": list(chain.sealers), "reason": chain.reason,
             "trusted_sealer": trusted_sealer,
@@ -244,8 +244,8 @@ class Authenticator:
 
 
 def _spf(client_ip: str, mail_from: str, helo: str, lookup: SyncLookup) -> SpfOutcome:
-    """Both SPF identities, one after the other in one worker thread (the HELO's usually costs
-    one cached lookup); a null sender's check is the HELO's."""
+    """Both SPF identities, one after the other (the HELO's usually costs one lookup); a null
+    sender's check is the HELO's."""
     result, reason = spf_check.check(client_ip, mail_from, helo, lookup)
     spf_helo = helo if mail_from and spf_check.is_domain(helo) else ""
     helo_result, helo_reason = (spf_check.check(client_ip, "", spf_helo, lookup) if spf_helo
