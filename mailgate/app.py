@@ -11,6 +11,7 @@ from pathlib import Path
 
 import sqlite_utils
 
+from mailgate.auth import Authenticator, AuthSettings
 from mailgate.automation import Automation, RuleSet
 from mailgate.config import Config
 from mailgate.deliver import Policy
@@ -83,6 +84,21 @@ def ruleset(config: Config) -> RuleSet:
 
 def automation(config: Config, mail: MailContext | None) -> Automation:
     return Automation(ruleset(config), mail)
+
+
+def authenticator(config: Config) -> Authenticator:
+    """The authentication stage. Our own domains: where mail must carry our DKIM signature."""
+    ours = set(config.domains) | ({config.dkim.domain} if config.dkim else set())
+    settings = AuthSettings(
+        authserv_id=config.hostname,
+        nameservers=config.nameservers,
+        dns_timeout=config.dns_timeout,
+        forwarders=config.forwarders,
+        our_domains=tuple(sorted(ours)),
+        **({"trusted_arc_sealers": config.trusted_arc_sealers}
+           if config.trusted_arc_sealers is not None else {}),
+    )
+    return Authenticator(settings)
 
 
 def signer(config: Config) -> Signer:

@@ -29,6 +29,7 @@ from mailgate.rules import (
     evaluate,
     sla_state,
 )
+from mailgate.store import outbound as outbox
 from mailgate.store.db import now_iso
 from mailgate.store.orgs import next_round_robin
 from mailgate.store.tickets import (
@@ -214,7 +215,11 @@ class Automation:
             if run.acknowledged and kind == "new_ticket_ack":
                 run.log.append(f"{source}: {kind} skipped, an acknowledgement was already sent")
                 return
-            if not trigger.customer_mail_allowed:
+            if not trigger.customer_mail_allowed:  # recorded in the outgoing audit as suppressed
+                outbox.enqueue(conn, ticket_id=ticket_id, kind=kind, automatic=True,
+                               to_addr=ticket["requester"], subject="", message_id="", raw=None,
+                               status="suppressed", reason=trigger.why_no_customer_mail,
+                               queue_id=trigger.queue_id)
                 run.log.append(f"{source}: no mail to the customer: {trigger.why_no_customer_mail}")
                 return
             recipient = Address(ticket["requester"], ticket["requester_name"] or "")

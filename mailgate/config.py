@@ -101,6 +101,11 @@ class Config:
     business_hours: dict[str, Any] | None = None
     slas: tuple[dict[str, Any], ...] = ()
     tick_seconds: float = 30.0
+    dns_timeout: float = 5.0
+    nameservers: tuple[str, ...] = ()  # empty: the system's resolver
+    trusted_arc_sealers: tuple[str, ...] | None = None  # None: the built-in list
+    unauthenticated: str = "flag"
+    forwarders: tuple[str, ...] = ()
     pipeline_max_attempts: int = 3
     log_level: str = "INFO"
     log_format: str = "text"
@@ -202,6 +207,12 @@ _SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], str]]] = {
         "free_mail_domains": (list, "a list of domain names"),
     },
     "rules": {"file": (str, "a file path")},
+    "auth": {
+        "dns_timeout": ((int, float), "a number (seconds)"),
+        "nameservers": (list, "a list of \"host:port\" strings"),
+        "trusted_arc_sealers": (list, "a list of domain names"),
+        "unauthenticated": (str, "\"flag\" or \"hold\""),
+    },
     "scheduler": {"tick_seconds": ((int, float), "a number (seconds)")},
     "business_hours": {
         "timezone": (str, "a time zone name like Europe/Berlin"),
@@ -220,7 +231,7 @@ _SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], str]]] = {
     },
 }
 _AGENT_KEYS = {"name": str, "email": str}
-_ARRAYS = ("agents", "organizations", "automations", "sla")  # arrays of tables
+_ARRAYS = ("agents", "organizations", "automations", "sla", "forwarders")  # arrays of tables
 _ORG_KEYS = {"name": str, "domains": list, "notes": str, "on_new_ticket": dict}
 ROUTE_KEYS = {"assign": str, "round_robin": list, "priority": str, "add_tags": list,
               "status": str, "send_template": str}
@@ -413,6 +424,31 @@ def parse_config(doc: dict[str, Any], path: Path) -> Config:
         for i, entry in enumerate(doc.get(array, [])):
             if not isinstance(entry, dict):
                 raise fail(f"[[{array}]] #{i + 1}", "must be a table")
+    auth = values.get("auth", {})
+    dns_timeout = float(auth.get("dns_timeout", 5.0))
+    if not 0 < dns_timeout <= 60:
+        raise fail("[auth] dns_timeout", "must be between 0 and 60 seconds")
+    nameservers = tuple(_strings(auth.get("nameservers", []),
+                                 lambda m: fail("[auth] nameservers", m)))
+    for ns in nameservers:
+        ns_host, sep, ns_port = ns.rpartition(":")
+        if not ns or (sep and (not ns_host or not ns_port.isdigit()
+                               or not 0 < int(ns_port) < 65536)):
+            raise fail("[auth] nameservers", f'expected "host:port" or "host", got {ns!r}')
+    sealers = auth.get("trusted_arc_sealers")
+    if sealers is not None:
+        sealers = tuple(s.lower() for s in _strings(
+            sealers, lambda m: fail("[auth] trusted_arc_sealers", m)))
+    unauth = auth.get("unauthenticated", "flag")
+    if unauth not in ("flag", "hold"):
+        raise fail("[auth] unauthenticated", f'expected "flag" or "hold", got {unauth!r}')
+    forwarders = []
+    for i, entry in enumerate(doc.get("forwarders", [])):
+        where = f"[[forwarders]] #{i + 1}"
+        if not isinstance(entry, dict) or set(entry) - {"address"} or \
+                not isinstance(entry.get("address"), str) or "@" not in entry["address"]:
+            raise fail(where, 'expected a table with address = "mailbox@provider"')
+        forwarders.append(entry["address"].lower())
     limit = values.get("limits", {}).get("auto_replies_per_address_per_hour", 10)
     if limit < 0:
         raise fail("[limits] auto_replies_per_address_per_hour", "must not be negative")
@@ -447,6 +483,11 @@ def parse_config(doc: dict[str, Any], path: Path) -> Config:
         business_hours=values.get("business_hours"),
         slas=tuple(doc.get("sla", [])),
         tick_seconds=tick,
+        dns_timeout=dns_timeout,
+        nameservers=nameservers,
+        trusted_arc_sealers=sealers,
+        unauthenticated=unauth,
+        forwarders=tuple(forwarders),
         pipeline_max_attempts=attempts,
         log_level=level,
         log_format=log_format,

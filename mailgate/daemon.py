@@ -113,7 +113,8 @@ async def serve(config: Config) -> None:
     writer = SpoolWriter(config.spool_path)
     pipeline = Pipeline(db, spool, config.data_dir, config.pipeline_max_attempts, mail=mail,
                         tokens=tokens, policy=app.policy(config),
-                        automation=app.automation(config, mail))
+                        automation=app.automation(config, mail), auth=app.authenticator(config),
+                        hold_unauthenticated=config.unauthenticated == "hold")
     worker = PipelineWorker(pipeline, on_processed=relay.wake)
     handler = MailgateHandler(
         RecipientPolicy.for_config(config),
@@ -157,6 +158,10 @@ async def serve(config: Config) -> None:
         live.config, live.mail = new, mail
         pipeline.mail, pipeline.policy = live.mail, app.policy(new)
         pipeline.automation = app.automation(new, mail)
+        old_auth, pipeline.auth = pipeline.auth, app.authenticator(new)
+        pipeline.hold_unauthenticated = new.unauthenticated == "hold"
+        if old_auth is not None:
+            old_auth.close()
         own = open_db(new.db_path)  # not `db`: the pipeline's thread may be inside a transaction
         try:
             app.sync_organizations(new, own)
@@ -212,6 +217,8 @@ async def serve(config: Config) -> None:
         if admin is not None:
             await admin.stop()
         relay.close()
+        if pipeline.auth is not None:
+            pipeline.auth.close()
         writer.close()
         spool.close()
         db.close()

@@ -80,6 +80,14 @@ class Incoming:
     blobs: list[str]
     classification: Classification
     reply_text: str
+    auth: dict[str, Any] | None = None  # the authentication stage's result, None when off
+
+    @property
+    def unauthenticated(self) -> str:
+        """Why the From address cannot be trusted ("" when it can, or nothing is known)."""
+        if self.auth and self.auth.get("verdict") == "fail":
+            return str(self.auth.get("reason") or "authentication failed")
+        return ""
 
 
 @dataclass(frozen=True)
@@ -112,6 +120,7 @@ class Deliverer:
         base = IncomingAudit(
             env, "", message_id=parsed.message_id, from_addr=parsed.from_.email,
             subject=parsed.subject, defects=len(parsed.defects), classification=cls.kind,
+            auth=inc.auth,
         )
         verp = self._verp_target(env.rcpt_to)
         if cls.kind == "bounce" or verp is not None:
@@ -223,6 +232,7 @@ class Deliverer:
             sender=sender,
             strangers=self.policy.strangers,
             reopen_closed_days=self.policy.reopen_closed_days,
+            unauthenticated=inc.unauthenticated,
         )
         decision = decide(situation)
         notes = "; ".join(match.notes)
@@ -242,7 +252,7 @@ class Deliverer:
         row = add_incoming_message(
             conn, ticket_id, env.queue_id, parsed, inc.raw_path, matched_by, now,
             internal_reason=decision.internal_reason, reply_text=inc.reply_text,
-            classification=inc.classification.kind, direction=decision.direction,
+            classification=inc.classification.kind, direction=decision.direction, auth=inc.auth,
         )
         for att, sha in zip(parsed.attachments, inc.blobs, strict=True):
             add_attachment(conn, row, sha, att.filename, att.content_type, len(att.payload),
@@ -273,7 +283,7 @@ class Deliverer:
             mailbox=base_mailbox(env.rcpt_to[0]) if env.rcpt_to else "", body=inc.reply_text,
             queue_id=env.queue_id, customer_mail_allowed=decision.acknowledge or
             decision.action != "create",
-            why_no_customer_mail="the sender could not be trusted",
+            why_no_customer_mail=f"unauthenticated sender: {inc.unauthenticated}",
         )
         if decision.internal_reason:
             return  # notes from robots and strangers trigger nothing

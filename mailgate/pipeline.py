@@ -20,11 +20,12 @@ from pathlib import Path
 import sqlite_utils
 
 from mailgate import metrics
+from mailgate.auth import Authenticator, AuthResult, strip_forged_results
 from mailgate.automation import Automation
 from mailgate.classify import classify
 from mailgate.deliver import Deliverer, Incoming, Outcome, Policy
 from mailgate.errors import PermanentFailure, TemporaryFailure
-from mailgate.model import KIND_REJECTION, SpoolEntry
+from mailgate.model import KIND_REJECTION, ParsedMail, SpoolEntry
 from mailgate.outbound.mailer import MailContext
 from mailgate.parse import parse
 from mailgate.replytext import reply_text
@@ -41,6 +42,7 @@ class Pipeline:
         self, db: sqlite_utils.Database, spool: Spool, data_dir: Path, max_attempts: int = 3,
         mail: MailContext | None = None, tokens: Signer | None = None,
         policy: Policy | None = None, automation: Automation | None = None,
+        auth: Authenticator | None = None, hold_unauthenticated: bool = False,
     ) -> None:
         self.db = db
         self.spool = spool
@@ -50,6 +52,8 @@ class Pipeline:
         self.tokens = tokens  # None: no signed tokens to match or decode
         self.policy = policy or Policy()
         self.automation = automation  # None: no routing or automation rules
+        self.auth = auth  # None: no authentication (tools, tests of other stages)
+        self.hold_unauthenticated = hold_unauthenticated  # [auth] unauthenticated = "hold"
 
     # --- one entry --------------------------------------------------------------------------
 
@@ -96,10 +100,16 @@ class Pipeline:
         parsed = parse(content)
         classification = classify(parsed, content, env.mail_from)
         reply = reply_text(parsed.text, parsed.html)
+        auth = self._authenticate(entry, parsed)
+        stored = content
+        if auth is not None:  # our verdict on top; forged results claiming our name removed
+            stored = auth.header_bytes() + strip_forged_results(
+                content, self.auth.settings.authserv_id if self.auth else "")
         raw_path = files.raw_relpath(env.queue_id, env.received_at)
-        files.write_durable(self.data_dir / raw_path, content)
+        files.write_durable(self.data_dir / raw_path, stored)
         blobs = [files.store_blob(self.data_dir, a.payload) for a in parsed.attachments]
-        incoming = Incoming(entry, parsed, content, raw_path, blobs, classification, reply)
+        incoming = Incoming(entry, parsed, content, raw_path, blobs, classification, reply,
+                            auth.as_dict() if auth is not None else None)
         deliverer = Deliverer(self.policy, self.mail, self.tokens, self.automation)
         with transaction(self.db) as conn:
             if audited(conn, env.queue_id):  # committed before a crash: nothing more to do
@@ -108,6 +118,18 @@ class Pipeline:
                 "DELETE FROM audit_incoming WHERE queue_id=? AND action='held'", (env.queue_id,)
             )
             return deliverer.deliver(conn, incoming)
+
+    def _authenticate(self, entry: SpoolEntry, parsed: ParsedMail) -> AuthResult | None:
+        if self.auth is None or entry.content is None:
+            return None
+        env = entry.envelope
+        result = self.auth.authenticate_sync(entry.content, env.client_ip, env.helo,
+                                             env.mail_from, parsed.from_.email.rpartition("@")[2])
+        log.info("queue_id=%s auth verdict=%s: %s", env.queue_id, result.verdict, result.reason)
+        if result.verdict == "fail" and self.hold_unauthenticated:
+            raise PermanentFailure(f"unauthenticated sender ([auth] unauthenticated = \"hold\"):"
+                                   f" {result.reason}")
+        return result
 
     def _record_held(self, entry: SpoolEntry, reason: str) -> None:
         try:

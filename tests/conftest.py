@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from dns_server import DnsTestServer
 from relay_stub import RelayStub
 
 from mailgate.cli import cli
@@ -31,11 +32,23 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+_DNS: list[DnsTestServer] = []
+
+
+def shared_dns() -> DnsTestServer:
+    """One loopback DNS server with no records for every daemon whose test brings none."""
+    if not _DNS:
+        _DNS.append(DnsTestServer().start())
+    return _DNS[0]
+
+
 def write_config(directory: Path, port: int, extra: str = "", server_extra: str = "") -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "mailgate.toml"
     floor = "" if "min_free_bytes" in server_extra else "min_free_bytes = 0"
     relay = "" if "[relay]" in extra else '[relay]\nhost = "127.0.0.1"\nport = 1'  # nobody there
+    auth = "" if "[auth]" in extra else (  # DNS on loopback only: an empty zone (NXDOMAIN)
+        f'[auth]\nnameservers = ["{shared_dns().address}"]\ndns_timeout = 2')
     path.write_text(
         f"""
 [server]
@@ -53,6 +66,8 @@ domains = ["example.com", "help.example.org"]
 mailboxes = ["support@example.com", "sales@example.com", "help@help.example.org"]
 
 {relay}
+
+{auth}
 
 [[agents]]
 name = "Alice Agent"

@@ -46,9 +46,11 @@ def test_multipart_with_non_ascii_filename_is_stored_byte_exact(daemon: Daemon) 
         assert a["sha256"] == hashlib.sha256(payload).hexdigest()
         stored = daemon.data_dir / "attachments" / a["sha256"][:2] / a["sha256"][2:4] / a["sha256"]
         assert stored.read_bytes() == payload
-    # the raw message is kept exactly as received
-    raw = daemon.data_dir / message["raw_path"]
-    assert raw.read_bytes() == m.as_bytes().replace(b"\n", b"\r\n")
+    # the raw message is kept exactly as received, under our Authentication-Results header
+    raw = (daemon.data_dir / message["raw_path"]).read_bytes()
+    assert raw.startswith(b"Authentication-Results: mx.test.example;")
+    assert raw.endswith(m.as_bytes().replace(b"\n", b"\r\n"))
+    assert message["auth"]["verdict"] == "none"  # no DKIM, no DMARC record: nothing to say
 
 
 def test_html_only_mail_gets_text_and_sanitised_html(daemon: Daemon) -> None:

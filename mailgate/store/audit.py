@@ -36,6 +36,7 @@ class IncomingAudit:
     defects: int = 0
     classification: str = ""
     details: dict[str, Any] | None = None
+    auth: dict[str, Any] | None = None
 
 
 def record_incoming(conn: sqlite3.Connection, a: IncomingAudit) -> None:
@@ -45,13 +46,14 @@ def record_incoming(conn: sqlite3.Connection, a: IncomingAudit) -> None:
     conn.execute(
         "INSERT INTO audit_incoming (received_at, queue_id, client_ip, helo, mail_from, rcpt_to,"
         " message_id, from_addr, subject, size, action, ticket_id, message_row, matched_by,"
-        " reason, defects, classification, details)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " reason, defects, classification, details, auth)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             now_iso(env.received_at), env.queue_id, env.client_ip, env.helo, env.mail_from,
             json.dumps(list(env.rcpt_to)), a.message_id, a.from_addr, a.subject, env.size,
             a.action, a.ticket_id, a.message_row, a.matched_by, a.reason, a.defects,
             a.classification, json.dumps(a.details) if a.details else None,
+            json.dumps(a.auth) if a.auth else None,
         ),
     )
 
@@ -69,27 +71,7 @@ def list_incoming(
     db: sqlite_utils.Database, action: str | None = None, limit: int = 50,
     queue_id: str | None = None,
 ) -> list[dict[str, Any]]:
-    where, params = [], []
-    if action:
-        where.append("action = ?")
-        params.append(action)
-    if queue_id:
-        where.append("queue_id = ?")
-        params.append(queue_id)
-    sql = (
-        "SELECT id, received_at, queue_id, client_ip, helo, mail_from, rcpt_to, message_id,"
-        " from_addr AS 'from', subject, size, action, ticket_id, matched_by, reason, defects,"
-        " classification, details FROM audit_incoming"
-    )
-    if where:
-        sql += " WHERE " + " AND ".join(where)
-    sql += " ORDER BY id DESC LIMIT ?"
-    params.append(limit)
-    rows = list(db.query(sql, params))
-    for r in rows:
-        r["rcpt_to"] = json.loads(r["rcpt_to"] or "[]")
-        r["details"] = json.loads(r["details"]) if r.get("details") else None
-    return rows
+    return search_incoming(db, action=action, queue_id=queue_id, limit=limit)
 
 
 def counts_by_action(db: sqlite_utils.Database) -> dict[str, int]:
@@ -146,7 +128,7 @@ def search_incoming(
     sql = (
         "SELECT id, received_at, queue_id, client_ip, helo, mail_from, rcpt_to, message_id,"
         " from_addr AS 'from', subject, size, action, ticket_id, matched_by, reason, defects,"
-        " classification, details FROM audit_incoming"
+        " classification, details, auth FROM audit_incoming"
     )
     if where:
         sql += " WHERE " + " AND ".join(where)
@@ -155,10 +137,11 @@ def search_incoming(
     rows = list(db.query(sql, params))
     for r in rows:
         r["rcpt_to"] = json.loads(r["rcpt_to"] or "[]")
-        try:
-            r["details"] = json.loads(r["details"]) if r["details"] else None
-        except ValueError:
-            r["details"] = {"unreadable": r["details"]}
+        for key in ("details", "auth"):
+            try:
+                r[key] = json.loads(r[key]) if r[key] else None
+            except ValueError:
+                r[key] = {"unreadable": r[key]}
     return rows
 
 

@@ -141,7 +141,13 @@ def _v4(db: sqlite_utils.Database) -> None:
     db["round_robin"].create({"key": str, "position": int}, pk="key")
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3, _v4]
+def _v5(db: sqlite_utils.Database) -> None:
+    """Who really sent it: the authentication result of each incoming message."""
+    db["messages"].add_column("auth", str)  # JSON: dkim, arc, spf, dmarc, verdict, reason
+    db["audit_incoming"].add_column("auth", str)
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3, _v4, _v5]
 
 
 def open_db(path: Path) -> sqlite_utils.Database:

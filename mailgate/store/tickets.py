@@ -104,20 +104,21 @@ def add_incoming_message(
     reply_text: str = "",
     classification: str = "normal",
     direction: str = "in",
+    auth: dict[str, Any] | None = None,
 ) -> int:
     cur = conn.execute(
         "INSERT INTO messages (ticket_id, direction, queue_id, message_id, in_reply_to,"
         " references_, from_addr, from_name, to_addrs, cc_addrs, subject, date, text, html,"
         " raw_path, defects, matched_by, internal, internal_reason, created_at, reply_text,"
-        " classification)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " classification, auth)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             ticket_id, direction, queue_id, parsed.message_id, " ".join(parsed.in_reply_to),
             json.dumps(list(parsed.references)), parsed.from_.email, parsed.from_.name,
             _addr_json(parsed.to), _addr_json(parsed.cc), parsed.subject, parsed.date,
             parsed.text, parsed.html, raw_path, json.dumps(list(parsed.defects)), matched_by,
             1 if internal_reason else 0, internal_reason, now, reply_text or parsed.text,
-            classification,
+            classification, json.dumps(auth) if auth else None,
         ),
     )
     row = int(cur.lastrowid or 0)
@@ -219,7 +220,7 @@ def get_ticket(db: sqlite_utils.Database, ticket_id: int) -> dict[str, Any]:
             "SELECT id, direction, from_addr AS 'from', from_name, to_addrs AS 'to',"
             " cc_addrs AS cc, subject, message_id, date, created_at, text, reply_text,"
             " matched_by, internal, internal_reason, classification, queue_id, raw_path,"
-            " defects, outbound_id"
+            " defects, outbound_id, auth"
             " FROM messages WHERE ticket_id = ? ORDER BY id",
             [ticket_id],
         )
@@ -228,6 +229,7 @@ def get_ticket(db: sqlite_utils.Database, ticket_id: int) -> dict[str, Any]:
         m["to"] = json.loads(m["to"] or "[]")
         m["cc"] = json.loads(m["cc"] or "[]")
         m["defects"] = json.loads(m["defects"] or "[]")
+        m["auth"] = json.loads(m["auth"]) if m.get("auth") else None
         m["internal"] = bool(m["internal"])
         m["attachments"] = list(
             db.query(
