@@ -15,6 +15,8 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import sqlite_utils
@@ -37,6 +39,12 @@ from mailgate.threading.token import Signer
 
 log = logging.getLogger("mailgate.pipeline")
 
+@dataclass(frozen=True)
+class Prepared:
+    parsed: ParsedMail
+    auth: AuthResult | None
+
+
 class Pipeline:
     def __init__(
         self, db: sqlite_utils.Database, spool: Spool, data_dir: Path, max_attempts: int = 3,
@@ -57,13 +65,25 @@ class Pipeline:
 
     # --- one entry --------------------------------------------------------------------------
 
+    def prepare(self, entry: SpoolEntry) -> Prepared | None:
+        """The parts of processing that wait on the network (authentication's DNS), done ahead
+        and concurrently by the worker so one slow domain does not hold up other mail. Never
+        raises: on any problem `process` simply does the work itself (and reports it)."""
+        if self.auth is None or entry.kind == KIND_REJECTION or entry.content is None:
+            return None
+        try:
+            parsed = parse(entry.content)
+            return Prepared(parsed, self._authenticate(entry, parsed))
+        except Exception:
+            return None
+
     @metrics.PIPELINE_SECONDS.time()
-    def handle(self, entry: SpoolEntry) -> Outcome:
+    def handle(self, entry: SpoolEntry, prepared: Prepared | None = None) -> Outcome:
         """Process one claimed entry and move it to its next spool state. Never raises for a
         bad message: failures become deferred retries, then a held message with its error."""
         qid = entry.queue_id
         try:
-            outcome = self.process(entry)
+            outcome = self.process(entry, prepared)
         except TemporaryFailure as exc:
             delay = min(3600.0, 30.0 * 2 ** max(0, entry.attempts - 1))
             log.warning("queue_id=%s deferred for %.0fs: %s", qid, delay, exc)
@@ -86,7 +106,7 @@ class Pipeline:
                  f" reason={outcome.reason!r}" if outcome.reason else "")
         return outcome
 
-    def process(self, entry: SpoolEntry) -> Outcome:
+    def process(self, entry: SpoolEntry, prepared: Prepared | None = None) -> Outcome:
         env = entry.envelope
         if entry.kind == KIND_REJECTION:
             with transaction(self.db) as conn:
@@ -97,10 +117,13 @@ class Pipeline:
         if entry.content is None:
             raise PermanentFailure("spool entry has no message content")
         content = entry.content
-        parsed = parse(content)
+        parsed = prepared.parsed if prepared else parse(content)
         classification = classify(parsed, content, env.mail_from)
         reply = reply_text(parsed.text, parsed.html)
-        auth = self._authenticate(entry, parsed)
+        auth = prepared.auth if prepared else self._authenticate(entry, parsed)
+        if auth is not None and auth.verdict == "fail" and self.hold_unauthenticated:
+            raise PermanentFailure(f"unauthenticated sender ([auth] unauthenticated = \"hold\"):"
+                                   f" {auth.reason}")
         stored = content
         if auth is not None:  # our verdict on top; forged results claiming our name removed
             stored = auth.header_bytes() + strip_forged_results(
@@ -126,9 +149,6 @@ class Pipeline:
         result = self.auth.authenticate_sync(entry.content, env.client_ip, env.helo,
                                              env.mail_from, parsed.from_.email.rpartition("@")[2])
         log.info("queue_id=%s auth verdict=%s: %s", env.queue_id, result.verdict, result.reason)
-        if result.verdict == "fail" and self.hold_unauthenticated:
-            raise PermanentFailure(f"unauthenticated sender ([auth] unauthenticated = \"hold\"):"
-                                   f" {result.reason}")
         return result
 
     def _record_held(self, entry: SpoolEntry, reason: str) -> None:
@@ -148,7 +168,15 @@ class Pipeline:
 
 
 class PipelineWorker:
-    """Runs the pipeline in a thread whenever the spool has due work."""
+    """Feeds the pipeline from the spool. Claimed messages are prepared concurrently
+    (authentication waits on DNS) and processed one at a time in a thread, in the order they
+    arrived — except that a message whose preparation takes longer than `HEAD_WAIT` seconds
+    (a slow resolver) lets the ready ones behind it go first, so one slow domain cannot hold
+    up other mail. On stop, everything already claimed is finished first."""
+
+    MAX_IN_FLIGHT = 64
+    PREPARE_THREADS = 8
+    HEAD_WAIT = 1.0
 
     def __init__(self, pipeline: Pipeline, idle_poll: float = 1.0,
                  on_processed: Callable[[], None] | None = None) -> None:
@@ -156,6 +184,8 @@ class PipelineWorker:
         self.on_processed = on_processed
         self.idle_poll = idle_poll
         self._wake = asyncio.Event()
+        self._more = asyncio.Event()
+        self._pending: list[tuple[SpoolEntry, asyncio.Future[Prepared | None]]] = []
         self._stopping = False
         self.processed = 0
 
@@ -168,20 +198,71 @@ class PipelineWorker:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        while not self._stopping:
-            self._wake.clear()
+        pool = ThreadPoolExecutor(self.PREPARE_THREADS, thread_name_prefix="mailgate-prepare")
+        processor = asyncio.create_task(self._process(), name="pipeline-process")
+        try:
+            while not self._stopping:
+                self._wake.clear()
+                room = self.MAX_IN_FLIGHT - len(self._pending)
+                entries: list[SpoolEntry] = []
+                if room > 0:
+                    try:
+                        entries = await loop.run_in_executor(None, self.pipeline.spool.claim,
+                                                             room)
+                    except Exception:
+                        log.exception("pipeline worker: spool access failed; retrying")
+                        await asyncio.sleep(1.0)
+                for entry in entries:
+                    if self.pipeline.auth is None or entry.kind == KIND_REJECTION:
+                        fut: asyncio.Future[Prepared | None] = loop.create_future()
+                        fut.set_result(None)
+                    else:
+                        fut = loop.run_in_executor(pool, self.pipeline.prepare, entry)
+                    self._pending.append((entry, fut))
+                    self._more.set()
+                if entries:
+                    continue
+                due = await loop.run_in_executor(None, self.pipeline.spool.next_due_in)
+                timeout = self.idle_poll if due is None else min(self.idle_poll, due)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout)
+        finally:  # finish what was claimed: nothing is left `active` by an orderly stop
+            while self._pending and not processor.done():
+                await asyncio.sleep(0.05)
+            processor.cancel()
+            pool.shutdown(wait=False)
+
+    async def _next(self) -> tuple[SpoolEntry, Prepared | None]:
+        """The oldest claimed message, or — when it is slow to prepare — the oldest ready one."""
+        while True:
+            while not self._pending:
+                self._more.clear()
+                await self._more.wait()
+            entry, fut = self._pending[0]
+            done, _ = await asyncio.wait({fut}, timeout=self.HEAD_WAIT)
+            ready = 0 if done else next(
+                (i for i, (_, f) in enumerate(self._pending) if f.done()), None)
+            if ready is None:
+                await asyncio.wait({f for _, f in self._pending},
+                                   return_when=asyncio.FIRST_COMPLETED)
+                continue
+            entry, fut = self._pending.pop(ready)
             try:
-                outcomes = await loop.run_in_executor(None, self.pipeline.run_once)
-            except Exception:
-                log.exception("pipeline worker: spool access failed; retrying")
-                outcomes = []
-                await asyncio.sleep(1.0)
-            self.processed += len(outcomes)
-            if outcomes:
+                return entry, fut.result()
+            except Exception:  # prepare() never raises; a broken pool means: do it in handle()
+                return entry, None
+
+    async def _process(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            entry, prepared = await self._next()
+            try:
+                await loop.run_in_executor(None, self.pipeline.handle, entry, prepared)
+                self.processed += 1
                 if self.on_processed is not None:
                     self.on_processed()
-                continue
-            due = await loop.run_in_executor(None, self.pipeline.spool.next_due_in)
-            timeout = self.idle_poll if due is None else min(self.idle_poll, due)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+            except Exception:  # handle() never raises for a message; this is the spool itself
+                log.exception("queue_id=%s could not be processed; it stays active until the"
+                              " next start", entry.queue_id)
+            finally:
+                self._wake.set()

@@ -155,3 +155,25 @@ unauthenticated = "hold"
     row = d.audit_for(qid)
     assert row["action"] == "held" and "unauthenticated sender" in row["reason"]
     assert d.json("tickets", "list") == []
+
+
+def test_a_slow_resolver_does_not_hold_up_other_mail(out_daemon: Callable[..., Daemon],
+                                                     zone) -> None:
+    server, _ = zone
+    server.silence("_dmarc.slow.test", "slow.test", "_dmarc.slow.test.")
+    d = out_daemon(extra=f'''
+[auth]
+nameservers = ["{server.address}"]
+dns_timeout = 4
+''')
+    start = time.monotonic()
+    slow = queue_id_of(send(d.port, mail("slow", "sl1@slow.test", sender="a@slow.test"),
+                            mail_from="a@slow.test")[1])
+    fast = queue_id_of(send(d.port, mail("fast", "fs1@fast.test", sender="b@fast.test"),
+                            mail_from="b@fast.test")[1])
+    assert d.audit_for(fast)["action"] == "created_ticket"
+    fast_done = time.monotonic() - start
+    row = d.audit_for(slow)
+    slow_done = time.monotonic() - start
+    assert fast_done < 3.0 < slow_done, (fast_done, slow_done)
+    assert "temperror" in row["auth"]["reason"] or row["auth"]["dmarc"]["result"] == "temperror"
