@@ -45,6 +45,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import loopback_dns  # bench/loopback_dns.py: authentication asks only 127.0.0.1
+
 HOST = "127.0.0.1"
 SENDER = "sender@customer.test"
 RECIPIENT = "support@example.com"
@@ -314,6 +316,7 @@ def write_mailgate_config(workdir: Path, port: int) -> Path:
         "\n[mail]\n"
         f"domains = [{json.dumps(MAIL_DOMAIN)}]\n"
         f"mailboxes = [{json.dumps(RECIPIENT)}]\n"
+        + loopback_dns.auth_section()
     )
     config = workdir / "mailgate.toml"
     config.write_text(text)

@@ -60,6 +60,7 @@ from pathlib import Path
 from typing import Any
 
 import aiosmtplib
+import loopback_dns  # bench/loopback_dns.py: authentication asks only 127.0.0.1
 from click.testing import CliRunner
 
 from mailgate import app
@@ -292,6 +293,7 @@ def write_config(workdir: Path, smtp_port: int, relay_port: int) -> Path:
         "\n[[agents]]\n"
         f"name = {json.dumps(AGENT_NAME)}\n"
         f"email = {json.dumps(AGENT_EMAIL)}\n"
+        + loopback_dns.auth_section()
     )
     path = workdir / "mailgate.toml"
     path.write_text(text)

@@ -175,7 +175,7 @@ class PipelineWorker:
     up other mail. On stop, everything already claimed is finished first."""
 
     MAX_IN_FLIGHT = 64
-    PREPARE_THREADS = 8
+    PREPARE_THREADS = 2
     HEAD_WAIT = 1.0
 
     def __init__(self, pipeline: Pipeline, idle_poll: float = 1.0,
