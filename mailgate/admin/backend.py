@@ -27,7 +27,7 @@ from mailgate.config import Config
 from mailgate.errors import UserError
 from mailgate.outbound.render import TemplateError
 from mailgate.spool import Spool
-from mailgate.store import audit, tickets
+from mailgate.store import audit, orgs, tickets
 from mailgate.store import outbound as outbox
 from mailgate.store.db import now_iso, open_db
 
@@ -146,16 +146,15 @@ class Backend:
     def tickets(self, *, status: str | None = None, view: str | None = None,
                 unassigned: bool = False, org: str | None = None,
                 limit: int = 50) -> list[dict[str, Any]]:
-        """Tickets, most recently updated first. `org` is accepted and, until organizations
-        exist in the store, filters nothing."""
+        """Tickets, most recently updated first, filtered like `mailgate tickets list`."""
         statuses: tuple[str, ...] = ()
         if view is not None:
             _title, statuses, only_unassigned = VIEWS[view]
             unassigned = unassigned or only_unassigned
         if status is not None:
             statuses = (status,)
-        return tickets.search_tickets(self.db, statuses=statuses, unassigned=unassigned,
-                                      limit=limit)
+        return tickets.list_tickets(self.db, statuses=statuses, unassigned=unassigned,
+                                    org=org, limit=limit)
 
     def ticket(self, ticket_id: int) -> dict[str, Any]:
         """The fields of `mailgate tickets show ID --json` (raises NotFound)."""
@@ -215,7 +214,7 @@ class Backend:
         return outbox.search_outgoing(self.db, **filters)
 
     def orgs(self) -> list[dict[str, Any]]:
-        return tickets.organizations(self.db)
+        return orgs.list_orgs(self.db)
 
     def forwarding(self, limit: int = 200) -> list[dict[str, Any]]:
         return audit.search_incoming(self.db, action=FORWARDING_ACTION, limit=limit)

@@ -181,8 +181,13 @@ def list_tickets(
     assignee: str | None = None,
     org: str | None = None,
     ids: list[int] | None = None,
+    statuses: tuple[str, ...] = (),
 ) -> list[dict[str, Any]]:
+    """Tickets, most recently updated first; `statuses` matches any of several."""
     where, params = [], []
+    if statuses:
+        where.append(f"t.status IN ({','.join('?' * len(statuses))})")
+        params.extend(statuses)
     if org:
         where.append("o.name = ? COLLATE NOCASE")
         params.append(org)
@@ -334,26 +339,6 @@ def set_status(conn: sqlite3.Connection, ticket_id: int, status: str, now: str) 
 # --- reads for the admin endpoint -----------------------------------------------------------
 
 
-def search_tickets(
-    db: sqlite_utils.Database, *, statuses: tuple[str, ...] = (), unassigned: bool = False,
-    limit: int = 50,
-) -> list[dict[str, Any]]:
-    """Like `list_tickets` with any of several statuses (the admin's views), newest first."""
-    where: list[str] = []
-    params: list[Any] = []
-    if statuses:
-        where.append(f"t.status IN ({','.join('?' * len(statuses))})")
-        params += list(statuses)
-    if unassigned:
-        where.append("t.assignee IS NULL")
-    sql = f"SELECT {_TICKET_COLUMNS} FROM {_TICKET_FROM}"
-    if where:
-        sql += " WHERE " + " AND ".join(where)
-    sql += " ORDER BY t.updated_at DESC, t.id DESC LIMIT ?"
-    params.append(limit)
-    return list(db.query(sql, params))
-
-
 def message_html(db: sqlite_utils.Database, ticket_id: int) -> dict[int, str]:
     """Message row id → its HTML part (already sanitised with nh3 by the pipeline), for the
     messages of one ticket that have one."""
@@ -364,18 +349,9 @@ def message_html(db: sqlite_utils.Database, ticket_id: int) -> dict[int, str]:
     return {int(r[0]): r[1] for r in rows}
 
 
-def organizations(db: sqlite_utils.Database) -> list[dict[str, Any]]:
-    """Every organization, by name (an empty list while the store has none)."""
-    if "organizations" not in db.table_names():
-        return []
-    table = db["organizations"]
-    order = "name" if "name" in table.columns_dict else "rowid"
-    return list(db.query(f"SELECT * FROM organizations ORDER BY {order}"))
-
-
 def count_tickets(db: sqlite_utils.Database, *, statuses: tuple[str, ...] = (),
                   unassigned: bool = False) -> int:
-    """How many tickets `search_tickets` would find with no limit."""
+    """How many tickets `list_tickets` would find with these filters and no limit."""
     where: list[str] = []
     params: list[Any] = list(statuses)
     if statuses:
