@@ -124,7 +124,7 @@ def check_config(state: _State) -> None:
 @cli.command()
 @pass_state
 def serve(state: _State) -> None:
-    """Run the daemon: SMTP listener, spool and pipeline worker."""
+    """Run the daemon: SMTP listener, spool, pipeline, relay, scheduler, admin endpoint."""
     from mailgate.daemon import serve as run_daemon
     from mailgate.logsetup import setup_logging
 
