@@ -35,23 +35,28 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import loopback_dns  # bench/loopback_dns.py: authentication asks only 127.0.0.1
+from benchlib import (  # bench/benchlib.py: what the server benchmarks share
+    HOST,
+    LOG_TAIL_LINES,
+    BenchError,
+    free_port,
+    log_tail,
+    run_in_workdir,
+    wait_for_smtp,
+    write_mailgate_config,
+)
 
-HOST = "127.0.0.1"
 SENDER = "sender@customer.test"
 RECIPIENT = "support@example.com"
 MAIL_DOMAIN = "example.com"
-MAILGATE_HOSTNAME = "bench.localhost"
 GOAL_RATIO = 0.5
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -64,31 +69,8 @@ STOP_TIMEOUT = 10.0  # seconds between SIGTERM and SIGKILL
 RUN_TIMEOUT = 600.0  # seconds one smtp-source run may take before we give up
 STATS_TIMEOUT = 30.0  # seconds one `mailgate stats` call may take
 POLL_INTERVAL = 0.2  # seconds between `mailgate stats` calls
-LOG_TAIL_LINES = 40
 
-EXIT_OK = 0
-EXIT_FAIL = 1
 EXIT_USAGE = 2
-
-
-class BenchError(Exception):
-    """A failure that ends the benchmark with exit status 1."""
-
-
-class Interrupted(Exception):
-    """SIGINT, SIGTERM or SIGHUP arrived; unwinding stops the servers."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-def _on_signal(signum: int, frame: object) -> None:
-    """Turn a termination signal into Interrupted; a second one acts normally."""
-    del frame
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, signal.SIG_DFL)
-    raise Interrupted(signum)
 
 
 @dataclass(frozen=True)
@@ -116,12 +98,7 @@ class Server:
 
     def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
         """Return the last lines of the server's combined stdout/stderr."""
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError as exc:
-            return f"(cannot read {self.log_path}: {exc})"
-        tail = text.splitlines()[-lines:]
-        return "\n".join(tail) if tail else "(empty log)"
+        return log_tail(self.log_path, lines)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -183,14 +160,6 @@ def find_smtp_source() -> str | None:
     return None
 
 
-def free_port() -> int:
-    """Return a TCP port on HOST that is free right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def start_server(name: str, cmd: list[str], port: int, log_path: Path) -> Server:
     """Start a server subprocess in its own session, output going to log_path."""
     with log_path.open("wb") as log:
@@ -203,36 +172,6 @@ def start_server(name: str, cmd: list[str], port: int, log_path: Path) -> Server
             start_new_session=True,
         )
     return Server(name=name, port=port, proc=proc, log_path=log_path)
-
-
-def wait_for_smtp(server: Server, timeout: float = STARTUP_TIMEOUT) -> None:
-    """Wait until the server accepts a connection and sends a 220 greeting."""
-    deadline = time.monotonic() + timeout
-    last_error = "no attempt made"
-    while time.monotonic() < deadline:
-        code = server.proc.poll()
-        if code is not None:
-            msg = (
-                f"{server.name} exited with status {code} during start-up; "
-                f"log {server.log_path}:\n{server.log_tail()}"
-            )
-            raise BenchError(msg)
-        try:
-            with socket.create_connection((HOST, server.port), timeout=2.0) as sock:
-                banner = sock.recv(512)
-                if banner.startswith(b"220"):
-                    sock.sendall(b"QUIT\r\n")
-                    return
-                last_error = f"unexpected greeting {banner[:80]!r}"
-        except OSError as exc:
-            last_error = str(exc)
-        time.sleep(0.1)
-    msg = (
-        f"{server.name} did not answer SMTP on {HOST}:{server.port} within "
-        f"{timeout:.0f} s (last error: {last_error}); log {server.log_path}:\n"
-        f"{server.log_tail()}"
-    )
-    raise BenchError(msg)
 
 
 def stop_server(server: Server) -> None:
@@ -300,27 +239,6 @@ def run_smtp_source(smtp_source: str, server: Server, args: argparse.Namespace) 
         )
         raise BenchError(msg)
     return RunResult(messages=args.messages, seconds=seconds)
-
-
-def write_mailgate_config(workdir: Path, port: int) -> Path:
-    """Write a mailgate TOML config for the benchmark and return its path."""
-    data_dir = workdir / "data"
-    data_dir.mkdir()
-    # json.dumps yields valid TOML basic strings for these plain values.
-    text = (
-        "[server]\n"
-        f"listen = {json.dumps(f'{HOST}:{port}')}\n"
-        f"hostname = {json.dumps(MAILGATE_HOSTNAME)}\n"
-        "\n[storage]\n"
-        f"data_dir = {json.dumps(str(data_dir))}\n"
-        "\n[mail]\n"
-        f"domains = [{json.dumps(MAIL_DOMAIN)}]\n"
-        f"mailboxes = [{json.dumps(RECIPIENT)}]\n"
-        + loopback_dns.auth_section()
-    )
-    config = workdir / "mailgate.toml"
-    config.write_text(text)
-    return config
 
 
 def parse_stats_output(stdout: str) -> dict[str, Any]:
@@ -448,7 +366,7 @@ def run_bench(args: argparse.Namespace, smtp_source: str, workdir: Path) -> None
         config: Path | None = None
         if not args.baseline_only:
             mailgate_port = free_port()
-            config = write_mailgate_config(workdir, mailgate_port)
+            config = write_mailgate_config(workdir, mailgate_port, MAIL_DOMAIN, RECIPIENT)
             mailgate = start_server(
                 "mailgate",
                 [sys.executable, "-m", "mailgate", "--config", str(config), "serve"],
@@ -457,7 +375,7 @@ def run_bench(args: argparse.Namespace, smtp_source: str, workdir: Path) -> None
             )
             servers.append(mailgate)
         for server in servers:
-            wait_for_smtp(server)
+            wait_for_smtp(server, STARTUP_TIMEOUT, interval=0.1)
 
         base_tickets = 0
         if config is not None:
@@ -529,20 +447,8 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _on_signal)
-    workdir = Path(tempfile.mkdtemp(prefix="mailgate-bench-"))
-    try:
-        run_bench(args, smtp_source, workdir)
-    except BenchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        print(f"work dir kept for inspection: {workdir}", file=sys.stderr)
-        return EXIT_FAIL
-    except Interrupted as exc:
-        print(f"interrupted by {exc}; work dir kept: {workdir}", file=sys.stderr)
-        return 128 + exc.signum
-    shutil.rmtree(workdir, ignore_errors=True)
-    return EXIT_OK
+    return run_in_workdir("mailgate-bench-",
+                          lambda workdir: run_bench(args, smtp_source, workdir))
 
 
 if __name__ == "__main__":

@@ -45,13 +45,10 @@ import argparse
 import asyncio
 import json
 import os
-import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -60,7 +57,18 @@ from pathlib import Path
 from typing import Any
 
 import aiosmtplib
-import loopback_dns  # bench/loopback_dns.py: authentication asks only 127.0.0.1
+from benchlib import (  # bench/benchlib.py: what the server benchmarks share
+    EXIT_OK,
+    HOST,
+    LOG_TAIL_LINES,
+    MAILGATE_HOSTNAME,
+    BenchError,
+    free_port,
+    log_tail,
+    run_in_workdir,
+    wait_for_smtp,
+    write_mailgate_config,
+)
 from click.testing import CliRunner
 
 from mailgate import app
@@ -70,12 +78,10 @@ from mailgate.store import outbound as outbox
 from mailgate.store.db import open_db
 from mailgate.store.tickets import list_tickets
 
-HOST = "127.0.0.1"
 MAIL_DOMAIN = "example.com"
 MAILBOX = f"support@{MAIL_DOMAIN}"
 AGENT_NAME = "Alice Agent"
 AGENT_EMAIL = f"alice@{MAIL_DOMAIN}"
-MAILGATE_HOSTNAME = "bench.localhost"
 RELAY_CONCURRENCY = 4  # mailgate.outbound.relay.MAX_CONCURRENCY, the worker's default
 SETUP_SESSIONS = 20  # concurrent SMTP sessions used to create the tickets (untimed)
 
@@ -87,11 +93,8 @@ STARTUP_TIMEOUT = 30.0  # seconds for a server to answer SMTP
 STOP_TIMEOUT = 20.0  # seconds between SIGTERM and SIGKILL
 POLL_INTERVAL = 0.1  # seconds between `mailgate stats --json` polls
 SMTP_TIMEOUT = 30.0  # seconds per SMTP conversation of the baseline and the setup
-LOG_TAIL_LINES = 40
 UNFINISHED = ("queued", "sending", "deferred")  # outbox states that are not an end
 
-EXIT_OK = 0
-EXIT_FAIL = 1
 EXIT_USAGE = 2
 
 # An agent's answer of a realistic length: with the built-in templates, the text and HTML parts
@@ -107,26 +110,6 @@ REPLY_BODY = (
     "display and we will call you back.\n\n"
     "Kind regards,"
 )
-
-
-class BenchError(Exception):
-    """A failure that ends the benchmark with exit status 1."""
-
-
-class Interrupted(Exception):
-    """SIGINT, SIGTERM or SIGHUP arrived; unwinding stops the servers."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-def _on_signal(signum: int, frame: object) -> None:
-    """Turn a termination signal into Interrupted; a second one acts normally."""
-    del frame
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, signal.SIG_DFL)
-    raise Interrupted(signum)
 
 
 @dataclass(frozen=True)
@@ -186,34 +169,11 @@ class Process:
             )
 
     def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError as exc:
-            return f"(cannot read {self.log_path}: {exc})"
-        return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
+        return log_tail(self.log_path, lines)
 
     def wait_for_smtp(self, timeout: float = STARTUP_TIMEOUT) -> None:
         """Return once the server sends a 220 greeting; BenchError if it dies or times out."""
-        deadline = time.monotonic() + timeout
-        last_error = "no attempt made"
-        while time.monotonic() < deadline:
-            code = self.proc.poll()
-            if code is not None:
-                raise BenchError(f"{self.name} exited with status {code} during start-up; "
-                                 f"log {self.log_path}:\n{self.log_tail()}")
-            try:
-                with socket.create_connection((HOST, self.port), timeout=2.0) as sock:
-                    banner = sock.recv(512)
-                    if banner.startswith(b"220"):
-                        sock.sendall(b"QUIT\r\n")
-                        return
-                    last_error = f"unexpected greeting {banner[:80]!r}"
-            except OSError as exc:
-                last_error = str(exc)
-            time.sleep(0.02)
-        raise BenchError(f"{self.name} did not answer SMTP on {HOST}:{self.port} within "
-                         f"{timeout:.0f} s (last error: {last_error}); log {self.log_path}:\n"
-                         f"{self.log_tail()}")
+        wait_for_smtp(self, timeout, interval=0.02)
 
     def stop(self) -> int | None:
         """SIGTERM, then SIGKILL after a grace period; the exit status."""
@@ -243,13 +203,6 @@ def running(name: str, cmd: list[str], port: int, log_path: Path) -> Iterator[Pr
                   f"{process.log_tail()}", file=sys.stderr)
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Benchmark mailgate's outbound relay queue against plain aiosmtplib."
@@ -271,33 +224,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def write_config(workdir: Path, smtp_port: int, relay_port: int) -> Path:
     """mailgate's config: our SMTP port, the discard relay, acknowledgements off."""
-    data_dir = workdir / "data"
-    data_dir.mkdir()
-    # json.dumps yields valid TOML basic strings for these plain values.
-    text = (
-        "[server]\n"
-        f"listen = {json.dumps(f'{HOST}:{smtp_port}')}\n"
-        f"hostname = {json.dumps(MAILGATE_HOSTNAME)}\n"
-        "min_free_bytes = 0\n"
-        "shutdown_seconds = 10\n"
-        "\n[storage]\n"
-        f"data_dir = {json.dumps(str(data_dir))}\n"
-        "\n[mail]\n"
-        f"domains = [{json.dumps(MAIL_DOMAIN)}]\n"
-        f"mailboxes = [{json.dumps(MAILBOX)}]\n"
-        "\n[relay]\n"
-        f"host = {json.dumps(HOST)}\n"
-        f"port = {relay_port}\n"
-        "\n[templates.new_ticket_ack]\n"
-        "enabled = false\n"
-        "\n[[agents]]\n"
-        f"name = {json.dumps(AGENT_NAME)}\n"
-        f"email = {json.dumps(AGENT_EMAIL)}\n"
-        + loopback_dns.auth_section()
+    return write_mailgate_config(
+        workdir, smtp_port, MAIL_DOMAIN, MAILBOX,
+        server_extra="min_free_bytes = 0\nshutdown_seconds = 10\n",
+        extra=(
+            "\n[relay]\n"
+            f"host = {json.dumps(HOST)}\n"
+            f"port = {relay_port}\n"
+            "\n[templates.new_ticket_ack]\n"
+            "enabled = false\n"
+            "\n[[agents]]\n"
+            f"name = {json.dumps(AGENT_NAME)}\n"
+            f"email = {json.dumps(AGENT_EMAIL)}\n"
+        ),
     )
-    path = workdir / "mailgate.toml"
-    path.write_text(text)
-    return path
 
 
 def read_stats(config: Path) -> dict[str, Any]:
@@ -510,21 +450,16 @@ def summarise(results: list[RoundResult]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _on_signal)
-    workdir = Path(tempfile.mkdtemp(prefix="mailgate-outbound-bench-"))
-    try:
-        results = run_bench(args, workdir)
-    except (BenchError, aiosmtplib.SMTPException, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        print(f"work dir kept for inspection: {workdir}", file=sys.stderr)
-        return EXIT_FAIL
-    except Interrupted as exc:
-        print(f"interrupted by {exc}; work dir kept: {workdir}", file=sys.stderr)
-        return 128 + exc.signum
-    summarise(results)
-    shutil.rmtree(workdir, ignore_errors=True)
-    return EXIT_OK
+    results: list[RoundResult] = []
+
+    def bench(workdir: Path) -> None:
+        results.extend(run_bench(args, workdir))
+
+    status = run_in_workdir("mailgate-outbound-bench-", bench,
+                            (BenchError, aiosmtplib.SMTPException, OSError))
+    if status == EXIT_OK:
+        summarise(results)
+    return status
 
 
 if __name__ == "__main__":

@@ -20,7 +20,10 @@ from dns_server import DnsTestServer
 from relay_stub import RelayStub
 
 from mailgate.cli import cli
+from mailgate.model import Envelope
 from mailgate.outbound.dkim_sign import keygen
+from mailgate.store.audit import IncomingAudit, record_incoming
+from mailgate.store.db import open_db, transaction
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT.parent / "shared" / "corpus"
@@ -94,6 +97,11 @@ class Daemon:
             [sys.executable, "-m", "mailgate", "--config", str(self.config), "serve"],
             stdout=log, stderr=log, cwd=self.config.parent,
         )
+        self.wait_listening(timeout)
+
+    def wait_listening(self, timeout: float) -> None:
+        """Return once the started daemon accepts connections on its port."""
+        assert self.proc is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -202,6 +210,23 @@ def send(port: int, data: bytes | str, mail_from: str = "customer@client.test",
         return code, msg.decode()
 
 
+def record_forwarding_confirmation(data_dir: Path, *, code: str, address: str, link: str,
+                                   subject: str) -> None:
+    """A Gmail forwarding confirmation as the classifier records it (classification lands in
+    parallel; the row is written through the store, as the pipeline writes it)."""
+    db = open_db(data_dir / "mailgate.db")
+    env = Envelope(f"FWD{time.time_ns()}", time.time(), "127.0.0.1", "mx.google.test",
+                   "forwarding-noreply@google.test", ("support@example.com",), 1000)
+    with transaction(db) as conn:
+        record_incoming(conn, IncomingAudit(
+            env, "forwarding_confirmation", reason="Gmail forwarding confirmation",
+            from_addr="forwarding-noreply@google.test", subject=subject,
+            classification="forwarding_confirmation",
+            details={"provider": "gmail", "code": code, "link": link, "address": address},
+        ))
+    db.close()
+
+
 def crlf(data: bytes) -> bytes:
     """Corpus files mostly have LF line endings; SMTP clients send CRLF."""
     return data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
@@ -218,19 +243,24 @@ def relay() -> Iterator[RelayStub]:
     stub.stop()
 
 
+@pytest.fixture
+def relay_stub(relay: RelayStub) -> RelayStub:
+    """The same relay, under the name the ops and setup tests use."""
+    return relay
+
+
+def relay_section(port: int) -> str:
+    """A `[relay]` table for a stub relay on `port` that retries quickly."""
+    return (f'\n[relay]\nhost = "127.0.0.1"\nport = {port}\nretry_base_seconds = 0.3\n'
+            f"retry_max_seconds = 1\ntimeout = 5\n")
+
+
 def outbound_config(relay_port: int, extra: str = "", dkim_key: Path | None = None) -> str:
     dkim_section = ""
     if dkim_key is not None:
         dkim_section = (f'\n[dkim]\ndomain = "example.com"\nselector = "s1"\n'
                         f'key_file = "{dkim_key}"\n')
-    return f"""
-[relay]
-host = "127.0.0.1"
-port = {relay_port}
-retry_base_seconds = 0.3
-retry_max_seconds = 1
-timeout = 5
-
+    return relay_section(relay_port) + f"""
 [branding]
 company_name = "Acme Support"
 header = "Acme helps you"

@@ -28,12 +28,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Daemon, free_port, queue_id_of, send, write_config
+from conftest import (
+    Daemon,
+    free_port,
+    queue_id_of,
+    record_forwarding_confirmation,
+    relay_section,
+    send,
+    write_config,
+)
 from relay_stub import RelayStub
-
-from mailgate.model import Envelope
-from mailgate.store.audit import IncomingAudit, record_incoming
-from mailgate.store.db import open_db, transaction
 
 SCRIPT = "<script>alert(1)</script>"
 PANELS = ("/", "/tickets", "/tickets?view=unassigned", "/tickets?view=pending_customer",
@@ -111,11 +115,6 @@ class Client:
 
 def admin_section(port: int, extra: str = "") -> str:
     return f'\n[admin]\nlisten = "127.0.0.1:{port}"\n{extra}\n'
-
-
-def relay_section(port: int) -> str:
-    return (f'\n[relay]\nhost = "127.0.0.1"\nport = {port}\nretry_base_seconds = 0.3\n'
-            f"retry_max_seconds = 1\ntimeout = 5\n")
 
 
 def wait_http(client: Client, daemon: Daemon, timeout: float = 20.0) -> None:
@@ -376,21 +375,9 @@ def test_metrics_in_prometheus_format(admin: Admin) -> None:
 
 
 def add_forwarding_confirmation(data_dir: Path, link: str) -> None:
-    """A forwarding confirmation as the classifier records it (classification lands in
-    parallel; the row is written through the store, as the pipeline writes it)."""
-    db = open_db(data_dir / "mailgate.db")
-    env = Envelope(f"FWD{time.time_ns()}", time.time(), "127.0.0.1", "mx.google.test",
-                   "forwarding-noreply@google.test", ("support@example.com",), 1000)
-    with transaction(db) as conn:
-        record_incoming(conn, IncomingAudit(
-            env, "forwarding_confirmation", reason="Gmail forwarding confirmation",
-            from_addr="forwarding-noreply@google.test",
-            subject=f"(#123456) Gmail Forwarding Confirmation {SCRIPT}",
-            classification="forwarding_confirmation",
-            details={"provider": "gmail", "code": "123456", "link": link,
-                     "address": f"jane{SCRIPT}@gmail.test"},
-        ))
-    db.close()
+    record_forwarding_confirmation(
+        data_dir, code="123456", address=f"jane{SCRIPT}@gmail.test", link=link,
+        subject=f"(#123456) Gmail Forwarding Confirmation {SCRIPT}")
 
 
 def test_every_panel_escapes_a_script_subject(admin: Admin) -> None:

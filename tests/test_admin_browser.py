@@ -17,12 +17,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Daemon, free_port, queue_id_of, send
+from conftest import (
+    Daemon,
+    free_port,
+    queue_id_of,
+    record_forwarding_confirmation,
+    relay_section,
+    send,
+)
 from relay_stub import RelayStub
-
-from mailgate.model import Envelope
-from mailgate.store.audit import IncomingAudit, record_incoming
-from mailgate.store.db import open_db, transaction
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -89,23 +92,6 @@ def no_alert(driver: WebDriver) -> None:
         driver.switch_to.alert.text  # noqa: B018
 
 
-def forwarding_confirmation(data_dir: Path) -> None:
-    """A Gmail forwarding confirmation as the classifier records it (written through the
-    store, as the pipeline writes it)."""
-    db = open_db(data_dir / "mailgate.db")
-    env = Envelope(f"FWD{time.time_ns()}", time.time(), "127.0.0.1", "mx.google.test",
-                   "forwarding-noreply@google.test", ("support@example.com",), 1000)
-    with transaction(db) as conn:
-        record_incoming(conn, IncomingAudit(
-            env, "forwarding_confirmation", reason="Gmail forwarding confirmation",
-            from_addr="forwarding-noreply@google.test",
-            subject="(#482913) Gmail Forwarding Confirmation - Receive Mail from"
-                    " helpdesk@acme.test", classification="forwarding_confirmation",
-            details={"provider": "gmail", "code": "482913", "address": "helpdesk@acme.test",
-                     "link": "https://mail-settings.google.test/mail/vf-abc123"}))
-    db.close()
-
-
 def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -118,9 +104,8 @@ def test_login_search_open_reply_and_see_it_sent(
         make_daemon: Callable[..., Daemon], relay: RelayStub, browser: WebDriver,
         tmp_path: Path) -> None:
     admin_port = free_port()
-    daemon = make_daemon(extra=(
-        f'[relay]\nhost = "127.0.0.1"\nport = {relay.port}\nretry_base_seconds = 0.3\n'
-        f'retry_max_seconds = 1\ntimeout = 5\n\n[admin]\nlisten = "127.0.0.1:{admin_port}"\n'))
+    daemon = make_daemon(extra=relay_section(relay.port)
+                         + f'\n[admin]\nlisten = "127.0.0.1:{admin_port}"\n')
     base = f"http://127.0.0.1:{admin_port}"
     for subject in ("Keyboard types only vowels", SCRIPT):
         code, reply = send(daemon.port, (
@@ -131,7 +116,10 @@ def test_login_search_open_reply_and_see_it_sent(
             f"{SCRIPT}<img src=\"http://tracker.test/p.gif\">\r\n--B--\r\n"), mail_from=CUSTOMER)
         assert code == 250, reply
         daemon.audit_for(queue_id_of(reply))
-    forwarding_confirmation(daemon.data_dir)
+    record_forwarding_confirmation(
+        daemon.data_dir, code="482913", address="helpdesk@acme.test",
+        link="https://mail-settings.google.test/mail/vf-abc123",
+        subject="(#482913) Gmail Forwarding Confirmation - Receive Mail from helpdesk@acme.test")
     token = (daemon.data_dir / "admin.token").read_text().strip()
     screens = Screens(browser, tmp_path / "screens")
 

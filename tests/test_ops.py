@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Daemon, free_port, queue_id_of, send, write_config
+from conftest import Daemon, free_port, queue_id_of, relay_section, send, write_config
 from relay_stub import RelayStub
 
 from mailgate.logsetup import JsonFormatter, TextFormatter
@@ -83,16 +83,7 @@ class EnvDaemon(Daemon):
                    str(fd), *cmd]
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, cwd=self.config.parent,
                                      env=self.env, pass_fds=pass_fds)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"daemon exited early:\n{self.log()}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError(f"daemon did not listen in time:\n{self.log()}")
+        self.wait_listening(timeout)
 
 
 @pytest.fixture
@@ -100,14 +91,6 @@ def notify() -> Iterator[NotifySocket]:
     sock = NotifySocket()
     yield sock
     sock.close()
-
-
-@pytest.fixture
-def relay_stub() -> Iterator[RelayStub]:
-    stub = RelayStub(port=free_port())
-    stub.start()
-    yield stub
-    stub.stop()
 
 
 @pytest.fixture
@@ -290,13 +273,6 @@ def test_sigterm_under_load_loses_nothing_acknowledged(
 
 
 RELOAD_CONFIG = """
-[relay]
-host = "127.0.0.1"
-port = {relay_port}
-retry_base_seconds = 0.3
-retry_max_seconds = 1
-timeout = 5
-
 [branding]
 company_name = "Acme Support"
 signature = {signature}
@@ -319,8 +295,8 @@ def rewrite(d: Daemon, old: str, new: str) -> None:
 def test_sighup_reloads_signature_and_keeps_old_config_when_broken(
     env_daemon: Callable[..., EnvDaemon], notify: NotifySocket, relay_stub: RelayStub
 ) -> None:
-    d = env_daemon(RELOAD_CONFIG.format(relay_port=relay_stub.port,
-                                        signature='"Signature one"'),
+    d = env_daemon(relay_section(relay_stub.port)
+                   + RELOAD_CONFIG.format(signature='"Signature one"'),
                    env={"NOTIFY_SOCKET": notify.address})
     notify.wait_for("READY=1")
     assert d.proc is not None

@@ -15,7 +15,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import dns.message
@@ -248,14 +247,6 @@ class DnsStub:
 
     def close(self) -> None:
         self.sock.close()
-
-
-@pytest.fixture
-def relay_stub() -> Iterator[RelayStub]:
-    stub = RelayStub(port=free_port())
-    stub.start()
-    yield stub
-    stub.stop()
 
 
 @pytest.fixture

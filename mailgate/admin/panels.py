@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -226,6 +227,14 @@ async def set_status(request: web.Request) -> web.Response:
     return await _act(request, "status")
 
 
+def _search_terms(q: Mapping[str, str], search: str) -> tuple[str | None, str | None]:
+    """The audit panels' (text, day) filters: a search that is a date (YYYY-MM-DD) is the day."""
+    day = params.day(q)
+    if search and params.is_day(search):
+        return None, search
+    return search or None, day
+
+
 async def incoming(request: web.Request) -> web.Response:
     q = request.query
     search = (q.get("q") or "").strip()
@@ -233,10 +242,7 @@ async def incoming(request: web.Request) -> web.Response:
     error = ""
     try:
         action = params.word(q, "action")
-        day = params.day(q)
-        text: str | None = search or None
-        if search and params.is_day(search):
-            day, text = search, None
+        text, day = _search_terms(q, search)
         b = backend(request)
         rows = await b.run(functools.partial(b.incoming, action=action, q=text, day=day,
                                              limit=params.limit(q, 100)))
@@ -253,10 +259,7 @@ async def outgoing(request: web.Request) -> web.Response:
     error = ""
     try:
         status = params.choice(q, "status", outbox.STATUSES)
-        day = params.day(q)
-        text: str | None = search or None
-        if search and params.is_day(search):
-            day, text = search, None
+        text, day = _search_terms(q, search)
         b = backend(request)
         rows = await b.run(functools.partial(
             b.outgoing, status=status, ticket_id=params.integer(q, "ticket"), q=text, day=day,

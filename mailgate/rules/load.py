@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -52,21 +52,32 @@ def check_name(entry: Mapping[str, Any], fail: Any) -> str:
     return name.strip()
 
 
-def compile_rule(entry: Any, source: str, index: int, *, agents: frozenset[str],
-                 template_kinds: frozenset[str], hours: BusinessHours | None = None,
-                 mailboxes: frozenset[str] | None = None) -> Rule:
-    """One `[[automations]]` entry (index: 1-based within its source) → a Rule."""
-    where = f"{source}: {entry_label('rule', entry, index)}"
+def open_entry(entry: Any, source: str, index: int, kind: str, table: str,
+               keys: Sequence[str]) -> tuple[str, Callable[[str, str], ConfigError]]:
+    """The checks every `[[table]]` entry starts with: a table, a valid name, only `keys`.
+
+    Returns the name (stripped) and `fail(key, message)`, the entry's one-line ConfigError
+    naming the source, the entry (as `kind` "name" or `kind` #index) and the key.
+    """
+    where = f"{source}: {entry_label(kind, entry, index)}"
 
     def fail(key: str, message: str) -> ConfigError:
         return ConfigError(one_line(f"{where}: {key}: {message}"))
 
     if not isinstance(entry, Mapping):
-        raise ConfigError(f"{where}: must be a table ([[automations]])")
+        raise ConfigError(f"{where}: must be a table ([[{table}]])")
     name = check_name(entry, fail)
     for key in entry:
-        if key not in RULE_KEYS:
-            raise fail(key, f"unknown key (one of {', '.join(RULE_KEYS)})")
+        if key not in keys:
+            raise fail(key, f"unknown key (one of {', '.join(keys)})")
+    return name, fail
+
+
+def compile_rule(entry: Any, source: str, index: int, *, agents: frozenset[str],
+                 template_kinds: frozenset[str], hours: BusinessHours | None = None,
+                 mailboxes: frozenset[str] | None = None) -> Rule:
+    """One `[[automations]]` entry (index: 1-based within its source) → a Rule."""
+    name, fail = open_entry(entry, source, index, "rule", "automations", RULE_KEYS)
     when = entry.get("when")
     if when is None:
         raise fail("when", f"required (one of {', '.join(TRIGGERS)})")

@@ -19,7 +19,7 @@ from mailgate.errors import ConfigError
 from mailgate.rules.conditions import compile_conditions, first_failure, show_value
 from mailgate.rules.durations import parse_duration
 from mailgate.rules.hours import BusinessHours
-from mailgate.rules.load import check_name, entry_label, one_line
+from mailgate.rules.load import entry_label, open_entry
 from mailgate.rules.model import Condition, Facts, RuleError
 
 SLA_KEYS = ("name", "if", "first_response", "resolution", "business_hours")
@@ -38,17 +38,7 @@ class SlaPolicy:
 
 def _compile(entry: Any, source: str, index: int, hours: BusinessHours | None,
              agents: frozenset[str] | None, mailboxes: frozenset[str] | None) -> SlaPolicy:
-    where = f"{source}: {entry_label('sla', entry, index)}"
-
-    def fail(key: str, message: str) -> ConfigError:
-        return ConfigError(one_line(f"{where}: {key}: {message}"))
-
-    if not isinstance(entry, Mapping):
-        raise ConfigError(f"{where}: must be a table ([[sla]])")
-    name = check_name(entry, fail)
-    for key in entry:
-        if key not in SLA_KEYS:
-            raise fail(key, f"unknown key (one of {', '.join(SLA_KEYS)})")
+    name, fail = open_entry(entry, source, index, "sla", "sla", SLA_KEYS)
     targets: dict[str, float | None] = {}
     for key in ("first_response", "resolution"):
         if key not in entry:
