@@ -1,10 +1,13 @@
 """The pipeline: the one orchestrator that takes a spooled message through the stages.
 
 Input: spool entries (the bytes are untrusted; the envelope was checked by the SMTP stage).
-Output: for each entry exactly one result committed in the database in one transaction with its
-incoming-audit row — a ticket message (`created_ticket`, `appended`), a `duplicate`, a
-`rejected` refusal record, or a `held` message with its error — and only then the spool entry
-marked done. Stages (parse, threading) are pure functions; their database look-ups are passed in.
+Stages: parse → authenticate → classify → reply text → (in `deliver`) threading, workflow,
+organizations, routing and rules, outbound mail. Output: for each entry exactly one result
+committed in the database in one transaction with its incoming-audit row and the mail it causes
+— a ticket message (`created_ticket`, `appended`), a `duplicate`, a `bounce`, a
+`forwarding_confirmation`, an `ignored` robot, a `rejected` refusal record, or a `held` message
+with its error — and only then the spool entry marked done. Stages are pure functions where
+possible; their database look-ups are passed in.
 Re-running an entry whose result is already committed changes nothing (the audit's unique queue
 id), so a crash between the commit and the spool update cannot store a message twice.
 """
