@@ -236,6 +236,15 @@ def test_triggers_conditions_and_actions(out_daemon, relay: RelayStub) -> None:
     vip = ticket_of(d, mail("hi", "e5@acme.com", "ceo@acme.com", body="Need this ASAP"))
     assert vip["status"] == "pending_agent"
 
+    # customer_replied: the default workflow (config/automations.toml) notifies the assignee
+    d.audit_for(queue_id_of(send(d.port, mail("Re: URGENT: server down", "e6@acme.com",
+                                              "ops@acme.com",
+                                              extra="In-Reply-To: <e1@acme.com>\r\n"))[1]))
+    assert explain(d, t["id"])[("customer_replied",
+                                "notify the assignee of customer replies")] == "hit"
+    wait_outgoing(d, lambda rows: sum(r["to"] == "bob@example.com" and r["ticket_id"] == t["id"]
+                                      for r in rows) == 2)  # assignment, then the reply notice
+
     d.cli("tickets", "reply", str(t["id"]), "--agent", "bob@example.com", "--body", "On it")
     assert "answered" in d.json("tickets", "show", str(t["id"]))["tags"]
     d.cli("tickets", "status", str(t["id"]), "resolved")
