@@ -55,7 +55,9 @@ def decide(s: Situation) -> Decision:
                         " no status change, not answered",
                         reason="automatic reply stored as an internal note")
     if s.ticket_id is None:
-        return Decision("create", acknowledge=not s.unauthenticated, reason="")
+        reason = (f"unauthenticated sender ({s.unauthenticated}): ticket made, nothing sent to"
+                  " the sender" if s.unauthenticated else "")
+        return Decision("create", acknowledge=not s.unauthenticated, reason=reason)
     if (s.ticket_status == "closed" and s.closed_days_ago is not None
             and s.closed_days_ago > s.reopen_closed_days):
         return Decision(
