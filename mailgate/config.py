@@ -11,6 +11,7 @@ Stdlib only: every other module may import this one.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -236,6 +237,16 @@ _ORG_KEYS = {"name": str, "domains": list, "notes": str, "on_new_ticket": dict}
 ROUTE_KEYS = {"assign": str, "round_robin": list, "priority": str, "add_tags": list,
               "status": str, "send_template": str}
 PRIORITIES = ("low", "normal", "high", "urgent")
+
+
+def is_loopback(host: str) -> bool:
+    """`localhost`, 127.0.0.0/8 or ::1: an address nothing outside this machine can reach."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def find_config_path(explicit: str | os.PathLike[str] | None) -> Path:

@@ -27,7 +27,7 @@ from pathlib import Path
 import aiosmtplib
 import click
 
-from mailgate.config import Config, find_config_path, load_config
+from mailgate.config import Config, find_config_path, is_loopback, load_config
 from mailgate.errors import UserError
 from mailgate.outbound.dkim_sign import dns_record, dns_txt_value
 
@@ -276,20 +276,11 @@ def check_dkim(cfg: Config, timeout: float, nameserver: str | None = None) -> Ch
                  " (a rotation not yet in DNS?)", f"publish {record}")
 
 
-def _is_loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def check_admin(cfg: Config) -> Check:
     if cfg.admin_host is None:
         return Check("admin", OK, "admin endpoint off ([admin] listen not set)")
     where = f"{cfg.admin_host}:{cfg.admin_port}"
-    if not _is_loopback(cfg.admin_host) and cfg.admin_tls_cert is None:
+    if not is_loopback(cfg.admin_host) and cfg.admin_tls_cert is None:
         return Check("admin", FAIL, f"{where} is beyond loopback without TLS: the daemon"
                      " refuses to start", f"set [admin] tls_cert and tls_key in {cfg.path}, or"
                      " listen on 127.0.0.1")
@@ -309,7 +300,7 @@ def check_admin(cfg: Config) -> Check:
 
 
 def check_tls(cfg: Config) -> Check | None:
-    if cfg.tls_cert is not None or _is_loopback(cfg.listen_host):
+    if cfg.tls_cert is not None or is_loopback(cfg.listen_host):
         return None
     return Check("tls", WARN, "no [server] tls_cert/tls_key: senders cannot use STARTTLS, so"
                  " mail reaches this server unencrypted", "set tls_cert and tls_key in"

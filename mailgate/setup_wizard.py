@@ -13,7 +13,6 @@ Outlook / Microsoft 365.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import time
 from collections.abc import Callable
@@ -23,7 +22,7 @@ from typing import Any
 
 import click
 
-from mailgate.config import find_config_path, load_config
+from mailgate.config import find_config_path, is_loopback, load_config
 from mailgate.errors import ConfigError, UserError
 from mailgate.outbound.dkim_sign import (
     check_domain,
@@ -157,7 +156,7 @@ def ask(given: dict[str, Any], config_path: Path) -> Answers:
     relay_port = _ask("Relay port", given.get("relay_port") or 25, _port)
     starttls_default = given.get("relay_starttls")
     if starttls_default is None:
-        starttls_default = relay_port in (25, 587) and not _is_local(relay_host)
+        starttls_default = relay_port in (25, 587) and not is_loopback(relay_host)
     relay_starttls = click.confirm("Use STARTTLS with the relay", default=starttls_default)
     relay_username = _ask("Relay username (empty for none)", given.get("relay_username") or "",
                           lambda v: v.strip())
@@ -202,7 +201,7 @@ def from_flags(given: dict[str, Any], config_path: Path) -> Answers:
     relay_port = _port(str(given.get("relay_port") or 25))
     starttls = given.get("relay_starttls")
     if starttls is None:
-        starttls = relay_port in (25, 587) and not _is_local(relay_host)
+        starttls = relay_port in (25, 587) and not is_loopback(relay_host)
     return Answers(
         domain=domain,
         mailboxes=clean_mailboxes(tuple(given.get("mailbox") or ()) or (f"support@{domain}",),
@@ -234,15 +233,6 @@ def _port(value: str) -> int:
     if not str(value).strip().isdigit() or not 0 < int(value) < 65536:
         raise UserError(f"not a port number (1-65535): {value!r}")
     return int(value)
-
-
-def _is_local(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 # --- writing ------------------------------------------------------------------------------------
@@ -396,7 +386,7 @@ def spf_mechanism(a: Answers) -> tuple[str, str]:
     for suffix, include in SPF_INCLUDES.items():
         if host == suffix or host.endswith("." + suffix):
             return include, f"your relay {a.relay_host} sends from its provider's servers"
-    if _is_local(host):
+    if is_loopback(host):
         return f"a:{a.hostname}", ("the relay is a local MTA: mail leaves from this server"
                                    f" ({a.hostname})")
     return f"a:{host}", (f"the relay {a.relay_host} sends the mail; if it is a provider, use"

@@ -14,7 +14,6 @@ an address that cannot be bound.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import ssl
 from pathlib import Path
@@ -26,21 +25,12 @@ from mailgate import metrics
 from mailgate.admin import api, auth, panels
 from mailgate.admin import token as token_file
 from mailgate.admin.backend import BACKEND, Backend, RelayHealth
-from mailgate.config import Config
+from mailgate.config import Config, is_loopback
 from mailgate.errors import UserError
 
 log = logging.getLogger("mailgate.admin")
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
-
-
-def is_loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def check_listen(config: Config) -> None:
