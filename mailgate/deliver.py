@@ -22,7 +22,7 @@ from mailgate.automation import Automation, RuleSet, Run, Trigger
 from mailgate.classify import Classification
 from mailgate.model import Address, ParsedMail, SpoolEntry, base_mailbox
 from mailgate.organizations import domain_of, find_organization, why_no_auto_organization
-from mailgate.outbound.mailer import MailContext, queue_ticket_mail
+from mailgate.outbound.mailer import MailContext, queue_agent_reply
 from mailgate.store import outbound as outbox
 from mailgate.store.audit import IncomingAudit, record_incoming
 from mailgate.store.db import now_iso
@@ -42,7 +42,6 @@ from mailgate.store.tickets import (
     get_or_create_customer,
     index_message_id,
     is_participant,
-    latest_customer_message,
     link_outbound,
     mark_first_response,
     set_status,
@@ -361,19 +360,9 @@ class Deliverer:
         parsed = inc.parsed
         ticket = ticket_row(conn, ticket_id)
         assert ticket is not None
-        agent_name = parsed.from_.name or parsed.from_.email
-        message_id = self.mail.tokens.message_id(ticket_id, self.mail.from_domain)
-        latest = latest_customer_message(conn, ticket_id)
-        queued = queue_ticket_mail(
-            conn, self.mail, kind="agent_reply", ticket=ticket,
-            to=Address(ticket["requester"], ticket["requester_name"] or ""),
-            context={"agent": {"name": agent_name, "email": parsed.from_.email},
-                     "body": inc.reply_text},
-            automatic=False, in_reply_to=latest["message_id"] if latest else "",
-            references=latest["references"] if latest else (), queue_id=inc.entry.queue_id,
-            message_id=message_id,
-        )
-        index_message_id(conn, message_id, ticket_id, message_row)
+        queued = queue_agent_reply(conn, self.mail, ticket, parsed.from_, inc.reply_text,
+                                   queue_id=inc.entry.queue_id)
+        index_message_id(conn, queued.message_id, ticket_id, message_row)
         link_outbound(conn, message_row, queued.outbound_id)
         self._log_queued(inc, "agent_reply", queued.outbound_id, queued.status, queued.reason)
 

@@ -18,7 +18,7 @@ from mailgate.automation import Automation, RuleSet, Trigger
 from mailgate.config import Agent
 from mailgate.errors import NotFound, UserError
 from mailgate.model import Address
-from mailgate.outbound.mailer import MailContext, Queued, queue_ticket_mail
+from mailgate.outbound.mailer import MailContext, Queued, queue_agent_reply, queue_ticket_mail
 from mailgate.store.db import now_iso, transaction
 from mailgate.store.tickets import (
     STATUSES,
@@ -67,22 +67,15 @@ class Desk:
             raise UserError("the reply is empty")
         with transaction(self.db) as conn:
             ticket = self._ticket(conn, ticket_id)
-            latest = latest_customer_message(conn, ticket_id)
-            in_reply_to = latest["message_id"] if latest else ""
-            references = latest["references"] if latest else ()
-            message_id = self.mail.tokens.message_id(ticket_id, self.mail.from_domain)
-            queued = queue_ticket_mail(
-                conn, self.mail, kind="agent_reply", ticket=ticket,
-                to=Address(ticket["requester"], ticket["requester_name"] or ""),
-                context={"agent": {"name": agent.name, "email": agent.email}, "body": body},
-                automatic=False, in_reply_to=in_reply_to, references=references,
-                message_id=message_id,
-            )
+            queued = queue_agent_reply(conn, self.mail, ticket, Address(agent.email, agent.name),
+                                       body)
             now = now_iso()
+            latest = latest_customer_message(conn, ticket_id)
             row = add_outgoing_message(
                 conn, ticket_id, from_addr=agent.email, from_name=agent.name,
                 to_addr=ticket["requester"], subject=queued.subject or ticket["subject"],
-                text=body, message_id=message_id, in_reply_to=in_reply_to, now=now,
+                text=body, message_id=queued.message_id,
+                in_reply_to=latest["message_id"] if latest else "", now=now,
             )
             link_outbound(conn, row, queued.outbound_id)
             set_status(conn, ticket_id, "pending_customer", now)

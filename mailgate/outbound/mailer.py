@@ -20,7 +20,7 @@ from mailgate.outbound.compose import BadAddress, Headers, compose
 from mailgate.outbound.render import Renderer, TemplateError
 from mailgate.outbound.suppress import suppression_reason
 from mailgate.store import outbound as outbox
-from mailgate.store.tickets import index_message_id
+from mailgate.store.tickets import index_message_id, latest_customer_message
 
 
 class TokenMinter(Protocol):
@@ -83,9 +83,10 @@ def queue_ticket_mail(
     message_id: str | None = None,
 ) -> Queued:
     ticket_id = int(ticket["id"])
+    message_id = message_id or ctx.tokens.message_id(ticket_id, ctx.from_domain)
 
-    def record(status: str, reason: str, subject: str = "", message_id: str = "",
-               raw: bytes | None = None) -> Queued:
+    def record(status: str, reason: str, subject: str = "", raw: bytes | None = None) -> Queued:
+        """One outbox row; a mail not sent keeps the Message-ID it would have had."""
         oid = outbox.enqueue(
             conn, ticket_id=ticket_id, kind=kind, automatic=automatic, to_addr=to.email,
             subject=subject, message_id=message_id, raw=raw, status=status, reason=reason,
@@ -116,7 +117,6 @@ def queue_ticket_mail(
         rendered = ctx.renderer.render(kind, full_context)
     except TemplateError as exc:
         return record("failed", f"template error: {exc}")
-    message_id = message_id or ctx.tokens.message_id(ticket_id, ctx.from_domain)
     headers = Headers(
         from_name=ctx.from_name,
         from_addr=ctx.from_addr,
@@ -133,6 +133,22 @@ def queue_ticket_mail(
         raw = compose(rendered.subject, rendered.text, rendered.html, rendered.images, headers)
     except BadAddress as exc:
         return record("failed", str(exc), rendered.subject)
-    queued = record("queued", "", rendered.subject, message_id, raw)
+    queued = record("queued", "", rendered.subject, raw)
     index_message_id(conn, message_id, ticket_id, None)
     return queued
+
+
+def queue_agent_reply(conn: sqlite3.Connection, ctx: MailContext, ticket: Mapping[str, Any],
+                      agent: Address, body: str, queue_id: str = "") -> Queued:
+    """An agent's words to the ticket's requester (`agent_reply`), threaded under the latest
+    customer message, with a new Message-ID of ours."""
+    ticket_id = int(ticket["id"])
+    latest = latest_customer_message(conn, ticket_id)
+    return queue_ticket_mail(
+        conn, ctx, kind="agent_reply", ticket=ticket,
+        to=Address(ticket["requester"], ticket["requester_name"] or ""),
+        context={"agent": {"name": agent.name or agent.email, "email": agent.email},
+                 "body": body},
+        automatic=False, in_reply_to=latest["message_id"] if latest else "",
+        references=latest["references"] if latest else (), queue_id=queue_id,
+    )
