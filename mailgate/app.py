@@ -18,7 +18,7 @@ from mailgate.deliver import Policy
 from mailgate.errors import ConfigError, UserError
 from mailgate.outbound.dkim_sign import sign as dkim_sign
 from mailgate.outbound.mailer import MailContext
-from mailgate.outbound.render import Renderer
+from mailgate.outbound.render import BUILTIN_DIR, Renderer
 from mailgate.rules import load_business_hours, load_rules, load_slas
 from mailgate.service import Desk
 from mailgate.store.db import transaction
@@ -26,11 +26,9 @@ from mailgate.store.files import load_or_create_secret
 from mailgate.store.orgs import sync_configured
 from mailgate.threading.token import Signer
 
-BUILTIN_TEMPLATES = Path(__file__).resolve().parent.parent / "config" / "templates"
-
 
 def renderer(config: Config) -> Renderer:
-    return Renderer(BUILTIN_TEMPLATES, config.templates_dir, config.branding,
+    return Renderer(BUILTIN_DIR, config.templates_dir, config.branding,
                     dict(config.templates), config.path.parent)
 
 

@@ -142,13 +142,6 @@ class Config:
     def db_path(self) -> Path:
         return self.data_dir / "mailgate.db"
 
-    @property
-    def raw_dir(self) -> Path:
-        return self.data_dir / "raw"
-
-    @property
-    def attachments_dir(self) -> Path:
-        return self.data_dir / "attachments"
 
 
 # The schema: section → key → (expected python type(s), description for errors).

@@ -12,7 +12,6 @@ import json
 import secrets
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
 
 # Spool states.
 INCOMING = "incoming"
@@ -117,6 +116,3 @@ class ThreadMatch:
     method: str  # "token", "in-reply-to", "references", "subject" or "new"
     detail: str = ""  # what matched: the address, the Message-ID, the tag
     notes: tuple[str, ...] = ()  # what was refused on the way (forged token, stranger's tag)
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)

@@ -81,8 +81,6 @@ class SpoolWriter:
         self._max_batch = max_batch
         self._thread = threading.Thread(target=self._run, name="spool-writer", daemon=True)
         self._thread.start()
-        self.batches = 0
-        self.entries = 0
 
     def submit(
         self,
@@ -147,8 +145,6 @@ class SpoolWriter:
             for p in batch:
                 p.future.set_exception(exc)
             return
-        self.batches += 1
-        self.entries += len(batch)
         for p in batch:
             p.future.set_result(None)
 

@@ -16,7 +16,7 @@ from typing import Any
 import sqlite_utils
 
 from mailgate.model import Envelope
-from mailgate.store.db import now_iso
+from mailgate.store.db import day_range, like_pattern, now_iso
 
 ACTIONS = ("created_ticket", "appended", "duplicate", "bounce", "forwarding_confirmation",
            "ignored", "rejected", "held")
@@ -80,22 +80,6 @@ def counts_by_action(db: sqlite_utils.Database) -> dict[str, int]:
 
 
 # --- searches for the admin endpoint (q over addresses, subject, Message-ID; a day) --------
-
-
-def like_pattern(text: str) -> str:
-    """A LIKE pattern matching `text` anywhere, with its own % and _ taken literally."""
-    return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-
-
-def day_range(day: str) -> tuple[str, str]:
-    """'YYYY-MM-DD' → the [start, end) pair of ISO timestamps (UTC) bounding that day.
-    ValueError for anything that is not a calendar date."""
-    from datetime import date, timedelta
-
-    start = date.fromisoformat(day)
-    if len(day) != 10:
-        raise ValueError(day)
-    return start.isoformat(), (start + timedelta(days=1)).isoformat()
 
 
 def search_incoming(

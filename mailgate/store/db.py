@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import sqlite_utils
@@ -169,6 +169,25 @@ def migrate(db: sqlite_utils.Database) -> None:
                 continue
             step(db)
             db.execute(f"PRAGMA user_version={number}")
+
+
+def like_escape(text: str) -> str:
+    """`text` for a LIKE pattern with ESCAPE '\\': its own %, _ and \\ taken literally."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def like_pattern(text: str) -> str:
+    """A LIKE pattern matching `text` anywhere."""
+    return f"%{like_escape(text)}%"
+
+
+def day_range(day: str) -> tuple[str, str]:
+    """'YYYY-MM-DD' → the [start, end) pair of ISO timestamps (UTC) bounding that day.
+    ValueError for anything that is not a calendar date."""
+    start = date.fromisoformat(day)
+    if len(day) != 10:
+        raise ValueError(day)
+    return start.isoformat(), (start + timedelta(days=1)).isoformat()
 
 
 @contextmanager

@@ -15,7 +15,7 @@ from typing import Any
 import sqlite_utils
 
 from mailgate.errors import NotFound, UserError
-from mailgate.store.db import now_iso
+from mailgate.store.db import like_escape, now_iso
 
 
 def _clean_domain(domain: str) -> str:
@@ -88,16 +88,12 @@ def join_existing(conn: sqlite3.Connection, org_id: int, domain: str) -> int:
     cur = conn.execute(
         "UPDATE customers SET organization_id=? WHERE organization_id IS NULL"
         " AND (email LIKE ? ESCAPE '\\' OR email LIKE ? ESCAPE '\\')",
-        (org_id, "%@" + _like(d), "%@%." + _like(d)),
+        (org_id, "%@" + like_escape(d), "%@%." + like_escape(d)),
     )
     conn.execute(
         "UPDATE tickets SET organization_id=? WHERE organization_id IS NULL AND requester_id IN"
         " (SELECT id FROM customers WHERE organization_id=?)", (org_id, org_id))
     return cur.rowcount
-
-
-def _like(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def set_route(conn: sqlite3.Connection, org_id: int, route: dict[str, Any]) -> None:

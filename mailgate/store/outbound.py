@@ -16,7 +16,7 @@ from typing import Any
 
 import sqlite_utils
 
-from mailgate.store.db import now_iso, transaction
+from mailgate.store.db import day_range, like_pattern, now_iso, transaction
 
 STATUSES = ("queued", "sending", "sent", "deferred", "failed", "bounced", "suppressed")
 
@@ -155,19 +155,7 @@ def list_outgoing(
     db: sqlite_utils.Database, status: str | None = None, ticket_id: int | None = None,
     limit: int = 50,
 ) -> list[dict[str, Any]]:
-    where, params = [], []
-    if status:
-        where.append("status = ?")
-        params.append(status)
-    if ticket_id is not None:
-        where.append("ticket_id = ?")
-        params.append(ticket_id)
-    sql = f"SELECT {_COLUMNS} FROM outbound"
-    if where:
-        sql += " WHERE " + " AND ".join(where)
-    sql += " ORDER BY id DESC LIMIT ?"
-    params.append(limit)
-    return list(db.query(sql, params))
+    return search_outgoing(db, status=status, ticket_id=ticket_id, limit=limit)
 
 
 def get_raw(db: sqlite_utils.Database, outbound_id: int) -> bytes | None:
@@ -189,8 +177,6 @@ def search_outgoing(
 ) -> list[dict[str, Any]]:
     """Like `list_outgoing`, plus `q` (a substring of the recipient, the subject or the
     Message-ID) and `day` (YYYY-MM-DD, UTC, of `created_at`). Newest first."""
-    from mailgate.store.audit import day_range, like_pattern
-
     where, params = [], []
     if status:
         where.append("status = ?")

@@ -84,9 +84,6 @@ def set_tags(conn: sqlite3.Connection, ticket_id: int, tags: list[str], now: str
                  (json.dumps(sorted(set(tags))), now, ticket_id))
 
 
-def set_organization(conn: sqlite3.Connection, ticket_id: int, org_id: int | None) -> None:
-    conn.execute("UPDATE tickets SET organization_id=? WHERE id=?", (org_id, ticket_id))
-
 
 def _addr_json(addrs: tuple[Address, ...]) -> str:
     return json.dumps([a.email for a in addrs])
