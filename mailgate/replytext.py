@@ -14,7 +14,8 @@ languages (and only with a sender field, so "To: ... / Subject: ..." in a custom
 no cut), attributions split over several lines or in languages the library misses (Portuguese,
 Russian, Gmail's verb-less formats), ">" quote blocks, bottom-posting and inline answers, mobile
 signatures, and for HTML-only mail the quote containers of Gmail, Outlook, Apple Mail,
-Thunderbird and Yahoo, dropped with html.parser before flattening.
+Thunderbird and Yahoo, dropped with html.parser (reading the bounded, well-formed HTML of
+`htmltext.well_formed`) before flattening.
 
 Inline answers: when the sender answered between two or more quoted passages, those passages are
 kept (each answer needs its question); a single quoted block before the answer (bottom-posting)
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import logging
 import re
 from dataclasses import dataclass
 from functools import lru_cache
@@ -36,6 +38,8 @@ from html.parser import HTMLParser
 
 from mailparser_reply import EmailReplyParser
 from mailparser_reply.parser import EmailMessage
+
+from mailgate import htmltext
 
 DEFAULT_LANGUAGES: tuple[str, ...] = (
     "en", "de", "fr", "es", "it", "nl", "pt", "sv", "pl", "ja", "da", "cs", "ru", "zh", "ko",
@@ -180,16 +184,21 @@ _LANGUAGES: dict[str, _Language] = {
     ),
 }
 
+log = logging.getLogger("mailgate.replytext")
+
 _CJK = {"ja", "zh", "ko"}
 _QUOTED = re.compile(r"^[ \t]{0,3}>")
 _INVISIBLE = re.compile(r"[\u200b-\u200f\u202a-\u202e\u2060\ufeff]")
 _DATEISH = re.compile(
     r"\d{1,2}:\d{2}|\b(?:19|20)\d{2}\b|\d{1,4}[./-]\d{1,2}[./-]\d{2,4}|\d{4}年")
-_ANGLE_ADDRESS = re.compile(r"<[^<>\s]+@[^<>\s]+>|\[mailto:[^\]\s]+\]|\"[^\"]{1,80}\"")
+# (no "@" in the local part: with one, "<a@a@a@..." without ">" is quadratic)
+_ANGLE_ADDRESS = re.compile(r"<[^<>\s@]+@[^<>\s]+>|\[mailto:[^\]\s]+\]|\"[^\"]{1,80}\"")
 _RULE_LINE = re.compile(r"^[\s\-_=*~#+.]{3,}$")
 _UNDERSCORES = re.compile(r"^\s*_{20,}\s*$")
 _SIG_DELIMITER = re.compile(r"^--[ \t]?$")
 MAX_HEADER_CHARS = 300  # an attribution or header line longer than this is prose
+MAX_LINES = 10_000  # lines read for the new part (a reply's own text is at the top)
+MAX_LIBRARY_HEADERS = 40  # lines ending with ":" that mail-parser-reply's expressions read
 
 
 @dataclass(frozen=True)
@@ -232,7 +241,20 @@ def _patterns(languages: tuple[str, ...]) -> _Patterns:
 
 def reply_text(text: str, html: str = "", languages: tuple[str, ...] = DEFAULT_LANGUAGES) -> str:
     """The new part of a reply. `text` is the text/plain body; when it is empty or blank, the
-    HTML body is read instead (quote containers dropped, then flattened)."""
+    HTML body is read instead (quote containers dropped, then flattened). Never raises: should
+    anything here fail, the whole text is the answer (and the failure is logged)."""
+    try:
+        return _reply_text(text, html, languages)
+    except Exception:
+        log.warning("%s; the whole text is kept", REPLY_FAILED, exc_info=True)
+        return (text or "").strip()
+
+
+# What the log says when `reply_text` failed (tests and bench/fuzz.py look for it).
+REPLY_FAILED = "reply text extraction failed"
+
+
+def _reply_text(text: str, html: str, languages: tuple[str, ...]) -> str:
     if text and text.strip():
         source = _newlines(text)
         original = source.strip()
@@ -243,7 +265,7 @@ def reply_text(text: str, html: str = "", languages: tuple[str, ...] = DEFAULT_L
         return ""
     if not original:
         return ""
-    lines = source.split("\n")
+    lines = source.split("\n", MAX_LINES)[:MAX_LINES]  # the new text is at the top
     kept = _strip_history(lines, _patterns(tuple(languages)))
     result = _tidy(kept, _patterns(tuple(languages)))
     return result if result.strip() else original
@@ -278,25 +300,33 @@ def _library_attributions(views: list[str], quoted: list[bool], pats: _Patterns
                           ) -> dict[int, _Attribution]:
     """'On ... wrote:' lines that mail-parser-reply knows, as line spans."""
     # Quoted and very long lines can never start a header we act on: blank them for the library,
-    # which keeps its expressions fast on pathological input (a line of 30,000 '>').
+    # which keeps its expressions fast on pathological input (a line of 30,000 '>'). Every
+    # header kept below ends with a colon and spans at most three lines, so the library reads
+    # one window at a time: a line ending with a colon and the two lines before it, for the
+    # first MAX_LIBRARY_HEADERS such lines. Its expressions take time quadratic in a line's
+    # length ("On " + 300 characters + ":" costs milliseconds; 20,000 such lines took minutes).
     masked = ["" if q or len(v) > MAX_HEADER_CHARS else v
               for v, q in zip(views, quoted, strict=True)]
-    if not any(m.rstrip().endswith((":", "：")) for m in masked):
-        return {}  # every header kept below ends with a colon: none here, skip the expressions
-    blob = "\n".join(masked)
-    starts = list(itertools.accumulate((len(m) + 1 for m in masked[:-1]), initial=0))
+    colons = [i for i, m in enumerate(masked) if m.rstrip().endswith((":", "："))]
     found: dict[int, _Attribution] = {}
-    for match in pats.library.finditer(blob):
-        start = match.start()
-        while start < match.end() and blob[start] == "\n":
-            start += 1
-        chunk = blob[start:match.end()].rstrip()
-        if not chunk.endswith((":", "：")) or pats.field.match(chunk):
-            continue  # field blocks and separators are judged by this module's own rules
-        first = bisect.bisect_right(starts, start) - 1
-        last = first + chunk.count("\n")
-        if len(chunk) <= MAX_HEADER_CHARS:
-            found[first] = _Attribution(first, last, "strong")
+    covered = -1  # the last line of the last header found: matches do not overlap
+    for end in colons[:MAX_LIBRARY_HEADERS]:
+        low = max(0, end - 2, covered + 1)
+        window = masked[low:end + 1]
+        blob = "\n".join(window)
+        starts = list(itertools.accumulate((len(m) + 1 for m in window[:-1]), initial=0))
+        for match in pats.library.finditer(blob):
+            start = match.start()
+            while start < match.end() and blob[start] == "\n":
+                start += 1
+            chunk = blob[start:match.end()].rstrip()
+            if not chunk.endswith((":", "：")) or pats.field.match(chunk):
+                continue  # field blocks and separators are judged by this module's own rules
+            first = low + bisect.bisect_right(starts, start) - 1
+            last = first + chunk.count("\n")
+            if len(chunk) <= MAX_HEADER_CHARS and first > covered:
+                found[first] = _Attribution(first, last, "strong")
+                covered = last
     return found
 
 
@@ -468,9 +498,8 @@ def _tidy(lines: list[str], pats: _Patterns) -> str:
             out.pop()
         else:
             break
-    while out and not out[0].strip():
-        out.pop(0)
-    text = "\n".join(out)
+    first = next((i for i, line in enumerate(out) if line.strip()), len(out))
+    text = "\n".join(out[first:])
     return re.sub(r"\n{4,}", "\n\n\n", text)
 
 
@@ -583,11 +612,11 @@ def html_to_text(html: str, drop_quotes: bool = True) -> str:
     gmail_quote, moz-cite-prefix, OLK_SRC_BODY_SECTION, ...) are left out and everything from
     Outlook's divRplyFwdMsg on is cut; the text rules of `reply_text` then remove the rest."""
     parser = _QuoteDroppingText(drop_quotes)
-    try:
-        parser.feed(html)
+    try:  # html.parser only ever reads nh3's well-formed output (linear; see htmltext)
+        parser.feed(htmltext.well_formed(html))
         parser.close()
     except Exception:  # html.parser is lenient; never let markup stop ingestion
-        return re.sub(r"\s+", " ", re.sub(r"<[^>]*>", " ", html)).strip()
+        return " ".join(re.sub(r"<[^<>]*>", " ", htmltext.bound(html)).split())
     text = "".join(parser.parts)
     lines = [line.rstrip(" ") for line in text.split("\n")]
     return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()

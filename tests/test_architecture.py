@@ -1,6 +1,6 @@
 """The dependency direction of DESIGN.md, checked by walking every module's imports with ast.
 
-model/config/errors (stdlib only) ← spool, store ← stage modules ← pipeline (and service, the
+model/config/errors/mailbounds (stdlib only) ← spool, store ← stage modules ← pipeline (and service, the
 orchestrator of agent actions), smtp ← daemon, admin, cli, app. Stage modules never import each
 other; the smtp package never imports the store, the pipeline, the rules or threading.
 """
@@ -12,7 +12,7 @@ from pathlib import Path
 
 PKG = Path(__file__).resolve().parent.parent / "mailgate"
 
-FOUNDATION = {"mailgate.model", "mailgate.config", "mailgate.errors"}
+FOUNDATION = {"mailgate.model", "mailgate.config", "mailgate.errors", "mailgate.mailbounds"}
 STAGES = {"mailgate.parse", "mailgate.threading", "mailgate.rules", "mailgate.outbound",
           "mailgate.classify", "mailgate.replytext", "mailgate.workflow",
           "mailgate.organizations", "mailgate.auth"}

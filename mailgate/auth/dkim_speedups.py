@@ -36,7 +36,9 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
-_TRAILING_WSP = re.compile(rb"[\t ]+\r\n")
+# A run of blanks before CRLF, matched from the run's start only: from every position of a long
+# run not followed by CRLF the plain pattern rescans the run (quadratic in the body).
+_TRAILING_WSP = re.compile(rb"(?<![\t ])[\t ]+\r\n")
 _WSP_TO_COMPRESS = re.compile(rb"\t[\t ]*| [\t ]+")  # every run but a lone space
 _LINE_BREAK = re.compile(rb"\r?\n")
 _HASHES: dict[str, type[hashes.HashAlgorithm]] = {"sha256": hashes.SHA256, "sha1": hashes.SHA1}

@@ -16,7 +16,8 @@ from collections.abc import Sequence
 from mailgate.model import base_mailbox
 
 SHOWN_IN = (b"sender", b"x-forwarded-for", b"x-forwarded-to", b"resent-from", b"resent-sender")
-_ADDRESS = re.compile(r"[^\s<>,;:\"()\[\]]+@[^\s<>,;:\"()\[\]]+")
+# Matches start only where a token starts (see threading/match.py: linear, not quadratic).
+_ADDRESS = re.compile(r"(?<![^\s<>,;:\"()\[\]])[^\s<>,;:\"()\[\]]+@[^\s<>,;:\"()\[\]]+")
 
 
 def forwarded_by(mail_from: str, fields: Sequence[tuple[bytes, bytes]],

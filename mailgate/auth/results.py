@@ -130,10 +130,7 @@ def _entries(text: str) -> tuple[str, list[tuple[str, str, dict[str, str]]]]:
     """A tolerant reader of an Authentication-Results value: authserv-id, then (method, result,
     properties) per result. Quoted strings (reasons) and comments are dropped first, so neither
     a `;` nor a `=` inside them is read as structure."""
-    text = re.sub(r'"(?:[^"\\]|\\.)*"', '""', text)
-    previous = None
-    while previous != text:  # drop comments, innermost first
-        previous, text = text, re.sub(r"\([^()]*\)", " ", text)
+    text = _without_comments(_empty_quotes(text))
     parts = [p.strip() for p in text.split(";")]
     entries = []
     for part in parts[1:]:
@@ -148,6 +145,53 @@ def _entries(text: str) -> tuple[str, list[tuple[str, str, dict[str, str]]]]:
                 props[key.lower()] = value.strip('"')
         entries.append((method.lower().split("/")[0], result.lower(), props))
     return parts[0].split()[0] if parts[0] else "", entries
+
+
+def _empty_quotes(text: str) -> str:
+    """Each quoted string (with backslash escapes) → `""`, in one pass. An unterminated quote
+    stays as it is, and so does a quote cut by a backslash before a line break."""
+    out: list[str] = []
+    pos = 0
+    n = len(text)
+    while True:
+        start = text.find('"', pos)
+        if start < 0:
+            out.append(text[pos:])
+            return "".join(out)
+        out.append(text[pos:start])
+        i = start + 1
+        while i < n and text[i] != '"':
+            if text[i] == "\\":
+                if i + 1 >= n or text[i + 1] == "\n":
+                    break
+                i += 2
+            else:
+                i += 1
+        if i < n and text[i] == '"':
+            out.append('""')
+            pos = i + 1
+            continue
+        # not closed: every later quote up to here is escaped in this same reading, so none of
+        # them starts a quoted string either
+        stop = n if i >= n else i + 1
+        out.append(text[start:stop])
+        pos = stop
+
+
+def _without_comments(text: str) -> str:
+    """Each balanced (nested) comment → one space, in one pass; unbalanced parentheses stay."""
+    out: list[str] = []
+    opens: list[int] = []  # where in `out` each open "(" is
+    for ch in text:
+        if ch == "(":
+            opens.append(len(out))
+            out.append(ch)
+        elif ch == ")" and opens:
+            del out[opens.pop():]
+            out.append(" ")
+        else:
+            out.append(ch)
+    return "".join(out)
 
 
 def read_recorded(value: str) -> Recorded:

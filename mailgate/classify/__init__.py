@@ -7,7 +7,8 @@ are whatever the sender wrote, and a mailbox that auto-forwards to us rewrites t
 sender, so no decision rests on the envelope alone. Output: a frozen `Classification` with the
 kind, one line saying why, and for bounces the `Dsn` (failed recipient, status, action,
 diagnostic), for forwarding confirmations the code and link. A pure function: no I/O, no database,
-never raises for bad mail (whatever cannot be read counts as absent). Stdlib only.
+never raises, for any bytes (whatever cannot be read counts as absent; the MIME tree is read
+within `mailbounds`' limits). Stdlib only.
 
 The detectors run in this order, first match wins: feedback report (an ARF report is a
 `multipart/report` too), bounce (DSNs carry `Auto-Submitted` as well, so bounces come before
@@ -16,6 +17,7 @@ automatic replies), forwarding confirmation, automatic reply; otherwise normal.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from mailgate.classify import autoreply, bounce, dsn, feedback, forwarding
@@ -30,6 +32,8 @@ FEEDBACK_REPORT = "feedback_report"
 FORWARDING_CONFIRMATION = "forwarding_confirmation"
 NORMAL = "normal"
 KINDS = (BOUNCE, AUTO_REPLY, FEEDBACK_REPORT, FORWARDING_CONFIRMATION, NORMAL)
+
+log = logging.getLogger("mailgate.classify")
 
 __all__ = [
     "AUTO_REPLY", "BOUNCE", "FEEDBACK_REPORT", "FORWARDING_CONFIRMATION", "KINDS", "NORMAL",
@@ -48,7 +52,20 @@ class Classification:
         object.__setattr__(self, "reason", " ".join(self.reason.split())[:300])
 
 
+# The start of the reason when classification itself failed (tests and bench/fuzz.py look for it).
+CLASSIFY_FAILED = "classification failed"
+
+
 def classify(parsed: ParsedMail, raw: bytes, envelope_sender: str) -> Classification:
+    try:
+        return _classify(parsed, raw, envelope_sender)
+    except Exception as exc:  # a bug, not the mail: say so, and go on as with a person's mail
+        log.warning("%s: %s: %s", CLASSIFY_FAILED, type(exc).__name__, exc, exc_info=True)
+        return Classification(NORMAL, f"{CLASSIFY_FAILED} ({type(exc).__name__}: {exc});"
+                                      " treated as normal mail")
+
+
+def _classify(parsed: ParsedMail, raw: bytes, envelope_sender: str) -> Classification:
     view = MailView(parsed, raw, envelope_sender)
     reason = feedback.detect(view)
     if reason:

@@ -19,7 +19,10 @@ import re
 from mailgate.classify.view import MailView
 
 # At the very start: a person's "Re: Automatic reply: ..." answers a robot and is no robot itself.
-_START = r"^\s*[\[(]?\s*"
+# (Leading white space is stripped before matching: "^\s*[\[(]?\s*" would try every split of a
+# run of blanks between its two "\s*", quadratic in the run.)
+_START = r"^[\[(]?\s*"
+MAX_SUBJECT = 1000  # how much of a subject the patterns read
 
 # Subjects that only automatic replies start with, by language.
 _STRONG: tuple[tuple[str, str], ...] = (
@@ -78,6 +81,7 @@ def detect(view: MailView) -> str:
 
 
 def subject_reason(subject: str) -> str:
+    subject = subject.lstrip()[:MAX_SUBJECT]
     for lang, pattern in _STRONG_RE:
         if pattern.search(subject):
             return f"subject matches out-of-office pattern ({lang})"

@@ -47,11 +47,11 @@ _GMAIL_BODY = re.compile(r"has\s+requested\s+to\s+automatically\s+forward\s+mail
                          r"https://mail(?:-settings)?\.google\.com/mail/vf-", re.I)
 _SUBJECT_CODE = re.compile(r"\(\s*(?:#|n[°º]\s*)(\d{5,12})\s*\)")
 _BODY_CODE = re.compile(
-    r"(?:confirmation|verification|security|bestätigungs|sicherheits|best[aä]tigungs)?"
-    r"\s*(?:code|código|codice|kod|コード|код)\b[^\n\d]{0,40}?(\d{4,12})\b", re.I)
+    r"(?:(?:confirmation|verification|security|bestätigungs|sicherheits|best[aä]tigungs)\s*)?"
+    r"(?:code|código|codice|kod|コード|код)\b[^\n\d]{0,40}?(\d{4,12})\b", re.I)
 _REQUESTER = re.compile(r"(?:receive mail from|recevoir des messages de|mail from)\s+"
                         r"([^\s@]{1,64}@[^\s@]{1,255})", re.I)
-_REQUESTED_BY = re.compile(r"([^\s@]{1,64}@[^\s@]{1,255})\s+has\s+requested\s+to\s+"
+_REQUESTED_BY = re.compile(r"(?<![^\s@])([^\s@]{1,64}@[^\s@]{1,255})\s+has\s+requested\s+to\s+"
                            r"automatically\s+forward", re.I)
 _TO_ADDRESS = re.compile(r"forward\s+mail\s+to\s+(?:your\s+(?:email\s+)?address|you)\s+"
                          r"([^\s@]{1,64}@[\w.-]{1,255}\w)", re.I)

@@ -6,7 +6,9 @@ Output: `MailView`, the facts the detectors test — content type and its parame
 parts (read again with the standard library, because reports keep their machine-readable parts in
 `message/*` bodies that `ParsedMail` holds only as attachments), the sender as the envelope, the
 From header and an upstream Return-Path header give it, and the text to search. Nothing here
-decides a class; it only reads, and it never raises for bad mail.
+decides a class; it only reads, and it never raises for bad mail. The MIME parts are read from
+the message as `mailbounds.bound` leaves it (linear work whatever the structure), and every text
+the detectors search is cut to `MAX_TEXT` characters.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from dataclasses import dataclass
 from email.message import Message
 from functools import cached_property
 
+import mailgate.mailbounds as mailbounds
 from mailgate.model import Address, ParsedMail
 
 # How much of a body the detectors search: enough for every notice, bounded for hostile mail.
@@ -35,24 +38,33 @@ _MTA_NAMES = re.compile(r"\b(?:mailer[- ]?daemon|postmaster|mail delivery (?:sub
 
 
 def _decode(data: bytes, charset: str | None) -> str:
-    name = (charset or "utf-8").strip().strip('"').lower()
+    name = str(charset or "utf-8").strip().strip('"').lower()
     if name in ("unknown-8bit", "x-unknown", "us-ascii", "ascii"):
         name = "utf-8"
-    try:
-        return data.decode(name, "replace")
-    except LookupError:
-        return data.decode("utf-8", "replace")
+    return mailbounds.decode_text(data, name)[0]
 
 
 def _header_text(value: object) -> str:
+    text = str(value)[:MAX_TEXT]
+    cost, cut = mailbounds.encoded_word_cut(text)
+    if cost > mailbounds.WORD_SCAN_BUDGET and cut >= 0:
+        text = text[:cut]
     try:
-        pieces = email.header.decode_header(str(value))
+        pieces = email.header.decode_header(text)
     except Exception:
-        return str(value)
+        return mailbounds.unfold(text)
     out = []
     for piece, charset in pieces:
         out.append(piece if isinstance(piece, str) else _decode(piece, charset))
-    return re.sub(r"\s*\r?\n\s*", " ", "".join(out))
+    return mailbounds.unfold("".join(out))
+
+
+def _message(raw: bytes) -> Message:
+    """The MIME tree of (the bounded) `raw`; an empty message when even that cannot be read."""
+    try:
+        return email.message_from_bytes(mailbounds.bound(raw).raw)
+    except Exception:  # the stdlib parser is lenient; keep going with an empty message
+        return Message()
 
 
 def _strip_angle(value: str) -> str:
@@ -79,11 +91,13 @@ class MailView:
     def from_raw(cls, raw: bytes, envelope_sender: str = "") -> MailView:
         """A view of bytes that no parse stage has read (for callers holding only the bytes):
         the headers are decoded here, the text comes from the MIME parts."""
-        msg = email.message_from_bytes(raw)
+        msg = _message(raw)
         headers: dict[str, list[str]] = {}
-        for name, value in msg.items():
+        for name, value in msg.raw_items():
             headers.setdefault(str(name).lower(), []).append(_header_text(value))
-        from_pairs = email.utils.getaddresses(headers.get("from", []))
+        # the structure from the undecoded value: a display name never makes an address
+        from_pairs = mailbounds.address_pairs(
+            [mailbounds.unfold(str(v)) for v in msg.get_all("from", [])])
         addr = next((a.lower() for _, a in from_pairs if "@" in a), "")
         parsed = ParsedMail(
             message_id="", in_reply_to=(), references=(), from_=Address(addr), to=(), cc=(),
@@ -104,23 +118,23 @@ class MailView:
 
     @cached_property
     def message(self) -> Message:
-        try:
-            return email.message_from_bytes(self.raw)
-        except Exception:  # the stdlib parser is lenient; keep going with an empty message
-            return Message()
+        return _message(self.raw)
 
     @cached_property
     def content_type(self) -> str:
-        return self.message.get_content_type()
+        try:
+            return self.message.get_content_type()
+        except Exception:
+            return "text/plain"
 
     def content_param(self, name: str) -> str:
         try:
             value = self.message.get_param(name, header="content-type")
+            if isinstance(value, tuple):  # RFC 2231 encoded parameter
+                value = email.utils.collapse_rfc2231_value(value)
+            return str(value or "").strip().lower()[:MAX_TEXT]
         except Exception:
             return ""
-        if isinstance(value, tuple):  # RFC 2231 encoded parameter
-            value = email.utils.collapse_rfc2231_value(value)
-        return str(value or "").strip().lower()
 
     # --- the sender ---------------------------------------------------------------------------
 
@@ -178,9 +192,9 @@ class MailView:
     def _walk(self, part: Message, depth: int, inside: bool) -> Iterator[Part]:
         if depth > 30:
             return
-        ctype = part.get_content_type()
-        payload = part.get_payload()
-        if part.is_multipart() and isinstance(payload, list):
+        ctype = mailbounds.content_type(part)
+        payload = part.get_payload() if part.is_multipart() else None  # never on a leaf
+        if isinstance(payload, list):
             if ctype.startswith("message/"):
                 yield Part(ctype, depth, self._message_text(payload), inside)
                 for sub in payload:
@@ -193,15 +207,8 @@ class MailView:
             return
         text = ""
         if ctype.startswith(("text/", "message/")) or ctype == "application/json":
-            try:
-                data = part.get_payload(decode=True)
-            except Exception:
-                data = None
-            if data is None:
-                raw_payload = part.get_payload()
-                data = (raw_payload.encode("utf-8", "surrogateescape")
-                        if isinstance(raw_payload, str) else b"")
-            text = _decode(data[:MAX_TEXT], part.get_content_charset())
+            data = mailbounds.payload_bytes(part)
+            text = _decode(data[:MAX_TEXT], mailbounds.content_charset(part))
         yield Part(ctype, depth, text, inside)
 
     @staticmethod
@@ -209,8 +216,8 @@ class MailView:
         out = []
         for sub in payload:
             if isinstance(sub, Message):
-                out.append("".join(f"{k}: {v}\n" for k, v in sub.items()))
-        return "\n".join(out)
+                out.append("".join(f"{k}: {v}\n" for k, v in sub.raw_items()))
+        return "\n".join(out)[:MAX_TEXT]
 
     def has_part(self, content_type: str) -> bool:
         return any(p.content_type == content_type for p in self.parts)

@@ -8,11 +8,12 @@ that mail clients write above an inline forward ("---------- Forwarded message -
 
 from __future__ import annotations
 
-import email
+import email.parser
 import email.utils
 import re
 from dataclasses import dataclass
 
+import mailgate.mailbounds as mailbounds
 from mailgate.model import Address, ParsedMail
 
 _FWD_SUBJECT = re.compile(r"^\s*(fwd?|wg|tr|rv|fs|vs|doorst|i)\s*:\s*", re.I)
@@ -22,8 +23,10 @@ _INLINE_MARKERS = re.compile(
     r"|^begin forwarded message:\s*$",
     re.I | re.M,
 )
-_HEADER_LINE = re.compile(r"^\s*\*?(from|von|de|da|van|från)\*?\s*:\s*(.+)$", re.I | re.M)
-_SUBJECT_LINE = re.compile(r"^\s*\*?(subject|betreff|objet|asunto|oggetto)\*?\s*:\s*(.+)$",
+# Within one line ([ \t], not \s, which would run on over following blank lines from every
+# line start: quadratic on a body of blank lines).
+_HEADER_LINE = re.compile(r"^[ \t]*\*?(from|von|de|da|van|från)\*?[ \t]*:[ \t]*(.+)$", re.I | re.M)
+_SUBJECT_LINE = re.compile(r"^[ \t]*\*?(subject|betreff|objet|asunto|oggetto)\*?[ \t]*:[ \t]*(.+)$",
                            re.I | re.M)
 
 
@@ -42,7 +45,10 @@ def strip_forward_prefix(subject: str) -> str:
 
 
 def _address(value: str) -> Address | None:
-    name, addr = email.utils.parseaddr(value.replace("[mailto:", "<").replace("]", ">"))
+    try:  # the stdlib recurses on nested comments: "((((" ... raises RecursionError
+        name, addr = email.utils.parseaddr(value[:2000].replace("[mailto:", "<").replace("]", ">"))
+    except Exception:
+        return None
     addr = addr.strip().lower()
     if "@" not in addr or any(c.isspace() for c in addr):
         return None
@@ -53,11 +59,15 @@ def original_of(parsed: ParsedMail) -> Forwarded | None:
     is_fwd_subject = bool(_FWD_SUBJECT.match(parsed.subject))
     for att in parsed.attachments:
         if att.content_type == "message/rfc822" and att.payload:
-            inner = email.message_from_bytes(att.payload)
-            sender = _address(str(inner.get("From", "")))
+            try:  # its header only, bounded like every message the parsers read
+                inner = email.parser.BytesParser().parsebytes(
+                    mailbounds.bound(att.payload).header, headersonly=True)
+                sender = _address(str(inner.get("From", "")))
+                subject = str(inner.get("Subject", "")).strip()
+            except Exception:
+                continue
             if sender is not None:
-                return Forwarded(sender, str(inner.get("Subject", "")).strip()
-                                 or strip_forward_prefix(parsed.subject))
+                return Forwarded(sender, subject or strip_forward_prefix(parsed.subject))
     marker = _INLINE_MARKERS.search(parsed.text)
     if not marker and not is_fwd_subject:
         return None

@@ -24,7 +24,9 @@ from mailgate.model import ParsedMail, ThreadMatch
 MAX_REFERENCES = 50
 ADDRESS_HEADERS = ("to", "cc", "delivered-to", "x-original-to", "x-forwarded-to")
 _SUBJECT_TAG = re.compile(r"\[#(\d{1,12})\]")
-_ADDR = re.compile(r"[^\s<>,;:\"()]+@[^\s<>,;:\"()]+")
+# An address-like token. The lookbehind starts a match only where a token starts: without it
+# every position of a long token without "@" rescans the token (quadratic: 41 KB took 11 s).
+_ADDR = re.compile(r"(?<![^\s<>,;:\"()])[^\s<>,;:\"()]+@[^\s<>,;:\"()]+")
 
 
 @dataclass(frozen=True)
