@@ -15,7 +15,14 @@ from dataclasses import dataclass
 
 import dkim
 
-from mailgate.auth.dkim_check import ErrorLog, Headers, KeyFetcher, Lookup, signature_tags
+from mailgate.auth.dkim_check import (
+    ErrorLog,
+    Headers,
+    KeyFetcher,
+    Lookup,
+    signature_tags,
+    unreadable,
+)
 
 MAX_INSTANCES = 10  # each set costs two RSA verifications and lookups; real chains have 1-3
 ARC_FIELDS = (b"arc-seal", b"arc-message-signature", b"arc-authentication-results")
@@ -80,6 +87,11 @@ def verify_chain(headers: Headers, body: bytes, lookup: Lookup) -> ArcChain:
         return ArcChain("fail", sealers, results, f"more than {MAX_INSTANCES} ARC sets")
     if ordered != list(range(ordered[0], 0, -1)):
         return ArcChain("fail", sealers, results, "ARC instances are not 1..n")
+    for i in ordered:  # what dkimpy would read slowly (see dkim_check.unreadable)
+        for name in (b"arc-seal", b"arc-message-signature"):
+            why = unreadable(sets[i].get(name, b""))
+            if why:
+                return ArcChain("fail", sealers, results, f"i={i} {name.decode()}: {why}")
     fetch = KeyFetcher(lookup)
     verifier = dkim.ARC(None, logger=ErrorLog(), minkey=1024)
     verifier.headers, verifier.body = list(headers), body
