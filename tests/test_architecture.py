@@ -1,8 +1,9 @@
 """The dependency direction of DESIGN.md, checked by walking every module's imports with ast.
 
-model/config/errors/mailbounds (stdlib only) ← spool, store ← stage modules ← pipeline (and service, the
-orchestrator of agent actions), smtp ← daemon, admin, cli, app. Stage modules never import each
-other; the smtp package never imports the store, the pipeline, the rules or threading.
+model/config/errors/mailbounds (stdlib only) ← spool, store ← stage modules ← pipeline (and
+service, the orchestrator of agent actions), smtp ← daemon, admin, cli, app. Stage modules never
+import each other; the smtp package never imports the store, the pipeline, the rules or
+threading.
 """
 
 from __future__ import annotations
