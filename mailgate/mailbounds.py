@@ -9,7 +9,8 @@ header helpers are slow or recursive on some input, so what they are given is bo
   `header_size_limit` does); more than `MAX_HEADER_FIELDS` fields or `MAX_HEADER_BYTES` in one
   header block: the rest of the fields are dropped;
 - a Content-Type or Content-Disposition keeps only as many parameters as `PARAM_SCAN_BUDGET`
-  allows for its length (the stdlib reads parameter lists in time quadratic in their length);
+  allows for its length (the stdlib reads parameter lists in time quadratic in their length),
+  an address field its first `MAX_ADDRESS_ITEMS` items;
 - an encoded word or RFC 2231 parameter naming a charset the parsers would decode slowly or
   fail on (punycode, idna, undefined, ...) is read as us-ascii;
 - a header whose encoded words never close (`=?cs?q?...` without `?=`), which the stdlib decodes
@@ -39,6 +40,7 @@ from email.message import Message
 MAX_FIELD_BYTES = 64 * 1024
 MAX_HEADER_FIELDS = 1000
 MAX_HEADER_BYTES = 1024 * 1024
+MAX_ADDRESS_ITEMS = 2000  # separators ("," ";") in one address field
 PARAM_SCAN_BUDGET = 200_000  # parameters × the length of their Content-* field
 WORD_SCAN_BUDGET = 10_000  # encoded words left open × the text after them, per field
 MAX_MIME_DEPTH = 50
@@ -51,6 +53,9 @@ _DASH_LINE = re.compile(rb"(?:\r\n|\r|\n)--")
 # email.feedparser.headerRE: what a header line looks like (field, continuation, Unix From).
 _HEADER_LINE = re.compile(rb"From |[\x21-\x39\x3b-\x7e]*:|[\t ]")
 _PARAM_FIELDS = (b"content-type", b"content-disposition")
+# Fields read as address lists (mail-parser's and ours): each item costs the parsers some tens
+# of microseconds, so a field of 60,000 ";" took seconds.
+_ADDRESS_FIELDS = (b"from", b"to", b"cc", b"bcc", b"reply-to", b"sender", b"delivered-to")
 # The charset of an encoded word (RFC 2047) and of an extended parameter (RFC 2231).
 _CHARSET_IN_WORD = re.compile(rb"(=\?)([^?\s]{1,64})(\?[qQbB]\?)")
 _CHARSET_IN_PARAM = re.compile(rb"(\*=[ \t]*\"?)([^'\"\s;=]{1,64})(')")
@@ -243,6 +248,19 @@ def _param_cut(field: bytes) -> int:
             return at
 
 
+def _nth_separator(field: bytes, most: int) -> int:
+    """Where the (`most`+1)-th address separator ("," or ";") of `field` is; -1 if none."""
+    if field.count(b",") + field.count(b";") <= most:
+        return -1
+    seen = 0
+    for i, byte in enumerate(field):
+        if byte in (0x2C, 0x3B):
+            seen += 1
+            if seen > most:
+                return i
+    return -1
+
+
 def _nth_opener(data: bytes, n: int) -> int:
     pos = -1
     for _ in range(n + 1):
@@ -392,6 +410,11 @@ class _Scan:
             if at >= 0:
                 keep = at
                 why.append("too many parameters for its length")
+        if name in _ADDRESS_FIELDS:
+            at = _nth_separator(field[:keep], MAX_ADDRESS_ITEMS)
+            if at >= 0:
+                keep = at
+                why.append(f"more than {MAX_ADDRESS_ITEMS} addresses")
         cost, at = encoded_word_cut(field[:keep])
         if cost > WORD_SCAN_BUDGET and at >= 0:
             keep = min(keep, at)
