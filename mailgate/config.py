@@ -83,6 +83,8 @@ class Config:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     shutdown_seconds: float = 30.0
+    hard_error_limit: int = 20
+    unknown_recipient_limit: int = 10
     data_dir: Path = Path("data")
     domains: tuple[str, ...] = ()
     mailboxes: tuple[str, ...] = ()
@@ -155,6 +157,8 @@ _SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], str]]] = {
         "tls_cert": (str, "a file path"),
         "tls_key": (str, "a file path"),
         "shutdown_seconds": ((int, float), "a number (seconds)"),
+        "hard_error_limit": (int, "an integer"),
+        "unknown_recipient_limit": (int, "an integer"),
     },
     "storage": {"data_dir": (str, "a directory path")},
     "mail": {
@@ -317,7 +321,8 @@ def parse_config(doc: dict[str, Any], path: Path) -> Config:
             return None
         return (base / v).resolve()
 
-    for key in ("max_message_size", "max_recipients"):
+    for key in ("max_message_size", "max_recipients", "hard_error_limit",
+                "unknown_recipient_limit"):
         if key in server and server[key] < 1:
             raise fail(f"[server] {key}", "must be at least 1")
     if "min_free_bytes" in server and server["min_free_bytes"] < 0:
@@ -468,6 +473,8 @@ def parse_config(doc: dict[str, Any], path: Path) -> Config:
         tls_cert=tls_cert,
         tls_key=tls_key,
         shutdown_seconds=float(server.get("shutdown_seconds", 30.0)),
+        hard_error_limit=server.get("hard_error_limit", 20),
+        unknown_recipient_limit=server.get("unknown_recipient_limit", 10),
         data_dir=(base / values.get("storage", {}).get("data_dir", "data")).resolve(),
         domains=domains,
         mailboxes=tuple(mailboxes),

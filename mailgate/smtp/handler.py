@@ -23,13 +23,22 @@ from aiosmtpd.smtp import Envelope as SMTPEnvelope
 
 from mailgate.model import KIND_REJECTION, Envelope, new_queue_id
 from mailgate.smtp.recipients import RecipientPolicy
+from mailgate.smtp.replies import (
+    BARE_LINE_END,
+    NO_SPACE,
+    QUEUED,
+    RECIPIENT_OK,
+    SENDER_OK,
+    TEMPORARY,
+    TOO_MANY_RCPTS,
+)
 
 log = logging.getLogger("mailgate.smtp")
 
-BARE_LINE_END = "550 5.6.0 Message refused: bare CR or LF in DATA (RFC 5321 section 2.3.8)"
-NO_SPACE = "452 4.3.1 Insufficient system storage, try again later"
-TOO_MANY_RCPTS = "452 4.5.3 Too many recipients"
-TEMPORARY = "451 4.3.0 Temporary local problem, try again later"
+# What one accepted message may take on disk before the pipeline has run: its bytes in the
+# spool's WAL and again in spool.db once checkpointed, plus the rows around them.
+SPOOL_COPIES = 2
+SPOOL_OVERHEAD = 64 * 1024
 
 
 class SpoolSubmitter(Protocol):
@@ -53,6 +62,7 @@ class MailgateHandler:
         data_dir: Path,
         min_free_bytes: int,
         notify: Callable[[], None] | None = None,
+        refusal: Callable[[], str | None] | None = None,
     ) -> None:
         self.policy = policy
         self.spool = spool
@@ -60,28 +70,60 @@ class MailgateHandler:
         self.data_dir = data_dir
         self.min_free_bytes = min_free_bytes
         self.notify = notify
+        # The daemon's verdict on its own health (database or spool gone): a reason to refuse
+        # every new transaction with 451, or None.
+        self.refusal = refusal
         self.accepted = 0
+        self.reserved = 0  # bytes promised to messages between their space check and commit
 
     def free_bytes(self) -> int:
         st = os.statvfs(self.data_dir)
         return st.f_bavail * st.f_frsize
 
-    def low_on_space(self) -> bool:
-        return self.min_free_bytes > 0 and self.free_bytes() < self.min_free_bytes
+    def has_room_for(self, size: int) -> bool:
+        """Whether `size` more bytes of mail fit under data_dir, above `min_free_bytes`, after
+        what concurrent sessions have already been promised. Checked and reserved in one step
+        on the event loop, so two sessions can never both take the last free bytes."""
+        need = SPOOL_COPIES * size + SPOOL_OVERHEAD if size else 0
+        try:
+            free = self.free_bytes()
+        except OSError as exc:
+            log.warning("cannot read free space under %s: %s", self.data_dir, exc)
+            return False
+        return free - self.reserved - need >= self.min_free_bytes
+
+    def _unhealthy(self) -> str | None:
+        reason = self.refusal() if self.refusal is not None else None
+        if reason:
+            log.error("refusing mail with 451: %s", reason)
+        return reason
+
+    async def handle_EHLO(
+        self, server: SMTP, session: Session, envelope: SMTPEnvelope, hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        """The EHLO keywords aiosmtpd offers, minus AUTH: nobody can log in here, so it is not
+        advertised (a client that tries anyway gets 502)."""
+        session.host_name = hostname
+        return [r for r in responses if not r[4:].upper().startswith("AUTH")]
 
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: SMTPEnvelope, address: str,
         mail_options: list[str],
     ) -> str:
-        if self.low_on_space():
-            log.warning("refusing MAIL from %s: free space below min_free_bytes", session.peer)
+        if self._unhealthy():
+            return TEMPORARY
+        declared = _declared_size(mail_options)
+        if not self.has_room_for(declared):
+            log.warning("refusing MAIL from %s: free space under data_dir below min_free_bytes"
+                        " (declared size %d)", session.peer, declared)
             return NO_SPACE
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         # The transaction's queue id, from MAIL on (as Postfix does): every log line about
         # this message, refused recipients included, carries it.
         session.mailgate_queue_id = new_queue_id()  # type: ignore[attr-defined]
-        return "250 2.1.0 Sender OK"
+        return SENDER_OK
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: SMTPEnvelope, address: str,
@@ -96,7 +138,7 @@ class MailgateHandler:
             return refusal
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
-        return "250 2.1.5 Recipient OK"
+        return RECIPIENT_OK
 
     def _envelope(self, session: Session, envelope: SMTPEnvelope, size: int) -> Envelope:
         queue_id = getattr(session, "mailgate_queue_id", None) or new_queue_id()
@@ -130,13 +172,20 @@ class MailgateHandler:
         if has_bare_line_ending(content):
             await self.record_refusal(session, envelope, len(content), "bare CR or LF in DATA")
             return BARE_LINE_END
-        if self.low_on_space():
+        if self._unhealthy():
+            return TEMPORARY
+        if not self.has_room_for(len(content)):
             await self.record_refusal(
                 session, envelope, len(content), "free space under data_dir below min_free_bytes"
             )
             return NO_SPACE
         env = self._envelope(session, envelope, len(content))
-        await asyncio.wrap_future(self.spool.submit(env, content))
+        promised = SPOOL_COPIES * len(content) + SPOOL_OVERHEAD
+        self.reserved += promised
+        try:
+            await asyncio.wrap_future(self.spool.submit(env, content))
+        finally:
+            self.reserved -= promised
         self.accepted += 1
         if self.notify is not None:
             self.notify()
@@ -144,4 +193,13 @@ class MailgateHandler:
             "queue_id=%s queued from=<%s> to=%s size=%d client=%s",
             env.queue_id, env.mail_from, ",".join(env.rcpt_to), env.size, env.client_ip,
         )
-        return f"250 2.0.0 Ok: queued as {env.queue_id}"
+        return QUEUED.format(queue_id=env.queue_id)
+
+
+def _declared_size(mail_options: list[str]) -> int:
+    """The SIZE= a client declared at MAIL FROM (RFC 1870), 0 when none."""
+    for option in mail_options:
+        name, _, value = option.partition("=")
+        if name.upper() == "SIZE" and value.isdigit():
+            return int(value)
+    return 0

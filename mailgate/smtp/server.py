@@ -24,12 +24,42 @@ from aiosmtpd.smtp import SMTP, syntax
 
 from mailgate import metrics
 from mailgate.config import Config
-from mailgate.smtp.handler import TEMPORARY, MailgateHandler
-from mailgate.smtp.replies import DATA_REFUSALS, with_enhanced_code
+from mailgate.smtp.handler import MailgateHandler
+from mailgate.smtp.replies import (
+    AUTH_UNAVAILABLE,
+    BAD_RECIPIENT_SYNTAX,
+    BAD_SENDER_SYNTAX,
+    DATA_REFUSALS,
+    SHUTTING_DOWN,
+    TEMPORARY,
+    TOO_MANY_ERRORS,
+    TOO_MANY_UNKNOWN,
+    with_enhanced_code,
+)
 
 log = logging.getLogger("mailgate.smtp")
 
-SHUTTING_DOWN = "421 4.3.2 Service shutting down"
+
+def bad_path_syntax(arg: str | None) -> bool:
+    """A MAIL/RCPT argument no real client sends: a CR (aiosmtpd splits commands on LF only),
+    a NUL, an unbalanced quote or angle bracket. Refused with 501 before aiosmtpd's parser,
+    which is lenient with them."""
+    if arg is None:
+        return False
+    _, colon, arg = arg.partition(":")  # after FROM: / TO:
+    if not colon:
+        return False
+    if "\r" in arg or "\x00" in arg:
+        return True
+    quotes, escaped = 0, False
+    for ch in arg:
+        if escaped:
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif ch == '"':
+            quotes += 1
+    return quotes % 2 == 1 or arg.count("<") != arg.count(">")
 
 
 class Sessions:
@@ -85,6 +115,10 @@ class MailgateSMTP(SMTP):
     mailgate_sessions: Sessions | None = None
     _mailgate_counted = False  # this session is in the sessions gauge (STARTTLS calls
     # connection_made again, and connection_lost can run twice)
+    hard_error_limit = 20  # 5xx replies before the session is closed (Postfix's default)
+    unknown_recipient_limit = 10  # RCPTs to mailboxes we do not have (address harvesting)
+    _hard_errors = 0
+    _unknown_recipients = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if not self._mailgate_counted:
@@ -123,14 +157,51 @@ class MailgateSMTP(SMTP):
         if self.mailgate_sessions is not None and self.mailgate_sessions.draining:
             self.shut_down()  # no new transaction once we are stopping
             return
+        if bad_path_syntax(arg):
+            await self.push(BAD_SENDER_SYNTAX)
+            return
         await super().smtp_MAIL(arg)
+
+    @syntax("RCPT TO: <address>", extended=" [SP <mail-parameters>]")
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        if bad_path_syntax(arg):
+            await self.push(BAD_RECIPIENT_SYNTAX)
+            return
+        await super().smtp_RCPT(arg)
+
+    @syntax("AUTH <mechanism>")
+    async def smtp_AUTH(self, arg: str | None) -> None:
+        await self.push(AUTH_UNAVAILABLE)
 
     async def push(self, status: AnyStr) -> None:
         text = status.decode() if isinstance(status, bytes) else status
         reason = DATA_REFUSALS.get(text)
         if reason is not None and self.envelope is not None and self.session is not None:
             await self.mailgate_handler.record_refusal(self.session, self.envelope, 0, reason)
-        await super().push(with_enhanced_code(text))
+        reply = with_enhanced_code(text)
+        verdict = self._count_error(reply) if reply[:1] == "5" and reply[3:4] != "-" else None
+        if verdict is None:
+            await super().push(reply)
+            return
+        log.warning("queue_id=%s closing session from %s: %s",
+                    getattr(self.session, "mailgate_queue_id", "-"),
+                    getattr(self.session, "peer", "?"), verdict)
+        await super().push(verdict)  # instead of the refusal that went over the limit
+        if self.transport is not None:
+            self.transport.close()
+
+    def _count_error(self, reply: str) -> str | None:
+        """Postfix's hard error limit, and a tighter one for unknown recipients: a client that
+        keeps failing (or probes for mailboxes) gets 421 and is disconnected. Returns that
+        421 when this refusal goes over a limit."""
+        self._hard_errors += 1
+        if reply.startswith("550 5.1.1"):
+            self._unknown_recipients += 1
+        if self._unknown_recipients > self.unknown_recipient_limit:
+            return TOO_MANY_UNKNOWN
+        if self._hard_errors >= self.hard_error_limit:
+            return TOO_MANY_ERRORS
+        return None
 
     async def handle_exception(self, error: Exception) -> str:
         queue_id = getattr(self.session, "mailgate_queue_id", "-")
@@ -170,6 +241,8 @@ def protocol_factory(
         )
         proto.mailgate_handler = handler
         proto.mailgate_sessions = sessions
+        proto.hard_error_limit = config.hard_error_limit
+        proto.unknown_recipient_limit = config.unknown_recipient_limit
         return proto
 
     return factory
