@@ -123,6 +123,7 @@ async def serve(config: Config) -> None:
         data_dir=config.data_dir,
         min_free_bytes=config.min_free_bytes,
         notify=worker.wake,
+        refusal=lambda: writer.problem or pipeline.database_problem(),
     )
     sessions = Sessions()
     sock = inherited_smtp_socket()

@@ -67,6 +67,7 @@ class SpoolEntry:
     content: bytes | None = None
     reason: str | None = None  # why a rejection was refused; the last error for a held message
     updated_at: float = 0.0
+    deferrals: int = 0  # times put off for a shortage of the machine (not counted as attempts)
 
     @property
     def queue_id(self) -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from mailgate.auth import Authenticator, AuthResult, strip_forged_results
 from mailgate.automation import Automation
 from mailgate.classify import classify
 from mailgate.deliver import Deliverer, Incoming, Outcome, Policy
-from mailgate.errors import PermanentFailure, TemporaryFailure
+from mailgate.errors import DatabaseGone, PermanentFailure, temporary_cause
 from mailgate.model import KIND_REJECTION, ParsedMail, SpoolEntry
 from mailgate.outbound.mailer import MailContext
 from mailgate.parse import parse
@@ -37,10 +38,18 @@ from mailgate.replytext import reply_text
 from mailgate.spool import Spool
 from mailgate.store import files
 from mailgate.store.audit import IncomingAudit, audited, record_incoming
-from mailgate.store.db import transaction
+from mailgate.store.db import check_same_file, transaction
 from mailgate.threading.token import Signer
 
 log = logging.getLogger("mailgate.pipeline")
+
+TEMPORARY_BACKOFF_MAX = 300.0  # seconds: the longest wait after a shortage of the machine
+
+
+def temporary_delay(deferrals: int) -> float:
+    """2 s, 4 s, 8 s ... up to TEMPORARY_BACKOFF_MAX: the wait after the n-th shortage."""
+    return min(TEMPORARY_BACKOFF_MAX, 2.0 * 2 ** min(deferrals, 16))
+
 
 @dataclass(frozen=True)
 class Prepared:
@@ -65,6 +74,17 @@ class Pipeline:
         self.automation = automation  # None: no routing or automation rules
         self.auth = auth  # None: no authentication (tools, tests of other stages)
         self.hold_unauthenticated = hold_unauthenticated  # [auth] unauthenticated = "hold"
+        self.problem: str | None = None  # the database went away: no new mail is taken
+
+    def database_problem(self) -> str | None:
+        """Why the database cannot be written (its file deleted or replaced), else None."""
+        if self.problem is None:
+            try:
+                check_same_file(self.db.conn)
+            except DatabaseGone as exc:
+                self.problem = str(exc)
+                log.error("%s", exc)
+        return self.problem
 
     # --- one entry --------------------------------------------------------------------------
 
@@ -87,12 +107,17 @@ class Pipeline:
         qid = entry.queue_id
         try:
             outcome = self.process(entry, prepared)
-        except TemporaryFailure as exc:
-            delay = min(3600.0, 30.0 * 2 ** max(0, entry.attempts - 1))
-            log.warning("queue_id=%s deferred for %.0fs: %s", qid, delay, exc)
-            self.spool.defer(qid, str(exc), delay)
-            return Outcome(qid, "deferred", reason=str(exc))
         except Exception as exc:
+            temporary = temporary_cause(exc)
+            if temporary is not None:  # the machine, not the message: never counts toward hold
+                if isinstance(exc, DatabaseGone) and self.problem is None:
+                    self.problem = str(exc)
+                    log.error("%s", exc)
+                delay = temporary_delay(entry.deferrals)
+                log.warning("queue_id=%s deferred for %.0fs (not counted as an attempt): %s",
+                            qid, delay, temporary)
+                self.spool.defer(qid, temporary, delay, count_attempt=False)
+                return Outcome(qid, "deferred", reason=temporary)
             reason = f"{type(exc).__name__}: {exc}"
             if isinstance(exc, PermanentFailure) or entry.attempts >= self.max_attempts:
                 log.error("queue_id=%s held after %d attempts: %s", qid, entry.attempts, reason,
@@ -180,6 +205,9 @@ class PipelineWorker:
     MAX_IN_FLIGHT = 64
     PREPARE_THREADS = 2
     HEAD_WAIT = 1.0
+    MAINTAIN_SECONDS = 60.0  # spool upkeep (WAL checkpoint, vacuum) when idle, this often ...
+    MAINTAIN_BYTES = 32 * 1024 * 1024  # ... or sooner once this much mail went through
+    RETRY_MAX = 30.0  # the longest wait before trying the spool again after it failed
 
     def __init__(self, pipeline: Pipeline, idle_poll: float = 1.0,
                  on_processed: Callable[[], None] | None = None) -> None:
@@ -191,6 +219,8 @@ class PipelineWorker:
         self._pending: list[tuple[SpoolEntry, asyncio.Future[Prepared | None]]] = []
         self._stopping = False
         self.processed = 0
+        self._maintained = time.monotonic()
+        self._since_maintained = 0  # bytes of mail processed since the last upkeep
 
     def wake(self) -> None:
         self._wake.set()
@@ -203,6 +233,7 @@ class PipelineWorker:
         loop = asyncio.get_running_loop()
         pool = ThreadPoolExecutor(self.PREPARE_THREADS, thread_name_prefix="mailgate-prepare")
         processor = asyncio.create_task(self._process(), name="pipeline-process")
+        failures = 0
         try:
             while not self._stopping:
                 self._wake.clear()
@@ -212,9 +243,14 @@ class PipelineWorker:
                     try:
                         entries = await loop.run_in_executor(None, self.pipeline.spool.claim,
                                                              room)
-                    except Exception:
-                        log.exception("pipeline worker: spool access failed; retrying")
-                        await asyncio.sleep(1.0)
+                        failures = 0
+                    except Exception as exc:
+                        failures += 1
+                        wait = min(self.RETRY_MAX, 2.0 ** failures)
+                        log.error("pipeline worker: spool access failed (%s); retrying in"
+                                  " %.0fs", exc, wait)
+                        await asyncio.sleep(wait)
+                        continue
                 for entry in entries:
                     if self.pipeline.auth is None or entry.kind == KIND_REJECTION:
                         fut: asyncio.Future[Prepared | None] = loop.create_future()
@@ -225,6 +261,7 @@ class PipelineWorker:
                     self._more.set()
                 if entries:
                     continue
+                await self._maintain(loop)
                 due = await loop.run_in_executor(None, self.pipeline.spool.next_due_in)
                 timeout = self.idle_poll if due is None else min(self.idle_poll, due)
                 with contextlib.suppress(TimeoutError):
@@ -234,6 +271,8 @@ class PipelineWorker:
                 await asyncio.sleep(0.05)
             processor.cancel()
             pool.shutdown(wait=False)
+            self._since_maintained = self.MAINTAIN_BYTES  # leave the spool small
+            await self._maintain(loop)
 
     async def _next(self) -> tuple[SpoolEntry, Prepared | None]:
         """The oldest claimed message, or — when it is slow to prepare — the oldest ready one."""
@@ -255,17 +294,50 @@ class PipelineWorker:
             except Exception:  # prepare() never raises; a broken pool means: do it in handle()
                 return entry, None
 
+    async def _maintain(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Spool upkeep while idle, at most every MAINTAIN_SECONDS."""
+        if (time.monotonic() - self._maintained < self.MAINTAIN_SECONDS
+                and self._since_maintained < self.MAINTAIN_BYTES):
+            return
+        self._maintained = time.monotonic()
+        self._since_maintained = 0
+        self._since_maintained = 0  # bytes of mail processed since the last upkeep
+        try:
+            await loop.run_in_executor(None, self.pipeline.spool.maintain)
+        except Exception as exc:
+            log.warning("spool maintenance failed (%s); trying again later", exc)
+
     async def _process(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             entry, prepared = await self._next()
+            await self._handle_until_recorded(loop, entry, prepared)
+            self._wake.set()
+
+    async def _handle_until_recorded(self, loop: asyncio.AbstractEventLoop, entry: SpoolEntry,
+                                     prepared: Prepared | None) -> None:
+        """handle() never raises for a message; when it raises, the spool itself could not
+        record the result (disk full, database locked). Try again with backoff until it can —
+        handling an entry twice changes nothing (the audit's unique queue id) — so no
+        acknowledged message stays `active` once the machine recovers. Stopping leaves it
+        `active`, and the next start requeues it."""
+        wait = 1.0
+        while True:
             try:
                 await loop.run_in_executor(None, self.pipeline.handle, entry, prepared)
-                self.processed += 1
-                if self.on_processed is not None:
-                    self.on_processed()
-            except Exception:  # handle() never raises for a message; this is the spool itself
-                log.exception("queue_id=%s could not be processed; it stays active until the"
-                              " next start", entry.queue_id)
-            finally:
-                self._wake.set()
+            except Exception as exc:
+                if self._stopping:
+                    log.error("queue_id=%s could not be recorded in the spool (%s); it is"
+                              " requeued at the next start", entry.queue_id, exc)
+                    return
+                log.error("queue_id=%s could not be recorded in the spool (%s); trying again"
+                          " in %.0fs", entry.queue_id, exc, wait)
+                await asyncio.sleep(wait)
+                wait = min(self.RETRY_MAX, wait * 2)
+                prepared = None
+                continue
+            self.processed += 1
+            self._since_maintained += entry.envelope.size
+            if self.on_processed is not None:
+                self.on_processed()
+            return

@@ -10,10 +10,18 @@ batched into one transaction by a single writer thread (group commit): one fsync
 session that was waiting at the time. State changes are transactions too, so a crash leaves each
 entry in exactly one state. Content is deleted only when the entry is marked done, which the
 pipeline does after its own database commit.
+
+Bounded on disk: the WAL is truncated back to `WAL_LIMIT` after each checkpoint, the space of
+processed messages is given back to the file system (incremental vacuum), and the records of
+done entries are kept for `DONE_KEEP_SECONDS`. A spool file deleted or replaced while open is
+noticed before the next commit: the writer then fails every submit (the SMTP side answers 451)
+rather than acknowledge mail into a file nobody will read.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import queue
 import sqlite3
 import threading
@@ -52,15 +60,35 @@ CREATE TABLE IF NOT EXISTS spool (
 CREATE INDEX IF NOT EXISTS spool_state ON spool (state, next_attempt);
 """
 
+log = logging.getLogger("mailgate.spool")
+
+WAL_LIMIT = 64 * 1024 * 1024  # bytes the WAL is cut back to after a checkpoint
+DONE_KEEP_SECONDS = 7 * 86400  # how long the record of a processed entry stays
+VACUUM_PAGES = 2048  # free pages given back to the file system per maintenance run
+
 
 def connect(path: Path, synchronous: str = "FULL") -> sqlite3.Connection:
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA auto_vacuum=INCREMENTAL")  # takes effect on a new file only
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute(f"PRAGMA synchronous={synchronous}")
     conn.execute("PRAGMA busy_timeout=30000")
+    conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
     conn.executescript(_SCHEMA)
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(spool)")}
+    if "deferrals" not in columns:  # spool files made before temporary failures were counted
+        with suppress(sqlite3.OperationalError):  # another connection added it first
+            conn.execute("ALTER TABLE spool ADD COLUMN deferrals INTEGER NOT NULL DEFAULT 0")
     return conn
+
+
+def file_identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 @dataclass(frozen=True)
@@ -76,7 +104,10 @@ class SpoolWriter:
     """One thread that commits new entries in batches (group commit)."""
 
     def __init__(self, path: Path, max_batch: int = 256) -> None:
+        self.path = path
         self._conn = connect(path)
+        self._identity = file_identity(path)
+        self.problem: str | None = None  # set once the spool file is found gone or replaced
         self._queue: queue.Queue[_Pending | None] = queue.Queue()
         self._max_batch = max_batch
         self._thread = threading.Thread(target=self._run, name="spool-writer", daemon=True)
@@ -132,6 +163,7 @@ class SpoolWriter:
             for p in batch
         ]
         try:
+            self._check_file()
             self._conn.execute("BEGIN IMMEDIATE")
             self._conn.executemany(
                 "INSERT INTO spool (queue_id, kind, state, received_at, envelope, content,"
@@ -140,13 +172,22 @@ class SpoolWriter:
             )
             self._conn.execute("COMMIT")
         except Exception as exc:  # every waiter must learn that its mail is not safe
-            with suppress(sqlite3.Error):
-                self._conn.execute("ROLLBACK")
+            if self._conn.in_transaction:
+                with suppress(sqlite3.Error):
+                    self._conn.execute("ROLLBACK")
             for p in batch:
                 p.future.set_exception(exc)
             return
         for p in batch:
             p.future.set_result(None)
+
+    def _check_file(self) -> None:
+        if self.problem is None and file_identity(self.path) != self._identity:
+            self.problem = (f"the spool {self.path} was deleted or replaced while mailgate had"
+                            " it open; mail is refused until mailgate is restarted")
+            log.error("%s", self.problem)
+        if self.problem is not None:
+            raise OSError(self.problem)
 
 
 class Spool:
@@ -170,14 +211,19 @@ class Spool:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 yield self._conn
+                self._conn.execute("COMMIT")
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                # SQLite may have rolled back already (a full disk does that): keep the
+                # original error, and never leave the connection inside a transaction.
+                if self._conn.in_transaction:
+                    with suppress(sqlite3.Error):
+                        self._conn.execute("ROLLBACK")
                 raise
-            self._conn.execute("COMMIT")
 
     def recover(self, max_attempts: int) -> tuple[int, int]:
         """At start-up: entries left `active` by a crash go back to `incoming`, or to `hold` when
         they have already been tried `max_attempts` times. Returns (requeued, held)."""
+        self._vacuum_mode()
         now = time.time()
         with self._tx() as c:
             held = c.execute(
@@ -190,6 +236,19 @@ class Spool:
                 "UPDATE spool SET state=?, updated_at=? WHERE state=?", (INCOMING, now, ACTIVE)
             ).rowcount
         return requeued, held
+
+    def _vacuum_mode(self) -> None:
+        """A spool file made before the spool gave space back: convert it once (at start-up,
+        before the SMTP side writes)."""
+        with self._lock:
+            if self._conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2:
+                return
+            try:
+                self._conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+                self._conn.execute("VACUUM")
+            except sqlite3.Error as exc:
+                log.warning("could not convert %s to incremental vacuum (%s); it will not"
+                            " shrink until this succeeds at a later start", self.path, exc)
 
     def claim(self, limit: int = 16) -> list[SpoolEntry]:
         """Move up to `limit` due entries (incoming, or deferred whose time came) to `active`,
@@ -217,12 +276,35 @@ class Spool:
                 (DONE, time.time(), queue_id),
             )
 
-    def defer(self, queue_id: str, reason: str, delay: float) -> None:
+    def defer(self, queue_id: str, reason: str, delay: float, count_attempt: bool = True
+              ) -> None:
+        """Try again in `delay` seconds. `count_attempt=False` for a shortage of the machine
+        (disk, descriptors, a busy database): the attempt `claim` counted is given back, so
+        such failures never bring a message closer to `hold`."""
+        uncount = 0 if count_attempt else 1
         with self._tx() as c:
             c.execute(
-                "UPDATE spool SET state=?, reason=?, next_attempt=?, updated_at=? WHERE queue_id=?",
-                (DEFERRED, reason, time.time() + delay, time.time(), queue_id),
+                "UPDATE spool SET state=?, reason=?, next_attempt=?, updated_at=?,"
+                " attempts=MAX(0, attempts-?), deferrals=deferrals+? WHERE queue_id=?",
+                (DEFERRED, reason, time.time() + delay, time.time(), uncount, uncount,
+                 queue_id),
             )
+
+    def maintain(self) -> None:
+        """Keep the spool small: forget old done entries, give free pages back to the file
+        system and checkpoint the WAL, truncating it."""
+        with self._tx() as c:
+            c.execute("DELETE FROM spool WHERE state=? AND updated_at<?",
+                      (DONE, time.time() - DONE_KEEP_SECONDS))
+        with self._lock:
+            free = self._conn.execute("PRAGMA freelist_count").fetchone()[0]
+            if free:
+                # run to completion (a plain execute() steps once: one page)
+                self._conn.executescript(f"PRAGMA incremental_vacuum({VACUUM_PAGES});")
+            # Copy the WAL into the file and cut it to nothing; when a reader or the SMTP
+            # side's commit is in the way it simply does less (SQLite waits busy_timeout at
+            # most), and the WAL stays under WAL_LIMIT anyway.
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
     def hold(self, queue_id: str, reason: str) -> None:
         with self._tx() as c:
@@ -254,7 +336,8 @@ class Spool:
     ) -> SpoolEntry | None:
         column = "content" if with_content else "NULL"
         row = c.execute(
-            f"SELECT envelope, kind, state, attempts, {column}, reason, updated_at FROM spool"
+            f"SELECT envelope, kind, state, attempts, {column}, reason, updated_at, deferrals"
+            " FROM spool"
             " WHERE queue_id=?",
             (queue_id,),
         ).fetchone()
@@ -268,6 +351,7 @@ class Spool:
             content=row[4],
             reason=row[5],
             updated_at=row[6],
+            deferrals=row[7],
         )
 
     def counts(self) -> dict[str, int]:

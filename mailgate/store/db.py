@@ -7,13 +7,45 @@ each, tracked with `PRAGMA user_version`; they only ever add.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import sqlite_utils
+
+from mailgate.errors import DatabaseGone
+
+
+class FileConnection(sqlite3.Connection):
+    """A connection that remembers the database file it opened (path, device, inode), so a
+    transaction can tell when that file was deleted or replaced under it."""
+
+    opened: tuple[Path, int, int] | None = None
+
+
+def file_identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of the file at `path`, None when there is none."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def check_same_file(conn: sqlite3.Connection) -> None:
+    """Raise DatabaseGone when the file `conn` opened is no longer at its path."""
+    opened = getattr(conn, "opened", None)
+    if opened is None:
+        return
+    path, dev, ino = opened
+    now = file_identity(path)
+    if now != (dev, ino):
+        what = "was deleted" if now is None else "was replaced by another file"
+        raise DatabaseGone(f"the database {path} {what} while mailgate had it open; nothing"
+                           " more is committed to it (restore it, then restart mailgate)")
 
 
 def now_iso(ts: float | None = None) -> str:
@@ -152,11 +184,15 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3, _v4,
 
 def open_db(path: Path) -> sqlite_utils.Database:
     path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
+    conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False,
+                           factory=FileConnection)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA foreign_keys=ON")
     conn.execute("PRAGMA busy_timeout=30000")
+    identity = file_identity(path)
+    if identity is not None:
+        conn.opened = (path, *identity)
     db = sqlite_utils.Database(conn)
     migrate(db)
     return db
@@ -193,12 +229,20 @@ def day_range(day: str) -> tuple[str, str]:
 @contextmanager
 def transaction(db: sqlite_utils.Database) -> Iterator[sqlite3.Connection]:
     """BEGIN IMMEDIATE … COMMIT on the raw connection (sqlite-utils' own writes commit on their
-    own, so writes inside a transaction use the connection directly)."""
+    own, so writes inside a transaction use the connection directly). Raises DatabaseGone when
+    the database file was deleted or replaced since it was opened — checked before and after,
+    so a commit that went into a file nobody will read again is never reported as done."""
     conn = db.conn
+    check_same_file(conn)
     conn.execute("BEGIN IMMEDIATE")
     try:
         yield conn
+        conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        # SQLite may have rolled back already (a full disk does that): keep the original
+        # error, and never leave the connection inside a transaction.
+        if conn.in_transaction:
+            with suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
         raise
-    conn.execute("COMMIT")
+    check_same_file(conn)
