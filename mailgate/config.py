@@ -77,7 +77,7 @@ class Config:
     listen_host: str = "127.0.0.1"
     listen_port: int = 2525
     hostname: str = "localhost"
-    max_message_size: int = 25 * MiB
+    max_message_size: int = 50 * MiB
     max_recipients: int = 50
     min_free_bytes: int = 100 * MiB
     tls_cert: Path | None = None
@@ -85,6 +85,13 @@ class Config:
     shutdown_seconds: float = 30.0
     hard_error_limit: int = 20
     unknown_recipient_limit: int = 10
+    bare_newline: str = "normalize"
+    max_sessions: int = 500
+    max_sessions_per_client: int = 50
+    idle_timeout: float = 300.0
+    min_data_rate: float = 500.0
+    junk_command_limit: int = 100
+    proxy_protocol: bool = False
     data_dir: Path = Path("data")
     domains: tuple[str, ...] = ()
     mailboxes: tuple[str, ...] = ()
@@ -159,6 +166,13 @@ _SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], str]]] = {
         "shutdown_seconds": ((int, float), "a number (seconds)"),
         "hard_error_limit": (int, "an integer"),
         "unknown_recipient_limit": (int, "an integer"),
+        "bare_newline": (str, '"normalize" or "reject"'),
+        "max_sessions": (int, "an integer"),
+        "max_sessions_per_client": (int, "an integer"),
+        "idle_timeout": ((int, float), "a number (seconds)"),
+        "min_data_rate": ((int, float), "a number (bytes per second)"),
+        "junk_command_limit": (int, "an integer"),
+        "proxy_protocol": (bool, "true or false"),
     },
     "storage": {"data_dir": (str, "a directory path")},
     "mail": {
@@ -322,9 +336,16 @@ def parse_config(doc: dict[str, Any], path: Path) -> Config:
         return (base / v).resolve()
 
     for key in ("max_message_size", "max_recipients", "hard_error_limit",
-                "unknown_recipient_limit"):
+                "unknown_recipient_limit", "junk_command_limit", "idle_timeout"):
         if key in server and server[key] < 1:
             raise fail(f"[server] {key}", "must be at least 1")
+    for key in ("max_sessions", "max_sessions_per_client", "min_data_rate"):
+        if key in server and server[key] < 0:
+            raise fail(f"[server] {key}", "must not be negative (0: no limit)")
+    bare_newline = server.get("bare_newline", "normalize")
+    if bare_newline not in ("normalize", "reject"):
+        raise fail("[server] bare_newline",
+                   f'expected "normalize" or "reject", got {bare_newline!r}')
     if "min_free_bytes" in server and server["min_free_bytes"] < 0:
         raise fail("[server] min_free_bytes", "must not be negative")
     tls_cert, tls_key = opt_path("server", "tls_cert"), opt_path("server", "tls_key")
@@ -467,7 +488,7 @@ def parse_config(doc: dict[str, Any], path: Path) -> Config:
         listen_host=host,
         listen_port=port,
         hostname=server.get("hostname", "localhost"),
-        max_message_size=server.get("max_message_size", 25 * MiB),
+        max_message_size=server.get("max_message_size", 50 * MiB),
         max_recipients=server.get("max_recipients", 50),
         min_free_bytes=server.get("min_free_bytes", 100 * MiB),
         tls_cert=tls_cert,
@@ -475,6 +496,13 @@ def parse_config(doc: dict[str, Any], path: Path) -> Config:
         shutdown_seconds=float(server.get("shutdown_seconds", 30.0)),
         hard_error_limit=server.get("hard_error_limit", 20),
         unknown_recipient_limit=server.get("unknown_recipient_limit", 10),
+        bare_newline=bare_newline,
+        max_sessions=server.get("max_sessions", 500),
+        max_sessions_per_client=server.get("max_sessions_per_client", 50),
+        idle_timeout=float(server.get("idle_timeout", 300.0)),
+        min_data_rate=float(server.get("min_data_rate", 500.0)),
+        junk_command_limit=server.get("junk_command_limit", 100),
+        proxy_protocol=server.get("proxy_protocol", False),
         data_dir=(base / values.get("storage", {}).get("data_dir", "data")).resolve(),
         domains=domains,
         mailboxes=tuple(mailboxes),

@@ -55,6 +55,10 @@ RESTART_ONLY = {
     "data_dir": "[storage] data_dir", "admin_host": "[admin] listen",
     "admin_port": "[admin] listen", "admin_tls_cert": "[admin] tls_cert",
     "admin_tls_key": "[admin] tls_key",
+    **{key: f"[server] {key}" for key in (
+        "bare_newline", "max_sessions", "max_sessions_per_client", "idle_timeout",
+        "min_data_rate", "junk_command_limit", "proxy_protocol", "hard_error_limit",
+        "unknown_recipient_limit")},
 }
 
 

@@ -68,6 +68,7 @@ class SpoolEntry:
     reason: str | None = None  # why a rejection was refused; the last error for a held message
     updated_at: float = 0.0
     deferrals: int = 0  # times put off for a shortage of the machine (not counted as attempts)
+    content_path: str | None = None  # a big message's file in the spool directory
 
     @property
     def queue_id(self) -> str:

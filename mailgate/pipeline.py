@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -93,10 +94,10 @@ class Pipeline:
         and concurrently by the worker so one slow domain does not hold up other mail. Never
         raises: on any problem `process` simply does the work itself (and reports it)."""
         if self.auth is None or entry.kind == KIND_REJECTION or entry.content is None:
-            return None
+            return None  # big messages (in a file) are read and prepared only when processed
         try:
             parsed = parse(entry.content)
-            return Prepared(parsed, self._authenticate(entry, parsed))
+            return Prepared(parsed, self._authenticate(entry, entry.content, parsed))
         except Exception:
             return None
 
@@ -142,13 +143,20 @@ class Pipeline:
                     record_incoming(conn, IncomingAudit(
                         env, "rejected", reason=entry.reason or "refused at DATA"))
             return Outcome(env.queue_id, "rejected", reason=entry.reason or "")
-        if entry.content is None:
+        if entry.attempts > 1 or entry.deferrals:  # tried before: maybe committed already
+            with transaction(self.db) as conn:
+                if audited(conn, env.queue_id):
+                    return Outcome(env.queue_id, "already_done")
+        if entry.content is None and not entry.content_path:
             raise PermanentFailure("spool entry has no message content")
-        content = entry.content
+        try:
+            content = self.spool.read_content(entry)
+        except FileNotFoundError:
+            raise PermanentFailure(f"the spool file {entry.content_path} is missing") from None
         parsed = prepared.parsed if prepared else parse(content)
         classification = classify(parsed, content, env.mail_from)
         reply = reply_text(parsed.text, parsed.html)
-        auth = prepared.auth if prepared else self._authenticate(entry, parsed)
+        auth = prepared.auth if prepared else self._authenticate(entry, content, parsed)
         if auth is not None and auth.verdict == "fail" and self.hold_unauthenticated:
             raise PermanentFailure(f"unauthenticated sender ([auth] unauthenticated = \"hold\"):"
                                    f" {auth.reason}")
@@ -170,11 +178,12 @@ class Pipeline:
             )
             return deliverer.deliver(conn, incoming)
 
-    def _authenticate(self, entry: SpoolEntry, parsed: ParsedMail) -> AuthResult | None:
-        if self.auth is None or entry.content is None:
+    def _authenticate(self, entry: SpoolEntry, content: bytes, parsed: ParsedMail
+                      ) -> AuthResult | None:
+        if self.auth is None:
             return None
         env = entry.envelope
-        result = self.auth.authenticate_sync(entry.content, env.client_ip, env.helo,
+        result = self.auth.authenticate_sync(content, env.client_ip, env.helo,
                                              env.mail_from, parsed.from_.email.rpartition("@")[2])
         log.info("queue_id=%s auth verdict=%s: %s", env.queue_id, result.verdict, result.reason)
         return result
@@ -334,7 +343,8 @@ class PipelineWorker:
                           " in %.0fs", entry.queue_id, exc, wait)
                 await asyncio.sleep(wait)
                 wait = min(self.RETRY_MAX, wait * 2)
-                prepared = None
+                prepared = None  # and the result may be committed already: handle() looks
+                entry = dataclasses.replace(entry, deferrals=entry.deferrals + 1)
                 continue
             self.processed += 1
             self._since_maintained += entry.envelope.size

@@ -11,6 +11,11 @@ session that was waiting at the time. State changes are transactions too, so a c
 entry in exactly one state. Content is deleted only when the entry is marked done, which the
 pipeline does after its own database commit.
 
+Bounded in memory: a message is kept in memory while it is received only up to `SPILL_BYTES`;
+past that it goes to a file `spool/<queue id>.eml` next to spool.db, fsynced (with the
+directory) in the writer's batch before the commit that names it. The pipeline reads such a
+file only when it processes the entry.
+
 Bounded on disk: the WAL is truncated back to `WAL_LIMIT` after each checkpoint, the space of
 processed messages is given back to the file system (incremental vacuum), and the records of
 done entries are kept for `DONE_KEEP_SECONDS`. A spool file deleted or replaced while open is
@@ -29,8 +34,9 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from mailgate.model import (
     ACTIVE,
@@ -62,6 +68,7 @@ CREATE INDEX IF NOT EXISTS spool_state ON spool (state, next_attempt);
 
 log = logging.getLogger("mailgate.spool")
 
+SPILL_BYTES = 512 * 1024  # a message bigger than this is received into a file, not memory
 WAL_LIMIT = 64 * 1024 * 1024  # bytes the WAL is cut back to after a checkpoint
 DONE_KEEP_SECONDS = 7 * 86400  # how long the record of a processed entry stays
 VACUUM_PAGES = 2048  # free pages given back to the file system per maintenance run
@@ -77,10 +84,71 @@ def connect(path: Path, synchronous: str = "FULL") -> sqlite3.Connection:
     conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
     conn.executescript(_SCHEMA)
     columns = {row[1] for row in conn.execute("PRAGMA table_info(spool)")}
-    if "deferrals" not in columns:  # spool files made before temporary failures were counted
-        with suppress(sqlite3.OperationalError):  # another connection added it first
-            conn.execute("ALTER TABLE spool ADD COLUMN deferrals INTEGER NOT NULL DEFAULT 0")
+    for column, decl in (("deferrals", "INTEGER NOT NULL DEFAULT 0"), ("content_path", "TEXT")):
+        if column not in columns:  # a spool file made by an earlier version
+            with suppress(sqlite3.OperationalError):  # another connection added it first
+                conn.execute(f"ALTER TABLE spool ADD COLUMN {column} {decl}")
     return conn
+
+
+def fsync_directory(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class MessageBody:
+    """A message being received: in memory while small, in a file of the spool directory once
+    it passes `spill` bytes. Written from the SMTP side's thread; made durable by the writer."""
+
+    def __init__(self, directory: Path, queue_id: str, spill: int = SPILL_BYTES) -> None:
+        self.directory = directory
+        self.queue_id = queue_id
+        self.spill = spill
+        self.size = 0
+        self.path: Path | None = None
+        self._buffer = bytearray()
+        self._file: Any = None
+
+    def write(self, data: bytes) -> None:
+        self.size += len(data)
+        if self._file is not None:
+            self._file.write(data)
+            return
+        self._buffer += data
+        if len(self._buffer) > self.spill:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self.path = self.directory / f"{self.queue_id}.eml"
+            self._file = self.path.open("wb", buffering=1024 * 1024)
+            self._file.write(self._buffer)
+            self._buffer = bytearray()
+
+    @property
+    def content(self) -> bytes | None:
+        """The bytes, when they are in memory (None once they went to a file)."""
+        return bytes(self._buffer) if self.path is None else None
+
+    def finish(self) -> None:
+        """Flush and fsync the file, if there is one (the writer thread calls this)."""
+        if self._file is not None:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            self._file = None
+
+    def discard(self) -> None:
+        """The message was refused or cut off: forget it, file included."""
+        self._buffer = bytearray()
+        if self._file is not None:
+            with suppress(OSError):
+                self._file.close()
+            self._file = None
+        if self.path is not None:
+            with suppress(OSError):
+                self.path.unlink()
+            self.path = None
 
 
 def file_identity(path: Path) -> tuple[int, int] | None:
@@ -95,7 +163,7 @@ def file_identity(path: Path) -> tuple[int, int] | None:
 class _Pending:
     envelope: Envelope
     kind: str
-    content: bytes | None
+    content: bytes | MessageBody | None
     reason: str | None
     future: Future[None]
 
@@ -105,6 +173,7 @@ class SpoolWriter:
 
     def __init__(self, path: Path, max_batch: int = 256) -> None:
         self.path = path
+        self.directory = path.parent / "spool"
         self._conn = connect(path)
         self._identity = file_identity(path)
         self.problem: str | None = None  # set once the spool file is found gone or replaced
@@ -113,10 +182,14 @@ class SpoolWriter:
         self._thread = threading.Thread(target=self._run, name="spool-writer", daemon=True)
         self._thread.start()
 
+    def new_body(self, queue_id: str) -> MessageBody:
+        """Where the SMTP side writes a message while it is received."""
+        return MessageBody(self.directory, queue_id)
+
     def submit(
         self,
         envelope: Envelope,
-        content: bytes | None,
+        content: bytes | MessageBody | None,
         kind: str = KIND_MESSAGE,
         reason: str | None = None,
     ) -> Future[None]:
@@ -149,25 +222,26 @@ class SpoolWriter:
 
     def _commit(self, batch: list[_Pending]) -> None:
         now = time.time()
-        rows = [
-            (
-                p.envelope.queue_id,
-                p.kind,
-                INCOMING,
-                p.envelope.received_at,
-                p.envelope.to_json(),
-                p.content,
-                p.reason,
-                now,
-            )
-            for p in batch
-        ]
+        rows = []
         try:
             self._check_file()
+            files = [p.content for p in batch
+                     if isinstance(p.content, MessageBody) and p.content.path is not None]
+            for body in files:  # big messages: their files durable before the rows
+                body.finish()
+            if files:
+                fsync_directory(self.directory)
+            for p in batch:
+                blob, name = p.content, None
+                if isinstance(blob, MessageBody):
+                    name = blob.path.name if blob.path is not None else None
+                    blob = blob.content
+                rows.append((p.envelope.queue_id, p.kind, INCOMING, p.envelope.received_at,
+                             p.envelope.to_json(), blob, name, p.reason, now))
             self._conn.execute("BEGIN IMMEDIATE")
             self._conn.executemany(
                 "INSERT INTO spool (queue_id, kind, state, received_at, envelope, content,"
-                " reason, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                " content_path, reason, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
             self._conn.execute("COMMIT")
@@ -201,6 +275,7 @@ class Spool:
         # So they never queue behind the SMTP side's group commits for the disk.
         self._conn = connect(path, synchronous="NORMAL")
         self._lock = threading.Lock()
+        self.directory = path.parent / "spool"
 
     def close(self) -> None:
         self._conn.close()
@@ -224,6 +299,7 @@ class Spool:
         """At start-up: entries left `active` by a crash go back to `incoming`, or to `hold` when
         they have already been tried `max_attempts` times. Returns (requeued, held)."""
         self._vacuum_mode()
+        self._remove_orphans()
         now = time.time()
         with self._tx() as c:
             held = c.execute(
@@ -265,16 +341,41 @@ class Spool:
                 "UPDATE spool SET state=?, attempts=attempts+1, updated_at=? WHERE queue_id=?",
                 [(ACTIVE, now, q) for q in ids],
             )
-            entries = [self._get(c, q) for q in ids]
+            entries = [self._get(c, q, read_file=False) for q in ids]
         return [e for e in entries if e is not None]
 
     def mark_done(self, queue_id: str) -> None:
         """The result is committed elsewhere: drop the bytes, keep the row as a record."""
         with self._tx() as c:
+            row = c.execute("SELECT content_path FROM spool WHERE queue_id=?",
+                            (queue_id,)).fetchone()
             c.execute(
-                "UPDATE spool SET state=?, content=NULL, updated_at=? WHERE queue_id=?",
+                "UPDATE spool SET state=?, content=NULL, content_path=NULL, updated_at=?"
+                " WHERE queue_id=?",
                 (DONE, time.time(), queue_id),
             )
+        if row is not None and row[0]:
+            with suppress(FileNotFoundError):
+                (self.directory / row[0]).unlink()
+
+    def read_content(self, entry: SpoolEntry) -> bytes:
+        """The bytes of an entry whose message was received into a file."""
+        if entry.content is not None or not entry.content_path:
+            return entry.content or b""
+        return (self.directory / entry.content_path).read_bytes()
+
+    def _remove_orphans(self) -> None:
+        """Files of messages whose spool row never committed (the client got no 250) or whose
+        entry is done: left behind by a crash; nothing refers to them."""
+        if not self.directory.is_dir():
+            return
+        with self._lock:
+            wanted = {r[0] for r in self._conn.execute(
+                "SELECT content_path FROM spool WHERE content_path IS NOT NULL")}
+        for path in self.directory.iterdir():
+            if path.name not in wanted:
+                with suppress(OSError):
+                    path.unlink()
 
     def defer(self, queue_id: str, reason: str, delay: float, count_attempt: bool = True
               ) -> None:
@@ -332,18 +433,21 @@ class Spool:
             return self._get(self._conn, queue_id)
 
     def _get(
-        self, c: sqlite3.Connection, queue_id: str, with_content: bool = True
+        self, c: sqlite3.Connection, queue_id: str, with_content: bool = True,
+        read_file: bool = True,
     ) -> SpoolEntry | None:
+        """One entry; its bytes when `with_content`, from its file too when `read_file` (the
+        worker claims without: a big message is read only when it is processed)."""
         column = "content" if with_content else "NULL"
         row = c.execute(
-            f"SELECT envelope, kind, state, attempts, {column}, reason, updated_at, deferrals"
-            " FROM spool"
+            f"SELECT envelope, kind, state, attempts, {column}, reason, updated_at, deferrals,"
+            " content_path FROM spool"
             " WHERE queue_id=?",
             (queue_id,),
         ).fetchone()
         if row is None:
             return None
-        return SpoolEntry(
+        entry = SpoolEntry(
             envelope=Envelope.from_json(row[0]),
             kind=row[1],
             state=row[2],
@@ -352,7 +456,12 @@ class Spool:
             reason=row[5],
             updated_at=row[6],
             deferrals=row[7],
+            content_path=row[8],
         )
+        if with_content and read_file and entry.content_path:
+            with suppress(OSError):  # a missing file is reported when the entry is processed
+                entry = replace(entry, content=self.read_content(entry))
+        return entry
 
     def counts(self) -> dict[str, int]:
         with self._lock:

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 from conftest import Daemon, free_port, queue_id_of, send
 
+from mailgate.spool import MessageBody
+
 SIMPLE = (
     "From: Carol <carol@client.test>\r\nTo: support@example.com\r\n"
     "Subject: {subject}\r\nMessage-ID: <{mid}@client.test>\r\n\r\nHello there.\r\n"
@@ -59,7 +61,11 @@ def test_size_limits_in_mail_and_data(make_daemon) -> None:
         assert (code, msg.split()[0]) == (552, b"5.3.4")
     d.wait_idle()
     rows = d.json("audit", "incoming", "--action", "rejected")
-    assert [r["reason"] for r in rows] == ["message exceeds max_message_size"]
+    assert sorted(r["reason"] for r in rows) == [
+        "declared SIZE=20000 exceeds max_message_size (10000)",  # refused at MAIL FROM
+        "message exceeds max_message_size",  # refused after DATA
+    ]
+    assert {r["mail_from"] for r in rows} == {"carol@client.test"}
     assert d.json("tickets", "list") == []
 
 
@@ -68,7 +74,8 @@ def test_size_limits_in_mail_and_data(make_daemon) -> None:
     b"Subject: x\r\n\r\nbare\rCR\r\n",
     b"Subject: x\r\n\r\nsmuggle\n.\nMAIL FROM:<a@b>\r\n",
 ])
-def test_bare_line_endings_are_refused_and_nothing_stored(daemon: Daemon, bad: bytes) -> None:
+def test_bare_line_endings_are_refused_and_nothing_stored(make_daemon, bad: bytes) -> None:
+    daemon = make_daemon(server_extra='bare_newline = "reject"')
     code, msg = send(daemon.port, bad)
     assert code == 550 and msg.startswith("5.6.0"), msg
     daemon.wait_idle()
@@ -148,6 +155,9 @@ def test_no_starttls_without_certificate(daemon: Daemon) -> None:
 
 class _BrokenSpool:
     """A spool writer whose disk has failed: every submit raises."""
+
+    def new_body(self, queue_id: str) -> MessageBody:
+        return MessageBody(Path("/nonexistent"), queue_id)
 
     def submit(self, envelope, content, kind="message", reason=None) -> Future[None]:
         fut: Future[None] = Future()

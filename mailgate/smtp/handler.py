@@ -1,15 +1,18 @@
-"""The aiosmtpd handler: envelope checks at MAIL/RCPT, the spool hand-off at DATA.
+"""The aiosmtpd handler: the policy of a session — envelope checks at MAIL/RCPT, the spool
+hand-off once DATA is read.
 
-Input: SMTP commands and DATA from any client (untrusted). Output: a spool entry per accepted
-message, and a reply per command. `250 2.0.0 Ok: queued as <id>` is sent only after the spool
-writer committed the entry; any failure before that answers 4xx. Refusals at DATA (bare CR or LF,
-too big) are spooled as `rejection` entries without the message bytes, so the incoming audit
-can record them.
+Input: SMTP commands and the message from any client (untrusted; `smtp.data` has read DATA into
+a body the spool gave). Output: a spool entry per accepted message, and a reply per command.
+`250 2.0.0 Ok: queued as <id>` is sent only after the spool writer committed the entry; any
+failure before that answers 4xx. Refusals (too big — declared at MAIL or found in DATA —, bare
+CR or LF in reject mode, too slow, no space) are spooled as `rejection` entries without the
+message bytes, so the incoming audit records them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import time
@@ -18,13 +21,17 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Protocol
 
+from aiosmtpd.proxy_protocol import ProxyData
 from aiosmtpd.smtp import SMTP, Session
 from aiosmtpd.smtp import Envelope as SMTPEnvelope
 
 from mailgate.model import KIND_REJECTION, Envelope, new_queue_id
+from mailgate.smtp import data
 from mailgate.smtp.recipients import RecipientPolicy
 from mailgate.smtp.replies import (
     BARE_LINE_END,
+    DATA_TIMEOUT,
+    MESSAGE_TOO_BIG,
     NO_SPACE,
     QUEUED,
     RECIPIENT_OK,
@@ -41,16 +48,17 @@ SPOOL_COPIES = 2
 SPOOL_OVERHEAD = 64 * 1024
 
 
+class SpoolBody(data.Body, Protocol):
+    size: int
+
+
 class SpoolSubmitter(Protocol):
+    def new_body(self, queue_id: str) -> SpoolBody: ...
+
     def submit(
-        self, envelope: Envelope, content: bytes | None, kind: str = ..., reason: str | None = ...
+        self, envelope: Envelope, content: bytes | SpoolBody | None, kind: str = ...,
+        reason: str | None = ...
     ) -> Future[None]: ...
-
-
-def has_bare_line_ending(data: bytes) -> bool:
-    """True when a CR or LF appears that is not part of a CRLF pair."""
-    crlf = data.count(b"\r\n")
-    return data.count(b"\n") != crlf or data.count(b"\r") != crlf
 
 
 class MailgateHandler:
@@ -140,15 +148,27 @@ class MailgateHandler:
         envelope.rcpt_options.extend(rcpt_options)
         return RECIPIENT_OK
 
+    async def handle_PROXY(self, server: SMTP, session: Session, envelope: SMTPEnvelope,
+                           proxy_data: ProxyData) -> bool:
+        """`[server] proxy_protocol`: the load balancer's header names the real client, which
+        then counts for the limits, SPF and the audit. A LOCAL/UNKNOWN header (the balancer's
+        own health check) keeps the connection's address."""
+        if not proxy_data.valid:
+            log.warning("refusing a connection from %s: bad PROXY header (%s)", session.peer,
+                        proxy_data.error or "not PROXY protocol")
+            return False
+        if proxy_data.src_addr is None:
+            return True
+        admit = getattr(server, "admit_proxied", None)
+        return True if admit is None else bool(await admit(str(proxy_data.src_addr)))
+
     def _envelope(self, session: Session, envelope: SMTPEnvelope, size: int) -> Envelope:
         queue_id = getattr(session, "mailgate_queue_id", None) or new_queue_id()
         session.mailgate_queue_id = queue_id  # type: ignore[attr-defined]
-        peer = session.peer
-        client_ip = peer[0] if isinstance(peer, tuple) else str(peer)
         return Envelope(
             queue_id=queue_id,
             received_at=time.time(),
-            client_ip=client_ip,
+            client_ip=client_address(session),
             helo=session.host_name or "",
             mail_from=envelope.mail_from or "",
             rcpt_to=tuple(envelope.rcpt_tos),
@@ -157,43 +177,76 @@ class MailgateHandler:
         )
 
     async def record_refusal(
-        self, session: Session, envelope: SMTPEnvelope, size: int, reason: str
+        self, session: Session, envelope: SMTPEnvelope, size: int, reason: str,
+        mail_from: str | None = None,
     ) -> None:
         """Spool a rejection record (no message bytes) so the incoming audit shows it."""
         env = self._envelope(session, envelope, size)
-        log.info("queue_id=%s refused at DATA from %s: %s", env.queue_id, env.client_ip, reason)
+        if mail_from is not None:  # refused at MAIL: aiosmtpd has not set it yet
+            env = dataclasses.replace(env, mail_from=mail_from)
+        log.info("queue_id=%s refused from %s: %s", env.queue_id, env.client_ip, reason)
         try:
             await asyncio.wrap_future(self.spool.submit(env, None, KIND_REJECTION, reason))
         except Exception:
             log.exception("queue_id=%s could not record the refusal", env.queue_id)
 
-    async def handle_DATA(self, server: SMTP, session: Session, envelope: SMTPEnvelope) -> str:
-        content: bytes = envelope.original_content or b""
-        if has_bare_line_ending(content):
-            await self.record_refusal(session, envelope, len(content), "bare CR or LF in DATA")
-            return BARE_LINE_END
-        if self._unhealthy():
-            return TEMPORARY
-        if not self.has_room_for(len(content)):
-            await self.record_refusal(
-                session, envelope, len(content), "free space under data_dir below min_free_bytes"
-            )
-            return NO_SPACE
-        env = self._envelope(session, envelope, len(content))
-        promised = SPOOL_COPIES * len(content) + SPOOL_OVERHEAD
+    def new_body(self, session: Session) -> SpoolBody:
+        """Where DATA goes while it is read (memory, or a spool file once it is big)."""
+        queue_id = getattr(session, "mailgate_queue_id", None) or new_queue_id()
+        session.mailgate_queue_id = queue_id  # type: ignore[attr-defined]
+        return self.spool.new_body(queue_id)
+
+    async def handle_message(self, session: Session, envelope: SMTPEnvelope, body: SpoolBody,
+                             result: data.DataResult) -> str:
+        """DATA has been read into `body`: refuse it (and say why in the audit), or spool it
+        and answer 250 once it is durable."""
+        refusal = {
+            data.TOO_BIG: (MESSAGE_TOO_BIG, "message exceeds max_message_size"),
+            data.BARE_LINE_END: (BARE_LINE_END, "bare CR or LF in DATA"),
+            data.TOO_SLOW: (DATA_TIMEOUT, "DATA too slow (timeout or below min_data_rate)"),
+        }.get(result.state)
+        if result.state == data.NOT_STORED:
+            log.error("queue_id=%s could not receive the message: %s",
+                      getattr(session, "mailgate_queue_id", "-"), result.error)
+            refusal = (NO_SPACE if "space" in result.error.lower() else TEMPORARY, "")
+        if refusal is None and self._unhealthy():
+            refusal = (TEMPORARY, "")
+        if refusal is None and not self.has_room_for(result.size):
+            refusal = (NO_SPACE, "free space under data_dir below min_free_bytes")
+        if refusal is not None:
+            body.discard()
+            reply, reason = refusal
+            if reason:
+                await self.record_refusal(session, envelope, result.size, reason)
+            return reply
+        env = self._envelope(session, envelope, result.size)
+        promised = SPOOL_COPIES * result.size + SPOOL_OVERHEAD
         self.reserved += promised
         try:
-            await asyncio.wrap_future(self.spool.submit(env, content))
+            await asyncio.wrap_future(self.spool.submit(env, body))
+        except BaseException:
+            body.discard()
+            raise
         finally:
             self.reserved -= promised
         self.accepted += 1
         if self.notify is not None:
             self.notify()
         log.info(
-            "queue_id=%s queued from=<%s> to=%s size=%d client=%s",
+            "queue_id=%s queued from=<%s> to=%s size=%d client=%s%s",
             env.queue_id, env.mail_from, ",".join(env.rcpt_to), env.size, env.client_ip,
+            " (bare LF normalized)" if result.bare_line_ends else "",
         )
         return QUEUED.format(queue_id=env.queue_id)
+
+
+def client_address(session: Session) -> str:
+    """The client's IP: the one a PROXY header reported, else the connection's peer."""
+    proxied = getattr(session, "proxy_data", None)
+    if proxied is not None and proxied.src_addr is not None:
+        return str(proxied.src_addr)
+    peer = session.peer
+    return str(peer[0]) if isinstance(peer, tuple) else str(peer)
 
 
 def _declared_size(mail_options: list[str]) -> int:

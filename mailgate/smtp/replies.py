@@ -15,7 +15,14 @@ import re
 SENDER_OK = "250 2.1.0 Sender OK"
 RECIPIENT_OK = "250 2.1.5 Recipient OK"
 QUEUED = "250 2.0.0 Ok: queued as {queue_id}"
+START_DATA = "354 End data with <CR><LF>.<CR><LF>"
 BARE_LINE_END = "550 5.6.0 Message refused: bare CR or LF in DATA (RFC 5321 section 2.3.8)"
+MESSAGE_TOO_BIG = "552 5.3.4 Message size exceeds fixed maximum message size"
+DATA_TIMEOUT = "421 4.4.2 Timeout exceeded, closing connection"
+NEED_RCPT = "503 5.5.1 Error: need RCPT command"
+DATA_SYNTAX = "501 5.5.4 Syntax: DATA"
+TOO_MANY_SESSIONS = "421 4.7.0 Too many connections, try again later"
+TOO_MANY_FROM_CLIENT = "421 4.7.0 Too many connections from your address, try again later"
 NO_SPACE = "452 4.3.1 Insufficient system storage, try again later"
 TOO_MANY_RCPTS = "452 4.5.3 Too many recipients"
 TEMPORARY = "451 4.3.0 Temporary local problem, try again later"
@@ -43,11 +50,6 @@ _BY_CODE = {
 }
 _PREFIX = re.compile(r"^(\d{3}) (?:Error: |Syntax: )?(.*)$", re.S)
 
-# aiosmtpd's replies that mean "the DATA you sent was refused", with our audit reason.
-DATA_REFUSALS = {
-    "552 Error: Too much mail data": "message exceeds max_message_size",
-    "500 Line too long (see RFC5321 4.5.3.1.6)": "line longer than 1000 bytes in DATA",
-}
 
 
 def with_enhanced_code(status: str) -> str:
