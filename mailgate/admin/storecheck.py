@@ -50,8 +50,10 @@ class StoreCheck:
         self._running: Future[str | None] | None = None
         self._checked_at: float | None = None
         self._corrupt: str | None = None
+        self._closed = False
 
     def close(self) -> None:
+        self._closed = True  # a check under way stops at its next progress call
         self._thread.shutdown(wait=False, cancel_futures=True)
 
     def problem(self) -> str | None:
@@ -81,7 +83,8 @@ class StoreCheck:
         except sqlite3.Error as exc:
             return self._finding(f"cannot open it: {exc}")
         deadline = time.monotonic() + self.budget
-        conn.set_progress_handler(lambda: int(time.monotonic() > deadline), 10000)
+        conn.set_progress_handler(
+            lambda: int(self._closed or time.monotonic() > deadline), 10000)
         try:
             rows = conn.execute(f"PRAGMA quick_check({MAX_ERRORS})").fetchall()
         except sqlite3.OperationalError as exc:
