@@ -38,7 +38,10 @@ class Relay:
     starttls: bool = False
     username: str = ""
     password: str = ""
-    timeout: float = 30.0
+    # RFC 5321 §4.5.3.2 (minimum waits): greeting, MAIL and RCPT 5 min; the DATA command (its
+    # 354 and the reply to the end of data, the transfer in between included) 10 min.
+    timeout: float = 300.0
+    data_timeout: float = 600.0
     retry_base_seconds: float = 300.0
     retry_max_seconds: float = 4000.0
     give_up_after_seconds: float = 5 * 86400.0
@@ -187,6 +190,7 @@ _SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], str]]] = {
         "password": (str, "a string"),
         "password_file": (str, "a file path"),
         "timeout": ((int, float), "a number (seconds)"),
+        "data_timeout": ((int, float), "a number (seconds)"),
         "retry_base_seconds": ((int, float), "a number (seconds)"),
         "retry_max_seconds": ((int, float), "a number (seconds)"),
         "give_up_after_seconds": ((int, float), "a number (seconds)"),
@@ -605,7 +609,8 @@ def _relay(body: dict[str, Any], base: Path, fail: Any) -> Relay:
             password = pw_path.read_text().strip()
         except OSError as exc:
             raise fail("[relay] password_file", f"cannot read {pw_path}: {exc.strerror}") from None
-    for key in ("timeout", "retry_base_seconds", "retry_max_seconds", "give_up_after_seconds"):
+    for key in ("timeout", "data_timeout", "retry_base_seconds", "retry_max_seconds",
+                "give_up_after_seconds"):
         if key in body and body[key] <= 0:
             raise fail(f"[relay] {key}", "must be positive")
     if bool(body.get("username")) != bool(password):
@@ -616,7 +621,8 @@ def _relay(body: dict[str, Any], base: Path, fail: Any) -> Relay:
         starttls=body.get("starttls", False),
         username=body.get("username", ""),
         password=password,
-        timeout=float(body.get("timeout", 30.0)),
+        timeout=float(body.get("timeout", 300.0)),
+        data_timeout=float(body.get("data_timeout", 600.0)),
         retry_base_seconds=float(body.get("retry_base_seconds", 300.0)),
         retry_max_seconds=float(body.get("retry_max_seconds", 4000.0)),
         give_up_after_seconds=float(body.get("give_up_after_seconds", 5 * 86400.0)),

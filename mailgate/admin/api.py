@@ -1,12 +1,14 @@
 """The JSON API of the admin endpoint, with the field names of the CLI's `--json`.
 
 Input: HTTP requests that passed `mailgate.admin.auth` (the bearer token; `/api/health` is
-open), with query parameters and JSON or form bodies (untrusted, checked by `params`).
+open, and says only up or down without the token), with query parameters and JSON or form
+bodies (untrusted, checked by `params`).
 Output: JSON. Errors are `{"error": "<one line>"}` with 400 (bad input), 401 (no or wrong
 token), 404 (no such ticket or route), 409 (a well-formed request the state refuses: an
 address that is not a configured agent), 500 (a bug; logged).
 
-    GET  /api/health                      status, spool, outbound, last mail, relay
+    GET  /api/health                      up/down; with the token: status, problems, storage,
+                                          spool, outbound, last mail, relay
     GET  /api/tickets                     ?status= &unassigned= &view= &org= &limit=
     GET  /api/tickets/{id}                as `mailgate tickets show ID --json`
     POST /api/tickets/{id}/reply          agent, body
@@ -104,8 +106,19 @@ def _ticket_id(request: web.Request) -> int:
 
 
 async def health(request: web.Request) -> web.Response:
+    """Without the token, only whether mailgate is up (200 `{"status": "up"}`) or down (503
+    `{"status": "down"}`: the spool or the database is gone, replaced, damaged or unreadable);
+    with it, the full report."""
+    b = backend(request)
+    if request.get("auth") != "bearer":
+        try:
+            up = await b.run(b.up)
+        except Exception:
+            log.exception("admin: health check failed")
+            up = False
+        return reply({"status": "up" if up else "down"}, 200 if up else 503)
     try:
-        data = await backend(request).run(backend(request).health)
+        data = await b.run(b.health)
     except Exception as exc:
         log.exception("admin: health check cannot read the database")
         return reply({"status": "error", "error": f"{type(exc).__name__}: {exc}"}, 503)

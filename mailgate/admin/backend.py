@@ -23,6 +23,7 @@ from aiohttp import web
 
 from mailgate import app, metrics
 from mailgate.admin.params import BadInput
+from mailgate.admin.storecheck import StoreCheck
 from mailgate.config import Config
 from mailgate.errors import UserError
 from mailgate.outbound.render import TemplateError
@@ -73,6 +74,8 @@ class Backend:
         self.relay = relay
         self.db = open_db(config.db_path)
         self.spool = Spool(config.spool_path)
+        self.stores = (StoreCheck("spool", config.spool_path),
+                       StoreCheck("database", config.db_path))
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="admin-db")
         self.reload(config)
 
@@ -88,6 +91,8 @@ class Backend:
 
     def close(self) -> None:
         self._thread.shutdown(wait=True)
+        for check in self.stores:
+            check.close()
         self.spool.close()
         self.db.close()
 
@@ -104,25 +109,57 @@ class Backend:
         }
 
     def health(self) -> dict[str, Any]:
-        spool = self.spool.counts()
-        outgoing = outbox.counts_by_status(self.db)
+        """The full report. `storage` says, for the spool and the database, "ok" or what is
+        wrong (gone, replaced, damaged, unreadable); any problem makes `status` "degraded"."""
+        return self._health()[0]
+
+    def up(self) -> bool:
+        """For `/api/health` without the token: False when the spool or the database is gone,
+        replaced, damaged or cannot be read."""
+        return self._health()[1]
+
+    def _health(self) -> tuple[dict[str, Any], bool]:
+        problems: list[str] = []
+        storage: dict[str, str] = {}
+        for check in self.stores:
+            problem = check.problem()
+            storage[check.name] = problem or "ok"
+            if problem:
+                problems.append(problem)
+
+        def read(name: str, fn: Callable[[], T], default: T) -> T:
+            try:
+                return fn()
+            except Exception as exc:
+                log.warning("admin: health check cannot read the %s: %s", name, exc)
+                text = f"cannot read the {name}: {type(exc).__name__}: {exc}"
+                if storage.get(name, "ok") == "ok":
+                    storage[name] = text
+                problems.append(text)
+                return default
+
+        spool = read("spool", self.spool.counts, {})
+        outgoing = read("database", lambda: outbox.counts_by_status(self.db), {})
+        last_received = read("database", lambda: audit.last_received_at(self.db), None)
+        up = all(state == "ok" for state in storage.values())
         relay = self.relay_health()
-        problems = []
         if spool.get("hold"):
             problems.append(f"{spool['hold']} message(s) held in the spool"
                             " (`mailgate spool list --state hold`)")
         if relay["last_ok"] is False:
             problems.append(f"the relay {relay['host']}:{relay['port']} did not answer its last"
                             f" attempt: {relay['last_error']}")
-        return {
+        report = {
             "status": "degraded" if problems else "ok",
             "problems": problems,
             "time": now_iso(),
+            "storage": storage,
             "spool": spool,
             "outbound": outgoing,
-            "last_mail_received_at": audit.last_received_at(self.db),
+            "last_mail_received_at": last_received,
             "relay": relay,
         }
+        return report, up
 
     def counts(self) -> metrics.Counts:
         return metrics.Counts(

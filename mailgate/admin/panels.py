@@ -150,8 +150,12 @@ async def login(request: web.Request) -> web.Response:
 
 
 async def logout(request: web.Request) -> web.Response:
+    """End the session on the server (every copy of its cookie stops working) and drop the
+    cookie from the browser."""
+    authn = request.app[auth.AUTH]
+    authn.end_session(request.cookies.get(auth.SESSION_COOKIE, ""))
     response = see_other("/login")
-    request.app[auth.AUTH].clear_session(response)
+    authn.clear_session(response)
     return response
 
 

@@ -179,7 +179,15 @@ def _v5(db: sqlite_utils.Database) -> None:
     db["audit_incoming"].add_column("auth", str)
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3, _v4, _v5]
+def _v6(db: sqlite_utils.Database) -> None:
+    """Delivery attempts whose outcome is unknown: when the DATA phase of the attempt in flight
+    began (committed before DATA is sent), and how many attempts ended without a reply after
+    DATA had begun (each may have delivered the mail)."""
+    db["outbound"].add_column("data_started_at", str)
+    db["outbound"].add_column("maybe_sent", int, not_null_default=0)
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3, _v4, _v5, _v6]
 
 
 def open_db(path: Path) -> sqlite_utils.Database:

@@ -4,7 +4,12 @@ Input: rendered messages from the pipeline or an agent action (written in the ca
 transaction, so a mail exists exactly when the change that caused it was committed), and
 delivery results from the relay worker. Output: rows whose `status` is one of `queued`,
 `sending`, `sent`, `deferred`, `failed`, `bounced`, `suppressed`; listings for the CLI.
-`sending` marks an attempt in flight: a crash leaves it there and start-up makes it `deferred`.
+
+`sending` marks an attempt in flight, and `data_started_at` is committed before the worker sends
+DATA. A crash leaves the row `sending`, and start-up (`recover`) decides: an attempt cut short
+before DATA sent nothing and is simply retried; one cut short after DATA began may have been
+delivered ("maybe sent"): it is resent with the same Message-ID (so the receiver can drop the
+copy), `maybe_sent` counts it, and `last_error` says so. Delivery is therefore at-least-once.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ class OutboundMail:
     attempts: int
     created_ts: float
     queue_id: str = ""  # the incoming mail that caused it (acknowledgements), else ""
+    maybe_sent: int = 0  # earlier attempts that ended without a reply after DATA began
 
 
 def enqueue(
@@ -70,15 +76,34 @@ def outbound_for_message_id(conn: sqlite3.Connection, message_id: str) -> int | 
     return int(row[0]) if row else None
 
 
-def recover(db: sqlite_utils.Database) -> int:
-    """At start-up: attempts cut short by a crash become deferred (due now)."""
+def recover(db: sqlite_utils.Database) -> list[tuple[int, bool, str]]:
+    """At start-up, attempts cut short by a crash become deferred (due now). Returns one
+    (outbound id, maybe sent, what the audit now says) per row: those cut short before DATA
+    sent nothing and are simply retried; those cut short after DATA began may have been
+    delivered ("maybe sent") and are resent with the same Message-ID."""
+    now = now_iso()
     with transaction(db) as conn:
-        return conn.execute(
-            "UPDATE outbound SET status='deferred', next_attempt=0, updated_at=?,"
-            " last_error=COALESCE(last_error, '') || ' (attempt interrupted by a restart)'"
-            " WHERE status='sending'",
-            (now_iso(),),
-        ).rowcount
+        rows = conn.execute(
+            "SELECT id, attempts, data_started_at, message_id FROM outbound"
+            " WHERE status='sending'").fetchall()
+        settled = []
+        for oid, attempts, data_started_at, message_id in rows:
+            maybe = data_started_at is not None
+            if maybe:
+                note = (f"maybe sent: attempt {attempts} was cut short by a restart after DATA"
+                        f" began at {data_started_at}, before the relay's reply was recorded;"
+                        f" it is resent with the same Message-ID"
+                        f" <{message_id.strip().strip('<>')}>, so the receiver can drop the"
+                        " copy")
+            else:
+                note = (f"attempt {attempts} was cut short by a restart before DATA (nothing"
+                        " was sent); retried")
+            conn.execute(
+                "UPDATE outbound SET status='deferred', next_attempt=0, updated_at=?,"
+                " last_error=?, maybe_sent=maybe_sent+?, data_started_at=NULL WHERE id=?",
+                (now, note, int(maybe), oid))
+            settled.append((oid, maybe, note))
+    return settled
 
 
 def claim_due(db: sqlite_utils.Database, limit: int = 20) -> list[OutboundMail]:
@@ -86,41 +111,56 @@ def claim_due(db: sqlite_utils.Database, limit: int = 20) -> list[OutboundMail]:
     with transaction(db) as conn:
         rows = conn.execute(
             "SELECT id, ticket_id, kind, to_addr, message_id, raw, attempts, created_ts,"
-            " COALESCE(queue_id, '')"
+            " COALESCE(queue_id, ''), maybe_sent"
             " FROM outbound WHERE status='queued' OR (status='deferred' AND next_attempt<=?)"
             " ORDER BY id LIMIT ?",
             (now, limit),
         ).fetchall()
         conn.executemany(
-            "UPDATE outbound SET status='sending', attempts=attempts+1, updated_at=? WHERE id=?",
+            "UPDATE outbound SET status='sending', attempts=attempts+1, updated_at=?,"
+            " data_started_at=NULL WHERE id=?",
             [(now_iso(now), r[0]) for r in rows],
         )
-    return [OutboundMail(r[0], r[1], r[2], r[3], r[4], r[5], r[6] + 1, r[7], r[8])
+    return [OutboundMail(r[0], r[1], r[2], r[3], r[4], r[5], r[6] + 1, r[7], r[8], r[9] or 0)
             for r in rows]
+
+
+def mark_data_started(db: sqlite_utils.Database, outbound_id: int) -> None:
+    """Committed just before DATA: from now on, a crash leaves the mail "maybe sent"."""
+    with transaction(db) as conn:
+        conn.execute(
+            "UPDATE outbound SET data_started_at=?, updated_at=? WHERE id=? AND status='sending'",
+            (now_iso(), now_iso(), outbound_id),
+        )
 
 
 def mark_sent(db: sqlite_utils.Database, outbound_id: int, reply: str) -> None:
     with transaction(db) as conn:
         conn.execute(
-            "UPDATE outbound SET status='sent', sent_at=?, updated_at=?, last_error=? WHERE id=?",
+            "UPDATE outbound SET status='sent', sent_at=?, updated_at=?, last_error=?,"
+            " data_started_at=NULL WHERE id=?",
             (now_iso(), now_iso(), reply, outbound_id),
         )
 
 
-def mark_deferred(db: sqlite_utils.Database, outbound_id: int, error: str, delay: float) -> None:
+def mark_deferred(db: sqlite_utils.Database, outbound_id: int, error: str, delay: float,
+                  maybe_sent: bool = False) -> None:
+    """`maybe_sent`: the attempt ended without a reply after DATA began (counted)."""
     with transaction(db) as conn:
         conn.execute(
-            "UPDATE outbound SET status='deferred', last_error=?, next_attempt=?, updated_at=?"
-            " WHERE id=?",
-            (error, time.time() + delay, now_iso(), outbound_id),
+            "UPDATE outbound SET status='deferred', last_error=?, next_attempt=?, updated_at=?,"
+            " data_started_at=NULL, maybe_sent=maybe_sent+? WHERE id=?",
+            (error, time.time() + delay, now_iso(), int(maybe_sent), outbound_id),
         )
 
 
-def mark_failed(db: sqlite_utils.Database, outbound_id: int, error: str) -> None:
+def mark_failed(db: sqlite_utils.Database, outbound_id: int, error: str,
+                maybe_sent: bool = False) -> None:
     with transaction(db) as conn:
         conn.execute(
-            "UPDATE outbound SET status='failed', last_error=?, updated_at=? WHERE id=?",
-            (error, now_iso(), outbound_id),
+            "UPDATE outbound SET status='failed', last_error=?, updated_at=?,"
+            " data_started_at=NULL, maybe_sent=maybe_sent+? WHERE id=?",
+            (error, now_iso(), int(maybe_sent), outbound_id),
         )
 
 
@@ -147,7 +187,7 @@ def next_due_in(db: sqlite_utils.Database) -> float | None:
 
 _COLUMNS = (
     "id, ticket_id, kind, to_addr AS 'to', subject, message_id, status, attempts, last_error,"
-    " dsn_status, created_at, sent_at"
+    " maybe_sent, dsn_status, created_at, sent_at"
 )
 
 
