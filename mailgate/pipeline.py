@@ -230,6 +230,7 @@ class PipelineWorker:
         self.processed = 0
         self._maintained = time.monotonic()
         self._since_maintained = 0  # bytes of mail processed since the last upkeep
+        self._busy = False  # a thread is handling an entry right now
 
     def wake(self) -> None:
         self._wake.set()
@@ -275,8 +276,9 @@ class PipelineWorker:
                 timeout = self.idle_poll if due is None else min(self.idle_poll, due)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout)
-        finally:  # finish what was claimed: nothing is left `active` by an orderly stop
-            while self._pending and not processor.done():
+        finally:  # finish what was claimed: nothing is left `active` by an orderly stop,
+            # and no thread still uses the spool or the database once this returns
+            while (self._pending or self._busy) and not processor.done():
                 await asyncio.sleep(0.05)
             processor.cancel()
             pool.shutdown(wait=False)
@@ -310,7 +312,6 @@ class PipelineWorker:
             return
         self._maintained = time.monotonic()
         self._since_maintained = 0
-        self._since_maintained = 0  # bytes of mail processed since the last upkeep
         try:
             await loop.run_in_executor(None, self.pipeline.spool.maintain)
         except Exception as exc:
@@ -332,9 +333,11 @@ class PipelineWorker:
         `active`, and the next start requeues it."""
         wait = 1.0
         while True:
+            self._busy = True
             try:
                 await loop.run_in_executor(None, self.pipeline.handle, entry, prepared)
             except Exception as exc:
+                self._busy = False
                 if self._stopping:
                     log.error("queue_id=%s could not be recorded in the spool (%s); it is"
                               " requeued at the next start", entry.queue_id, exc)
@@ -346,6 +349,7 @@ class PipelineWorker:
                 prepared = None  # and the result may be committed already: handle() looks
                 entry = dataclasses.replace(entry, deferrals=entry.deferrals + 1)
                 continue
+            self._busy = False
             self.processed += 1
             self._since_maintained += entry.envelope.size
             if self.on_processed is not None:

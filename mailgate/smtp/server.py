@@ -303,9 +303,14 @@ class MailgateSMTP(SMTP):
             return
         body = self.mailgate_handler.new_body(self.session)
         await self.push(START_DATA)
+        # read_data keeps its own idle timeout and deadline (and answers 421 4.4.2); aiosmtpd's
+        # idle timer, which would close the connection without a word, is kept further out.
+        def later() -> None:
+            self._reset_timeout(self.data_limits.timeout + 60)
+
+        later()
         try:
-            result = await read_data(self._reader, body, self.data_limits,
-                                     on_progress=self._reset_timeout)
+            result = await read_data(self._reader, body, self.data_limits, on_progress=later)
         except BaseException:  # the client went away mid-DATA: nothing was acknowledged
             body.discard()
             raise
