@@ -92,7 +92,7 @@ def _template_fix(cfg: Config, kind: str, entry: dict[str, object], problem: str
     if builtin_lost or (kind in TEMPLATE_KINDS and None in (entry["html_source"],
                                                             entry["text_source"])):
         return (f"the built-in templates are missing from {renderer.builtin_dir}: reinstall"
-                " mailgate (pip install --force-reinstall mailgate)")
+                " mailgate (pip install --force-reinstall, from where you installed it)")
     if problem.startswith("[branding]"):
         return f"[branding] logo in {cfg.path}"
     if problem.startswith("[templates."):

@@ -102,6 +102,15 @@ def test_usage_mistakes_are_one_line_and_exit_1(args: list[str], says: str) -> N
     assert "--help" in lines[0]  # where to look next
 
 
+def test_a_file_option_that_cannot_be_read_is_one_line(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["tickets", "reply", "1", "--agent", "a@example.com",
+                                      "--body-file", str(tmp_path / "missing.txt")])
+    assert result.exit_code == 1 and result.stdout == ""
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("mailgate: Invalid value for '--body-file'")
+    assert "missing.txt': No such file or directory" in result.stderr
+
+
 def test_usage_mistake_from_the_real_program(tmp_path: Path) -> None:
     result = mailgate("audit", "incoming", "--action", "nonsense", cwd=tmp_path)
     assert result.returncode == 1 and result.stdout == ""
