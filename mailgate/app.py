@@ -11,6 +11,7 @@ from pathlib import Path
 
 import sqlite_utils
 
+from mailgate import builtin
 from mailgate.auth import Authenticator, AuthSettings
 from mailgate.automation import Automation, RuleSet
 from mailgate.config import Config
@@ -55,16 +56,22 @@ def sync_organizations(config: Config, db: sqlite_utils.Database) -> None:
         raise ConfigError(f"{config.path}: [[organizations]]: {exc}") from None
 
 
-BUILTIN_RULES = Path(__file__).resolve().parent.parent / "config" / "automations.toml"
+# The default workflow: package data (mailgate/builtin/automations.toml).
+BUILTIN_RULES = builtin.automations_file()
 
 
-def rules_file(config: Config) -> Path | None:
+def rules_file(config: Config) -> Path:
     """`[rules] file`, else the config directory's config/automations.toml, else the built-in
-    default workflow shipped with mailgate."""
+    default workflow shipped with mailgate (a ConfigError if the installation lost it: without
+    it no acknowledgement is ever sent)."""
     path = config.rules_file
     if config.rules_file_explicit or (path is not None and path.exists()):
         return path
-    return BUILTIN_RULES if BUILTIN_RULES.exists() else None
+    if not BUILTIN_RULES.is_file():
+        raise ConfigError(f"{BUILTIN_RULES}: the built-in default workflow is missing from the"
+                          " installed mailgate package: reinstall mailgate, or set [rules] file"
+                          f" in {config.path}")
+    return BUILTIN_RULES
 
 
 def ruleset(config: Config) -> RuleSet:
@@ -72,8 +79,10 @@ def ruleset(config: Config) -> RuleSet:
     hours = load_business_hours(config.business_hours, str(config.path))
     agents = frozenset(a.email for a in config.agents)
     kinds = frozenset(k["kind"] for k in renderer(config).kinds())
-    rules = load_rules(list(config.automations), str(config.path), rules_file(config),
-                       file_required=config.rules_file_explicit, agents=agents,
+    source = rules_file(config)
+    rules = load_rules(list(config.automations), str(config.path), source,
+                       file_required=config.rules_file_explicit or source == BUILTIN_RULES,
+                       agents=agents,
                        template_kinds=kinds, hours=hours, mailboxes=frozenset(config.mailboxes))
     slas = load_slas(list(config.slas), str(config.path), hours, agents=agents,
                      mailboxes=frozenset(config.mailboxes))

@@ -1,8 +1,10 @@
 """The command line: a thin click layer over the library.
 
 Input: arguments typed by an administrator (trusted intent, untrusted form). Output: tables for
-people or JSON (`--json`) for scripts on stdout; a user mistake prints one line on stderr and
-exits 1, never a traceback. Listing values come from mail and are printed as data.
+people or JSON (`--json`) for scripts on stdout; a user mistake — a usage error click finds (an
+unknown option or command, a bad value) as much as one of ours — prints one line on stderr and
+exits 1, never a traceback. `--config PATH` is taken before the command name and after it.
+Listing values come from mail and are printed as data.
 """
 
 from __future__ import annotations
@@ -28,14 +30,33 @@ from mailgate.store import outbound as outbox
 from mailgate.store.db import open_db
 
 
+def _usage_line(exc: click.UsageError) -> None:
+    """A usage error as one line on stderr: what is wrong and where the help is."""
+    where = exc.ctx.command_path if exc.ctx is not None else "mailgate"
+    message = " ".join(exc.format_message().split())
+    click.echo(f"mailgate: {message} (see '{where} --help')", err=True)
+
+
 class _Cli(click.Group):
-    """Turns our own errors, and environment errors, into one line and exit status 1."""
+    """Turns our own errors, usage errors and environment errors into one line and exit
+    status 1."""
+
+    def make_context(self, info_name: str | None, args: list[str],
+                     parent: click.Context | None = None, **extra: Any) -> click.Context:
+        try:  # the options before the command name
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as exc:
+            _usage_line(exc)
+            raise click.exceptions.Exit(1) from None
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except UserError as exc:
             click.echo(f"mailgate: {exc}", err=True)
+            ctx.exit(1)
+        except click.UsageError as exc:  # the command, its options and arguments
+            _usage_line(exc)
             ctx.exit(1)
         except (OSError, sqlite3.Error) as exc:
             click.echo(f"mailgate: {type(exc).__name__}: {exc}", err=True)
@@ -461,6 +482,17 @@ def admin_token(state: _State, rotate: bool) -> None:
     click.echo(token)
 
 
+@cli.command("systemd-unit")
+@click.argument("unit", type=click.Choice(["service", "socket"]), default="service")
+def systemd_unit(unit: str) -> None:
+    """Print the systemd unit shipped with mailgate (mailgate.service, or with `socket` the
+    optional mailgate.socket), e.g. `mailgate systemd-unit > /etc/systemd/system/mailgate.service`.
+    """
+    from mailgate import builtin
+
+    click.echo(builtin.systemd_unit(f"mailgate.{unit}"), nl=False)
+
+
 def _register_more() -> None:
     """Command groups kept in modules of their own."""
     from mailgate.cli_orgs import customers_group, orgs_group
@@ -472,6 +504,38 @@ def _register_more() -> None:
 
 
 _register_more()
+
+
+def _config_after_command(ctx: click.Context, _param: click.Parameter,
+                          value: str | None) -> None:
+    """`mailgate COMMAND --config PATH`: the same as `mailgate --config PATH COMMAND`."""
+    if value is None or ctx.resilient_parsing:
+        return
+    state = ctx.find_object(_State)
+    if state is None:  # pragma: no cover - the root group always makes one
+        return
+    if state.config_path is not None and state.config_path != value:
+        raise click.UsageError(f"--config given twice ({state.config_path!r} and {value!r})",
+                               ctx=ctx)
+    state.config_path = value
+
+
+def _finish_commands(group: click.Group) -> None:
+    """Give every command and group under `group` its own `--config PATH` option, and make a
+    group given no command a usage error like any other (click's default prints the help, with
+    an exit status that depends on click's version)."""
+    group.no_args_is_help = False
+    for command in group.commands.values():
+        if not any(p.name == "late_config" for p in command.params):
+            command.params.append(click.Option(
+                ["--config", "late_config"], metavar="PATH", expose_value=False,
+                callback=_config_after_command,
+                help="Config file (also accepted before the command name)."))
+        if isinstance(command, click.Group):
+            _finish_commands(command)
+
+
+_finish_commands(cli)
 
 
 def main() -> None:

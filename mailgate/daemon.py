@@ -33,6 +33,7 @@ from collections.abc import Callable
 from mailgate import app, sdnotify
 from mailgate.config import Config, load_config
 from mailgate.errors import UserError
+from mailgate.lockfile import DataDirLock
 from mailgate.logsetup import setup_logging
 from mailgate.outbound.mailer import MailContext
 from mailgate.outbound.relay import RelayWorker
@@ -93,6 +94,13 @@ class _Live:
 
 
 async def serve(config: Config) -> None:
+    # One daemon per data_dir, locked before the spool recovery, which would requeue the
+    # in-flight mail of a daemon already running there.
+    with DataDirLock(config.data_dir):
+        await _serve(config)
+
+
+async def _serve(config: Config) -> None:
     notifier = sdnotify.Notifier.from_env()
     config.data_dir.mkdir(parents=True, exist_ok=True)
     db = open_db(config.db_path)

@@ -20,9 +20,10 @@ ORCHESTRATORS = {"mailgate.pipeline", "mailgate.deliver", "mailgate.service",
                  "mailgate.automation", "mailgate.scheduler"}
 OUTER = {"mailgate.daemon", "mailgate.cli", "mailgate.admin", "mailgate.__main__", "mailgate.app",
          "mailgate.doctor", "mailgate.setup_wizard", "mailgate.sdnotify",
-         "mailgate.cli_orgs", "mailgate.cli_rules"}
-# Observability, like logging: importable from anywhere, importing nothing of mailgate.
-ANYWHERE = {"mailgate.metrics", "mailgate.logsetup"}
+         "mailgate.cli_orgs", "mailgate.cli_rules", "mailgate.lockfile"}
+# Observability, like logging, and the package's own data files: importable from anywhere,
+# importing nothing of mailgate.
+ANYWHERE = {"mailgate.metrics", "mailgate.logsetup", "mailgate.builtin"}
 
 
 def _module_name(path: Path) -> str:
