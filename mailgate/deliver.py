@@ -229,7 +229,7 @@ class Deliverer:
 
     # --- conversations ------------------------------------------------------------------------
 
-    def _lookups(self, conn: sqlite3.Connection, sender: str) -> Lookups:
+    def _lookups(self, conn: sqlite3.Connection, sender: str = "") -> Lookups:
         tokens = self.tokens
         domains = self.policy.domains
         agents = self.policy.agents

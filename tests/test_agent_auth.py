@@ -176,6 +176,30 @@ def test_a_valid_signature_of_another_domain_is_not_the_agent(desk: Daemon, rela
     assert last["internal"] is True and out["status"] == "suppressed"
 
 
+def test_a_forged_agent_forward_gets_no_acknowledgement(desk: Daemon, relay: RelayStub,
+                                                       keys) -> None:
+    _, paths = keys
+
+    def forward(sender: str, mid: str, victim: str) -> str:
+        return mail("Fwd: cheap pills", mid, sender, "Can someone take this?\r\n\r\n"
+                    "---------- Forwarded message ---------\r\n"
+                    f"From: Victim <{victim}>\r\nSubject: CHEAP PILLS http://pills.evil.test"
+                    "\r\nTo: someone@agency.test\r\n\r\nBuy now.")
+
+    row = deliver(desk, forward(BOB, "fw1@attacker.test", "victim@third.test"),
+                  mail_from="m@attacker.test")
+    t = desk.json("tickets", "show", str(row["ticket_id"]))
+    assert t["requester"] == "victim@third.test"  # the ticket is made for the customer ...
+    assert f"not authenticated as {BOB}" in row["reason"]
+    (out,) = wait_outgoing(desk, lambda rows: len(rows) == 1)
+    assert out["status"] == "suppressed" and f"not authenticated as {BOB}" in out["last_error"]
+    settle(relay, 0)  # ... but nothing is sent to them
+    # Carol's signed forward is her word: the customer is acknowledged
+    fwd = forward(CAROL, "fw2@signed.test", "carl@shop.test")
+    deliver(desk, signed(fwd, "signed.test", paths), mail_from=CAROL)
+    assert relay.wait_for(1)[0].rcpt_tos == ("carl@shop.test",)
+
+
 # --- what an agent can do ------------------------------------------------------------------------
 
 

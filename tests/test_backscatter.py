@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from email.header import Header
 
-from conftest import Daemon, queue_id_of, send, wait_outgoing
+from conftest import Daemon, send, wait_outgoing
 from relay_stub import RelayStub
 
 from mailgate.outbound.compose import MAX_NAME

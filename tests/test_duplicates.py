@@ -99,6 +99,14 @@ def test_same_message_id_with_another_body_is_a_new_message(desk: Daemon,
     assert [t.strip() for t in texts] == ["First question.", "A second question."]
 
 
+def test_our_own_mail_coming_back_is_a_duplicate(desk: Daemon, relay: RelayStub) -> None:
+    first = deliver(desk, mail("loop1@customer.test"))
+    ack = relay.wait_for(1)[0]
+    back = deliver(desk, b"Received: from mx.customer.test\r\n" + ack.data, "")
+    assert back["action"] == "duplicate" and back["ticket_id"] == first["ticket_id"]
+    assert "our own outgoing mail" in back["reason"]
+
+
 def test_the_digest_ignores_trace_headers_only() -> None:
     base = mail("d1@customer.test").encode()
     assert content_digest(b"Received: from a by b\r\n" + base) == content_digest(base)
