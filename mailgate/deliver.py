@@ -2,11 +2,13 @@
 
 Input: a connection inside the pipeline's transaction and an `Incoming` (the envelope, the
 parsed message — untrusted —, its class and reply text, where its raw bytes and attachments were
-written). Output: the rows that record what happened — a bounce matched to our outgoing mail, a
-forwarding confirmation, an ignored robot, a duplicate, or a ticket message with its workflow
-consequences (status, internal note, acknowledgement, an agent's emailed reply relayed to the
-customer) — and the incoming-audit row saying why. Part of the pipeline (an orchestrator): it
-calls the stages (threading, workflow, outbound) with look-ups bound to this transaction.
+written, its authentication result). Output: the rows that record what happened — a bounce
+matched to our outgoing mail, a forwarding confirmation, an ignored robot, a duplicate (the same
+Message-ID, content digest and sender), or a ticket message with its workflow consequences
+(status, internal note, acknowledgement, an agent's emailed reply relayed to the customer when
+it is authenticated as that agent, else an outgoing row saying why not) — and the
+incoming-audit row saying why. Part of the pipeline (an orchestrator): it calls the stages
+(threading, workflow, outbound) with look-ups bound to this transaction.
 """
 
 from __future__ import annotations
