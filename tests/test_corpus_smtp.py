@@ -137,12 +137,9 @@ class Postfix:
         for d in (conf, queue, data):
             d.mkdir()
         shutil.chown(data, "postfix")
-        shutil.copy("/etc/postfix/master.cf", conf / "master.cf")
-        for extra in Path("/etc/postfix").glob("dynamicmaps.cf*"):
-            if extra.is_dir():
-                shutil.copytree(extra, conf / extra.name)
-            else:
-                shutil.copy(extra, conf / extra.name)
+        shipped = Path("/usr/share/postfix")  # the package's own copies, whatever debconf said
+        shutil.copy(shipped / "master.cf.dist", conf / "master.cf")
+        shutil.copy(shipped / "dynamicmaps.cf", conf / "dynamicmaps.cf")
         master = (conf / "master.cf").read_text().splitlines()
         master = [line for line in master if not line.startswith("smtp      inet")]
         master.append(f"127.0.0.1:{self.port} inet n - n - - smtpd")
