@@ -333,7 +333,7 @@ class Deliverer:
         )
         for att, sha in zip(parsed.attachments, inc.blobs, strict=True):
             add_attachment(conn, row, sha, att.filename, att.content_type, len(att.payload),
-                           att.content_id, att.inline)
+                           att.content_id, att.inline, att.details)
         status_before = ticket["status"] if ticket else None
         if decision.new_status:
             set_status(conn, ticket_id, decision.new_status, now)

@@ -102,6 +102,10 @@ class ParsedAttachment:
     payload: bytes
     content_id: str = ""
     inline: bool = False
+    # What else is known about it, stored with it: "tnef" = "container" for a winmail.dat
+    # that was unpacked, "from_tnef" = the container's filename for a file found inside one,
+    # "subject" and "from" of an attached message (message/rfc822).
+    details: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from typing import Any
 
 import mailparser
 
-from mailgate import htmltext
+from mailgate import attached_mail, htmltext, tnef
 from mailgate.model import Address, ParsedAttachment, ParsedMail
 
 _MSGID = re.compile(r"<([^<>\s]+)>")
@@ -57,8 +57,12 @@ def parse(raw: bytes) -> ParsedMail:
             for part, items in entry.items() if isinstance(entry, dict) else ():
                 defects.extend(f"{part}: {item}" for item in items)
 
+    found = tnef.expand(body.attachments, safe_filename)  # winmail.dat: the files inside
+    defects.extend(found.defects)
     html_raw = "\n".join(body.html)
     text = "\n".join(body.text)
+    if not text.strip() and not html_raw.strip():  # the body Outlook put in winmail.dat
+        text, html_raw = found.text, found.html
     if not text.strip() and html_raw:
         text = htmltext.to_text(html_raw)
     return ParsedMail(
@@ -73,7 +77,8 @@ def parse(raw: bytes) -> ParsedMail:
         date=_date(msg.get("Date", "")),
         text=text,
         html=htmltext.sanitize(html_raw) if html_raw else "",
-        attachments=tuple(body.attachments),
+        attachments=attached_mail.describe(found.attachments, decode_header_value,
+                                           safe_filename),
         headers=headers,
         defects=tuple(dict.fromkeys(defects)),
     )

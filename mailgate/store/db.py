@@ -222,6 +222,12 @@ def _v7(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX idx_outbound_message_id ON outbound (message_id)")
 
 
+def _v8(db: sqlite_utils.Database) -> None:
+    """What is known about an attachment beyond its name and type (JSON): a winmail.dat that
+    was unpacked, the file a TNEF held it in, the subject and From of an attached message."""
+    db["attachments"].add_column("details", str)
+
+
 def recipient_keys(address: str) -> tuple[str, str]:
     """(mailbox, domain) of a recipient as the automatic-mail limits count it."""
     mailbox = canonical_mailbox(address)
@@ -229,7 +235,7 @@ def recipient_keys(address: str) -> tuple[str, str]:
 
 
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
-    _v1, _v2, _v3, _v4, _v5, _v6, _v7]
+    _v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8]
 
 
 def open_db(path: Path) -> sqlite_utils.Database:

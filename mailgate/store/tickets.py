@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Mapping
 from typing import Any
 
 import sqlite_utils
@@ -138,12 +139,13 @@ def index_message_id(
 
 def add_attachment(
     conn: sqlite3.Connection, message_row: int, sha256: str, filename: str, content_type: str,
-    size: int, content_id: str, inline: bool,
+    size: int, content_id: str, inline: bool, details: Mapping[str, str] | None = None,
 ) -> None:
     conn.execute(
         "INSERT INTO attachments (message_row, sha256, filename, content_type, size, content_id,"
-        " inline) VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (message_row, sha256, filename, content_type, size, content_id, int(inline)),
+        " inline, details) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (message_row, sha256, filename, content_type, size, content_id, int(inline),
+         json.dumps(dict(details), ensure_ascii=False) if details else None),
     )
 
 
@@ -262,13 +264,11 @@ def get_ticket(db: sqlite_utils.Database, ticket_id: int) -> dict[str, Any]:
         m["defects"] = json.loads(m["defects"] or "[]")
         m["auth"] = json.loads(m["auth"]) if m.get("auth") else None
         m["internal"] = bool(m["internal"])
-        m["attachments"] = list(
-            db.query(
-                "SELECT filename, content_type, size, sha256, content_id, inline"
-                " FROM attachments WHERE message_row = ? ORDER BY id",
-                [m["id"]],
-            )
-        )
+        m["attachments"] = [
+            _attachment(a) for a in db.query(
+                f"SELECT {_ATTACHMENT_COLUMNS} FROM attachments WHERE message_row = ?"
+                " ORDER BY id", [m["id"]])
+        ]
     ticket["messages"] = messages
     ticket["participants"] = [
         r[0] for r in db.execute(
@@ -276,6 +276,44 @@ def get_ticket(db: sqlite_utils.Database, ticket_id: int) -> dict[str, Any]:
             [ticket_id]).fetchall()
     ]
     return ticket
+
+
+_ATTACHMENT_COLUMNS = "id, filename, content_type, size, sha256, content_id, inline, details"
+
+
+def _attachment(row: dict[str, Any]) -> dict[str, Any]:
+    try:
+        details = json.loads(row.get("details") or "{}")
+    except ValueError:
+        details = {}
+    row["details"] = details if isinstance(details, dict) else {}
+    row["inline"] = bool(row["inline"])
+    return row
+
+
+def get_attachment(db: sqlite_utils.Database, attachment_id: int,
+                   message_row: int | None = None) -> dict[str, Any]:
+    """One attachment with the message and ticket it belongs to. Raises NotFound when there
+    is none, or when `message_row` is given and the attachment is not that message's."""
+    rows = list(db.query(
+        f"SELECT a.{_ATTACHMENT_COLUMNS.replace(', ', ', a.')}, a.message_row,"
+        " m.ticket_id FROM attachments a JOIN messages m ON m.id = a.message_row"
+        " WHERE a.id = ?", [attachment_id]))
+    if not rows or (message_row is not None and rows[0]["message_row"] != message_row):
+        where = f" on message {message_row}" if message_row is not None else ""
+        raise NotFound(f"no attachment #{attachment_id}{where}")
+    return _attachment(rows[0])
+
+
+def get_message_source(db: sqlite_utils.Database, message_row: int) -> dict[str, Any]:
+    """Where a message's raw .eml is: `raw_path` (relative to data_dir) for mail that came
+    in, `outbound_id` for mail we sent. Raises NotFound when there is no such message."""
+    rows = list(db.query(
+        "SELECT id, ticket_id, direction, queue_id, raw_path, outbound_id FROM messages"
+        " WHERE id = ?", [message_row]))
+    if not rows:
+        raise NotFound(f"no message #{message_row}")
+    return rows[0]
 
 
 def counts(db: sqlite_utils.Database) -> dict[str, Any]:
