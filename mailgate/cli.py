@@ -14,6 +14,7 @@ import json
 import sqlite3
 import sys
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import click
@@ -25,7 +26,7 @@ from mailgate.errors import NotFound, UserError
 from mailgate.model import SPOOL_STATES
 from mailgate.setup_wizard import init_command
 from mailgate.spool import Spool
-from mailgate.store import audit, tickets
+from mailgate.store import audit, downloads, tickets
 from mailgate.store import outbound as outbox
 from mailgate.store.db import open_db
 
@@ -211,10 +212,76 @@ def tickets_show(state: _State, ticket_id: int, as_json: bool) -> None:
         click.echo(f"From: {_cell(m['from'], 200)}\nTo: {_cell(m['to'], 200)}")
         click.echo(f"Subject: {_cell(m['subject'], 200)}\nMessage-ID: {m['message_id'] or '-'}")
         for a in m["attachments"]:
-            click.echo(f"Attachment: {_cell(a['filename'], 120)} ({a['content_type']},"
-                       f" {a['size']} bytes, sha256 {a['sha256'][:12]}…)")
+            click.echo(f"Attachment {a['id']}: {_cell(a['filename'], 120)}"
+                       f" ({_cell(a['content_type'], 80)}, {a['size']} bytes,"
+                       f" sha256 {a['sha256'][:12]}…){_attachment_note(a['details'])}")
         click.echo("")
         click.echo(m["text"] or "")
+
+
+def _attachment_note(details: dict[str, str]) -> str:
+    """What `tickets show` adds after an attachment: TNEF origin, a forwarded message."""
+    notes = []
+    if details.get("tnef"):
+        notes.append(f"TNEF container, {details.get('files', '?')} file(s) unpacked")
+    if details.get("from_tnef"):
+        notes.append(f"from {_cell(details['from_tnef'], 80)}")
+    if "subject" in details or "from" in details:
+        notes.append(f"forwarded message: {_cell(details.get('subject', ''), 120)!r}"
+                     f" from {_cell(details.get('from', '-'), 120)}")
+    return "".join(f" [{n}]" for n in notes)
+
+
+def _write_out(data: bytes, out: str, force: bool) -> None:
+    """`data` to the file `out` ('-': stdout); an existing file only with --force."""
+    if out == "-":
+        sys.stdout.flush()
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return
+    path = Path(out)
+    if path.is_dir():
+        raise UserError(f"{out} is a directory; give a file name to --out")
+    try:
+        with path.open("wb" if force else "xb") as f:
+            f.write(data)
+    except FileExistsError:
+        raise UserError(f"{out} exists; pass --force to overwrite it") from None
+    except OSError as exc:
+        raise UserError(f"cannot write {out}: {exc.strerror or exc}") from None
+
+
+_OUT = click.option("--out", required=True, metavar="FILE",
+                    help="Where to write it ('-' for standard output).")
+_FORCE = click.option("--force", is_flag=True, help="Overwrite FILE if it exists.")
+
+
+@tickets_group.command("attachment")
+@click.argument("attachment_id", type=click.IntRange(1, 2**62))
+@_OUT
+@_FORCE
+@pass_state
+def tickets_attachment(state: _State, attachment_id: int, out: str, force: bool) -> None:
+    """Save an attachment (ID as `tickets show` lists it) byte for byte."""
+    found = downloads.attachment(state.db(), state.config.data_dir, attachment_id)
+    _write_out(found.data, out, force)
+    if out != "-":
+        click.echo(f"attachment {attachment_id} ({_cell(found.filename, 120)},"
+                   f" {_cell(found.content_type, 80)}, {len(found.data)} bytes) written to"
+                   f" {out}")
+
+
+@tickets_group.command("raw")
+@click.argument("message_id", type=click.IntRange(1, 2**62))
+@_OUT
+@_FORCE
+@pass_state
+def tickets_raw(state: _State, message_id: int, out: str, force: bool) -> None:
+    """Save a message's raw .eml (MESSAGE_ID as `tickets show` numbers messages)."""
+    found = downloads.raw_message(state.db(), state.config.data_dir, message_id)
+    _write_out(found.data, out, force)
+    if out != "-":
+        click.echo(f"message {message_id} ({len(found.data)} bytes) written to {out}")
 
 
 @tickets_group.command("reply")

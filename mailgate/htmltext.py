@@ -20,7 +20,9 @@ _SKIP = {"script", "style", "head", "title", "template"}
 
 
 def sanitize(html: str) -> str:
-    return nh3.clean(html, link_rel="noopener noreferrer nofollow")
+    # cid: URLs are kept: the admin panel shows them from the message's own attachments
+    return nh3.clean(html, link_rel="noopener noreferrer nofollow",
+                     url_schemes=nh3.ALLOWED_URL_SCHEMES | {"cid"})
 
 
 class _TextExtractor(HTMLParser):

@@ -17,6 +17,8 @@ address that is not a configured agent), 500 (a bug; logged).
     GET  /api/audit/incoming              ?action= &queue_id= &q= &day= &limit=
     GET  /api/audit/outgoing              ?status= &ticket= &q= &day= &limit=
     GET  /api/orgs                        organizations ([] until they exist)
+    GET  /api/messages/{m}/attachments/{a} attachment a of message m (a download)
+    GET  /api/messages/{m}/raw            message m's raw .eml (a download)
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from typing import Any
 
 from aiohttp import web
 
-from mailgate.admin import params
+from mailgate.admin import download, params
 from mailgate.admin.backend import BACKEND, VIEWS, Backend, Conflict
 from mailgate.errors import NotFound, UserError
 from mailgate.store import outbound as outbox
@@ -218,3 +220,4 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/api/audit/incoming", audit_incoming)
     r.add_get("/api/audit/outgoing", audit_outgoing)
     r.add_get("/api/orgs", orgs)
+    download.add_routes(app, "/api")

@@ -22,13 +22,14 @@ from typing import Any, Protocol, TypeVar
 from aiohttp import web
 
 from mailgate import app, metrics
+from mailgate.admin import inline_images
 from mailgate.admin.params import BadInput
 from mailgate.admin.storecheck import StoreCheck
 from mailgate.config import Config
 from mailgate.errors import UserError
 from mailgate.outbound.render import TemplateError
 from mailgate.spool import Spool
-from mailgate.store import audit, orgs, tickets
+from mailgate.store import audit, downloads, orgs, tickets
 from mailgate.store import outbound as outbox
 from mailgate.store.db import now_iso, open_db
 
@@ -205,10 +206,18 @@ class Backend:
         we sent about it."""
         ticket = self.ticket(ticket_id)
         html = tickets.message_html(self.db, ticket_id)
-        for m in ticket["messages"]:
-            m["html"] = html.get(m["id"], "")
+        for m in ticket["messages"]:  # inline images (cid:) from our own store, nothing else
+            m["html"], m["inline_images"] = inline_images.rewrite(
+                html.get(m["id"], ""), m["id"], m["attachments"]) if m["id"] in html else ("", 0)
         ticket["outgoing"] = outbox.search_outgoing(self.db, ticket_id=ticket_id, limit=200)
         return ticket
+
+    def attachment(self, message_row: int, attachment_id: int) -> downloads.Download:
+        """An attachment of that message (NotFound for another message's attachment)."""
+        return downloads.attachment(self.db, self.config.data_dir, attachment_id, message_row)
+
+    def raw_message(self, message_row: int) -> downloads.Download:
+        return downloads.raw_message(self.db, self.config.data_dir, message_row)
 
     def _agent(self, email: str) -> str:
         email = email.strip().lower()

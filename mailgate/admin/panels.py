@@ -15,6 +15,7 @@ HTML part (sanitised by nh3 when it was stored) is only ever shown inside
     /audit/outgoing?q=       delivery status and failure reason
     /forwarding              forwarding confirmations (provider, code, link)
     /orgs, /templates        organizations; each template kind rendered with sample data
+    /messages/{m}/attachments/{a}, /messages/{m}/raw   downloads (also the inline images)
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from aiohttp import web
 from jinja2 import Environment, FileSystemLoader
 from markupsafe import Markup, escape
 
-from mailgate.admin import auth, params
+from mailgate.admin import auth, download, params
 from mailgate.admin.api import status_of
 from mailgate.admin.backend import BACKEND, VIEWS, Backend
 from mailgate.errors import NotFound, UserError
@@ -309,3 +310,4 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/forwarding", forwarding)
     r.add_get("/orgs", orgs)
     r.add_get("/templates", templates)
+    download.add_routes(app, "")

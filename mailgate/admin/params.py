@@ -118,3 +118,10 @@ def ticket_id(raw: str) -> int:
     if not raw.isdigit() or len(raw) > 18:
         raise BadInput(f"not a ticket number: {raw!r}")
     return int(raw)
+
+
+def row_id(raw: str, what: str) -> int:
+    """A message or attachment number from a path (`what` names it in the error)."""
+    if not raw.isdigit() or len(raw) > 18:
+        raise BadInput(f"not {what} number: {raw!r}")
+    return int(raw)
