@@ -252,11 +252,19 @@ def _child(argv: list[str]) -> int:
 
     expected = int(argv[0]) if argv and argv[0].isdigit() else 0
     memory = MEMORY_BYTES + 8 * expected
-    resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
-    resource.setrlimit(resource.RLIMIT_CPU, (CPU_SECONDS, CPU_SECONDS + 1))
     logging.disable(logging.CRITICAL)  # tnefparse logs every bad property: millions of lines
     data = sys.stdin.buffer.read()
-    meta, blobs = _decode(data)
+    try:
+        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+        resource.setrlimit(resource.RLIMIT_CPU, (CPU_SECONDS, CPU_SECONDS + 1))
+    except (OSError, ValueError) as exc:  # e.g. a seccomp filter without setrlimit: no limits,
+        meta: dict[str, Any] = {  # no decoding
+            "files": [], "text": "", "html": "",
+            "defects": [f"TNEF not unpacked: the decoder cannot limit its CPU and memory"
+                        f" here (setrlimit: {exc}); kept as it came"]}
+        blobs: list[bytes] = []
+    else:
+        meta, blobs = _decode(data)
     out = sys.stdout.buffer
     out.write(json.dumps(meta, ensure_ascii=True).encode("ascii") + b"\n")
     for blob in blobs:
