@@ -3,8 +3,10 @@
 Input: the bytes of one application/ms-tnef part (hostile: whatever a sender wrote). Output:
 `Unpacked` — the files inside (each with the name the sender gave it, not yet made safe, and
 its bytes exactly), the plain-text and HTML bodies (the RTF body turned into text when there
-is no other), and defects. `unpack` never raises: a TNEF that cannot be read gives no files
-and a defect, and the caller keeps the original part either way.
+is no other), and defects. `unpack` never raises for what is in the file: a TNEF that cannot
+be read gives no files and a defect, and the caller keeps the original part either way. Only
+a shortage of the machine (no process, descriptor or memory to start the decoder with) raises
+`TemporaryFailure`, so the message is retried later rather than stored without its files.
 
 tnefparse does the decoding (compressed-rtf and striprtf read an RTF-only body). It was
 written for well-formed files: a 40-byte winmail.dat that claims four billion MAPI properties
@@ -26,12 +28,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from mailgate.errors import TemporaryFailure, temporary_cause
 from mailgate.model import ParsedAttachment
 
 TNEF_TYPES = frozenset({"application/ms-tnef", "application/vnd.ms-tnef"})
 CPU_SECONDS = 10  # the child's CPU time (RLIMIT_CPU)
 WALL_SECONDS = 30.0  # the child's wall-clock time, CPU time included
-MEMORY_BYTES = 512 * 1024 * 1024  # the child's address space, plus 8 times the input's size
+MEMORY_BYTES = 256 * 1024 * 1024  # the child's address space, plus 8 times the input's size
 MAX_FILES = 1000
 EMBEDDED_DEPTH = 3  # Outlook items attached to Outlook items: how deep files are taken from
 MAX_PARTS = 5  # TNEF parts unpacked per message; more are kept only as they came
@@ -81,7 +84,7 @@ def expand(attachments: Sequence[ParsedAttachment], safe_name: Callable[[str, st
            ) -> Expansion:
     """Each TNEF part of `attachments` kept (marked `details["tnef"] = "container"`) and
     followed by the files inside it, named with `safe_name(name, content_type)`, their
-    content type guessed from the name. Never raises."""
+    content type guessed from the name. Raises only `TemporaryFailure` (see `unpack`)."""
     out: list[ParsedAttachment] = []
     defects: list[str] = []
     text = html = ""
@@ -95,7 +98,13 @@ def expand(attachments: Sequence[ParsedAttachment], safe_name: Callable[[str, st
             defects.append(f"more than {MAX_PARTS} TNEF parts; the rest kept as they came")
             out.append(att)
             continue
-        found = unpack(att.payload)
+        try:
+            found = unpack(att.payload)
+        except TemporaryFailure:
+            raise
+        except Exception as exc:  # a bug of ours must not cost the customer the message
+            log.exception("TNEF unpacking failed")
+            found = Unpacked(defects=(f"TNEF not unpacked: {type(exc).__name__}",))
         defects.extend(found.defects)
         out.append(replace(att, details={**att.details, "tnef": CONTAINER,
                                          "files": str(len(found.files))}))
@@ -120,6 +129,8 @@ def unpack(data: bytes, timeout: float = WALL_SECONDS) -> Unpacked:
     except subprocess.TimeoutExpired:
         return Unpacked(defects=(f"TNEF not unpacked: it took longer than {timeout:g} s",))
     except OSError as exc:
+        if temporary_cause(exc):  # no processes, descriptors or memory: try again later
+            raise TemporaryFailure(f"cannot start the TNEF decoder: {exc}") from exc
         log.error("cannot start the TNEF decoder: %s", exc)
         return Unpacked(defects=(f"TNEF not unpacked: the decoder could not start: {exc}",))
     if done.returncode != 0:
@@ -247,6 +258,20 @@ def _decode(data: bytes) -> tuple[dict[str, Any], list[bytes]]:
     return meta, [blob for _name, blob in files]
 
 
+def _decode_within_memory(data: bytes) -> tuple[dict[str, Any], list[bytes]]:
+    """`_decode`, or a defect when it runs out of the memory limit. Some memory is held back
+    and given up first, so the defect can still be written."""
+    reserve = bytearray(16 * 1024 * 1024)
+    try:
+        return _decode(data)
+    except MemoryError:
+        pass  # leave the except block: its traceback holds all that tnefparse had built
+    finally:
+        del reserve
+    return {"files": [], "text": "", "html": "", "defects": [
+        "TNEF not unpacked: the decoder ran out of its memory limit"]}, []
+
+
 def _child(argv: list[str]) -> int:
     import resource
 
@@ -264,7 +289,7 @@ def _child(argv: list[str]) -> int:
                         f" here (setrlimit: {exc}); kept as it came"]}
         blobs: list[bytes] = []
     else:
-        meta, blobs = _decode(data)
+        meta, blobs = _decode_within_memory(data)
     out = sys.stdout.buffer
     out.write(json.dumps(meta, ensure_ascii=True).encode("ascii") + b"\n")
     for blob in blobs:
