@@ -389,6 +389,17 @@ def test_downloads_from_the_api_and_the_panels(desk: Desk) -> None:
                        cookies=True).status == 404
     assert token.get(f"/api/messages/{mid + 10**6}/raw").status == 404
 
+    # an agent's reply: its raw .eml is the mail as we composed it for the relay
+    sent = token.post(f"/api/tickets/{ticket['id']}/reply",
+                      body={"agent": "alice@example.com", "body": "Got the three files."})
+    assert sent.status == 200, sent.body
+    reply_row = sent.json()["message_row"]
+    mail = token.get(f"/api/messages/{reply_row}/raw")
+    assert mail.status == 200 and mail.headers["Content-Type"] == "message/rfc822"
+    composed = email.message_from_bytes(mail.body, policy=email.policy.default)
+    assert composed["Message-ID"].strip("<>") == sent.json()["message_id"].strip("<>")
+    assert "Got the three files." in composed.get_body(("plain",)).get_content()
+
 
 def test_cli_exports_an_attachment_and_the_raw_message_byte_for_byte(
         desk: Desk, tmp_path: Path) -> None:

@@ -5,8 +5,8 @@ database and `data_dir` (trusted). Output: a `Download` with the stored filename
 path-safe at parse time; still untrusted text from mail), the stored content type (as the
 sender declared it: untrusted, whoever serves it decides how) and the bytes — an attachment
 checked against its sha256, so a damaged store is reported, never handed out. Raises NotFound
-for an id that does not exist (or an attachment of another message) and UserError when the
-file behind a row is missing or damaged.
+for an id that does not exist (or an attachment of another message, or a message of which no
+raw .eml was kept) and UserError when the file behind a row is missing or damaged.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 
 import sqlite_utils
 
-from mailgate.errors import UserError
+from mailgate.errors import NotFound, UserError
 from mailgate.store import files
 from mailgate.store import outbound as outbox
 from mailgate.store.tickets import get_attachment, get_message_source
@@ -62,6 +62,6 @@ def raw_message(db: sqlite_utils.Database, data_dir: Path, message_row: int) -> 
                             f" {path}") from None
     raw = outbox.get_raw(db, row["outbound_id"]) if row["outbound_id"] else None
     if not raw:
-        raise UserError(f"message #{message_row} has no raw .eml kept (a note, or mail never"
-                        " rendered)")
+        raise NotFound(f"message #{message_row} has no raw .eml kept (a note, or mail never"
+                       " rendered)")
     return Download(name, EML_TYPE, bytes(raw), row)
