@@ -187,7 +187,19 @@ def _v6(db: sqlite_utils.Database) -> None:
     db["outbound"].add_column("maybe_sent", int, not_null_default=0)
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3, _v4, _v5, _v6]
+def _v7(db: sqlite_utils.Database) -> None:
+    """Spam: the scanner's verdict on each incoming message (by queue id), and the quarantine
+    (the quarantined messages, each with its stored raw file, and who let it out, when)."""
+    db["spam"].create(
+        {"queue_id": str, "received_at": str, "action": str, "score": float, "symbols": str,
+         "rspamd_action": str, "reason": str, "note": str, "state": str, "raw_path": str,
+         "envelope": str, "released_at": str, "released_by": str, "released_as": str},
+        pk="queue_id",
+    )
+    db["spam"].create_index(["state", "received_at"])
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7]
 
 
 def open_db(path: Path) -> sqlite_utils.Database:
