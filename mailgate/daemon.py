@@ -196,6 +196,11 @@ async def _serve(config: Config) -> None:
         live.reloaders.append(admin.reload)
     loop.add_signal_handler(signal.SIGHUP, lambda: reload(live, apply, notifier))
     log.info("mailgate listening on %s (SMTP), data in %s", where, config.data_dir)
+    if config.spam.enabled:
+        log.info("spam: rspamd at %s asked before each 250 (reject at %g, quarantine at %g,"
+                 " no automatic mail at %g; on error: %s)", config.spam.rspamd,
+                 config.spam.reject_score, config.spam.quarantine_score,
+                 config.spam.no_autoreply_score, config.spam.on_error)
     # Everything is up (SMTP, workers, the admin endpoint when configured): tell systemd.
     notifier.ready(f"accepting mail on {where}")
     beat = None

@@ -18,6 +18,7 @@ The configuration is Debian's (`/etc/rspamd`: every module and its scores), with
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -162,10 +163,9 @@ class RspamdServer:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        try:  # the group holds only the processes this rspamd started (start_new_session)
+        # the group holds only the processes this rspamd started (start_new_session)
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
     def log(self) -> str:
         parts = []

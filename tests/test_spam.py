@@ -20,6 +20,7 @@ from rspamd_server import GTUBE, MARKER_HEADER, MARKER_SYMBOL, RspamdServer, ava
 from test_admin import Client, _hidden, admin_section, wait_http
 
 from mailgate.config import Spam, load_config
+from mailgate.doctor import Doctor
 from mailgate.errors import ConfigError
 from mailgate.model import Envelope
 from mailgate.smtp.spamscan import Scanner
@@ -351,6 +352,22 @@ def test_admin_panel_lists_the_quarantine_and_releases_with_csrf(
     for record in records.values():
         assert d.audit_for(record["released_as"])["action"] == "created_ticket"
     assert web.get("/api/spam").json() == []
+
+
+def test_doctor_says_whether_rspamd_answers(tmp_path: Path, rspamd: RspamdServer) -> None:
+    def spam_check(settings: str) -> str:
+        path = tmp_path / "mailgate.toml"
+        path.write_text(f'[storage]\ndata_dir = "data"\n{settings}')
+        doctor = Doctor(str(path), timeout=2)
+        return next(c.line() for c in doctor.checks() if c.name == "spam")
+
+    assert spam_check(spam_section(rspamd.url)).startswith(f"ok    spam      rspamd answers at"
+                                                         f" {rspamd.url}")
+    dead = f"http://127.0.0.1:{free_port()}"
+    line = spam_check(spam_section(dead))
+    assert line.startswith("warn") and "mail is taken unscanned" in line and "fix:" in line
+    line = spam_check(spam_section(dead, on_error="tempfail"))
+    assert line.startswith("FAIL") and "every mail gets 451 4.7.1" in line
 
 
 # --- configuration -------------------------------------------------------------------------------
