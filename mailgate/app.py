@@ -20,6 +20,7 @@ from mailgate.errors import ConfigError, UserError
 from mailgate.outbound.dkim_sign import sign as dkim_sign
 from mailgate.outbound.mailer import MailContext
 from mailgate.outbound.render import BUILTIN_DIR, Renderer
+from mailgate.outbound.suppress import RateLimits
 from mailgate.rules import load_business_hours, load_rules, load_slas
 from mailgate.service import Desk
 from mailgate.store.db import transaction
@@ -42,6 +43,8 @@ def policy(config: Config) -> Policy:
         reopen_closed_days=config.reopen_closed_days,
         auto_create_organizations=config.auto_create_organizations,
         free_mail_domains=frozenset(config.free_mail_domains),
+        agent_reply_auth=tuple((a.email, a.reply_auth) for a in config.agents),
+        agent_replies_by_email_per_hour=config.agent_replies_by_email_per_hour,
     )
 
 
@@ -120,7 +123,9 @@ def mail_context(config: Config) -> MailContext:
         from_name=config.branding.company_name,
         domains=frozenset(config.domains),
         agents=frozenset(a.email for a in config.agents),
-        auto_limit=config.auto_replies_per_address_per_hour,
+        limits=RateLimits(per_mailbox=config.auto_replies_per_address_per_hour,
+                          per_domain=config.auto_replies_per_domain_per_hour,
+                          total=config.auto_replies_per_hour),
     )
 
 

@@ -26,10 +26,17 @@ DEFAULT_CONFIG_NAME = "mailgate.toml"
 MiB = 1024 * 1024
 
 
+REPLY_AUTH_METHODS = ("dkim", "token")
+
+
 @dataclass(frozen=True)
 class Agent:
     name: str
     email: str
+    # How this agent's replies by email may prove they are the agent's: any one suffices.
+    # "dkim": a passing DKIM signature aligned with the agent's domain; "token": the agent's
+    # personal reply address (sent only to the agent). Empty: never by email.
+    reply_auth: tuple[str, ...] = ("dkim",)
 
 
 @dataclass(frozen=True)
@@ -122,7 +129,10 @@ class Config:
     branding: Branding = Branding()
     templates_dir: Path | None = None
     templates: tuple[tuple[str, TemplateSettings], ...] = ()
-    auto_replies_per_address_per_hour: int = 10
+    auto_replies_per_address_per_hour: int = 10  # per mailbox, plus-part removed
+    auto_replies_per_domain_per_hour: int = 50
+    auto_replies_per_hour: int = 500
+    agent_replies_by_email_per_hour: int = 60  # per agent
     agents: tuple[Agent, ...] = ()
     organizations: tuple[dict[str, Any], ...] = ()  # validated [[organizations]] entries
     auto_create_organizations: bool = False
@@ -230,7 +240,12 @@ _SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], str]]] = {
         "show_powered_by": (bool, "true or false"),
     },
     "templates": {"dir": (str, "a directory path")},  # plus [templates.<kind>] tables
-    "limits": {"auto_replies_per_address_per_hour": (int, "an integer")},
+    "limits": {
+        "auto_replies_per_address_per_hour": (int, "an integer"),
+        "auto_replies_per_domain_per_hour": (int, "an integer"),
+        "auto_replies_per_hour": (int, "an integer"),
+        "agent_replies_by_email_per_hour": (int, "an integer"),
+    },
     "pipeline": {"max_attempts": (int, "an integer")},
     "threading": {
         "strangers": (str, "\"internal\" or \"new_ticket\""),
@@ -274,7 +289,8 @@ _SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], str]]] = {
         "on_error": (str, '"accept" or "tempfail"'),
     },
 }
-_AGENT_KEYS = {"name": str, "email": str}
+_AGENT_KEYS: dict[str, type | tuple[type, ...]] = {
+    "name": str, "email": str, "reply_auth": (str, list)}
 _ARRAYS = ("agents", "organizations", "automations", "sla", "forwarders")  # arrays of tables
 _ORG_KEYS = {"name": str, "domains": list, "notes": str, "on_new_ticket": dict}
 ROUTE_KEYS = {"assign": str, "round_robin": list, "priority": str, "add_tags": list,
@@ -414,10 +430,13 @@ def parse_config(doc: dict[str, Any], path: Path) -> Config:
             if key not in _AGENT_KEYS:
                 raise fail(f"{where} {key}", "unknown key")
             if not isinstance(value, _AGENT_KEYS[key]):
-                raise fail(f"{where} {key}", f"expected a string, got {value!r}")
+                wanted = "a string or a list of strings" if key == "reply_auth" else "a string"
+                raise fail(f"{where} {key}", f"expected {wanted}, got {value!r}")
         if "email" not in entry or "@" not in entry["email"]:
             raise fail(f"{where} email", "an agent needs an email address")
-        agents.append(Agent(name=entry.get("name", entry["email"]), email=entry["email"].lower()))
+        agents.append(Agent(name=entry.get("name", entry["email"]), email=entry["email"].lower(),
+                            reply_auth=_reply_auth(entry.get("reply_auth", ["dkim"]),
+                                                   lambda m, w=where: fail(f"{w} reply_auth", m))))
 
     log_format = values.get("log", {}).get("format", "text")
     if log_format not in ("text", "json"):
@@ -512,9 +531,12 @@ def parse_config(doc: dict[str, Any], path: Path) -> Config:
             raise fail(where, 'expected a table with address = "mailbox@provider"')
         forwarders.append(entry["address"].lower())
     spam = _spam(values.get("spam", {}), fail)
-    limit = values.get("limits", {}).get("auto_replies_per_address_per_hour", 10)
-    if limit < 0:
-        raise fail("[limits] auto_replies_per_address_per_hour", "must not be negative")
+    limits = {key: values.get("limits", {}).get(key, default) for key, default in (
+        ("auto_replies_per_address_per_hour", 10), ("auto_replies_per_domain_per_hour", 50),
+        ("auto_replies_per_hour", 500), ("agent_replies_by_email_per_hour", 60))}
+    for key, value in limits.items():
+        if value < 0:
+            raise fail(f"[limits] {key}", "must not be negative")
 
     return Config(
         path=path.resolve(),
@@ -544,7 +566,10 @@ def parse_config(doc: dict[str, Any], path: Path) -> Config:
         branding=branding,
         templates_dir=templates_dir,
         templates=tuple(template_settings),
-        auto_replies_per_address_per_hour=limit,
+        auto_replies_per_address_per_hour=limits["auto_replies_per_address_per_hour"],
+        auto_replies_per_domain_per_hour=limits["auto_replies_per_domain_per_hour"],
+        auto_replies_per_hour=limits["auto_replies_per_hour"],
+        agent_replies_by_email_per_hour=limits["agent_replies_by_email_per_hour"],
         agents=tuple(agents),
         organizations=organizations,
         auto_create_organizations=customers.get("auto_create_organizations", False),
@@ -705,6 +730,15 @@ def _branding(body: dict[str, Any], fail: Any) -> Branding:
         raise fail("[branding] primary_color", f"expected a CSS colour like #2563eb, got {color!r}")
     defaults = Branding()
     return Branding(**{k: body.get(k, getattr(defaults, k)) for k in _SCHEMA["branding"]})
+
+
+def _reply_auth(value: str | list[Any], fail: Any) -> tuple[str, ...]:
+    methods = [value] if isinstance(value, str) else _strings(value, fail)
+    for method in methods:
+        if method not in REPLY_AUTH_METHODS:
+            raise fail(f"expected any of {', '.join(map(repr, REPLY_AUTH_METHODS))}, got"
+                       f" {method!r}")
+    return tuple(dict.fromkeys(methods))
 
 
 def _strings(value: list[Any], fail: Any) -> list[str]:

@@ -39,6 +39,20 @@ def base_mailbox(address: str) -> str:
     return f"{local.split('+', 1)[0]}@{domain}".lower().rstrip(".")
 
 
+# Mail providers that ignore dots in the local part: t.arget@gmail.com is target@gmail.com.
+DOTLESS_DOMAINS = {"gmail.com": "gmail.com", "googlemail.com": "gmail.com"}
+
+
+def canonical_mailbox(address: str) -> str:
+    """The mailbox an address delivers to, as far as we can tell from outside: lower-cased,
+    the plus-part removed and, where the provider ignores them (Gmail), the dots. What rate
+    limits count by, so `target+1@`, `target+2@` and `t.arget@` are one recipient."""
+    local, _, domain = base_mailbox(address).rpartition("@")
+    if domain in DOTLESS_DOMAINS:
+        local, domain = local.replace(".", ""), DOTLESS_DOMAINS[domain]
+    return f"{local}@{domain}"
+
+
 # What the SMTP stage decided from the spam scanner's answer (`SpamVerdict.action`).
 SPAM_ACCEPT = "accept"  # below quarantine_score: a ticket as usual, the score kept with it
 SPAM_QUARANTINE = "quarantine"  # between the scores: the pipeline quarantines it

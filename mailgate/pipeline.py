@@ -218,15 +218,22 @@ class Pipeline:
         return [self.handle(entry) for entry in self.spool.claim(limit)]
 
 
+def sender_domain(entry: SpoolEntry) -> str:
+    """The envelope sender's domain: the key that keeps one domain's DNS trouble its own."""
+    return entry.envelope.mail_from.rpartition("@")[2].lower().rstrip(".")
+
+
 class PipelineWorker:
     """Feeds the pipeline from the spool. Claimed messages are prepared concurrently
     (authentication waits on DNS) and processed one at a time in a thread, in the order they
-    arrived — except that a message whose preparation takes longer than `HEAD_WAIT` seconds
-    (a slow resolver) lets the ready ones behind it go first, so one slow domain cannot hold
-    up other mail. On stop, everything already claimed is finished first."""
+    arrived — except that a message still preparing `HEAD_WAIT` seconds after it was claimed
+    (a slow resolver) lets the ready ones behind it go first. Messages from one sender domain
+    are prepared one at a time, so a domain whose DNS never answers takes one preparing
+    thread, never all of them: it delays its own mail only. On stop, everything already
+    claimed is finished first."""
 
     MAX_IN_FLIGHT = 64
-    PREPARE_THREADS = 2
+    PREPARE_THREADS = 4
     HEAD_WAIT = 1.0
     MAINTAIN_SECONDS = 60.0  # spool upkeep (WAL checkpoint, vacuum) when idle, this often ...
     MAINTAIN_BYTES = 32 * 1024 * 1024  # ... or sooner once this much mail went through
@@ -239,7 +246,9 @@ class PipelineWorker:
         self.idle_poll = idle_poll
         self._wake = asyncio.Event()
         self._more = asyncio.Event()
-        self._pending: list[tuple[SpoolEntry, asyncio.Future[Prepared | None]]] = []
+        # claimed entries: (entry, its preparation, when it was claimed)
+        self._pending: list[tuple[SpoolEntry, asyncio.Future[Prepared | None], float]] = []
+        self._domains: dict[str, tuple[asyncio.Lock, int]] = {}  # sender domain → (lock, users)
         self._stopping = False
         self.processed = 0
         self._maintained = time.monotonic()
@@ -280,8 +289,8 @@ class PipelineWorker:
                         fut: asyncio.Future[Prepared | None] = loop.create_future()
                         fut.set_result(None)
                     else:
-                        fut = loop.run_in_executor(pool, self.pipeline.prepare, entry)
-                    self._pending.append((entry, fut))
+                        fut = asyncio.ensure_future(self._prepare(loop, pool, entry))
+                    self._pending.append((entry, fut, time.monotonic()))
                     self._more.set()
                 if entries:
                     continue
@@ -299,21 +308,41 @@ class PipelineWorker:
             self._since_maintained = self.MAINTAIN_BYTES  # leave the spool small
             await self._maintain(loop)
 
+    async def _prepare(self, loop: asyncio.AbstractEventLoop, pool: ThreadPoolExecutor,
+                       entry: SpoolEntry) -> Prepared | None:
+        """prepare() in the pool, one message of a sender domain at a time."""
+        key = sender_domain(entry)
+        lock, users = self._domains.get(key, (asyncio.Lock(), 0))
+        self._domains[key] = (lock, users + 1)
+        try:
+            async with lock:
+                return await loop.run_in_executor(pool, self.pipeline.prepare, entry)
+        finally:
+            lock, users = self._domains[key]
+            if users <= 1:
+                del self._domains[key]
+            else:
+                self._domains[key] = (lock, users - 1)
+
     async def _next(self) -> tuple[SpoolEntry, Prepared | None]:
-        """The oldest claimed message, or — when it is slow to prepare — the oldest ready one."""
+        """The oldest claimed message, or — when it is slow to prepare — the oldest ready one.
+        The oldest is waited for until `HEAD_WAIT` seconds after it was claimed, once."""
         while True:
             while not self._pending:
                 self._more.clear()
                 await self._more.wait()
-            entry, fut = self._pending[0]
-            done, _ = await asyncio.wait({fut}, timeout=self.HEAD_WAIT)
+            entry, fut, claimed = self._pending[0]
+            wait = self.HEAD_WAIT - (time.monotonic() - claimed)
+            done = fut.done()
+            if not done and wait > 0:
+                done = bool((await asyncio.wait({fut}, timeout=wait))[0])
             ready = 0 if done else next(
-                (i for i, (_, f) in enumerate(self._pending) if f.done()), None)
+                (i for i, (_, f, _) in enumerate(self._pending) if f.done()), None)
             if ready is None:
-                await asyncio.wait({f for _, f in self._pending},
+                await asyncio.wait({f for _, f, _ in self._pending},
                                    return_when=asyncio.FIRST_COMPLETED)
                 continue
-            entry, fut = self._pending.pop(ready)
+            entry, fut, _ = self._pending.pop(ready)
             try:
                 return entry, fut.result()
             except Exception:  # prepare() never raises; a broken pool means: do it in handle()

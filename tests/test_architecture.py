@@ -15,7 +15,7 @@ PKG = Path(__file__).resolve().parent.parent / "mailgate"
 FOUNDATION = {"mailgate.model", "mailgate.config", "mailgate.errors"}
 STAGES = {"mailgate.parse", "mailgate.threading", "mailgate.rules", "mailgate.outbound",
           "mailgate.classify", "mailgate.replytext", "mailgate.workflow",
-          "mailgate.organizations", "mailgate.auth"}
+          "mailgate.organizations", "mailgate.auth", "mailgate.digest"}
 ORCHESTRATORS = {"mailgate.pipeline", "mailgate.deliver", "mailgate.service",
                  "mailgate.automation", "mailgate.scheduler", "mailgate.quarantine"}
 OUTER = {"mailgate.daemon", "mailgate.cli", "mailgate.admin", "mailgate.__main__", "mailgate.app",

@@ -20,7 +20,6 @@ ended — complete, too big, with bare line ends (in reject mode), too slow, or 
 from __future__ import annotations
 
 import asyncio
-import time
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -61,76 +60,115 @@ class DataLimits:
     min_rate: float = 500.0  # bytes per second a transfer must keep up (0: no deadline)
 
 
+FLUSH_BYTES = 64 * 1024  # message bytes gathered before one write to the body
+CLOCK_STEP = 0.5  # seconds between two moves of the deadline (not once per line)
+
+
 async def read_data(reader: StreamReader, body: Body, limits: DataLimits,
                     on_progress: object = None) -> DataResult:
     """Read DATA up to and including the final `.`, writing the message to `body`.
-    `on_progress`, when callable, is called after each read (the session's idle timer).
+    `on_progress`, when callable, is called as data arrives (at most every CLOCK_STEP).
     Raises asyncio.IncompleteReadError when the client goes away before the final dot."""
-    started = time.monotonic()
-    size = 0
-    state = COMPLETE
-    bare = False
-    line_start = True  # the next byte begins a line
-    after_crlf = True  # the line before ended with a real CRLF (or DATA just began)
-    carry = b""  # a CR at the end of a fragment, waiting to learn whether an LF follows
-    error = ""
-    while True:
-        remaining = None
-        if limits.min_rate > 0:
-            remaining = started + limits.timeout + size / limits.min_rate - time.monotonic()
-            if remaining <= 0:
-                body.discard()
-                return DataResult(TOO_SLOW, size, bare)
-        wait = limits.timeout if remaining is None else min(limits.timeout, remaining)
-        try:
-            chunk = await asyncio.wait_for(_next_piece(reader), wait)
-        except TimeoutError:
-            body.discard()
-            return DataResult(TOO_SLOW, size, bare)
-        if callable(on_progress):
-            on_progress()
-        piece, complete = chunk
-        piece = carry + piece
-        carry = b""
-        if complete:  # a whole line, or the end of a long one, with its LF
-            if piece.endswith(b"\r\n"):
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    reader_state = _State(limits, body)
+    try:
+        async with asyncio.timeout_at(started + limits.timeout) as clock:
+            moved = started
+            while True:
+                piece, complete = await _next_piece(reader)
+                if reader_state.take(piece, complete):
+                    break
+                now = loop.time()
+                if now - moved >= CLOCK_STEP:  # silence allowed from now, and the rate
+                    moved = now
+                    deadline = now + limits.timeout
+                    if limits.min_rate > 0:
+                        deadline = min(deadline, started + limits.timeout
+                                       + reader_state.size / limits.min_rate)
+                    if deadline <= now:
+                        raise TimeoutError
+                    clock.reschedule(deadline)
+                    if callable(on_progress):
+                        on_progress()
+    except TimeoutError:
+        body.discard()
+        return DataResult(TOO_SLOW, reader_state.size, reader_state.bare)
+    return reader_state.finish()
+
+
+class _State:
+    """The line-by-line work of `read_data`, kept out of the coroutine."""
+
+    def __init__(self, limits: DataLimits, body: Body) -> None:
+        self.limits = limits
+        self.body = body
+        self.size = 0
+        self.state = COMPLETE
+        self.bare = False
+        self.error = ""
+        self.line_start = True  # the next byte begins a line
+        self.after_crlf = True  # the line before ended with a real CRLF (or DATA just began)
+        self.carry = b""  # a CR ending a fragment, waiting to learn whether an LF follows
+        self.out = bytearray()
+
+    def take(self, piece: bytes, complete: bool) -> bool:
+        """One line with its LF (complete) or part of a long line; True at the final dot."""
+        if self.carry:
+            piece, self.carry = self.carry + piece, b""
+        if complete:
+            if piece[-2:-1] == b"\r":
                 text, crlf = piece[:-2], True
             else:
                 text, crlf = piece[:-1], False
-            if line_start and after_crlf and crlf and text == b".":
-                break  # <CRLF>.<CRLF>: the only end of DATA
+            if crlf and self.line_start and self.after_crlf and text == b".":
+                return True  # <CRLF>.<CRLF>: the only end of DATA
         else:  # part of a line longer than the read buffer
             if piece.endswith(b"\r"):
-                piece, carry = piece[:-1], b"\r"
+                piece, self.carry = piece[:-1], b"\r"
             text, crlf = piece, False
         if (complete and not crlf) or b"\r" in text:
-            bare = True
-            if limits.bare_newline == "reject" and state == COMPLETE:
-                state = BARE_LINE_END
-                body.discard()
-        if line_start and text.startswith(b".") and (len(text) > 1 or not complete):
+            self.bare = True
+            if self.limits.bare_newline == "reject" and self.state == COMPLETE:
+                self._drop(BARE_LINE_END)
+        if self.line_start and text[:1] == b"." and (len(text) > 1 or not complete):
             text = text[1:]  # RFC 5321 §4.5.2: undo dot-stuffing
-        out = text + b"\r\n" if complete else text
-        size += len(out)
-        if state == COMPLETE and size > limits.max_size:
-            state = TOO_BIG
-            body.discard()
-        if state == COMPLETE:
-            try:
-                body.write(out)
-            except OSError as exc:  # keep reading to the final dot, then answer 451
-                state, error = NOT_STORED, f"{exc.strerror or exc}"
-                body.discard()
-        line_start = complete
+        self.line_start = complete
         if complete:
-            after_crlf = crlf
-    if state == COMPLETE and carry:
+            self.after_crlf = crlf
+        self.size += len(text) + (2 if complete else 0)
+        if self.state != COMPLETE:
+            return False
+        if self.size > self.limits.max_size:
+            self._drop(TOO_BIG)
+            return False
+        self.out += text
+        if complete:
+            self.out += b"\r\n"
+        if len(self.out) >= FLUSH_BYTES:
+            self._flush()
+        return False
+
+    def _flush(self) -> None:
+        if not self.out or self.state != COMPLETE:
+            return
         try:
-            body.write(carry)
-        except OSError as exc:
-            state, error = NOT_STORED, f"{exc.strerror or exc}"
-            body.discard()
-    return DataResult(state, size, bare, error)
+            self.body.write(bytes(self.out))
+        except OSError as exc:  # keep reading to the final dot, then answer 4xx
+            self.error = f"{exc.strerror or exc}"
+            self._drop(NOT_STORED)
+        self.out = bytearray()
+
+    def _drop(self, state: str) -> None:
+        self.state = state
+        self.out = bytearray()
+        self.body.discard()
+
+    def finish(self) -> DataResult:
+        if self.carry:
+            self.out += self.carry
+        self._flush()
+        return DataResult(self.state, self.size, self.bare, self.error)
 
 
 async def _next_piece(reader: StreamReader) -> tuple[bytes, bool]:

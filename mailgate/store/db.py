@@ -2,7 +2,8 @@
 
 Input: a path under `data_dir`. Output: a sqlite-utils `Database` in WAL mode with the schema at
 the newest version. Migrations are numbered functions applied in order inside one transaction
-each, tracked with `PRAGMA user_version`; they only ever add.
+each, tracked with `PRAGMA user_version`; they add, except that v6 rebuilds `message_ids` under
+a wider key (keeping every row).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 import sqlite_utils
 
 from mailgate.errors import DatabaseGone
+from mailgate.model import canonical_mailbox
 
 
 class FileConnection(sqlite3.Connection):
@@ -188,6 +190,45 @@ def _v6(db: sqlite_utils.Database) -> None:
 
 
 def _v7(db: sqlite_utils.Database) -> None:
+    """Duplicates by content, a Message-ID on several tickets, rate limits by mailbox.
+
+    - messages.digest: the content digest (sha256 without the trace headers a re-delivery
+      adds); a duplicate is the same Message-ID, the same digest and the same From. Rows from
+      before have none and are compared by Message-ID and From alone.
+    - message_ids: keyed by (Message-ID, ticket), so a stranger who used a Message-ID first
+      does not own it: the table is rebuilt with the rows it had.
+    - outbound.to_mailbox / to_domain (the recipient as rate limits count it) and sender (the
+      agent whose words an agent_reply carries).
+    """
+    db["messages"].add_column("digest", str)
+    db.execute("CREATE INDEX idx_messages_message_id ON messages (message_id)")
+    db.execute("CREATE TABLE message_ids_v7 (message_id TEXT, ticket_id INTEGER,"
+               " message_row INTEGER, PRIMARY KEY (message_id, ticket_id))")
+    db.execute("INSERT OR IGNORE INTO message_ids_v7 (message_id, ticket_id, message_row)"
+               " SELECT message_id, ticket_id, message_row FROM message_ids")
+    db.execute("DROP TABLE message_ids")
+    db.execute("ALTER TABLE message_ids_v7 RENAME TO message_ids")
+    for column in ("to_mailbox", "to_domain", "sender"):
+        db["outbound"].add_column(column, str)
+    rows = db.execute("SELECT id, to_addr FROM outbound").fetchall()
+    db.conn.executemany(
+        "UPDATE outbound SET to_mailbox=?, to_domain=? WHERE id=?",
+        [(*recipient_keys(addr or ""), oid) for oid, addr in rows])
+    db.execute("CREATE INDEX idx_outbound_mailbox ON outbound (to_mailbox, automatic,"
+               " created_ts)")
+    db.execute("CREATE INDEX idx_outbound_domain ON outbound (to_domain, automatic, created_ts)")
+    db.execute("CREATE INDEX idx_outbound_automatic ON outbound (automatic, created_ts)")
+    db.execute("CREATE INDEX idx_outbound_sender ON outbound (sender, kind, created_ts)")
+    db.execute("CREATE INDEX idx_outbound_message_id ON outbound (message_id)")
+
+
+def recipient_keys(address: str) -> tuple[str, str]:
+    """(mailbox, domain) of a recipient as the automatic-mail limits count it."""
+    mailbox = canonical_mailbox(address)
+    return mailbox, mailbox.rpartition("@")[2]
+
+
+def _v8(db: sqlite_utils.Database) -> None:
     """Spam: the scanner's verdict on each incoming message (by queue id), and the quarantine
     (the quarantined messages, each with its stored raw file, and who let it out, when)."""
     db["spam"].create(
@@ -199,7 +240,8 @@ def _v7(db: sqlite_utils.Database) -> None:
     db["spam"].create_index(["state", "received_at"])
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7]
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
+    _v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8]
 
 
 def open_db(path: Path) -> sqlite_utils.Database:

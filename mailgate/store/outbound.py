@@ -21,7 +21,7 @@ from typing import Any
 
 import sqlite_utils
 
-from mailgate.store.db import day_range, like_pattern, now_iso, transaction
+from mailgate.store.db import day_range, like_pattern, now_iso, recipient_keys, transaction
 
 STATUSES = ("queued", "sending", "sent", "deferred", "failed", "bounced", "suppressed")
 
@@ -43,29 +43,54 @@ class OutboundMail:
 def enqueue(
     conn: sqlite3.Connection, *, ticket_id: int | None, kind: str, automatic: bool, to_addr: str,
     subject: str, message_id: str, raw: bytes | None, status: str = "queued", reason: str = "",
-    queue_id: str = "",
+    queue_id: str = "", sender: str = "",
 ) -> int:
     """Write an outbox row inside the caller's transaction. A `suppressed` or `failed` row
-    records mail that will not be sent, with `reason`."""
+    records mail that will not be sent, with `reason`. `sender`: the agent whose words it
+    carries (agent replies)."""
     if status not in ("queued", "suppressed", "failed"):
         raise ValueError(status)
     ts = time.time()
+    mailbox, domain = recipient_keys(to_addr)
     cur = conn.execute(
         "INSERT INTO outbound (ticket_id, kind, automatic, to_addr, subject, message_id, raw,"
         " status, attempts, last_error, created_at, created_ts, next_attempt, updated_at,"
-        " queue_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, 0, ?, ?)",
+        " queue_id, to_mailbox, to_domain, sender)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, 0, ?, ?, ?, ?, ?)",
         (ticket_id, kind, int(automatic), to_addr, subject, message_id, raw, status, reason,
-         now_iso(ts), ts, now_iso(ts), queue_id),
+         now_iso(ts), ts, now_iso(ts), queue_id, mailbox, domain, sender.lower()),
     )
     return int(cur.lastrowid or 0)
 
 
-def automatic_sent_since(conn: sqlite3.Connection, to_addr: str, since_ts: float) -> int:
-    """How many automatic mails to `to_addr` were queued or sent since `since_ts` (rate limit)."""
+_COUNTED = "automatic=1 AND created_ts>=? AND status NOT IN ('suppressed', 'failed')"
+
+
+def automatic_counts(conn: sqlite3.Connection, to_addr: str, since_ts: float,
+                     exclude: frozenset[str] = frozenset()) -> tuple[int, int, int]:
+    """Automatic mails queued or sent since `since_ts`: to the mailbox of `to_addr` (plus-part
+    removed), to its domain and in all — the last two without the mail to `exclude`d addresses
+    (agents). Each count is one index range."""
+    mailbox, domain = recipient_keys(to_addr)
+    skip = sorted(exclude)
+    not_excluded = f" AND to_addr NOT IN ({','.join('?' * len(skip))})" if skip else ""
+
+    def count(where: str, *params: Any) -> int:
+        return int(conn.execute(f"SELECT COUNT(*) FROM outbound WHERE {where}",
+                                params).fetchone()[0])
+
+    return (count(f"to_mailbox=? AND {_COUNTED}", mailbox, since_ts),
+            count(f"to_domain=? AND {_COUNTED}{not_excluded}", domain, since_ts, *skip),
+            count(f"{_COUNTED}{not_excluded}", since_ts, *skip))
+
+
+def agent_replies_by_email_since(conn: sqlite3.Connection, agent: str, since_ts: float) -> int:
+    """How many of `agent`'s replies by email (an agent_reply caused by an incoming mail) were
+    queued or sent since `since_ts` (their rate limit)."""
     row = conn.execute(
-        "SELECT COUNT(*) FROM outbound WHERE to_addr=? AND automatic=1 AND created_ts>=?"
-        " AND status NOT IN ('suppressed', 'failed')",
-        (to_addr, since_ts),
+        "SELECT COUNT(*) FROM outbound WHERE sender=? AND kind='agent_reply' AND created_ts>=?"
+        " AND COALESCE(queue_id, '') != '' AND status NOT IN ('suppressed', 'failed')",
+        (agent.lower(), since_ts),
     ).fetchone()
     return int(row[0])
 
@@ -74,6 +99,16 @@ def outbound_for_message_id(conn: sqlite3.Connection, message_id: str) -> int | 
     row = conn.execute("SELECT id FROM outbound WHERE message_id=? ORDER BY id DESC LIMIT 1",
                        (message_id,)).fetchone()
     return int(row[0]) if row else None
+
+
+def sent_with_message_id(conn: sqlite3.Connection, message_id: str
+                         ) -> tuple[int, int | None] | None:
+    """(id, ticket id) of our mail with this Message-ID that went or is going out, else None."""
+    row = conn.execute(
+        "SELECT id, ticket_id FROM outbound WHERE message_id=?"
+        " AND status NOT IN ('suppressed', 'failed') ORDER BY id DESC LIMIT 1",
+        (message_id,)).fetchone()
+    return (int(row[0]), row[1]) if row else None
 
 
 def recover(db: sqlite_utils.Database) -> list[tuple[int, bool, str]]:

@@ -103,20 +103,21 @@ def add_incoming_message(
     classification: str = "normal",
     direction: str = "in",
     auth: dict[str, Any] | None = None,
+    digest: str | None = None,
 ) -> int:
     cur = conn.execute(
         "INSERT INTO messages (ticket_id, direction, queue_id, message_id, in_reply_to,"
         " references_, from_addr, from_name, to_addrs, cc_addrs, subject, date, text, html,"
         " raw_path, defects, matched_by, internal, internal_reason, created_at, reply_text,"
-        " classification, auth)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " classification, auth, digest)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             ticket_id, direction, queue_id, parsed.message_id, " ".join(parsed.in_reply_to),
             json.dumps(list(parsed.references)), parsed.from_.email, parsed.from_.name,
             _addr_json(parsed.to), _addr_json(parsed.cc), parsed.subject, parsed.date,
             parsed.text, parsed.html, raw_path, json.dumps(list(parsed.defects)), matched_by,
             1 if internal_reason else 0, internal_reason, now, reply_text or parsed.text,
-            classification, json.dumps(auth) if auth else None,
+            classification, json.dumps(auth) if auth else None, digest,
         ),
     )
     row = int(cur.lastrowid or 0)
@@ -128,6 +129,8 @@ def add_incoming_message(
 def index_message_id(
     conn: sqlite3.Connection, message_id: str, ticket_id: int, row: int | None
 ) -> None:
+    """Record that `ticket_id` sent or received `message_id` (one row per id and ticket: the
+    same id may be on several tickets, when a sender reused it or a stranger used it first)."""
     conn.execute(
         "INSERT OR IGNORE INTO message_ids (message_id, ticket_id, message_row) VALUES (?, ?, ?)",
         (message_id, ticket_id, row),
@@ -145,9 +148,35 @@ def add_attachment(
     )
 
 
-def ticket_for_message_id(conn: sqlite3.Connection, message_id: str) -> int | None:
+MAX_TICKETS_PER_ID = 20  # how many tickets sharing one Message-ID are looked at
+
+
+def ticket_for_message_id(conn: sqlite3.Connection, message_id: str, sender: str = ""
+                          ) -> int | None:
+    """The ticket that sent or received `message_id`. When several did (the id was reused, or
+    a stranger sent it first), the only one of them that `sender` takes part in; when that
+    does not settle it, None — the id decides nothing, other evidence has to."""
+    rows = conn.execute(
+        "SELECT ticket_id FROM message_ids WHERE message_id=? ORDER BY ticket_id LIMIT ?",
+        (message_id, MAX_TICKETS_PER_ID),
+    ).fetchall()
+    tickets = [int(r[0]) for r in rows]
+    if len(tickets) <= 1:
+        return tickets[0] if tickets else None
+    mine = [t for t in tickets if sender and is_participant(conn, t, sender)]
+    return mine[0] if len(mine) == 1 else None
+
+
+def duplicate_of(conn: sqlite3.Connection, message_id: str, digest: str, from_addr: str
+                 ) -> int | None:
+    """The ticket holding the same message already: the same Message-ID, the same content
+    digest and the same From address (never another sender's message with that id), among the
+    messages that came in by mail. Messages stored before digests existed are compared by
+    Message-ID and From alone."""
     row = conn.execute(
-        "SELECT ticket_id FROM message_ids WHERE message_id=?", (message_id,)
+        "SELECT ticket_id FROM messages WHERE message_id=? AND from_addr=?"
+        " AND queue_id IS NOT NULL AND (digest=? OR digest IS NULL) ORDER BY id LIMIT 1",
+        (message_id, from_addr, digest),
     ).fetchone()
     return int(row[0]) if row else None
 
