@@ -28,6 +28,7 @@ from mailgate.setup_wizard import init_command
 from mailgate.spool import Spool
 from mailgate.store import audit, downloads, tickets
 from mailgate.store import outbound as outbox
+from mailgate.store import spam as spam_store
 from mailgate.store.db import open_db
 
 
@@ -106,6 +107,17 @@ def _cell(value: Any, width: int = 48) -> str:
     if text.startswith("/"):  # a path: its end says more than its start
         return "…" + text[-(width - 1):]
     return text[: width - 1] + "…"
+
+
+def spam_line(verdict: dict[str, Any]) -> str:
+    """A stored spam verdict in one line: `score 2.1 (accept)`, and why, for `tickets show`."""
+    score = verdict.get("score")
+    text = "not scanned" if score is None else f"score {score:g}"
+    text += f" ({verdict.get('action')})"
+    for key in ("note", "reason"):
+        if verdict.get(key):
+            text += f"; {verdict[key]}"
+    return _cell(text, 300)
 
 
 def format_table(rows: Iterable[dict[str, Any]], columns: Sequence[str]) -> str:
@@ -211,6 +223,8 @@ def tickets_show(state: _State, ticket_id: int, as_json: bool) -> None:
                    f"{flag} {m['created_at']}")
         click.echo(f"From: {_cell(m['from'], 200)}\nTo: {_cell(m['to'], 200)}")
         click.echo(f"Subject: {_cell(m['subject'], 200)}\nMessage-ID: {m['message_id'] or '-'}")
+        if m.get("spam"):
+            click.echo(f"Spam: {spam_line(m['spam'])}")
         for a in m["attachments"]:
             click.echo(f"Attachment {a['id']}: {_cell(a['filename'], 120)}"
                        f" ({_cell(a['content_type'], 80)}, {a['size']} bytes,"
@@ -475,13 +489,15 @@ def stats(state: _State, as_json: bool) -> None:
     data["incoming_by_action"] = audit.counts_by_action(db)
     data["spool"] = state.spool().counts()
     data["outgoing_by_status"] = outbox.counts_by_status(db)
+    data["quarantine"] = spam_store.counts(db)
     if as_json:
         _emit(data, True)
         return
     click.echo(f"tickets: {data['tickets']}  messages: {data['messages']}")
     for title, key in (("tickets by status", "tickets_by_status"),
                        ("incoming mail by action", "incoming_by_action"), ("spool", "spool"),
-                       ("outgoing mail by status", "outgoing_by_status")):
+                       ("outgoing mail by status", "outgoing_by_status"),
+                       ("spam quarantine", "quarantine")):
         parts = ", ".join(f"{k}={v}" for k, v in data[key].items()) or "-"
         click.echo(f"{title}: {parts}")
 
@@ -564,8 +580,10 @@ def _register_more() -> None:
     """Command groups kept in modules of their own."""
     from mailgate.cli_orgs import customers_group, orgs_group
     from mailgate.cli_rules import rules_group
+    from mailgate.cli_spam import spam_group
 
     cli.add_command(rules_group)
+    cli.add_command(spam_group)
     cli.add_command(orgs_group)
     cli.add_command(customers_group)
 

@@ -18,6 +18,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from mailgate.errors import ConfigError
 
@@ -82,6 +83,24 @@ TEMPLATE_KINDS = ("new_ticket_ack", "agent_reply", "assignee_notification")
 
 
 @dataclass(frozen=True)
+class Spam:
+    """`[spam]`: rspamd asked after DATA, before the 250. `rspamd` None: no scanning.
+    Defaults are rspamd's own action thresholds: reject at 15, "add header" (spam) at 6,
+    greylist (doubtful) at 4."""
+
+    rspamd: str | None = None  # the normal worker's URL, e.g. http://127.0.0.1:11333
+    reject_score: float = 15.0  # at or above: 550 5.7.1 in the session
+    quarantine_score: float = 6.0  # at or above (and below reject_score): quarantined
+    no_autoreply_score: float = 4.0  # at or above: no automatic mail is sent about it
+    timeout: float = 10.0  # seconds for one scan (rspamd's own task_timeout is 8 s)
+    on_error: str = "accept"  # or "tempfail": 451 while the scanner cannot answer
+
+    @property
+    def enabled(self) -> bool:
+        return self.rspamd is not None
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     listen_host: str = "127.0.0.1"
@@ -139,6 +158,7 @@ class Config:
     admin_port: int = 8025
     admin_tls_cert: Path | None = None
     admin_tls_key: Path | None = None
+    spam: Spam = Spam()
 
     def template(self, kind: str) -> TemplateSettings:
         return dict(self.templates).get(kind, TemplateSettings())
@@ -259,6 +279,14 @@ _SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], str]]] = {
         "listen": (str, "a string host:port"),
         "tls_cert": (str, "a file path"),
         "tls_key": (str, "a file path"),
+    },
+    "spam": {
+        "rspamd": (str, "an http:// URL like \"http://127.0.0.1:11333\""),
+        "reject_score": ((int, float), "a number (rspamd score)"),
+        "quarantine_score": ((int, float), "a number (rspamd score)"),
+        "no_autoreply_score": ((int, float), "a number (rspamd score)"),
+        "timeout": ((int, float), "a number (seconds)"),
+        "on_error": (str, '"accept" or "tempfail"'),
     },
 }
 _AGENT_KEYS: dict[str, type | tuple[type, ...]] = {
@@ -502,6 +530,7 @@ def parse_config(doc: dict[str, Any], path: Path) -> Config:
                 not isinstance(entry.get("address"), str) or "@" not in entry["address"]:
             raise fail(where, 'expected a table with address = "mailbox@provider"')
         forwarders.append(entry["address"].lower())
+    spam = _spam(values.get("spam", {}), fail)
     limits = {key: values.get("limits", {}).get(key, default) for key, default in (
         ("auto_replies_per_address_per_hour", 10), ("auto_replies_per_domain_per_hour", 50),
         ("auto_replies_per_hour", 500), ("agent_replies_by_email_per_hour", 60))}
@@ -566,6 +595,7 @@ def parse_config(doc: dict[str, Any], path: Path) -> Config:
         admin_port=admin_port,
         admin_tls_cert=admin_cert,
         admin_tls_key=admin_key,
+        spam=spam,
     )
 
 
@@ -652,6 +682,34 @@ def _relay(body: dict[str, Any], base: Path, fail: Any) -> Relay:
         retry_max_seconds=float(body.get("retry_max_seconds", 4000.0)),
         give_up_after_seconds=float(body.get("give_up_after_seconds", 5 * 86400.0)),
     )
+
+
+def _spam(body: dict[str, Any], fail: Any) -> Spam:
+    url = body.get("rspamd")
+    if url is not None:
+        parts = urlsplit(url)
+        try:
+            port = parts.port
+        except ValueError:
+            port = -1
+        if parts.scheme not in ("http", "https") or not parts.hostname or port == -1 \
+                or parts.query or parts.fragment or parts.path not in ("", "/"):
+            raise fail("[spam] rspamd", 'expected the URL of rspamd\'s normal worker like'
+                                        f' "http://127.0.0.1:11333", got {url!r}')
+        url = f"{parts.scheme}://{parts.netloc}"
+    defaults = Spam()
+    scores = {key: float(body.get(key, getattr(defaults, key)))
+              for key in ("reject_score", "quarantine_score", "no_autoreply_score")}
+    if scores["quarantine_score"] > scores["reject_score"]:
+        raise fail("[spam] quarantine_score",
+                   f"must not be above reject_score ({scores['reject_score']:g})")
+    timeout = float(body.get("timeout", defaults.timeout))
+    if not 0 < timeout <= 600:
+        raise fail("[spam] timeout", "must be between 0 and 600 seconds")
+    on_error = body.get("on_error", defaults.on_error)
+    if on_error not in ("accept", "tempfail"):
+        raise fail("[spam] on_error", f'expected "accept" or "tempfail", got {on_error!r}')
+    return Spam(rspamd=url, timeout=timeout, on_error=on_error, **scores)
 
 
 def _dkim(body: dict[str, Any], base: Path, fail: Any) -> Dkim | None:

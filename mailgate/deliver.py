@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from mailgate import quarantine
 from mailgate.automation import Automation, RuleSet, Run, Trigger
 from mailgate.classify import Classification
 from mailgate.digest import content_digest
@@ -160,6 +161,10 @@ class Deliverer:
             record_incoming(conn, replace(base, action="duplicate", reason=reason,
                                           ticket_id=existing))
             return Outcome(env.queue_id, "duplicate", existing, reason)
+        quarantined = quarantine.gate(conn, env, parsed, inc.auth, inc.raw_path, base,
+                                      self._lookups(conn, parsed.from_.email))
+        if quarantined is not None:  # doubtful spam: no ticket, nothing sent
+            return Outcome(env.queue_id, "spam", reason=quarantined)
         return self._thread(conn, inc, base, digest)
 
     def _duplicate(self, conn: sqlite3.Connection, parsed: ParsedMail, digest: str
@@ -362,12 +367,13 @@ class Deliverer:
                    ticket_id: int, status_before: str | None, why_silent: str) -> None:
         """Organization routing and the automation rules for what this message did."""
         env = inc.entry.envelope
+        allowed = decision.acknowledge or decision.action != "create"
+        spam_block = quarantine.autoreply_block(env)  # the backscatter rule for spam
         trigger = Trigger(
             parsed=inc.parsed, envelope_sender=env.mail_from,
             mailbox=base_mailbox(env.rcpt_to[0]) if env.rcpt_to else "", body=inc.reply_text,
-            queue_id=env.queue_id, customer_mail_allowed=decision.acknowledge or
-            decision.action != "create",
-            why_no_customer_mail=why_silent,
+            queue_id=env.queue_id, customer_mail_allowed=allowed and not spam_block,
+            why_no_customer_mail=spam_block if allowed else why_silent,
         )
         if decision.internal_reason:
             return  # notes from robots and strangers trigger nothing

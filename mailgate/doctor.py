@@ -3,12 +3,12 @@
 Input: the config file (untrusted form: a bad one is the first failed check, never a
 traceback), the templates and rules it uses (the built-in ones shipped in the package, or the
 administrator's: each enabled template kind is rendered with sample data, the rules are
-loaded), the machine (data directory, free space, the SMTP port), the relay over the network
-and DNS (their answers are untrusted text, shown on one line). Output: one line per check,
-`ok`, `warn` or `FAIL`, with what was found and, when it is not ok, the fix; `Doctor.failed`
-says whether any check failed (the command then exits 1). Every network step has a timeout:
-the relay gets `--timeout` seconds, DNS a few seconds, and DNS that cannot be reached is a
-`warn` (the check could not be made), not a failure.
+loaded), the machine (data directory, free space, the SMTP port), the relay over the network,
+DNS and the spam scanner (their answers are untrusted text, shown on one line). Output: one
+line per check, `ok`, `warn` or `FAIL`, with what was found and, when it is not ok, the fix;
+`Doctor.failed` says whether any check failed (the command then exits 1). Every network step
+has a timeout: the relay gets `--timeout` seconds, DNS a few seconds, and DNS that cannot be
+reached is a `warn` (the check could not be made), not a failure.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import smtplib
 import socket
 import ssl
 import tempfile
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -360,6 +361,29 @@ def check_tls(cfg: Config) -> Check | None:
                  f" {cfg.hostname})")
 
 
+def check_spam(cfg: Config, timeout: float) -> Check | None:
+    """`[spam] rspamd`: does rspamd's normal worker answer its /ping?"""
+    url = cfg.spam.rspamd
+    if url is None:
+        return None
+    try:
+        with urllib.request.urlopen(f"{url}/ping", timeout=timeout) as resp:
+            answer = resp.read(64).strip()
+    except (OSError, ValueError) as exc:
+        answer, problem = b"", _one_line(getattr(exc, "reason", exc))
+    else:
+        problem = f"it answered {answer[:20]!r}, not pong"
+    if answer == b"pong":
+        return Check("spam", OK, f"rspamd answers at {url}")
+    if cfg.spam.on_error == "tempfail":
+        return Check("spam", FAIL, f"rspamd at {url}: {problem}; every mail gets 451 4.7.1"
+                     " ([spam] on_error = \"tempfail\")", "start rspamd (`systemctl start"
+                     f" rspamd`) or correct [spam] rspamd in {cfg.path}")
+    return Check("spam", WARN, f"rspamd at {url}: {problem}; mail is taken unscanned",
+                 f"start rspamd (`systemctl start rspamd`) or correct [spam] rspamd in"
+                 f" {cfg.path}")
+
+
 # --- running them ----------------------------------------------------------------------------
 
 
@@ -399,6 +423,7 @@ class Doctor:
             ("relay", lambda: check_relay(cfg, self.timeout)),
             ("dkim", lambda: check_dkim(cfg, self.dns_timeout, self.nameserver)),
             ("admin", lambda: check_admin(cfg)),
+            ("spam", lambda: check_spam(cfg, min(self.timeout, 5.0))),
         ]
         for name, fn in steps:
             result = self._guard(name, fn)

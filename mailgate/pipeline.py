@@ -5,8 +5,9 @@ Stages: parse → authenticate → classify → reply text → (in `deliver`) th
 organizations, routing and rules, outbound mail. Output: for each entry exactly one result
 committed in the database in one transaction with its incoming-audit row and the mail it causes
 — a ticket message (`created_ticket`, `appended`), a `duplicate`, a `bounce`, a
-`forwarding_confirmation`, an `ignored` robot, a `rejected` refusal record, or a `held` message
-with its error — and only then the spool entry marked done. Stages are pure functions where
+`forwarding_confirmation`, an `ignored` robot, quarantined `spam` (`mailgate.quarantine`), a
+`rejected` refusal record, or a `held` message with its error — with the spam scanner's verdict
+when there is one, and only then the spool entry marked done. Stages are pure functions where
 possible; their database look-ups are passed in.
 Re-running an entry whose result is already committed changes nothing (the audit's unique queue
 id), so a crash between the commit and the spool update cannot store a message twice.
@@ -23,16 +24,17 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import sqlite_utils
 
-from mailgate import metrics
+from mailgate import metrics, quarantine
 from mailgate.auth import Authenticator, AuthResult, strip_forged_results
 from mailgate.automation import Automation
 from mailgate.classify import classify
 from mailgate.deliver import Deliverer, Incoming, Outcome, Policy
 from mailgate.errors import DatabaseGone, PermanentFailure, temporary_cause
-from mailgate.model import KIND_REJECTION, ParsedMail, SpoolEntry
+from mailgate.model import KIND_REJECTION, Envelope, ParsedMail, SpoolEntry
 from mailgate.outbound.mailer import MailContext
 from mailgate.parse import parse
 from mailgate.replytext import reply_text
@@ -56,6 +58,14 @@ def temporary_delay(deferrals: int) -> float:
 class Prepared:
     parsed: ParsedMail
     auth: AuthResult | None
+
+
+def spam_details(env: Envelope) -> dict[str, Any] | None:
+    """The scanner's verdict for a refusal's audit row (None when it was not scanned)."""
+    if env.spam is None:
+        return None
+    return {"spam": {"action": env.spam.action, "score": env.spam.score,
+                     "symbols": dict(env.spam.symbols), "rspamd_action": env.spam.rspamd_action}}
 
 
 class Pipeline:
@@ -141,7 +151,9 @@ class Pipeline:
             with transaction(self.db) as conn:
                 if not audited(conn, env.queue_id):
                     record_incoming(conn, IncomingAudit(
-                        env, "rejected", reason=entry.reason or "refused at DATA"))
+                        env, "rejected", reason=entry.reason or "refused at DATA",
+                        details=spam_details(env)))
+                    quarantine.record_verdict(conn, env)
             return Outcome(env.queue_id, "rejected", reason=entry.reason or "")
         if entry.attempts > 1 or entry.deferrals:  # tried before: maybe committed already
             with transaction(self.db) as conn:
@@ -176,7 +188,9 @@ class Pipeline:
             conn.execute(
                 "DELETE FROM audit_incoming WHERE queue_id=? AND action='held'", (env.queue_id,)
             )
-            return deliverer.deliver(conn, incoming)
+            outcome = deliverer.deliver(conn, incoming)
+            quarantine.record_verdict(conn, env)
+            return outcome
 
     def _authenticate(self, entry: SpoolEntry, content: bytes, parsed: ParsedMail
                       ) -> AuthResult | None:

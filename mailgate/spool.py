@@ -130,6 +130,15 @@ class MessageBody:
         """The bytes, when they are in memory (None once they went to a file)."""
         return bytes(self._buffer) if self.path is None else None
 
+    def readable(self) -> bytes | Path:
+        """The whole message, for the spam scanner to read before the spool commit: its bytes
+        while they are in memory, else its file (flushed first, so a reader sees every byte)."""
+        if self._file is None:
+            return bytes(self._buffer)
+        self._file.flush()
+        assert self.path is not None
+        return self.path
+
     def finish(self) -> None:
         """Flush and fsync the file, if there is one (the writer thread calls this)."""
         if self._file is not None:
@@ -427,6 +436,41 @@ class Spool:
                 " WHERE queue_id=?",
                 (INCOMING, time.time(), queue_id),
             )
+
+    def resubmit(self, envelope: Envelope, content: bytes) -> None:
+        """A new `incoming` entry made outside an SMTP session (a message let out of
+        quarantine), durable when this returns: a big message goes to its own file, fsynced
+        with the directory before the row names it, and the row's transaction is fsynced too."""
+        name = None
+        blob: bytes | None = content
+        if len(content) > SPILL_BYTES:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            name = f"{envelope.queue_id}.eml"
+            path = self.directory / name
+            with path.open("wb") as f:
+                f.write(content)
+                f.flush()
+                os.fsync(f.fileno())
+            fsync_directory(self.directory)
+            blob = None
+        now = time.time()
+        with self._lock:
+            self._conn.execute("PRAGMA synchronous=FULL")
+        try:
+            with self._tx() as c:
+                c.execute(
+                    "INSERT INTO spool (queue_id, kind, state, received_at, envelope, content,"
+                    " content_path, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (envelope.queue_id, KIND_MESSAGE, INCOMING, envelope.received_at,
+                     envelope.to_json(), blob, name, now))
+        except BaseException:
+            if name is not None:
+                with suppress(OSError):
+                    (self.directory / name).unlink()
+            raise
+        finally:
+            with self._lock:
+                self._conn.execute("PRAGMA synchronous=NORMAL")
 
     def get(self, queue_id: str) -> SpoolEntry | None:
         with self._lock:

@@ -43,7 +43,7 @@ from relay_stub import RelayStub
 SCRIPT = "<script>alert(1)</script>"
 PANELS = ("/", "/tickets", "/tickets?view=unassigned", "/tickets?view=pending_customer",
           "/tickets?view=pending_agent", "/tickets?view=all", "/audit/incoming",
-          "/audit/outgoing", "/forwarding", "/orgs", "/templates")
+          "/audit/outgoing", "/forwarding", "/orgs", "/templates", "/spam")
 
 
 # --- a small HTTP client (urllib: no redirects followed, cookies kept) ----------------------

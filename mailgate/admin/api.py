@@ -17,6 +17,10 @@ address that is not a configured agent), 500 (a bug; logged).
     GET  /api/audit/incoming              ?action= &queue_id= &q= &day= &limit=
     GET  /api/audit/outgoing              ?status= &ticket= &q= &day= &limit=
     GET  /api/orgs                        organizations ([] until they exist)
+    GET  /api/spam                        quarantined mail, as `mailgate spam list --json`;
+                                          ?state=quarantined (default), released or all &limit=
+    GET  /api/spam/{queue_id}             as `mailgate spam show ID --json`
+    POST /api/spam/{queue_id}/release     as `mailgate spam release ID`
     GET  /api/messages/{m}/attachments/{a} attachment a of message m (a download)
     GET  /api/messages/{m}/raw            message m's raw .eml (a download)
 """
@@ -35,6 +39,7 @@ from mailgate.admin import download, params
 from mailgate.admin.backend import BACKEND, VIEWS, Backend, Conflict
 from mailgate.errors import NotFound, UserError
 from mailgate.store import outbound as outbox
+from mailgate.store import spam as spam_store
 from mailgate.store import tickets as ticket_store
 
 log = logging.getLogger("mailgate.admin")
@@ -209,6 +214,26 @@ async def orgs(request: web.Request) -> web.Response:
     return reply(await b.run(b.orgs))
 
 
+async def list_spam(request: web.Request) -> web.Response:
+    q = request.query
+    state = params.choice(q, "state", (*spam_store.STATES, "all")) or spam_store.QUARANTINED
+    b = backend(request)
+    return reply(await b.run(b.quarantine, None if state == "all" else state,
+                             params.limit(q)))
+
+
+async def show_spam(request: web.Request) -> web.Response:
+    b = backend(request)
+    return reply(await b.run(b.quarantined, params.queue_id(request.match_info["queue_id"])))
+
+
+async def release_spam(request: web.Request) -> web.Response:
+    queue_id = params.queue_id(request.match_info["queue_id"])
+    b = backend(request)
+    result = await b.run(b.release, queue_id, f"admin API from {request.remote}")
+    return reply(result)
+
+
 def add_routes(app: web.Application) -> None:
     r = app.router
     r.add_get("/api/health", health)
@@ -220,4 +245,7 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/api/audit/incoming", audit_incoming)
     r.add_get("/api/audit/outgoing", audit_outgoing)
     r.add_get("/api/orgs", orgs)
+    r.add_get("/api/spam", list_spam)
+    r.add_get("/api/spam/{queue_id}", show_spam)
+    r.add_post("/api/spam/{queue_id}/release", release_spam)
     download.add_routes(app, "/api")

@@ -21,16 +21,17 @@ from typing import Any, Protocol, TypeVar
 
 from aiohttp import web
 
-from mailgate import app, metrics
+from mailgate import app, metrics, quarantine
 from mailgate.admin import inline_images
 from mailgate.admin.params import BadInput
 from mailgate.admin.storecheck import StoreCheck
 from mailgate.config import Config
-from mailgate.errors import UserError
+from mailgate.errors import NotFound, UserError
 from mailgate.outbound.render import TemplateError
 from mailgate.spool import Spool
 from mailgate.store import audit, downloads, orgs, tickets
 from mailgate.store import outbound as outbox
+from mailgate.store import spam as spam_store
 from mailgate.store.db import now_iso, open_db
 
 log = logging.getLogger("mailgate.admin")
@@ -264,6 +265,27 @@ class Backend:
 
     def forwarding(self, limit: int = 200) -> list[dict[str, Any]]:
         return audit.search_incoming(self.db, action=FORWARDING_ACTION, limit=limit)
+
+    # --- the spam quarantine ----------------------------------------------------------------
+
+    def quarantine(self, state: str | None = spam_store.QUARANTINED, limit: int = 200
+                   ) -> list[dict[str, Any]]:
+        """As `mailgate spam list --json` (`state` None: released mail too)."""
+        return spam_store.list_quarantine(self.db, state, limit)
+
+    def quarantined(self, queue_id: str) -> dict[str, Any]:
+        """As `mailgate spam show ID --json` (raises NotFound)."""
+        return quarantine.show(self.db, self.config.data_dir, queue_id)
+
+    def release(self, queue_id: str, by: str) -> dict[str, Any]:
+        """As `mailgate spam release ID`: the message goes through the pipeline as new.
+        Raises NotFound, or Conflict when it was released already."""
+        try:
+            return quarantine.release(self.db, self.spool, self.config.data_dir, queue_id, by)
+        except NotFound:
+            raise
+        except UserError as exc:
+            raise Conflict(str(exc)) from None
 
     def template_previews(self) -> list[dict[str, Any]]:
         """Each template kind rendered with its sample data (or the error that stops it)."""

@@ -114,6 +114,15 @@ def text(values: Mapping[str, Any], name: str, max_len: int = 500,
     return raw
 
 
+_QUEUE_ID = re.compile(r"[0-9A-Za-z]{1,40}\Z")
+
+
+def queue_id(raw: str) -> str:
+    if not _QUEUE_ID.match(raw):
+        raise BadInput(f"not a queue id: {raw[:60]!r}")
+    return raw
+
+
 def ticket_id(raw: str) -> int:
     if not raw.isdigit() or len(raw) > 18:
         raise BadInput(f"not a ticket number: {raw!r}")

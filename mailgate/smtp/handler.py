@@ -4,8 +4,12 @@ hand-off once DATA is read.
 Input: SMTP commands and the message from any client (untrusted; `smtp.data` has read DATA into
 a body the spool gave). Output: a spool entry per accepted message, and a reply per command.
 `250 2.0.0 Ok: queued as <id>` is sent only after the spool writer committed the entry; any
-failure before that answers 4xx. Refusals (too big — declared at MAIL or found in DATA —, bare
-CR or LF in reject mode, too slow, no space) are spooled as `rejection` entries without the
+failure before that answers 4xx. With `[spam] rspamd` set, the message is scanned once DATA is
+read and before that reply (`smtp.spamscan`): spam at or above `reject_score` is refused in the
+session with `550 5.7.1` — never accepted and bounced later —, and the verdict (score, symbols,
+what to do) travels with the accepted message's envelope to the pipeline. Refusals (too big —
+declared at MAIL or found in DATA —, bare CR or LF in reject mode, too slow, no space, spam, the
+scanner down with `on_error = "tempfail"`) are spooled as `rejection` entries without the
 message bytes, so the incoming audit records them.
 """
 
@@ -25,7 +29,14 @@ from aiosmtpd.proxy_protocol import ProxyData
 from aiosmtpd.smtp import SMTP, Session
 from aiosmtpd.smtp import Envelope as SMTPEnvelope
 
-from mailgate.model import KIND_REJECTION, Envelope, new_queue_id
+from mailgate.model import (
+    KIND_REJECTION,
+    SPAM_REJECT,
+    SPAM_TEMPFAIL,
+    Envelope,
+    SpamVerdict,
+    new_queue_id,
+)
 from mailgate.smtp import data
 from mailgate.smtp.recipients import RecipientPolicy
 from mailgate.smtp.replies import (
@@ -35,10 +46,13 @@ from mailgate.smtp.replies import (
     NO_SPACE,
     QUEUED,
     RECIPIENT_OK,
+    SCANNER_UNAVAILABLE,
     SENDER_OK,
+    SPAM_REFUSED,
     TEMPORARY,
     TOO_MANY_RCPTS,
 )
+from mailgate.smtp.spamscan import Scanner
 
 log = logging.getLogger("mailgate.smtp")
 
@@ -50,6 +64,8 @@ SPOOL_OVERHEAD = 64 * 1024
 
 class SpoolBody(data.Body, Protocol):
     size: int
+
+    def readable(self) -> bytes | Path: ...
 
 
 class SpoolSubmitter(Protocol):
@@ -71,6 +87,7 @@ class MailgateHandler:
         min_free_bytes: int,
         notify: Callable[[], None] | None = None,
         refusal: Callable[[], str | None] | None = None,
+        scanner: Scanner | None = None,
     ) -> None:
         self.policy = policy
         self.spool = spool
@@ -81,6 +98,7 @@ class MailgateHandler:
         # The daemon's verdict on its own health (database or spool gone): a reason to refuse
         # every new transaction with 451, or None.
         self.refusal = refusal
+        self.scanner = scanner  # None, or not enabled: no spam scanning
         self.accepted = 0
         self.reserved = 0  # bytes promised to messages between their space check and commit
 
@@ -178,12 +196,14 @@ class MailgateHandler:
 
     async def record_refusal(
         self, session: Session, envelope: SMTPEnvelope, size: int, reason: str,
-        mail_from: str | None = None,
+        mail_from: str | None = None, spam: SpamVerdict | None = None,
     ) -> None:
         """Spool a rejection record (no message bytes) so the incoming audit shows it."""
         env = self._envelope(session, envelope, size)
         if mail_from is not None:  # refused at MAIL: aiosmtpd has not set it yet
             env = dataclasses.replace(env, mail_from=mail_from)
+        if spam is not None:
+            env = dataclasses.replace(env, spam=spam)
         log.info("queue_id=%s refused from %s: %s", env.queue_id, env.client_ip, reason)
         try:
             await asyncio.wrap_future(self.spool.submit(env, None, KIND_REJECTION, reason))
@@ -211,15 +231,18 @@ class MailgateHandler:
             refusal = (NO_SPACE if "space" in result.error.lower() else TEMPORARY, "")
         if refusal is None and self._unhealthy():
             refusal = (TEMPORARY, "")
+        spam = None
+        if refusal is None and self.scanner is not None and self.scanner.enabled:
+            spam, refusal = await self._scan(session, envelope, body, result.size)
         if refusal is None and not self.has_room_for(result.size):
             refusal = (NO_SPACE, "free space under data_dir below min_free_bytes")
         if refusal is not None:
             body.discard()
             reply, reason = refusal
             if reason:
-                await self.record_refusal(session, envelope, result.size, reason)
+                await self.record_refusal(session, envelope, result.size, reason, spam=spam)
             return reply
-        env = self._envelope(session, envelope, result.size)
+        env = dataclasses.replace(self._envelope(session, envelope, result.size), spam=spam)
         promised = SPOOL_COPIES * result.size + SPOOL_OVERHEAD
         self.reserved += promised
         try:
@@ -232,12 +255,35 @@ class MailgateHandler:
         self.accepted += 1
         if self.notify is not None:
             self.notify()
+        spam_note = ""
+        if spam is not None:
+            spam_note = f" spam={spam.action}" + (
+                f" score={spam.score:g}" if spam.score is not None else "")
         log.info(
-            "queue_id=%s queued from=<%s> to=%s size=%d client=%s%s",
+            "queue_id=%s queued from=<%s> to=%s size=%d client=%s%s%s",
             env.queue_id, env.mail_from, ",".join(env.rcpt_to), env.size, env.client_ip,
-            " (bare LF normalized)" if result.bare_line_ends else "",
+            " (bare LF normalized)" if result.bare_line_ends else "", spam_note,
         )
         return QUEUED.format(queue_id=env.queue_id)
+
+
+    async def _scan(self, session: Session, envelope: SMTPEnvelope, body: SpoolBody, size: int
+                    ) -> tuple[SpamVerdict | None, tuple[str, str] | None]:
+        """Ask the spam scanner: its verdict, and the refusal (reply, audit reason) it calls
+        for, if any."""
+        assert self.scanner is not None
+        try:
+            source = body.readable()
+        except OSError as exc:  # the spool file could not be flushed: nothing is acknowledged
+            log.error("queue_id=%s could not write the message before the spam scan: %s",
+                      getattr(session, "mailgate_queue_id", "-"), exc)
+            return None, (TEMPORARY, "")
+        spam = await self.scanner.scan(source, self._envelope(session, envelope, size))
+        if spam.action == SPAM_REJECT:
+            return spam, (SPAM_REFUSED, f"spam: {spam.reason}; symbols: {spam.symbol_text()}")
+        if spam.action == SPAM_TEMPFAIL:
+            return spam, (SCANNER_UNAVAILABLE, spam.reason)
+        return spam, None
 
 
 def client_address(session: Session) -> str:

@@ -31,6 +31,8 @@ BAD_SENDER_SYNTAX = "501 5.1.7 Bad sender address syntax"
 BAD_RECIPIENT_SYNTAX = "501 5.1.3 Bad recipient address syntax"
 AUTH_UNAVAILABLE = "502 5.5.1 AUTH not available on this server"
 TOO_MANY_ERRORS = "421 4.7.0 Too many errors in this session, closing connection"
+SPAM_REFUSED = "550 5.7.1 Message refused as spam"
+SCANNER_UNAVAILABLE = "451 4.7.1 Spam scanner unavailable, try again later"
 TOO_MANY_UNKNOWN = "421 4.7.0 Too many unknown recipients in this session, closing connection"
 
 _ENHANCED = re.compile(r"^\d{3}[ -][245]\.\d{1,3}\.\d{1,3}( |$)")

@@ -222,20 +222,32 @@ def _v7(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX idx_outbound_message_id ON outbound (message_id)")
 
 
-def _v8(db: sqlite_utils.Database) -> None:
-    """What is known about an attachment beyond its name and type (JSON): a winmail.dat that
-    was unpacked, the file a TNEF held it in, the subject and From of an attached message."""
-    db["attachments"].add_column("details", str)
-
-
 def recipient_keys(address: str) -> tuple[str, str]:
     """(mailbox, domain) of a recipient as the automatic-mail limits count it."""
     mailbox = canonical_mailbox(address)
     return mailbox, mailbox.rpartition("@")[2]
 
 
+def _v8(db: sqlite_utils.Database) -> None:
+    """Spam: the scanner's verdict on each incoming message (by queue id), and the quarantine
+    (the quarantined messages, each with its stored raw file, and who let it out, when)."""
+    db["spam"].create(
+        {"queue_id": str, "received_at": str, "action": str, "score": float, "symbols": str,
+         "rspamd_action": str, "reason": str, "note": str, "state": str, "raw_path": str,
+         "envelope": str, "released_at": str, "released_by": str, "released_as": str},
+        pk="queue_id",
+    )
+    db["spam"].create_index(["state", "received_at"])
+
+
+def _v9(db: sqlite_utils.Database) -> None:
+    """What is known about an attachment beyond its name and type (JSON): a winmail.dat that
+    was unpacked, the file a TNEF held it in, the subject and From of an attached message."""
+    db["attachments"].add_column("details", str)
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
-    _v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8]
+    _v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8, _v9]
 
 
 def open_db(path: Path) -> sqlite_utils.Database:

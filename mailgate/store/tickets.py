@@ -18,6 +18,7 @@ import sqlite_utils
 
 from mailgate.errors import NotFound
 from mailgate.model import Address, ParsedMail
+from mailgate.store.spam import decode_verdict, verdict_field
 
 STATUSES = ("open", "pending_customer", "pending_agent", "resolved", "closed")
 
@@ -253,7 +254,7 @@ def get_ticket(db: sqlite_utils.Database, ticket_id: int) -> dict[str, Any]:
             "SELECT id, direction, from_addr AS 'from', from_name, to_addrs AS 'to',"
             " cc_addrs AS cc, subject, message_id, date, created_at, text, reply_text,"
             " matched_by, internal, internal_reason, classification, queue_id, raw_path,"
-            " defects, outbound_id, auth"
+            " defects, outbound_id, auth, " + verdict_field("messages") +
             " FROM messages WHERE ticket_id = ? ORDER BY id",
             [ticket_id],
         )
@@ -263,6 +264,7 @@ def get_ticket(db: sqlite_utils.Database, ticket_id: int) -> dict[str, Any]:
         m["cc"] = json.loads(m["cc"] or "[]")
         m["defects"] = json.loads(m["defects"] or "[]")
         m["auth"] = json.loads(m["auth"]) if m.get("auth") else None
+        m["spam"] = decode_verdict(m["spam"])
         m["internal"] = bool(m["internal"])
         m["attachments"] = [
             _attachment(a) for a in db.query(
