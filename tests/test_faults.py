@@ -185,6 +185,13 @@ def test_descriptors_running_out_hold_nothing_and_do_not_flood_the_log(tmp_path:
     no_limits = "max_sessions = 0\nmax_sessions_per_client = 0"  # let descriptors run out
     d = Daemon(write_config(tmp_path / "d", port, server_extra=no_limits), port)
     d.start(max_open_files=96)
+    try:
+        _exhaust_descriptors_then_recover(d, port)
+    finally:
+        d.stop()
+
+
+def _exhaust_descriptors_then_recover(d: Daemon, port: int) -> None:
     sessions: list[socket.socket] = []
     extra: list[socket.socket] = []
     try:
@@ -218,13 +225,10 @@ def test_descriptors_running_out_hold_nothing_and_do_not_flood_the_log(tmp_path:
     finally:
         for sock in sessions + extra:
             sock.close()
-    try:
-        row = d.audit_for(qid, timeout=60)
-        assert row["action"] == "created_ticket", row
-        assert [e for e in d.json("spool", "list") if e["state"] == "hold"] == []
-        lines = d.log().splitlines()
-        assert len(lines) < 300, f"{len(lines)} log lines; the last: {lines[-5:]}"
-        code, _ = send(port, _mail("after-fd"))
-        assert code == 250
-    finally:
-        d.stop()
+    row = d.audit_for(qid, timeout=60)
+    assert row["action"] == "created_ticket", row
+    assert [e for e in d.json("spool", "list") if e["state"] == "hold"] == []
+    lines = d.log().splitlines()
+    assert len(lines) < 300, f"{len(lines)} log lines; the last: {lines[-5:]}"
+    code, _ = send(port, _mail("after-fd"))
+    assert code == 250
