@@ -2,6 +2,7 @@
 per-message CPU work without it.
 
 Usage: python bench/auth.py [--messages N] [--rounds R] [--arc-every K]
+       python bench/auth.py --dead-domain [--messages N] [--dead K] [--rounds R]
 
 Input:  command-line options; the `customer` messages of ../shared/corpus/ (labels.tsv), with
         CRLF line ends as SMTP delivers them. Each is DKIM-signed here (RSA 2048, d= its From
@@ -18,6 +19,14 @@ Output: per-round rates and their medians on stdout: messages per second of (a) 
         of its rate without (the goal: at least 70 %). Exit status 0, or 1 when a verdict is not
         the expected one (every message must pass), 2 on bad usage.
 Trust:  developer tool for a trusted local machine; all DNS stays on 127.0.0.1.
+
+--dead-domain: one domain whose DNS never answers, against a running daemon. Each round starts
+two daemons in turn (config and data in a temporary directory, `[auth]` on a loopback dnslib
+server, `dns_timeout = 5`) and sends N messages from healthy domains over SMTP — the second
+daemon gets K messages from `dead.test` (whose names the server never answers) first. It times
+from the first connection to the moment the last healthy message is committed (its audit row)
+and prints both end-to-end rates of the healthy mail and their ratio (the goal: at least 0.8:
+a dead domain delays only its own mail).
 
 Method. Untimed set-up: sign, publish, and one full pass of the stage to warm its DNS cache
 (the DNS server's query counter must then stay unchanged through the timed passes, which is
@@ -154,15 +163,127 @@ def time_async(auth: Authenticator, cases: list[Case]) -> tuple[float, list[str]
     return time.perf_counter() - start, verdicts
 
 
+def _healthy_mail(i: int) -> tuple[str, bytes]:
+    sender = f"c{i}@client{i % 7}.test"
+    return sender, (f"From: <{sender}>\r\nTo: support@help.example\r\nSubject: healthy {i}\r\n"
+                    f"Message-ID: <healthy-{i}@bench.test>\r\n\r\nHello {i}.\r\n").encode()
+
+
+def _dead_mail(i: int) -> tuple[str, bytes]:
+    sender = f"x{i}@dead.test"
+    return sender, (f"From: <{sender}>\r\nTo: support@help.example\r\nSubject: dead {i}\r\n"
+                    f"Message-ID: <dead-{i}@dead.test>\r\n\r\nHello.\r\n").encode()
+
+
+def _committed(db: Path, queue_ids: set[str]) -> int:
+    import sqlite3
+
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+    try:
+        rows = conn.execute("SELECT queue_id FROM audit_incoming").fetchall()
+    finally:
+        conn.close()
+    return sum(1 for (q,) in rows if q in queue_ids)
+
+
+def _stall_round(workdir: Path, dns: DnsTestServer, healthy: int, dead: int) -> float:
+    """End-to-end messages/s of the healthy mail, with `dead` messages from dead.test first."""
+    import smtplib
+    import subprocess
+
+    from benchlib import HOST, free_port, log_tail
+
+    port = free_port()
+    data = workdir / "data"
+    config = workdir / "mailgate.toml"
+    config.write_text(f"""[server]
+listen = "{HOST}:{port}"
+hostname = "mx.help.example"
+min_free_bytes = 0
+[storage]
+data_dir = "{data}"
+[mail]
+domains = ["help.example"]
+mailboxes = ["support@help.example"]
+[relay]
+host = "127.0.0.1"
+port = 1
+[templates.new_ticket_ack]
+enabled = false
+[auth]
+nameservers = ["{dns.address}"]
+dns_timeout = 5
+""")
+    log = (workdir / "daemon.log").open("ab")
+    proc = subprocess.Popen([sys.executable, "-m", "mailgate", "--config", str(config), "serve"],
+                            stdout=log, stderr=log, cwd=workdir)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                smtplib.SMTP(HOST, port, timeout=2).quit()
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError(log_tail(workdir / "daemon.log")) from None
+                time.sleep(0.1)
+        mails = [_dead_mail(i) for i in range(dead)] + [_healthy_mail(i) for i in range(healthy)]
+        wanted: set[str] = set()
+        start = time.monotonic()
+        with smtplib.SMTP(HOST, port, timeout=60) as smtp:
+            smtp.ehlo("bench.test")
+            for sender, raw in mails:
+                smtp.mail(sender)
+                smtp.rcpt("support@help.example")
+                _, reply = smtp.data(raw)
+                if "@client" in sender:
+                    wanted.add(reply.decode().rsplit(" ", 1)[-1])
+        while _committed(data / "mailgate.db", wanted) < len(wanted):
+            if time.monotonic() - start > 300:
+                raise RuntimeError("healthy mail not committed within 300 s")
+            time.sleep(0.02)
+        return healthy / (time.monotonic() - start)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def dead_domain(healthy: int, dead: int, rounds: int) -> int:
+    import tempfile
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    without, with_dead = [], []
+    with DnsTestServer(silent=["dead.test", "_dmarc.dead.test"]) as dns:
+        for r in range(rounds):
+            with tempfile.TemporaryDirectory(prefix="mailgate-bench-dns-") as a, \
+                    tempfile.TemporaryDirectory(prefix="mailgate-bench-dns-") as b:
+                without.append(_stall_round(Path(a), dns, healthy, 0))
+                with_dead.append(_stall_round(Path(b), dns, healthy, dead))
+            print(f"round {r + 1}: healthy mail {without[-1]:7.1f}/s alone,"
+                  f" {with_dead[-1]:7.1f}/s behind {dead} messages from a dead domain")
+    ratio = statistics.median(with_dead) / statistics.median(without)
+    print(f"\nmedian healthy rate alone            {statistics.median(without):8.1f} messages/s")
+    print(f"median healthy rate with dead.test   {statistics.median(with_dead):8.1f} messages/s")
+    print(f"ratio: {ratio:.2f}  (goal: >= 0.80)")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--messages", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--arc-every", type=int, default=3,
                         help="every K-th message is an ARC-sealed Gmail forward (0: none)")
+    parser.add_argument("--dead-domain", action="store_true",
+                        help="measure healthy mail behind a domain whose DNS never answers")
+    parser.add_argument("--dead", type=int, default=6,
+                        help="messages from the dead domain (with --dead-domain)")
     args = parser.parse_args()
-    if args.messages < 1 or args.rounds < 1 or args.arc_every < 0:
-        parser.error("--messages and --rounds must be positive, --arc-every not negative")
+    if args.messages < 1 or args.rounds < 1 or args.arc_every < 0 or args.dead < 0:
+        parser.error("--messages and --rounds must be positive, --arc-every and --dead not"
+                     " negative")
+    if args.dead_domain:
+        return dead_domain(args.messages, args.dead, args.rounds)
 
     with DnsTestServer() as dns:
         cases = prepare(args.messages, args.arc_every, dns)

@@ -16,18 +16,11 @@ workers write their results to a temporary directory, which is removed.
 
 from __future__ import annotations
 
-import os
-import sys
-
-# bench/threading.py would shadow the standard library's threading module for scripts run from
-# bench/ (subprocess imports it): import from the repository root instead.
-if sys.path and os.path.basename(os.path.abspath(sys.path[0])) == "bench":
-    sys.path.pop(0)
-
 import argparse
 import json
 import logging
 import subprocess
+import sys
 import tempfile
 import time
 import traceback

@@ -15,17 +15,11 @@ such. Each case runs in its own process. Exit status 1 when a hostile mail takes
 
 from __future__ import annotations
 
-import os
-import sys
-
-# bench/threading.py would shadow the standard library's threading module for scripts run from
-# bench/ (subprocess imports it): import from the repository root instead.
-if sys.path and os.path.basename(os.path.abspath(sys.path[0])) == "bench":
-    sys.path.pop(0)
-
 import argparse
 import json
+import os
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path

@@ -2,13 +2,15 @@
 
 Usage: python bench/ingest.py [--messages N] [--rounds R] [--sessions S]
                               [--size BYTES] [--drain-timeout SECS]
-                              [--no-settle] [--baseline-only]
+                              [--no-settle] [--baseline-only] [--rspamd]
 
 Input:  command-line options only. Needs Postfix's smtp-source (on PATH or in
         /usr/sbin) and, unless --baseline-only, the mailgate package in this
         repository (run as `python -m mailgate` from the repository root).
 Output: per-round rates, the median rate of each server and the ratio
-        mailgate/baseline on stdout; diagnostics on stderr. Exit status 0 when
+        mailgate/baseline on stdout (with --rspamd also those of a second mailgate
+        that scans every message with rspamd, and the ratio with/without rspamd);
+        diagnostics on stderr. Exit status 0 when
         every run succeeded and every message mailgate acknowledged became a
         ticket (the ratio is reported, never enforced); 1 on a failed run,
         server start-up or ticket-count mismatch; 2 on bad usage or when
@@ -43,6 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import loopback_dns  # bench/loopback_dns.py: rspamd's DNS on loopback too
 from benchlib import (  # bench/benchlib.py: what the server benchmarks share
     HOST,
     LOG_TAIL_LINES,
@@ -138,6 +141,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--baseline-only",
         action="store_true",
         help="run only the bare aiosmtpd baseline (no mailgate)",
+    )
+    parser.add_argument(
+        "--rspamd",
+        action="store_true",
+        help="also run a second mailgate that asks rspamd (Debian's, started on loopback"
+        " with the tests' configuration) before each 250, and report both ratios",
     )
     args = parser.parse_args(argv)
     for name in ("messages", "rounds", "sessions"):
@@ -350,9 +359,50 @@ def median_rate(server: Server) -> float:
     return statistics.median(r.rate for r in server.results)
 
 
+@dataclass
+class Target:
+    """A mailgate under test: its server, config and the tickets it should end with."""
+
+    server: Server
+    config: Path
+    base_tickets: int = 0
+    sent: int = 0
+    last_end: float = 0.0
+    drain: float = 0.0
+
+
+def start_mailgate(name: str, workdir: Path, extra: str = "") -> Target:
+    """A mailgate daemon with its own config and data under `workdir`."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    config = write_mailgate_config(workdir, port, MAIL_DOMAIN, RECIPIENT, extra=extra)
+    server = start_server(
+        name,
+        [sys.executable, "-m", "mailgate", "--config", str(config), "serve"],
+        port,
+        workdir / "mailgate.log",
+    )
+    return Target(server, config)
+
+
+def start_rspamd(workdir: Path) -> Any:
+    """Debian's rspamd on loopback with the tests' configuration (tests/rspamd_server.py)."""
+    sys.path.insert(0, str(REPO_ROOT / "tests"))
+    from rspamd_server import RspamdServer, available
+
+    if not available():
+        raise BenchError("--rspamd: rspamd is not installed (apt-get install rspamd)")
+    try:
+        return RspamdServer(workdir, loopback_dns.start()).start()
+    except RuntimeError as exc:
+        raise BenchError(f"--rspamd: {exc}") from exc
+
+
 def run_bench(args: argparse.Namespace, smtp_source: str, workdir: Path) -> None:
     """Start the servers, run all rounds, verify tickets; raise BenchError on failure."""
     servers: list[Server] = []
+    targets: list[Target] = []
+    rspamd = None
     try:
         baseline_port = free_port()
         baseline = start_server(
@@ -362,79 +412,78 @@ def run_bench(args: argparse.Namespace, smtp_source: str, workdir: Path) -> None
             workdir / "baseline.log",
         )
         servers.append(baseline)
-        mailgate: Server | None = None
-        config: Path | None = None
         if not args.baseline_only:
-            mailgate_port = free_port()
-            config = write_mailgate_config(workdir, mailgate_port, MAIL_DOMAIN, RECIPIENT)
-            mailgate = start_server(
-                "mailgate",
-                [sys.executable, "-m", "mailgate", "--config", str(config), "serve"],
-                mailgate_port,
-                workdir / "mailgate.log",
-            )
-            servers.append(mailgate)
+            targets.append(start_mailgate("mailgate", workdir))
+        if args.rspamd:
+            rspamd = start_rspamd(workdir / "rspamd")
+            spam = f'\n[spam]\nrspamd = "{rspamd.url}"\n'
+            targets.append(start_mailgate("+rspamd", workdir / "with-rspamd", spam))
+        servers += [t.server for t in targets]
         for server in servers:
             wait_for_smtp(server, STARTUP_TIMEOUT, interval=0.1)
-
-        base_tickets = 0
-        if config is not None:
-            base_tickets = read_stats_retrying(config, STARTUP_TIMEOUT)["tickets"]
+        for target in targets:
+            target.base_tickets = read_stats_retrying(target.config, STARTUP_TIMEOUT)["tickets"]
 
         print(
             f"ingest bench: {args.rounds} round(s) x {args.messages} msgs, "
             f"{args.sessions} sessions, {args.size}-byte bodies, "
             f"{os.cpu_count()} CPUs; baseline :{baseline.port}"
-            + (f", mailgate :{mailgate.port}" if mailgate else ""),
+            + "".join(f", {t.server.name} :{t.server.port}" for t in targets)
+            + (f", rspamd {rspamd.url}" if rspamd is not None else ""),
             flush=True,
         )
-        sent_to_mailgate = 0
-        last_end = 0.0
-        drain = 0.0
         for round_no in range(1, args.rounds + 1):
             result = run_smtp_source(smtp_source, baseline, args)
             baseline.results.append(result)
             report("baseline", round_no, args.rounds, result)
-            if mailgate is None or config is None:
-                continue
-            result = run_smtp_source(smtp_source, mailgate, args)
-            last_end = time.perf_counter()
-            mailgate.results.append(result)
-            sent_to_mailgate += result.messages
-            report("mailgate", round_no, args.rounds, result)
-            if args.settle:
-                drain, _ = wait_for_tickets(
-                    config, base_tickets + sent_to_mailgate, last_end, args.drain_timeout
-                )
-                print(
-                    f"round {round_no}/{args.rounds} mailgate  all tickets stored "
-                    f"{drain:.2f} s after the run ended",
-                    flush=True,
-                )
+            for target in targets:
+                result = run_smtp_source(smtp_source, target.server, args)
+                target.last_end = time.perf_counter()
+                target.server.results.append(result)
+                target.sent += result.messages
+                report(target.server.name, round_no, args.rounds, result)
+                if args.settle:
+                    target.drain, _ = wait_for_tickets(
+                        target.config, target.base_tickets + target.sent, target.last_end,
+                        args.drain_timeout,
+                    )
+                    print(
+                        f"round {round_no}/{args.rounds} {target.server.name:<8}  all tickets"
+                        f" stored {target.drain:.2f} s after the run ended",
+                        flush=True,
+                    )
 
         print(f"baseline median: {median_rate(baseline):8.1f} msg/s", flush=True)
-        if mailgate is None or config is None:
-            return
-        print(f"mailgate median: {median_rate(mailgate):8.1f} msg/s", flush=True)
-
-        # Final check; after --no-settle it is the only one, otherwise it confirms
-        # the count still holds and the drain time is the last round's.
-        final_drain, stats = wait_for_tickets(
-            config, base_tickets + sent_to_mailgate, last_end, args.drain_timeout
-        )
-        if not args.settle:
-            drain = final_drain
-        print(
-            f"pipeline drained: {sent_to_mailgate}/{sent_to_mailgate} acknowledged "
-            f"messages are tickets, {drain:.2f} s after the last run ended "
-            f"(poll interval {POLL_INTERVAL} s); spool {json.dumps(stats.get('spool'))}",
-            flush=True,
-        )
-        ratio = median_rate(mailgate) / median_rate(baseline)
-        print(f"ratio mailgate/baseline = {ratio:.2f} (goal >= {GOAL_RATIO})", flush=True)
+        for target in targets:
+            print(f"{target.server.name} median: {median_rate(target.server):8.1f} msg/s",
+                  flush=True)
+            # Final check; after --no-settle it is the only one, otherwise it confirms
+            # the count still holds and the drain time is the last round's.
+            final_drain, stats = wait_for_tickets(
+                target.config, target.base_tickets + target.sent, target.last_end,
+                args.drain_timeout,
+            )
+            if not args.settle:
+                target.drain = final_drain
+            print(
+                f"{target.server.name} pipeline drained: {target.sent}/{target.sent}"
+                f" acknowledged messages are tickets, {target.drain:.2f} s after the last run"
+                f" ended (poll interval {POLL_INTERVAL} s); spool"
+                f" {json.dumps(stats.get('spool'))}",
+                flush=True,
+            )
+        for target in targets:
+            ratio = median_rate(target.server) / median_rate(baseline)
+            print(f"ratio {target.server.name}/baseline = {ratio:.2f} (goal >= {GOAL_RATIO})",
+                  flush=True)
+        if len(targets) == 2:
+            ratio = median_rate(targets[1].server) / median_rate(targets[0].server)
+            print(f"ratio with rspamd / without = {ratio:.2f}", flush=True)
     finally:
         for server in reversed(servers):
             stop_server(server)
+        if rspamd is not None:
+            rspamd.stop()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,19 +14,12 @@ times linear. Trust: a developer tool; it only imports mailgate and runs its pat
 
 from __future__ import annotations
 
-import os
-import sys
-
-# bench/threading.py would shadow the standard library's threading module for scripts run from
-# bench/ (subprocess imports it): import from the repository root instead.
-if sys.path and os.path.basename(os.path.abspath(sys.path[0])) == "bench":
-    sys.path.pop(0)
-
 import argparse
 import ast
 import importlib
 import itertools
 import re
+import sys
 import time
 from pathlib import Path
 

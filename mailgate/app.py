@@ -11,6 +11,7 @@ from pathlib import Path
 
 import sqlite_utils
 
+from mailgate import builtin
 from mailgate.auth import Authenticator, AuthSettings
 from mailgate.automation import Automation, RuleSet
 from mailgate.config import Config
@@ -19,6 +20,7 @@ from mailgate.errors import ConfigError, UserError
 from mailgate.outbound.dkim_sign import sign as dkim_sign
 from mailgate.outbound.mailer import MailContext
 from mailgate.outbound.render import BUILTIN_DIR, Renderer
+from mailgate.outbound.suppress import RateLimits
 from mailgate.rules import load_business_hours, load_rules, load_slas
 from mailgate.service import Desk
 from mailgate.store.db import transaction
@@ -41,6 +43,8 @@ def policy(config: Config) -> Policy:
         reopen_closed_days=config.reopen_closed_days,
         auto_create_organizations=config.auto_create_organizations,
         free_mail_domains=frozenset(config.free_mail_domains),
+        agent_reply_auth=tuple((a.email, a.reply_auth) for a in config.agents),
+        agent_replies_by_email_per_hour=config.agent_replies_by_email_per_hour,
     )
 
 
@@ -55,16 +59,22 @@ def sync_organizations(config: Config, db: sqlite_utils.Database) -> None:
         raise ConfigError(f"{config.path}: [[organizations]]: {exc}") from None
 
 
-BUILTIN_RULES = Path(__file__).resolve().parent.parent / "config" / "automations.toml"
+# The default workflow: package data (mailgate/builtin/automations.toml).
+BUILTIN_RULES = builtin.automations_file()
 
 
-def rules_file(config: Config) -> Path | None:
+def rules_file(config: Config) -> Path:
     """`[rules] file`, else the config directory's config/automations.toml, else the built-in
-    default workflow shipped with mailgate."""
+    default workflow shipped with mailgate (a ConfigError if the installation lost it: without
+    it no acknowledgement is ever sent)."""
     path = config.rules_file
     if config.rules_file_explicit or (path is not None and path.exists()):
         return path
-    return BUILTIN_RULES if BUILTIN_RULES.exists() else None
+    if not BUILTIN_RULES.is_file():
+        raise ConfigError(f"{BUILTIN_RULES}: the built-in default workflow is missing from the"
+                          " installed mailgate package: reinstall mailgate, or set [rules] file"
+                          f" in {config.path}")
+    return BUILTIN_RULES
 
 
 def ruleset(config: Config) -> RuleSet:
@@ -72,8 +82,10 @@ def ruleset(config: Config) -> RuleSet:
     hours = load_business_hours(config.business_hours, str(config.path))
     agents = frozenset(a.email for a in config.agents)
     kinds = frozenset(k["kind"] for k in renderer(config).kinds())
-    rules = load_rules(list(config.automations), str(config.path), rules_file(config),
-                       file_required=config.rules_file_explicit, agents=agents,
+    source = rules_file(config)
+    rules = load_rules(list(config.automations), str(config.path), source,
+                       file_required=config.rules_file_explicit or source == BUILTIN_RULES,
+                       agents=agents,
                        template_kinds=kinds, hours=hours, mailboxes=frozenset(config.mailboxes))
     slas = load_slas(list(config.slas), str(config.path), hours, agents=agents,
                      mailboxes=frozenset(config.mailboxes))
@@ -111,7 +123,9 @@ def mail_context(config: Config) -> MailContext:
         from_name=config.branding.company_name,
         domains=frozenset(config.domains),
         agents=frozenset(a.email for a in config.agents),
-        auto_limit=config.auto_replies_per_address_per_hour,
+        limits=RateLimits(per_mailbox=config.auto_replies_per_address_per_hour,
+                          per_domain=config.auto_replies_per_domain_per_hour,
+                          total=config.auto_replies_per_hour),
     )
 
 

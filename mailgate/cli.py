@@ -1,8 +1,10 @@
 """The command line: a thin click layer over the library.
 
 Input: arguments typed by an administrator (trusted intent, untrusted form). Output: tables for
-people or JSON (`--json`) for scripts on stdout; a user mistake prints one line on stderr and
-exits 1, never a traceback. Listing values come from mail and are printed as data.
+people or JSON (`--json`) for scripts on stdout; a user mistake — a usage error click finds (an
+unknown option or command, a bad value) as much as one of ours — prints one line on stderr and
+exits 1, never a traceback. `--config PATH` is taken before the command name and after it.
+Listing values come from mail and are printed as data.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import json
 import sqlite3
 import sys
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import click
@@ -23,19 +26,39 @@ from mailgate.errors import NotFound, UserError
 from mailgate.model import SPOOL_STATES
 from mailgate.setup_wizard import init_command
 from mailgate.spool import Spool
-from mailgate.store import audit, tickets
+from mailgate.store import audit, downloads, tickets
 from mailgate.store import outbound as outbox
+from mailgate.store import spam as spam_store
 from mailgate.store.db import open_db
 
 
+def _usage_line(exc: click.UsageError) -> None:
+    """A usage error as one line on stderr: what is wrong and where the help is."""
+    where = exc.ctx.command_path if exc.ctx is not None else "mailgate"
+    message = " ".join(exc.format_message().split())
+    click.echo(f"mailgate: {message} (see '{where} --help')", err=True)
+
+
 class _Cli(click.Group):
-    """Turns our own errors, and environment errors, into one line and exit status 1."""
+    """Turns our own errors, usage errors and environment errors into one line and exit
+    status 1."""
+
+    def make_context(self, info_name: str | None, args: list[str],
+                     parent: click.Context | None = None, **extra: Any) -> click.Context:
+        try:  # the options before the command name
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as exc:
+            _usage_line(exc)
+            raise click.exceptions.Exit(1) from None
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except UserError as exc:
             click.echo(f"mailgate: {exc}", err=True)
+            ctx.exit(1)
+        except click.UsageError as exc:  # the command, its options and arguments
+            _usage_line(exc)
             ctx.exit(1)
         except (OSError, sqlite3.Error) as exc:
             click.echo(f"mailgate: {type(exc).__name__}: {exc}", err=True)
@@ -84,6 +107,17 @@ def _cell(value: Any, width: int = 48) -> str:
     if text.startswith("/"):  # a path: its end says more than its start
         return "…" + text[-(width - 1):]
     return text[: width - 1] + "…"
+
+
+def spam_line(verdict: dict[str, Any]) -> str:
+    """A stored spam verdict in one line: `score 2.1 (accept)`, and why, for `tickets show`."""
+    score = verdict.get("score")
+    text = "not scanned" if score is None else f"score {score:g}"
+    text += f" ({verdict.get('action')})"
+    for key in ("note", "reason"):
+        if verdict.get(key):
+            text += f"; {verdict[key]}"
+    return _cell(text, 300)
 
 
 def format_table(rows: Iterable[dict[str, Any]], columns: Sequence[str]) -> str:
@@ -189,11 +223,79 @@ def tickets_show(state: _State, ticket_id: int, as_json: bool) -> None:
                    f"{flag} {m['created_at']}")
         click.echo(f"From: {_cell(m['from'], 200)}\nTo: {_cell(m['to'], 200)}")
         click.echo(f"Subject: {_cell(m['subject'], 200)}\nMessage-ID: {m['message_id'] or '-'}")
+        if m.get("spam"):
+            click.echo(f"Spam: {spam_line(m['spam'])}")
         for a in m["attachments"]:
-            click.echo(f"Attachment: {_cell(a['filename'], 120)} ({a['content_type']},"
-                       f" {a['size']} bytes, sha256 {a['sha256'][:12]}…)")
+            click.echo(f"Attachment {a['id']}: {_cell(a['filename'], 120)}"
+                       f" ({_cell(a['content_type'], 80)}, {a['size']} bytes,"
+                       f" sha256 {a['sha256'][:12]}…){_attachment_note(a['details'])}")
         click.echo("")
         click.echo(m["text"] or "")
+
+
+def _attachment_note(details: dict[str, str]) -> str:
+    """What `tickets show` adds after an attachment: TNEF origin, a forwarded message."""
+    notes = []
+    if details.get("tnef"):
+        notes.append(f"TNEF container, {details.get('files', '?')} file(s) unpacked")
+    if details.get("from_tnef"):
+        notes.append(f"from {_cell(details['from_tnef'], 80)}")
+    if "subject" in details or "from" in details:
+        notes.append(f"forwarded message: {_cell(details.get('subject', ''), 120)!r}"
+                     f" from {_cell(details.get('from', '-'), 120)}")
+    return "".join(f" [{n}]" for n in notes)
+
+
+def _write_out(data: bytes, out: str, force: bool) -> None:
+    """`data` to the file `out` ('-': stdout); an existing file only with --force."""
+    if out == "-":
+        sys.stdout.flush()
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return
+    path = Path(out)
+    if path.is_dir():
+        raise UserError(f"{out} is a directory; give a file name to --out")
+    try:
+        with path.open("wb" if force else "xb") as f:
+            f.write(data)
+    except FileExistsError:
+        raise UserError(f"{out} exists; pass --force to overwrite it") from None
+    except OSError as exc:
+        raise UserError(f"cannot write {out}: {exc.strerror or exc}") from None
+
+
+_OUT = click.option("--out", required=True, metavar="FILE",
+                    help="Where to write it ('-' for standard output).")
+_FORCE = click.option("--force", is_flag=True, help="Overwrite FILE if it exists.")
+
+
+@tickets_group.command("attachment")
+@click.argument("attachment_id", type=click.IntRange(1, 2**62))
+@_OUT
+@_FORCE
+@pass_state
+def tickets_attachment(state: _State, attachment_id: int, out: str, force: bool) -> None:
+    """Save an attachment (ID as `tickets show` lists it) byte for byte."""
+    found = downloads.attachment(state.db(), state.config.data_dir, attachment_id)
+    _write_out(found.data, out, force)
+    if out != "-":
+        click.echo(f"attachment {attachment_id} ({_cell(found.filename, 120)},"
+                   f" {_cell(found.content_type, 80)}, {len(found.data)} bytes) written to"
+                   f" {out}")
+
+
+@tickets_group.command("raw")
+@click.argument("message_id", type=click.IntRange(1, 2**62))
+@_OUT
+@_FORCE
+@pass_state
+def tickets_raw(state: _State, message_id: int, out: str, force: bool) -> None:
+    """Save a message's raw .eml (MESSAGE_ID as `tickets show` numbers messages)."""
+    found = downloads.raw_message(state.db(), state.config.data_dir, message_id)
+    _write_out(found.data, out, force)
+    if out != "-":
+        click.echo(f"message {message_id} ({len(found.data)} bytes) written to {out}")
 
 
 @tickets_group.command("reply")
@@ -387,13 +489,15 @@ def stats(state: _State, as_json: bool) -> None:
     data["incoming_by_action"] = audit.counts_by_action(db)
     data["spool"] = state.spool().counts()
     data["outgoing_by_status"] = outbox.counts_by_status(db)
+    data["quarantine"] = spam_store.counts(db)
     if as_json:
         _emit(data, True)
         return
     click.echo(f"tickets: {data['tickets']}  messages: {data['messages']}")
     for title, key in (("tickets by status", "tickets_by_status"),
                        ("incoming mail by action", "incoming_by_action"), ("spool", "spool"),
-                       ("outgoing mail by status", "outgoing_by_status")):
+                       ("outgoing mail by status", "outgoing_by_status"),
+                       ("spam quarantine", "quarantine")):
         parts = ", ".join(f"{k}={v}" for k, v in data[key].items()) or "-"
         click.echo(f"{title}: {parts}")
 
@@ -461,17 +565,62 @@ def admin_token(state: _State, rotate: bool) -> None:
     click.echo(token)
 
 
+@cli.command("systemd-unit")
+@click.argument("unit", type=click.Choice(["service", "socket"]), default="service")
+def systemd_unit(unit: str) -> None:
+    """Print the systemd unit shipped with mailgate (mailgate.service, or with `socket` the
+    optional mailgate.socket), e.g. `mailgate systemd-unit > /etc/systemd/system/mailgate.service`.
+    """
+    from mailgate import builtin
+
+    click.echo(builtin.systemd_unit(f"mailgate.{unit}"), nl=False)
+
+
 def _register_more() -> None:
     """Command groups kept in modules of their own."""
     from mailgate.cli_orgs import customers_group, orgs_group
     from mailgate.cli_rules import rules_group
+    from mailgate.cli_spam import spam_group
 
     cli.add_command(rules_group)
+    cli.add_command(spam_group)
     cli.add_command(orgs_group)
     cli.add_command(customers_group)
 
 
 _register_more()
+
+
+def _config_after_command(ctx: click.Context, _param: click.Parameter,
+                          value: str | None) -> None:
+    """`mailgate COMMAND --config PATH`: the same as `mailgate --config PATH COMMAND`."""
+    if value is None or ctx.resilient_parsing:
+        return
+    state = ctx.find_object(_State)
+    if state is None:  # pragma: no cover - the root group always makes one
+        return
+    if state.config_path is not None and state.config_path != value:
+        raise click.UsageError(f"--config given twice ({state.config_path!r} and {value!r})",
+                               ctx=ctx)
+    state.config_path = value
+
+
+def _finish_commands(group: click.Group) -> None:
+    """Give every command and group under `group` its own `--config PATH` option, and make a
+    group given no command a usage error like any other (click's default prints the help, with
+    an exit status that depends on click's version)."""
+    group.no_args_is_help = False
+    for command in group.commands.values():
+        if not any(p.name == "late_config" for p in command.params):
+            command.params.append(click.Option(
+                ["--config", "late_config"], metavar="PATH", expose_value=False,
+                callback=_config_after_command,
+                help="Config file (also accepted before the command name)."))
+        if isinstance(command, click.Group):
+            _finish_commands(command)
+
+
+_finish_commands(cli)
 
 
 def main() -> None:

@@ -18,6 +18,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from mailgate.errors import ConfigError
 
@@ -25,10 +26,17 @@ DEFAULT_CONFIG_NAME = "mailgate.toml"
 MiB = 1024 * 1024
 
 
+REPLY_AUTH_METHODS = ("dkim", "token")
+
+
 @dataclass(frozen=True)
 class Agent:
     name: str
     email: str
+    # How this agent's replies by email may prove they are the agent's: any one suffices.
+    # "dkim": a passing DKIM signature aligned with the agent's domain; "token": the agent's
+    # personal reply address (sent only to the agent). Empty: never by email.
+    reply_auth: tuple[str, ...] = ("dkim",)
 
 
 @dataclass(frozen=True)
@@ -38,7 +46,10 @@ class Relay:
     starttls: bool = False
     username: str = ""
     password: str = ""
-    timeout: float = 30.0
+    # RFC 5321 §4.5.3.2 (minimum waits): greeting, MAIL and RCPT 5 min; the DATA command (its
+    # 354 and the reply to the end of data, the transfer in between included) 10 min.
+    timeout: float = 300.0
+    data_timeout: float = 600.0
     retry_base_seconds: float = 300.0
     retry_max_seconds: float = 4000.0
     give_up_after_seconds: float = 5 * 86400.0
@@ -72,17 +83,44 @@ TEMPLATE_KINDS = ("new_ticket_ack", "agent_reply", "assignee_notification")
 
 
 @dataclass(frozen=True)
+class Spam:
+    """`[spam]`: rspamd asked after DATA, before the 250. `rspamd` None: no scanning.
+    Defaults are rspamd's own action thresholds: reject at 15, "add header" (spam) at 6,
+    greylist (doubtful) at 4."""
+
+    rspamd: str | None = None  # the normal worker's URL, e.g. http://127.0.0.1:11333
+    reject_score: float = 15.0  # at or above: 550 5.7.1 in the session
+    quarantine_score: float = 6.0  # at or above (and below reject_score): quarantined
+    no_autoreply_score: float = 4.0  # at or above: no automatic mail is sent about it
+    timeout: float = 10.0  # seconds for one scan (rspamd's own task_timeout is 8 s)
+    on_error: str = "accept"  # or "tempfail": 451 while the scanner cannot answer
+
+    @property
+    def enabled(self) -> bool:
+        return self.rspamd is not None
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     listen_host: str = "127.0.0.1"
     listen_port: int = 2525
     hostname: str = "localhost"
-    max_message_size: int = 25 * MiB
+    max_message_size: int = 50 * MiB
     max_recipients: int = 50
     min_free_bytes: int = 100 * MiB
     tls_cert: Path | None = None
     tls_key: Path | None = None
     shutdown_seconds: float = 30.0
+    hard_error_limit: int = 20
+    unknown_recipient_limit: int = 10
+    bare_newline: str = "normalize"
+    max_sessions: int = 500
+    max_sessions_per_client: int = 50
+    idle_timeout: float = 300.0
+    min_data_rate: float = 500.0
+    junk_command_limit: int = 100
+    proxy_protocol: bool = False
     data_dir: Path = Path("data")
     domains: tuple[str, ...] = ()
     mailboxes: tuple[str, ...] = ()
@@ -91,7 +129,10 @@ class Config:
     branding: Branding = Branding()
     templates_dir: Path | None = None
     templates: tuple[tuple[str, TemplateSettings], ...] = ()
-    auto_replies_per_address_per_hour: int = 10
+    auto_replies_per_address_per_hour: int = 10  # per mailbox, plus-part removed
+    auto_replies_per_domain_per_hour: int = 50
+    auto_replies_per_hour: int = 500
+    agent_replies_by_email_per_hour: int = 60  # per agent
     agents: tuple[Agent, ...] = ()
     organizations: tuple[dict[str, Any], ...] = ()  # validated [[organizations]] entries
     auto_create_organizations: bool = False
@@ -117,6 +158,7 @@ class Config:
     admin_port: int = 8025
     admin_tls_cert: Path | None = None
     admin_tls_key: Path | None = None
+    spam: Spam = Spam()
 
     def template(self, kind: str) -> TemplateSettings:
         return dict(self.templates).get(kind, TemplateSettings())
@@ -155,6 +197,15 @@ _SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], str]]] = {
         "tls_cert": (str, "a file path"),
         "tls_key": (str, "a file path"),
         "shutdown_seconds": ((int, float), "a number (seconds)"),
+        "hard_error_limit": (int, "an integer"),
+        "unknown_recipient_limit": (int, "an integer"),
+        "bare_newline": (str, '"normalize" or "reject"'),
+        "max_sessions": (int, "an integer"),
+        "max_sessions_per_client": (int, "an integer"),
+        "idle_timeout": ((int, float), "a number (seconds)"),
+        "min_data_rate": ((int, float), "a number (bytes per second)"),
+        "junk_command_limit": (int, "an integer"),
+        "proxy_protocol": (bool, "true or false"),
     },
     "storage": {"data_dir": (str, "a directory path")},
     "mail": {
@@ -169,6 +220,7 @@ _SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], str]]] = {
         "password": (str, "a string"),
         "password_file": (str, "a file path"),
         "timeout": ((int, float), "a number (seconds)"),
+        "data_timeout": ((int, float), "a number (seconds)"),
         "retry_base_seconds": ((int, float), "a number (seconds)"),
         "retry_max_seconds": ((int, float), "a number (seconds)"),
         "give_up_after_seconds": ((int, float), "a number (seconds)"),
@@ -188,7 +240,12 @@ _SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], str]]] = {
         "show_powered_by": (bool, "true or false"),
     },
     "templates": {"dir": (str, "a directory path")},  # plus [templates.<kind>] tables
-    "limits": {"auto_replies_per_address_per_hour": (int, "an integer")},
+    "limits": {
+        "auto_replies_per_address_per_hour": (int, "an integer"),
+        "auto_replies_per_domain_per_hour": (int, "an integer"),
+        "auto_replies_per_hour": (int, "an integer"),
+        "agent_replies_by_email_per_hour": (int, "an integer"),
+    },
     "pipeline": {"max_attempts": (int, "an integer")},
     "threading": {
         "strangers": (str, "\"internal\" or \"new_ticket\""),
@@ -223,8 +280,17 @@ _SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], str]]] = {
         "tls_cert": (str, "a file path"),
         "tls_key": (str, "a file path"),
     },
+    "spam": {
+        "rspamd": (str, "an http:// URL like \"http://127.0.0.1:11333\""),
+        "reject_score": ((int, float), "a number (rspamd score)"),
+        "quarantine_score": ((int, float), "a number (rspamd score)"),
+        "no_autoreply_score": ((int, float), "a number (rspamd score)"),
+        "timeout": ((int, float), "a number (seconds)"),
+        "on_error": (str, '"accept" or "tempfail"'),
+    },
 }
-_AGENT_KEYS = {"name": str, "email": str}
+_AGENT_KEYS: dict[str, type | tuple[type, ...]] = {
+    "name": str, "email": str, "reply_auth": (str, list)}
 _ARRAYS = ("agents", "organizations", "automations", "sla", "forwarders")  # arrays of tables
 _ORG_KEYS = {"name": str, "domains": list, "notes": str, "on_new_ticket": dict}
 ROUTE_KEYS = {"assign": str, "round_robin": list, "priority": str, "add_tags": list,
@@ -317,9 +383,17 @@ def parse_config(doc: dict[str, Any], path: Path) -> Config:
             return None
         return (base / v).resolve()
 
-    for key in ("max_message_size", "max_recipients"):
+    for key in ("max_message_size", "max_recipients", "hard_error_limit",
+                "unknown_recipient_limit", "junk_command_limit", "idle_timeout"):
         if key in server and server[key] < 1:
             raise fail(f"[server] {key}", "must be at least 1")
+    for key in ("max_sessions", "max_sessions_per_client", "min_data_rate"):
+        if key in server and server[key] < 0:
+            raise fail(f"[server] {key}", "must not be negative (0: no limit)")
+    bare_newline = server.get("bare_newline", "normalize")
+    if bare_newline not in ("normalize", "reject"):
+        raise fail("[server] bare_newline",
+                   f'expected "normalize" or "reject", got {bare_newline!r}')
     if "min_free_bytes" in server and server["min_free_bytes"] < 0:
         raise fail("[server] min_free_bytes", "must not be negative")
     tls_cert, tls_key = opt_path("server", "tls_cert"), opt_path("server", "tls_key")
@@ -356,10 +430,13 @@ def parse_config(doc: dict[str, Any], path: Path) -> Config:
             if key not in _AGENT_KEYS:
                 raise fail(f"{where} {key}", "unknown key")
             if not isinstance(value, _AGENT_KEYS[key]):
-                raise fail(f"{where} {key}", f"expected a string, got {value!r}")
+                wanted = "a string or a list of strings" if key == "reply_auth" else "a string"
+                raise fail(f"{where} {key}", f"expected {wanted}, got {value!r}")
         if "email" not in entry or "@" not in entry["email"]:
             raise fail(f"{where} email", "an agent needs an email address")
-        agents.append(Agent(name=entry.get("name", entry["email"]), email=entry["email"].lower()))
+        agents.append(Agent(name=entry.get("name", entry["email"]), email=entry["email"].lower(),
+                            reply_auth=_reply_auth(entry.get("reply_auth", ["dkim"]),
+                                                   lambda m, w=where: fail(f"{w} reply_auth", m))))
 
     log_format = values.get("log", {}).get("format", "text")
     if log_format not in ("text", "json"):
@@ -453,21 +530,34 @@ def parse_config(doc: dict[str, Any], path: Path) -> Config:
                 not isinstance(entry.get("address"), str) or "@" not in entry["address"]:
             raise fail(where, 'expected a table with address = "mailbox@provider"')
         forwarders.append(entry["address"].lower())
-    limit = values.get("limits", {}).get("auto_replies_per_address_per_hour", 10)
-    if limit < 0:
-        raise fail("[limits] auto_replies_per_address_per_hour", "must not be negative")
+    spam = _spam(values.get("spam", {}), fail)
+    limits = {key: values.get("limits", {}).get(key, default) for key, default in (
+        ("auto_replies_per_address_per_hour", 10), ("auto_replies_per_domain_per_hour", 50),
+        ("auto_replies_per_hour", 500), ("agent_replies_by_email_per_hour", 60))}
+    for key, value in limits.items():
+        if value < 0:
+            raise fail(f"[limits] {key}", "must not be negative")
 
     return Config(
         path=path.resolve(),
         listen_host=host,
         listen_port=port,
         hostname=server.get("hostname", "localhost"),
-        max_message_size=server.get("max_message_size", 25 * MiB),
+        max_message_size=server.get("max_message_size", 50 * MiB),
         max_recipients=server.get("max_recipients", 50),
         min_free_bytes=server.get("min_free_bytes", 100 * MiB),
         tls_cert=tls_cert,
         tls_key=tls_key,
         shutdown_seconds=float(server.get("shutdown_seconds", 30.0)),
+        hard_error_limit=server.get("hard_error_limit", 20),
+        unknown_recipient_limit=server.get("unknown_recipient_limit", 10),
+        bare_newline=bare_newline,
+        max_sessions=server.get("max_sessions", 500),
+        max_sessions_per_client=server.get("max_sessions_per_client", 50),
+        idle_timeout=float(server.get("idle_timeout", 300.0)),
+        min_data_rate=float(server.get("min_data_rate", 500.0)),
+        junk_command_limit=server.get("junk_command_limit", 100),
+        proxy_protocol=server.get("proxy_protocol", False),
         data_dir=(base / values.get("storage", {}).get("data_dir", "data")).resolve(),
         domains=domains,
         mailboxes=tuple(mailboxes),
@@ -476,7 +566,10 @@ def parse_config(doc: dict[str, Any], path: Path) -> Config:
         branding=branding,
         templates_dir=templates_dir,
         templates=tuple(template_settings),
-        auto_replies_per_address_per_hour=limit,
+        auto_replies_per_address_per_hour=limits["auto_replies_per_address_per_hour"],
+        auto_replies_per_domain_per_hour=limits["auto_replies_per_domain_per_hour"],
+        auto_replies_per_hour=limits["auto_replies_per_hour"],
+        agent_replies_by_email_per_hour=limits["agent_replies_by_email_per_hour"],
         agents=tuple(agents),
         organizations=organizations,
         auto_create_organizations=customers.get("auto_create_organizations", False),
@@ -502,6 +595,7 @@ def parse_config(doc: dict[str, Any], path: Path) -> Config:
         admin_port=admin_port,
         admin_tls_cert=admin_cert,
         admin_tls_key=admin_key,
+        spam=spam,
     )
 
 
@@ -570,7 +664,8 @@ def _relay(body: dict[str, Any], base: Path, fail: Any) -> Relay:
             password = pw_path.read_text().strip()
         except OSError as exc:
             raise fail("[relay] password_file", f"cannot read {pw_path}: {exc.strerror}") from None
-    for key in ("timeout", "retry_base_seconds", "retry_max_seconds", "give_up_after_seconds"):
+    for key in ("timeout", "data_timeout", "retry_base_seconds", "retry_max_seconds",
+                "give_up_after_seconds"):
         if key in body and body[key] <= 0:
             raise fail(f"[relay] {key}", "must be positive")
     if bool(body.get("username")) != bool(password):
@@ -581,11 +676,40 @@ def _relay(body: dict[str, Any], base: Path, fail: Any) -> Relay:
         starttls=body.get("starttls", False),
         username=body.get("username", ""),
         password=password,
-        timeout=float(body.get("timeout", 30.0)),
+        timeout=float(body.get("timeout", 300.0)),
+        data_timeout=float(body.get("data_timeout", 600.0)),
         retry_base_seconds=float(body.get("retry_base_seconds", 300.0)),
         retry_max_seconds=float(body.get("retry_max_seconds", 4000.0)),
         give_up_after_seconds=float(body.get("give_up_after_seconds", 5 * 86400.0)),
     )
+
+
+def _spam(body: dict[str, Any], fail: Any) -> Spam:
+    url = body.get("rspamd")
+    if url is not None:
+        parts = urlsplit(url)
+        try:
+            port = parts.port
+        except ValueError:
+            port = -1
+        if parts.scheme not in ("http", "https") or not parts.hostname or port == -1 \
+                or parts.query or parts.fragment or parts.path not in ("", "/"):
+            raise fail("[spam] rspamd", 'expected the URL of rspamd\'s normal worker like'
+                                        f' "http://127.0.0.1:11333", got {url!r}')
+        url = f"{parts.scheme}://{parts.netloc}"
+    defaults = Spam()
+    scores = {key: float(body.get(key, getattr(defaults, key)))
+              for key in ("reject_score", "quarantine_score", "no_autoreply_score")}
+    if scores["quarantine_score"] > scores["reject_score"]:
+        raise fail("[spam] quarantine_score",
+                   f"must not be above reject_score ({scores['reject_score']:g})")
+    timeout = float(body.get("timeout", defaults.timeout))
+    if not 0 < timeout <= 600:
+        raise fail("[spam] timeout", "must be between 0 and 600 seconds")
+    on_error = body.get("on_error", defaults.on_error)
+    if on_error not in ("accept", "tempfail"):
+        raise fail("[spam] on_error", f'expected "accept" or "tempfail", got {on_error!r}')
+    return Spam(rspamd=url, timeout=timeout, on_error=on_error, **scores)
 
 
 def _dkim(body: dict[str, Any], base: Path, fail: Any) -> Dkim | None:
@@ -606,6 +730,15 @@ def _branding(body: dict[str, Any], fail: Any) -> Branding:
         raise fail("[branding] primary_color", f"expected a CSS colour like #2563eb, got {color!r}")
     defaults = Branding()
     return Branding(**{k: body.get(k, getattr(defaults, k)) for k in _SCHEMA["branding"]})
+
+
+def _reply_auth(value: str | list[Any], fail: Any) -> tuple[str, ...]:
+    methods = [value] if isinstance(value, str) else _strings(value, fail)
+    for method in methods:
+        if method not in REPLY_AUTH_METHODS:
+            raise fail(f"expected any of {', '.join(map(repr, REPLY_AUTH_METHODS))}, got"
+                       f" {method!r}")
+    return tuple(dict.fromkeys(methods))
 
 
 def _strings(value: list[Any], fail: Any) -> list[str]:

@@ -14,11 +14,11 @@ is lost); then the pipeline worker stops after its batch, the relay after the ma
 all within `[server] shutdown_seconds` as far as the mail in hand allows.
 
 SIGHUP: the config file is read again. When it is valid (and its templates render), the new
-recipient policy, templates, branding, workflow policy, relay settings, DKIM key and log
-settings apply to the next message, without dropping a connection; settings that only a
-restart can change (listen addresses, hostname, TLS, data_dir, message size) keep their running
-values and are logged as such. When it is not, one line names the file and key, and the running
-configuration stays.
+recipient policy, templates, branding, workflow policy, relay settings, DKIM key, `[spam]`
+settings and log settings apply to the next message, without dropping a connection; settings
+that only a restart can change (listen addresses, hostname, TLS, data_dir, message size) keep
+their running values and are logged as such. When it is not, one line names the file and key,
+and the running configuration stays.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from collections.abc import Callable
 from mailgate import app, sdnotify
 from mailgate.config import Config, load_config
 from mailgate.errors import UserError
+from mailgate.lockfile import DataDirLock
 from mailgate.logsetup import setup_logging
 from mailgate.outbound.mailer import MailContext
 from mailgate.outbound.relay import RelayWorker
@@ -41,6 +42,7 @@ from mailgate.scheduler import Scheduler
 from mailgate.smtp.handler import MailgateHandler
 from mailgate.smtp.recipients import RecipientPolicy
 from mailgate.smtp.server import Sessions, start_server
+from mailgate.smtp.spamscan import Scanner
 from mailgate.spool import Spool, SpoolWriter
 from mailgate.store.db import open_db
 
@@ -55,6 +57,10 @@ RESTART_ONLY = {
     "data_dir": "[storage] data_dir", "admin_host": "[admin] listen",
     "admin_port": "[admin] listen", "admin_tls_cert": "[admin] tls_cert",
     "admin_tls_key": "[admin] tls_key",
+    **{key: f"[server] {key}" for key in (
+        "bare_newline", "max_sessions", "max_sessions_per_client", "idle_timeout",
+        "min_data_rate", "junk_command_limit", "proxy_protocol", "hard_error_limit",
+        "unknown_recipient_limit")},
 }
 
 
@@ -89,6 +95,13 @@ class _Live:
 
 
 async def serve(config: Config) -> None:
+    # One daemon per data_dir, locked before the spool recovery, which would requeue the
+    # in-flight mail of a daemon already running there.
+    with DataDirLock(config.data_dir):
+        await _serve(config)
+
+
+async def _serve(config: Config) -> None:
     notifier = sdnotify.Notifier.from_env()
     config.data_dir.mkdir(parents=True, exist_ok=True)
     db = open_db(config.db_path)
@@ -116,6 +129,7 @@ async def serve(config: Config) -> None:
                         automation=app.automation(config, mail), auth=app.authenticator(config),
                         hold_unauthenticated=config.unauthenticated == "hold")
     worker = PipelineWorker(pipeline, on_processed=relay.wake)
+    scanner = Scanner(config.spam, config.hostname)
     handler = MailgateHandler(
         RecipientPolicy.for_config(config),
         writer,
@@ -123,6 +137,8 @@ async def serve(config: Config) -> None:
         data_dir=config.data_dir,
         min_free_bytes=config.min_free_bytes,
         notify=worker.wake,
+        refusal=lambda: writer.problem or pipeline.database_problem(),
+        scanner=scanner,
     )
     sessions = Sessions()
     sock = inherited_smtp_socket()
@@ -170,6 +186,7 @@ async def serve(config: Config) -> None:
         pipeline.max_attempts = new.pipeline_max_attempts
         handler.policy = RecipientPolicy.for_config(new)
         handler.max_recipients, handler.min_free_bytes = new.max_recipients, new.min_free_bytes
+        scanner.settings = new.spam
         relay.relay, relay.signer = new.relay, app.dkim_signer(new)
         setup_logging(new.log_level, new.log_format)
         for reload_hook in live.reloaders:  # e.g. the admin endpoint's
@@ -179,6 +196,11 @@ async def serve(config: Config) -> None:
         live.reloaders.append(admin.reload)
     loop.add_signal_handler(signal.SIGHUP, lambda: reload(live, apply, notifier))
     log.info("mailgate listening on %s (SMTP), data in %s", where, config.data_dir)
+    if config.spam.enabled:
+        log.info("spam: rspamd at %s asked before each 250 (reject at %g, quarantine at %g,"
+                 " no automatic mail at %g; on error: %s)", config.spam.rspamd,
+                 config.spam.reject_score, config.spam.quarantine_score,
+                 config.spam.no_autoreply_score, config.spam.on_error)
     # Everything is up (SMTP, workers, the admin endpoint when configured): tell systemd.
     notifier.ready(f"accepting mail on {where}")
     beat = None
@@ -217,6 +239,7 @@ async def serve(config: Config) -> None:
         if admin is not None:
             await admin.stop()
         relay.close()
+        await scanner.close()
         if pipeline.auth is not None:
             pipeline.auth.close()
         writer.close()

@@ -2,11 +2,13 @@
 
 Input: a connection inside the pipeline's transaction and an `Incoming` (the envelope, the
 parsed message — untrusted —, its class and reply text, where its raw bytes and attachments were
-written). Output: the rows that record what happened — a bounce matched to our outgoing mail, a
-forwarding confirmation, an ignored robot, a duplicate, or a ticket message with its workflow
-consequences (status, internal note, acknowledgement, an agent's emailed reply relayed to the
-customer) — and the incoming-audit row saying why. Part of the pipeline (an orchestrator): it
-calls the stages (threading, workflow, outbound) with look-ups bound to this transaction.
+written, its authentication result). Output: the rows that record what happened — a bounce
+matched to our outgoing mail, a forwarding confirmation, an ignored robot, a duplicate (the same
+Message-ID, content digest and sender), or a ticket message with its workflow consequences
+(status, internal note, acknowledgement, an agent's emailed reply relayed to the customer when
+it is authenticated as that agent, else an outgoing row saying why not) — and the
+incoming-audit row saying why. Part of the pipeline (an orchestrator): it calls the stages
+(threading, workflow, outbound) with look-ups bound to this transaction.
 """
 
 from __future__ import annotations
@@ -14,12 +16,15 @@ from __future__ import annotations
 import logging
 import re
 import sqlite3
+import time
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from mailgate import quarantine
 from mailgate.automation import Automation, RuleSet, Run, Trigger
 from mailgate.classify import Classification
+from mailgate.digest import content_digest
 from mailgate.model import Address, ParsedMail, SpoolEntry, base_mailbox
 from mailgate.organizations import domain_of, find_organization, why_no_auto_organization
 from mailgate.outbound.mailer import MailContext, queue_agent_reply
@@ -39,6 +44,7 @@ from mailgate.store.tickets import (
     add_incoming_message,
     add_participant,
     create_ticket,
+    duplicate_of,
     get_or_create_customer,
     index_message_id,
     is_participant,
@@ -50,10 +56,18 @@ from mailgate.store.tickets import (
     ticket_row,
     touch_ticket,
 )
-from mailgate.threading import Lookups, find_ticket
+from mailgate.threading import Lookups, find_ticket, our_addresses
 from mailgate.threading.forwarded import original_of
 from mailgate.threading.token import Signer
-from mailgate.workflow import AGENT, PARTICIPANT, STRANGER, Decision, Situation, decide
+from mailgate.workflow import (
+    AGENT,
+    PARTICIPANT,
+    STRANGER,
+    Decision,
+    Situation,
+    agent_proof,
+    decide,
+)
 
 log = logging.getLogger("mailgate.pipeline")
 
@@ -68,6 +82,11 @@ class Policy:
     reopen_closed_days: float = 7.0
     auto_create_organizations: bool = False
     free_mail_domains: frozenset[str] = frozenset()
+    agent_reply_auth: tuple[tuple[str, tuple[str, ...]], ...] = ()  # ([[agents]] reply_auth)
+    agent_replies_by_email_per_hour: int = 60
+
+    def reply_auth(self, agent: str) -> tuple[str, ...]:
+        return dict(self.agent_reply_auth).get(agent, ("dkim",))
 
 
 @dataclass(frozen=True)
@@ -135,14 +154,37 @@ class Deliverer:
             reason = f"abuse/feedback report, not a conversation: {cls.reason}"
             record_incoming(conn, replace(base, action="ignored", reason=reason))
             return Outcome(env.queue_id, "ignored", reason=reason)
-        if parsed.message_id:
-            existing = ticket_for_message_id(conn, parsed.message_id)
-            if existing is not None:
-                reason = f"Message-ID <{parsed.message_id}> is already stored on ticket #{existing}"
-                record_incoming(conn, replace(base, action="duplicate", reason=reason,
-                                              ticket_id=existing))
-                return Outcome(env.queue_id, "duplicate", existing, reason)
-        return self._thread(conn, inc, base)
+        digest = content_digest(inc.content)
+        duplicate = self._duplicate(conn, parsed, digest)
+        if duplicate is not None:
+            existing, reason = duplicate
+            record_incoming(conn, replace(base, action="duplicate", reason=reason,
+                                          ticket_id=existing))
+            return Outcome(env.queue_id, "duplicate", existing, reason)
+        quarantined = quarantine.gate(conn, env, parsed, inc.auth, inc.raw_path, base,
+                                      self._lookups(conn, parsed.from_.email))
+        if quarantined is not None:  # doubtful spam: no ticket, nothing sent
+            return Outcome(env.queue_id, "spam", reason=quarantined)
+        return self._thread(conn, inc, base, digest)
+
+    def _duplicate(self, conn: sqlite3.Connection, parsed: ParsedMail, digest: str
+                   ) -> tuple[int | None, str] | None:
+        """(ticket, reason) when this mail is stored already: the same Message-ID, the same
+        content and the same sender — a retransmission, or one mail to two of our addresses —
+        or our own outgoing mail come back to us. A Message-ID alone proves nothing: anyone
+        can send first with the id of someone else's future mail."""
+        mid, sender = parsed.message_id, parsed.from_.email
+        if not mid:
+            return None
+        existing = duplicate_of(conn, mid, digest, sender)
+        if existing is not None:
+            return existing, (f"Message-ID <{mid}> from {sender or '(no sender)'} with the same"
+                              f" content is already stored on ticket #{existing}")
+        if sender.rpartition("@")[2].rstrip(".") in self.policy.domains:
+            ours = outbox.sent_with_message_id(conn, mid)
+            if ours is not None:
+                return ours[1], f"our own outgoing mail #{ours[0]} came back (Message-ID <{mid}>)"
+        return None
 
     # --- bounces ------------------------------------------------------------------------------
 
@@ -194,14 +236,23 @@ class Deliverer:
 
     # --- conversations ------------------------------------------------------------------------
 
-    def _lookups(self, conn: sqlite3.Connection) -> Lookups:
+    def _lookups(self, conn: sqlite3.Connection, sender: str = "") -> Lookups:
         tokens = self.tokens
         domains = self.policy.domains
         agents = self.policy.agents
+
+        def from_token(address: str) -> int | None:
+            """A ticket's reply token, or an agent's personal one made for the sender."""
+            if tokens is None:
+                return None
+            found = tokens.ticket_from_address(address)
+            if found is None and sender in agents:
+                found = tokens.ticket_from_agent_address(address, sender)
+            return found
+
         return Lookups(
-            ticket_for_message_id=lambda mid: ticket_for_message_id(conn, mid),
-            ticket_from_token_address=(tokens.ticket_from_address if tokens
-                                       else lambda _a: None),
+            ticket_for_message_id=lambda mid: ticket_for_message_id(conn, mid, sender),
+            ticket_from_token_address=from_token,
             ticket_from_our_message_id=(tokens.ticket_from_message_id if tokens
                                         else lambda _m: None),
             is_participant=lambda tid, email: (email.lower() in agents
@@ -210,28 +261,59 @@ class Deliverer:
             ticket_exists=lambda tid: ticket_exists(conn, tid),
         )
 
-    def _role(self, conn: sqlite3.Connection, ticket_id: int, sender: str) -> str:
+    def _role(self, conn: sqlite3.Connection, ticket_id: int | None, sender: str) -> str:
         if sender in self.policy.agents:
             return AGENT
-        if sender and is_participant(conn, ticket_id, sender):
+        if ticket_id is None or (sender and is_participant(conn, ticket_id, sender)):
             return PARTICIPANT
         return STRANGER
 
-    def _thread(self, conn: sqlite3.Connection, inc: Incoming, base: IncomingAudit) -> Outcome:
+    def _agent_check(self, conn: sqlite3.Connection, inc: Incoming, ticket_id: int | None
+                     ) -> tuple[str, str]:
+        """For mail from an agent's address: (how it was authenticated as that agent, why it
+        may not reach the customer) — one of the two is "". A reply that would be relayed also
+        keeps to the agent's hourly limit of replies by email."""
+        env, sender = inc.entry.envelope, inc.parsed.from_.email
+        token = False
+        if ticket_id is not None and self.tokens is not None:
+            ours = our_addresses(inc.parsed, env.rcpt_to,
+                                 lambda a: a.rpartition("@")[2].rstrip(".") in self.policy.domains)
+            token = any(self.tokens.ticket_from_agent_address(a, sender) == ticket_id
+                        for a in ours)
+        proof = agent_proof(sender, inc.auth, self.policy.reply_auth(sender), token)
+        if not proof.proven:
+            return "", proof.detail
+        limit = self.policy.agent_replies_by_email_per_hour
+        if ticket_id is not None:
+            sent = outbox.agent_replies_by_email_since(conn, sender, time.time() - 3600)
+            if sent >= limit:
+                return "", (f"over the rate limit: {sender} already sent {sent} replies by email"
+                            f" this hour ([limits] agent_replies_by_email_per_hour = {limit})")
+        return proof.detail, ""
+
+    def _thread(self, conn: sqlite3.Connection, inc: Incoming, base: IncomingAudit,
+                digest: str) -> Outcome:
         env, parsed = inc.entry.envelope, inc.parsed
-        match = find_ticket(parsed, env.rcpt_to, self._lookups(conn))
         sender = parsed.from_.email
+        match = find_ticket(parsed, env.rcpt_to, self._lookups(conn, sender))
         ticket = ticket_row(conn, match.ticket_id) if match.ticket_id is not None else None
+        role = self._role(conn, match.ticket_id if ticket else None, sender)
+        agent_auth = agent_refused = ""
+        if role == AGENT and inc.classification.kind == "normal":
+            agent_auth, agent_refused = self._agent_check(
+                conn, inc, match.ticket_id if ticket else None)
         situation = Situation(
             kind=inc.classification.kind,
             ticket_id=match.ticket_id,
             ticket_status=ticket["status"] if ticket else None,
             closed_days_ago=_days_since(ticket["closed_at"]) if ticket else None,
-            sender_role=self._role(conn, match.ticket_id, sender) if ticket else PARTICIPANT,
+            sender_role=role,
             sender=sender,
             strangers=self.policy.strangers,
             reopen_closed_days=self.policy.reopen_closed_days,
             unauthenticated=inc.unauthenticated,
+            agent_auth=agent_auth,
+            agent_refused=agent_refused,
         )
         decision = decide(situation)
         notes = "; ".join(match.notes)
@@ -252,10 +334,11 @@ class Deliverer:
             conn, ticket_id, env.queue_id, parsed, inc.raw_path, matched_by, now,
             internal_reason=decision.internal_reason, reply_text=inc.reply_text,
             classification=inc.classification.kind, direction=decision.direction, auth=inc.auth,
+            digest=digest,
         )
         for att, sha in zip(parsed.attachments, inc.blobs, strict=True):
             add_attachment(conn, row, sha, att.filename, att.content_type, len(att.payload),
-                           att.content_id, att.inline)
+                           att.content_id, att.inline, att.details)
         status_before = ticket["status"] if ticket else None
         if decision.new_status:
             set_status(conn, ticket_id, decision.new_status, now)
@@ -268,21 +351,29 @@ class Deliverer:
         record_incoming(conn, replace(
             base, action=action, ticket_id=ticket_id, message_row=row, matched_by=matched_by,
             reason=reason, details=details or None))
-        if decision.relay_agent_reply and self.mail is not None:
-            self._relay_agent_reply(conn, inc, ticket_id, row)
-        self._run_rules(conn, inc, decision, ticket_id, status_before)
+        if self.mail is not None and (decision.relay_agent_reply or (
+                role == AGENT and decision.action == "append"
+                and inc.classification.kind == "normal")):
+            # an agent's reply goes to the customer, or its outgoing-audit row says why not
+            self._relay_agent_reply(conn, inc, ticket_id, row,
+                                    refuse="" if decision.relay_agent_reply
+                                    else decision.internal_reason)
+        why_silent = (f"unauthenticated sender: {inc.unauthenticated}" if inc.unauthenticated
+                      else f"mail from agent {sender}, {agent_refused}")
+        self._run_rules(conn, inc, decision, ticket_id, status_before, why_silent)
         return Outcome(env.queue_id, action, ticket_id, reason)
 
     def _run_rules(self, conn: sqlite3.Connection, inc: Incoming, decision: Decision,
-                   ticket_id: int, status_before: str | None) -> None:
+                   ticket_id: int, status_before: str | None, why_silent: str) -> None:
         """Organization routing and the automation rules for what this message did."""
         env = inc.entry.envelope
+        allowed = decision.acknowledge or decision.action != "create"
+        spam_block = quarantine.autoreply_block(env)  # the backscatter rule for spam
         trigger = Trigger(
             parsed=inc.parsed, envelope_sender=env.mail_from,
             mailbox=base_mailbox(env.rcpt_to[0]) if env.rcpt_to else "", body=inc.reply_text,
-            queue_id=env.queue_id, customer_mail_allowed=decision.acknowledge or
-            decision.action != "create",
-            why_no_customer_mail=f"unauthenticated sender: {inc.unauthenticated}",
+            queue_id=env.queue_id, customer_mail_allowed=allowed and not spam_block,
+            why_no_customer_mail=spam_block if allowed else why_silent,
         )
         if decision.internal_reason:
             return  # notes from robots and strangers trigger nothing
@@ -354,15 +445,17 @@ class Deliverer:
         set_customer_org(conn, customer_id, org_id)
 
     def _relay_agent_reply(self, conn: sqlite3.Connection, inc: Incoming, ticket_id: int,
-                           message_row: int) -> None:
-        """An agent answered by email: send their words on to the customer, in our template."""
+                           message_row: int, refuse: str = "") -> None:
+        """An agent answered by email: send their words on to the customer, in our template —
+        or, with `refuse`, record in the outgoing audit why they were not sent."""
         assert self.mail is not None
         parsed = inc.parsed
         ticket = ticket_row(conn, ticket_id)
         assert ticket is not None
         queued = queue_agent_reply(conn, self.mail, ticket, parsed.from_, inc.reply_text,
-                                   queue_id=inc.entry.queue_id)
-        index_message_id(conn, queued.message_id, ticket_id, message_row)
+                                   queue_id=inc.entry.queue_id, refuse=refuse)
+        if queued.status == "queued":
+            index_message_id(conn, queued.message_id, ticket_id, message_row)
         link_outbound(conn, message_row, queued.outbound_id)
         self._log_queued(inc, "agent_reply", queued.outbound_id, queued.status, queued.reason)
 

@@ -1,12 +1,14 @@
 """`mailgate doctor`: is this installation able to receive and send mail? One line per check.
 
 Input: the config file (untrusted form: a bad one is the first failed check, never a
-traceback), the machine (data directory, free space, the SMTP port), the relay over the network
-and DNS (their answers are untrusted text, shown on one line). Output: one line per check,
-`ok`, `warn` or `FAIL`, with what was found and, when it is not ok, the fix; `Doctor.failed`
-says whether any check failed (the command then exits 1). Every network step has a timeout:
-the relay gets `--timeout` seconds, DNS a few seconds, and DNS that cannot be reached is a
-`warn` (the check could not be made), not a failure.
+traceback), the templates and rules it uses (the built-in ones shipped in the package, or the
+administrator's: each enabled template kind is rendered with sample data, the rules are
+loaded), the machine (data directory, free space, the SMTP port), the relay over the network,
+DNS and the spam scanner (their answers are untrusted text, shown on one line). Output: one
+line per check, `ok`, `warn` or `FAIL`, with what was found and, when it is not ok, the fix;
+`Doctor.failed` says whether any check failed (the command then exits 1). Every network step
+has a timeout: the relay gets `--timeout` seconds, DNS a few seconds, and DNS that cannot be
+reached is a `warn` (the check could not be made), not a failure.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import smtplib
 import socket
 import ssl
 import tempfile
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,9 +30,11 @@ from pathlib import Path
 import aiosmtplib
 import click
 
-from mailgate.config import Config, find_config_path, is_loopback, load_config
+from mailgate import app
+from mailgate.config import TEMPLATE_KINDS, Config, find_config_path, is_loopback, load_config
 from mailgate.errors import UserError
 from mailgate.outbound.dkim_sign import dns_record, dns_txt_value
+from mailgate.outbound.render import TemplateError
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
 ADMIN_TOKEN_FILE = "admin.token"  # mailgate.admin.token.TOKEN_FILE
@@ -62,6 +67,54 @@ def _size(n: float) -> str:
 
 
 # --- the checks -------------------------------------------------------------------------------
+
+
+def check_templates(cfg: Config) -> Check:
+    """Every enabled template kind renders with sample data (subject, text and HTML)."""
+    renderer = app.renderer(cfg)
+    enabled = [k for k in renderer.kinds() if k["enabled"]]
+    where = f"built-in {renderer.builtin_dir}"
+    if renderer.override_dir is not None:
+        where = f"{renderer.override_dir}, then {where}"
+    for entry in enabled:
+        kind = entry["kind"]
+        try:
+            renderer.render(kind, renderer.sample_context(kind))
+        except TemplateError as exc:
+            return Check("templates", FAIL, f"{kind} does not render: {exc}",
+                         _template_fix(cfg, kind, entry, str(exc)))
+    names = ", ".join(k["kind"] for k in enabled) or "none"
+    return Check("templates", OK, f"{len(enabled)} enabled kind(s) render ({names}) from {where}")
+
+
+def _template_fix(cfg: Config, kind: str, entry: dict[str, object], problem: str) -> str:
+    renderer = app.renderer(cfg)
+    builtin_lost = not (renderer.builtin_dir / "base.html").is_file()
+    if builtin_lost or (kind in TEMPLATE_KINDS and None in (entry["html_source"],
+                                                            entry["text_source"])):
+        return (f"the built-in templates are missing from {renderer.builtin_dir}: reinstall"
+                " mailgate (pip install --force-reinstall, from where you installed it)")
+    if problem.startswith("[branding]"):
+        return f"[branding] logo in {cfg.path}"
+    if problem.startswith("[templates."):
+        return f"[templates.{kind}] subject in {cfg.path}"
+    return (f"correct the file and line named (`mailgate templates preview {kind}` shows the"
+            f" result), or set enabled = false under [templates.{kind}] in {cfg.path}")
+
+
+def check_rules(cfg: Config) -> Check:
+    """The automation rules (inline, the rules file or the built-in default workflow) and the
+    SLAs load."""
+    try:
+        source = app.rules_file(cfg)
+        ruleset = app.ruleset(cfg)
+    except UserError as exc:
+        return Check("rules", FAIL, str(exc), f"correct what it names, then `mailgate --config"
+                     f" {cfg.path} rules check`")
+    origin = "the built-in default workflow" if source == app.BUILTIN_RULES else str(source)
+    enabled = sum(1 for r in ruleset.rules if r.enabled)
+    return Check("rules", OK, f"{len(ruleset.rules)} rule(s), {enabled} enabled ({cfg.path} and"
+                 f" {origin}), {len(ruleset.slas)} SLA(s)")
 
 
 def check_data_dir(cfg: Config) -> Check:
@@ -308,6 +361,29 @@ def check_tls(cfg: Config) -> Check | None:
                  f" {cfg.hostname})")
 
 
+def check_spam(cfg: Config, timeout: float) -> Check | None:
+    """`[spam] rspamd`: does rspamd's normal worker answer its /ping?"""
+    url = cfg.spam.rspamd
+    if url is None:
+        return None
+    try:
+        with urllib.request.urlopen(f"{url}/ping", timeout=timeout) as resp:
+            answer = resp.read(64).strip()
+    except (OSError, ValueError) as exc:
+        answer, problem = b"", _one_line(getattr(exc, "reason", exc))
+    else:
+        problem = f"it answered {answer[:20]!r}, not pong"
+    if answer == b"pong":
+        return Check("spam", OK, f"rspamd answers at {url}")
+    if cfg.spam.on_error == "tempfail":
+        return Check("spam", FAIL, f"rspamd at {url}: {problem}; every mail gets 451 4.7.1"
+                     " ([spam] on_error = \"tempfail\")", "start rspamd (`systemctl start"
+                     f" rspamd`) or correct [spam] rspamd in {cfg.path}")
+    return Check("spam", WARN, f"rspamd at {url}: {problem}; mail is taken unscanned",
+                 f"start rspamd (`systemctl start rspamd`) or correct [spam] rspamd in"
+                 f" {cfg.path}")
+
+
 # --- running them ----------------------------------------------------------------------------
 
 
@@ -339,12 +415,15 @@ class Doctor:
         yield Check("config", OK, f"{cfg.path} is valid ({len(cfg.domains)} domain(s),"
                     f" {len(cfg.mailboxes)} mailbox(es), {len(cfg.agents)} agent(s))")
         steps: list[tuple[str, Callable[[], Check | None]]] = [
+            ("templates", lambda: check_templates(cfg)),
+            ("rules", lambda: check_rules(cfg)),
             ("data_dir", lambda: check_data_dir(cfg)),
             ("smtp", lambda: check_smtp_port(cfg, min(self.timeout, 5.0))),
             ("tls", lambda: check_tls(cfg)),
             ("relay", lambda: check_relay(cfg, self.timeout)),
             ("dkim", lambda: check_dkim(cfg, self.dns_timeout, self.nameserver)),
             ("admin", lambda: check_admin(cfg)),
+            ("spam", lambda: check_spam(cfg, min(self.timeout, 5.0))),
         ]
         for name, fn in steps:
             result = self._guard(name, fn)
@@ -368,8 +447,8 @@ class Doctor:
 @click.pass_context
 def doctor_command(ctx: click.Context, timeout: float, dns_timeout: float,
                    nameserver: str | None) -> None:
-    """Check the configuration, data directory, SMTP port, relay, DKIM DNS record and admin
-    token; one line each, with the fix. Exits 1 when a check fails."""
+    """Check the configuration, templates, rules, data directory, SMTP port, relay, DKIM DNS
+    record and admin token; one line each, with the fix. Exits 1 when a check fails."""
     if nameserver is not None:
         try:
             _nameserver(nameserver)

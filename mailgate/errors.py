@@ -2,8 +2,13 @@
 
 Input: none. Output: exception classes. `UserError` and its subclasses carry a one-line message
 meant for a person (the CLI prints it and exits non-zero, no traceback); `TemporaryFailure` means
-"defer and retry"; `PermanentFailure` means "hold for an administrator". Stdlib only.
+"defer and retry"; `PermanentFailure` means "hold for an administrator"; `temporary_cause`
+tells a passing shortage of the machine (descriptors, disk, memory, a busy database) from a
+fault of the message. Stdlib only.
 """
+
+import errno
+import sqlite3
 
 
 class MailgateError(Exception):
@@ -28,3 +33,35 @@ class TemporaryFailure(MailgateError):
 
 class PermanentFailure(MailgateError):
     """Processing can never succeed as things are: hold the message with this reason."""
+
+
+class DatabaseGone(TemporaryFailure):
+    """The database file we opened was removed or replaced while open: whatever was written
+    went to a file nobody will read again. Nothing may be marked done; new mail is refused."""
+
+
+# errno values that mean "the machine is short of something for now", not "this mail is bad".
+_TEMPORARY_ERRNOS = frozenset(
+    getattr(errno, name) for name in
+    ("EMFILE", "ENFILE", "ENOSPC", "EDQUOT", "ENOMEM", "EAGAIN", "EINTR", "ENOBUFS")
+    if hasattr(errno, name)
+)
+_TEMPORARY_SQLITE = ("locked", "busy", "disk is full", "unable to open database file",
+                     "disk i/o error", "out of memory")
+
+
+def temporary_cause(exc: BaseException) -> str | None:
+    """A short reason when `exc` is a resource problem of this machine that goes away by itself
+    (no file descriptors, disk or quota full, memory, the database busy): such failures are
+    retried with backoff and never count toward holding a message. None otherwise."""
+    if isinstance(exc, TemporaryFailure):
+        return str(exc) or type(exc).__name__
+    if isinstance(exc, MemoryError):
+        return "out of memory"
+    if isinstance(exc, OSError) and exc.errno in _TEMPORARY_ERRNOS:
+        return f"{errno.errorcode.get(exc.errno or 0, 'OSError')}: {exc.strerror or exc}"
+    if isinstance(exc, sqlite3.OperationalError):
+        text = str(exc).lower()
+        if any(marker in text for marker in _TEMPORARY_SQLITE):
+            return f"database: {exc}"
+    return None

@@ -64,7 +64,9 @@ def _note(defects: list[str] | None, line: str) -> None:
 
 
 def sanitize(html: str, defects: list[str] | None = None) -> str:
-    return nh3.clean(bound(html, defects), link_rel="noopener noreferrer nofollow")
+    # cid: URLs are kept: the admin panel shows them from the message's own attachments
+    return nh3.clean(bound(html, defects), link_rel="noopener noreferrer nofollow",
+                     url_schemes=nh3.ALLOWED_URL_SCHEMES | {"cid"})
 
 
 @lru_cache(maxsize=8)

@@ -13,6 +13,11 @@ log line. Output, per `[log] format`:
   ids of the mail concerned as fields — `queue_id` (inbound), `outbound_id`, `ticket_id` —
   plus `exc` with the traceback when there is one.
 
+Repeats are limited: a warning or error logged from the same place more than `BURST` times in
+`WINDOW` seconds (a resource running out makes some lines repeat thousands of times a second)
+is dropped, and the next one that passes says how many were. Information lines — one per mail —
+are never dropped.
+
 The ids come from `extra={"queue_id": ...}` when the caller passes it, else from the
 `queue_id=X` / `outbound_id=N` that mailgate's messages carry; a text line logged with
 `extra=` gets `queue_id=X` put in front of its message, so both formats always show it.
@@ -124,6 +129,39 @@ def stderr_is_journal(stream: TextIO) -> bool:
     return expected == f"{st.st_dev}:{st.st_ino}"
 
 
+class RepeatLimiter(logging.Filter):
+    """Drops a warning or error beyond `burst` of the same kind (logger, level, message
+    template) per `window` seconds; the first one let through afterwards carries the count."""
+
+    def __init__(self, burst: int = 20, window: float = 60.0) -> None:
+        super().__init__()
+        self.burst = burst
+        self.window = window
+        self._seen: dict[tuple[str, int, str], list[float]] = {}  # key → [start, passed, dropped]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        key = (record.name, record.levelno, str(record.msg))
+        now = time.monotonic()
+        state = self._seen.get(key)
+        if state is None or now - state[0] >= self.window:
+            dropped = int(state[2]) if state is not None else 0
+            self._seen[key] = [now, 1, 0]
+            if len(self._seen) > 10_000:  # never grows without bound
+                self._seen = {key: self._seen[key]}
+            if dropped:
+                record.msg = (f"{record.getMessage()} (and {dropped} more like this in the last"
+                              f" {self.window:.0f}s, not logged)")
+                record.args = ()
+            return True
+        if state[1] < self.burst:
+            state[1] += 1
+            return True
+        state[2] += 1
+        return False
+
+
 class _MailgateHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Our stderr handler; a marker class so that `setup_logging` can reconfigure it."""
 
@@ -134,6 +172,7 @@ def setup_logging(level: str = "INFO", fmt: str = "text", stream: TextIO | None 
     handler = next((h for h in root.handlers if isinstance(h, _MailgateHandler)), None)
     if handler is None:
         handler = _MailgateHandler(stream or sys.stderr)
+        handler.addFilter(RepeatLimiter())
         root.addHandler(handler)
     elif stream is not None:
         handler.setStream(stream)

@@ -2,8 +2,8 @@
 database's counts at scrape time.
 
 Input: observations from the pipeline (time per message), the relay worker (time per delivery
-attempt) and the SMTP server (sessions opened and closed), all trusted numbers from our own
-code; at scrape time, a `counts()` callable supplied by the caller (the admin endpoint) that
+attempt) and the SMTP server (sessions opened and closed, spam scans), all trusted numbers from
+our own code; at scrape time, a `counts()` callable supplied by the caller (the admin endpoint) that
 returns the audit, outbox and spool counts from the database. Output: metric families for
 `prometheus_client`'s text exposition. Observability, like logging: any module may import this
 one; it imports nothing from mailgate, so it never pulls a layer into another.
@@ -34,6 +34,14 @@ RELAY_SECONDS = Histogram(
     "Time of one delivery attempt to the relay (connect to the reply to DATA, or failure).",
     buckets=_LATENCY_BUCKETS,
 )
+SPAM_SCAN_SECONDS = Histogram(
+    "mailgate_spam_scan_seconds",
+    "Time of one rspamd scan after DATA (the request to its answer, or failure).",
+    buckets=_LATENCY_BUCKETS,
+)
+SPAM_VERDICTS = Counter(
+    "mailgate_spam_verdicts", "Spam scans by what the SMTP stage decided.",
+    labelnames=["action"])
 SMTP_SESSIONS = Gauge("mailgate_smtp_sessions_open", "SMTP sessions open now.")
 SMTP_SESSIONS_TOTAL = Counter("mailgate_smtp_sessions", "SMTP sessions accepted.")
 

@@ -2,8 +2,9 @@
 
 Input: the bytes of a message exactly as received (hostile: broken MIME, unknown charsets, bad
 base64, encoded words in odd places, path-like filenames, NUL bytes, headers of any size, MIME
-nested to any depth). Output: a frozen `ParsedMail`. This function never raises, for any bytes:
-whatever cannot be read is recorded in `defects` and the rest is kept. The parsers are given the
+nested to any depth). Output: a frozen `ParsedMail`. This function never raises for any bytes
+(only `TemporaryFailure`, when the machine cannot start the TNEF decoder): whatever cannot be
+read is recorded in `defects` and the rest is kept. The parsers are given the
 message as `mailbounds.bound` leaves it (oversized headers, too deep or too many MIME parts cut,
 each cut a defect), so their work is linear in the size of the mail; the raw .eml the pipeline
 keeps is the untouched original. mail-parser reads the headers (subject, addresses, ids, date,
@@ -30,7 +31,8 @@ from typing import Any
 
 import mailparser
 
-from mailgate import htmltext, mailbounds
+from mailgate import attached_mail, htmltext, mailbounds, tnef
+from mailgate.errors import TemporaryFailure
 from mailgate.model import Address, ParsedAttachment, ParsedMail
 
 _MSGID = re.compile(r"<([^<>\s]+)>")
@@ -51,6 +53,8 @@ logging.getLogger("mailparser").setLevel(logging.CRITICAL)
 def parse(raw: bytes) -> ParsedMail:
     try:
         return _parse(raw)
+    except TemporaryFailure:  # the machine, not the mail (the TNEF decoder could not start)
+        raise
     except Exception as exc:  # a bug, not the mail: keep what the headers give, say why
         return _headers_only(raw, f"{PARSE_FAILED}: {type(exc).__name__}: {exc}"[:300])
 
@@ -89,8 +93,12 @@ def _parse(raw: bytes) -> ParsedMail:
         except Exception as exc:
             defects.append(f"mail-parser defects unreadable: {type(exc).__name__}")
 
+    found = tnef.expand(body.attachments, safe_filename)  # winmail.dat: the files inside
+    defects.extend(found.defects)
     html_raw = "\n".join(body.html)
     text = "\n".join(body.text)
+    if not text.strip() and not html_raw.strip():  # the body Outlook put in winmail.dat
+        text, html_raw = found.text, found.html
     if not text.strip() and html_raw:
         text = htmltext.to_text(html_raw)
     return ParsedMail(
@@ -105,7 +113,8 @@ def _parse(raw: bytes) -> ParsedMail:
         date=_date(_get(msg, "Date")),
         text=text,
         html=htmltext.sanitize(html_raw, defects) if html_raw else "",
-        attachments=tuple(body.attachments),
+        attachments=attached_mail.describe(found.attachments, decode_header_value,
+                                           safe_filename),
         headers=headers,
         defects=tuple(dict.fromkeys(defects)),
     )

@@ -5,8 +5,9 @@ Stages: parse → authenticate → classify → reply text → (in `deliver`) th
 organizations, routing and rules, outbound mail. Output: for each entry exactly one result
 committed in the database in one transaction with its incoming-audit row and the mail it causes
 — a ticket message (`created_ticket`, `appended`), a `duplicate`, a `bounce`, a
-`forwarding_confirmation`, an `ignored` robot, a `rejected` refusal record, or a `held` message
-with its error — and only then the spool entry marked done. Stages are pure functions where
+`forwarding_confirmation`, an `ignored` robot, quarantined `spam` (`mailgate.quarantine`), a
+`rejected` refusal record, or a `held` message with its error — with the spam scanner's verdict
+when there is one, and only then the spool entry marked done. Stages are pure functions where
 possible; their database look-ups are passed in.
 Re-running an entry whose result is already committed changes nothing (the audit's unique queue
 id), so a crash between the commit and the spool update cannot store a message twice.
@@ -16,36 +17,55 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import sqlite_utils
 
-from mailgate import metrics
+from mailgate import metrics, quarantine
 from mailgate.auth import Authenticator, AuthResult, strip_forged_results
 from mailgate.automation import Automation
 from mailgate.classify import classify
 from mailgate.deliver import Deliverer, Incoming, Outcome, Policy
-from mailgate.errors import PermanentFailure, TemporaryFailure
-from mailgate.model import KIND_REJECTION, ParsedMail, SpoolEntry
+from mailgate.errors import DatabaseGone, PermanentFailure, temporary_cause
+from mailgate.model import KIND_REJECTION, Envelope, ParsedMail, SpoolEntry
 from mailgate.outbound.mailer import MailContext
 from mailgate.parse import parse
 from mailgate.replytext import reply_text
 from mailgate.spool import Spool
 from mailgate.store import files
 from mailgate.store.audit import IncomingAudit, audited, record_incoming
-from mailgate.store.db import transaction
+from mailgate.store.db import check_same_file, transaction
 from mailgate.threading.token import Signer
 
 log = logging.getLogger("mailgate.pipeline")
+
+TEMPORARY_BACKOFF_MAX = 300.0  # seconds: the longest wait after a shortage of the machine
+
+
+def temporary_delay(deferrals: int) -> float:
+    """2 s, 4 s, 8 s ... up to TEMPORARY_BACKOFF_MAX: the wait after the n-th shortage."""
+    return min(TEMPORARY_BACKOFF_MAX, 2.0 * 2 ** min(deferrals, 16))
+
 
 @dataclass(frozen=True)
 class Prepared:
     parsed: ParsedMail
     auth: AuthResult | None
+
+
+def spam_details(env: Envelope) -> dict[str, Any] | None:
+    """The scanner's verdict for a refusal's audit row (None when it was not scanned)."""
+    if env.spam is None:
+        return None
+    return {"spam": {"action": env.spam.action, "score": env.spam.score,
+                     "symbols": dict(env.spam.symbols), "rspamd_action": env.spam.rspamd_action}}
 
 
 class Pipeline:
@@ -65,6 +85,17 @@ class Pipeline:
         self.automation = automation  # None: no routing or automation rules
         self.auth = auth  # None: no authentication (tools, tests of other stages)
         self.hold_unauthenticated = hold_unauthenticated  # [auth] unauthenticated = "hold"
+        self.problem: str | None = None  # the database went away: no new mail is taken
+
+    def database_problem(self) -> str | None:
+        """Why the database cannot be written (its file deleted or replaced), else None."""
+        if self.problem is None:
+            try:
+                check_same_file(self.db.conn)
+            except DatabaseGone as exc:
+                self.problem = str(exc)
+                log.error("%s", exc)
+        return self.problem
 
     # --- one entry --------------------------------------------------------------------------
 
@@ -73,10 +104,10 @@ class Pipeline:
         and concurrently by the worker so one slow domain does not hold up other mail. Never
         raises: on any problem `process` simply does the work itself (and reports it)."""
         if self.auth is None or entry.kind == KIND_REJECTION or entry.content is None:
-            return None
+            return None  # big messages (in a file) are read and prepared only when processed
         try:
             parsed = parse(entry.content)
-            return Prepared(parsed, self._authenticate(entry, parsed))
+            return Prepared(parsed, self._authenticate(entry, entry.content, parsed))
         except Exception:
             return None
 
@@ -87,12 +118,17 @@ class Pipeline:
         qid = entry.queue_id
         try:
             outcome = self.process(entry, prepared)
-        except TemporaryFailure as exc:
-            delay = min(3600.0, 30.0 * 2 ** max(0, entry.attempts - 1))
-            log.warning("queue_id=%s deferred for %.0fs: %s", qid, delay, exc)
-            self.spool.defer(qid, str(exc), delay)
-            return Outcome(qid, "deferred", reason=str(exc))
         except Exception as exc:
+            temporary = temporary_cause(exc)
+            if temporary is not None:  # the machine, not the message: never counts toward hold
+                if isinstance(exc, DatabaseGone) and self.problem is None:
+                    self.problem = str(exc)
+                    log.error("%s", exc)
+                delay = temporary_delay(entry.deferrals)
+                log.warning("queue_id=%s deferred for %.0fs (not counted as an attempt): %s",
+                            qid, delay, temporary)
+                self.spool.defer(qid, temporary, delay, count_attempt=False)
+                return Outcome(qid, "deferred", reason=temporary)
             reason = f"{type(exc).__name__}: {exc}"
             if isinstance(exc, PermanentFailure) or entry.attempts >= self.max_attempts:
                 log.error("queue_id=%s held after %d attempts: %s", qid, entry.attempts, reason,
@@ -115,15 +151,24 @@ class Pipeline:
             with transaction(self.db) as conn:
                 if not audited(conn, env.queue_id):
                     record_incoming(conn, IncomingAudit(
-                        env, "rejected", reason=entry.reason or "refused at DATA"))
+                        env, "rejected", reason=entry.reason or "refused at DATA",
+                        details=spam_details(env)))
+                    quarantine.record_verdict(conn, env)
             return Outcome(env.queue_id, "rejected", reason=entry.reason or "")
-        if entry.content is None:
+        if entry.attempts > 1 or entry.deferrals:  # tried before: maybe committed already
+            with transaction(self.db) as conn:
+                if audited(conn, env.queue_id):
+                    return Outcome(env.queue_id, "already_done")
+        if entry.content is None and not entry.content_path:
             raise PermanentFailure("spool entry has no message content")
-        content = entry.content
+        try:
+            content = self.spool.read_content(entry)
+        except FileNotFoundError:
+            raise PermanentFailure(f"the spool file {entry.content_path} is missing") from None
         parsed = prepared.parsed if prepared else parse(content)
         classification = classify(parsed, content, env.mail_from)
         reply = reply_text(parsed.text, parsed.html)
-        auth = prepared.auth if prepared else self._authenticate(entry, parsed)
+        auth = prepared.auth if prepared else self._authenticate(entry, content, parsed)
         if auth is not None and auth.verdict == "fail" and self.hold_unauthenticated:
             raise PermanentFailure(f"unauthenticated sender ([auth] unauthenticated = \"hold\"):"
                                    f" {auth.reason}")
@@ -143,13 +188,16 @@ class Pipeline:
             conn.execute(
                 "DELETE FROM audit_incoming WHERE queue_id=? AND action='held'", (env.queue_id,)
             )
-            return deliverer.deliver(conn, incoming)
+            outcome = deliverer.deliver(conn, incoming)
+            quarantine.record_verdict(conn, env)
+            return outcome
 
-    def _authenticate(self, entry: SpoolEntry, parsed: ParsedMail) -> AuthResult | None:
-        if self.auth is None or entry.content is None:
+    def _authenticate(self, entry: SpoolEntry, content: bytes, parsed: ParsedMail
+                      ) -> AuthResult | None:
+        if self.auth is None:
             return None
         env = entry.envelope
-        result = self.auth.authenticate_sync(entry.content, env.client_ip, env.helo,
+        result = self.auth.authenticate_sync(content, env.client_ip, env.helo,
                                              env.mail_from, parsed.from_.email.rpartition("@")[2])
         log.info("queue_id=%s auth verdict=%s: %s", env.queue_id, result.verdict, result.reason)
         return result
@@ -170,16 +218,26 @@ class Pipeline:
         return [self.handle(entry) for entry in self.spool.claim(limit)]
 
 
+def sender_domain(entry: SpoolEntry) -> str:
+    """The envelope sender's domain: the key that keeps one domain's DNS trouble its own."""
+    return entry.envelope.mail_from.rpartition("@")[2].lower().rstrip(".")
+
+
 class PipelineWorker:
     """Feeds the pipeline from the spool. Claimed messages are prepared concurrently
     (authentication waits on DNS) and processed one at a time in a thread, in the order they
-    arrived — except that a message whose preparation takes longer than `HEAD_WAIT` seconds
-    (a slow resolver) lets the ready ones behind it go first, so one slow domain cannot hold
-    up other mail. On stop, everything already claimed is finished first."""
+    arrived — except that a message still preparing `HEAD_WAIT` seconds after it was claimed
+    (a slow resolver) lets the ready ones behind it go first. Messages from one sender domain
+    are prepared one at a time, so a domain whose DNS never answers takes one preparing
+    thread, never all of them: it delays its own mail only. On stop, everything already
+    claimed is finished first."""
 
     MAX_IN_FLIGHT = 64
-    PREPARE_THREADS = 2
+    PREPARE_THREADS = 4
     HEAD_WAIT = 1.0
+    MAINTAIN_SECONDS = 60.0  # spool upkeep (WAL checkpoint, vacuum) when idle, this often ...
+    MAINTAIN_BYTES = 32 * 1024 * 1024  # ... or sooner once this much mail went through
+    RETRY_MAX = 30.0  # the longest wait before trying the spool again after it failed
 
     def __init__(self, pipeline: Pipeline, idle_poll: float = 1.0,
                  on_processed: Callable[[], None] | None = None) -> None:
@@ -188,9 +246,14 @@ class PipelineWorker:
         self.idle_poll = idle_poll
         self._wake = asyncio.Event()
         self._more = asyncio.Event()
-        self._pending: list[tuple[SpoolEntry, asyncio.Future[Prepared | None]]] = []
+        # claimed entries: (entry, its preparation, when it was claimed)
+        self._pending: list[tuple[SpoolEntry, asyncio.Future[Prepared | None], float]] = []
+        self._domains: dict[str, tuple[asyncio.Lock, int]] = {}  # sender domain → (lock, users)
         self._stopping = False
         self.processed = 0
+        self._maintained = time.monotonic()
+        self._since_maintained = 0  # bytes of mail processed since the last upkeep
+        self._busy = False  # a thread is handling an entry right now
 
     def wake(self) -> None:
         self._wake.set()
@@ -203,6 +266,7 @@ class PipelineWorker:
         loop = asyncio.get_running_loop()
         pool = ThreadPoolExecutor(self.PREPARE_THREADS, thread_name_prefix="mailgate-prepare")
         processor = asyncio.create_task(self._process(), name="pipeline-process")
+        failures = 0
         try:
             while not self._stopping:
                 self._wake.clear()
@@ -212,60 +276,125 @@ class PipelineWorker:
                     try:
                         entries = await loop.run_in_executor(None, self.pipeline.spool.claim,
                                                              room)
-                    except Exception:
-                        log.exception("pipeline worker: spool access failed; retrying")
-                        await asyncio.sleep(1.0)
+                        failures = 0
+                    except Exception as exc:
+                        failures += 1
+                        wait = min(self.RETRY_MAX, 2.0 ** failures)
+                        log.error("pipeline worker: spool access failed (%s); retrying in"
+                                  " %.0fs", exc, wait)
+                        await asyncio.sleep(wait)
+                        continue
                 for entry in entries:
                     if self.pipeline.auth is None or entry.kind == KIND_REJECTION:
                         fut: asyncio.Future[Prepared | None] = loop.create_future()
                         fut.set_result(None)
                     else:
-                        fut = loop.run_in_executor(pool, self.pipeline.prepare, entry)
-                    self._pending.append((entry, fut))
+                        fut = asyncio.ensure_future(self._prepare(loop, pool, entry))
+                    self._pending.append((entry, fut, time.monotonic()))
                     self._more.set()
                 if entries:
                     continue
+                await self._maintain(loop)
                 due = await loop.run_in_executor(None, self.pipeline.spool.next_due_in)
                 timeout = self.idle_poll if due is None else min(self.idle_poll, due)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout)
-        finally:  # finish what was claimed: nothing is left `active` by an orderly stop
-            while self._pending and not processor.done():
+        finally:  # finish what was claimed: nothing is left `active` by an orderly stop,
+            # and no thread still uses the spool or the database once this returns
+            while (self._pending or self._busy) and not processor.done():
                 await asyncio.sleep(0.05)
             processor.cancel()
             pool.shutdown(wait=False)
+            self._since_maintained = self.MAINTAIN_BYTES  # leave the spool small
+            await self._maintain(loop)
+
+    async def _prepare(self, loop: asyncio.AbstractEventLoop, pool: ThreadPoolExecutor,
+                       entry: SpoolEntry) -> Prepared | None:
+        """prepare() in the pool, one message of a sender domain at a time."""
+        key = sender_domain(entry)
+        lock, users = self._domains.get(key, (asyncio.Lock(), 0))
+        self._domains[key] = (lock, users + 1)
+        try:
+            async with lock:
+                return await loop.run_in_executor(pool, self.pipeline.prepare, entry)
+        finally:
+            lock, users = self._domains[key]
+            if users <= 1:
+                del self._domains[key]
+            else:
+                self._domains[key] = (lock, users - 1)
 
     async def _next(self) -> tuple[SpoolEntry, Prepared | None]:
-        """The oldest claimed message, or — when it is slow to prepare — the oldest ready one."""
+        """The oldest claimed message, or — when it is slow to prepare — the oldest ready one.
+        The oldest is waited for until `HEAD_WAIT` seconds after it was claimed, once."""
         while True:
             while not self._pending:
                 self._more.clear()
                 await self._more.wait()
-            entry, fut = self._pending[0]
-            done, _ = await asyncio.wait({fut}, timeout=self.HEAD_WAIT)
+            entry, fut, claimed = self._pending[0]
+            wait = self.HEAD_WAIT - (time.monotonic() - claimed)
+            done = fut.done()
+            if not done and wait > 0:
+                done = bool((await asyncio.wait({fut}, timeout=wait))[0])
             ready = 0 if done else next(
-                (i for i, (_, f) in enumerate(self._pending) if f.done()), None)
+                (i for i, (_, f, _) in enumerate(self._pending) if f.done()), None)
             if ready is None:
-                await asyncio.wait({f for _, f in self._pending},
+                await asyncio.wait({f for _, f, _ in self._pending},
                                    return_when=asyncio.FIRST_COMPLETED)
                 continue
-            entry, fut = self._pending.pop(ready)
+            entry, fut, _ = self._pending.pop(ready)
             try:
                 return entry, fut.result()
             except Exception:  # prepare() never raises; a broken pool means: do it in handle()
                 return entry, None
 
+    async def _maintain(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Spool upkeep while idle, at most every MAINTAIN_SECONDS."""
+        if (time.monotonic() - self._maintained < self.MAINTAIN_SECONDS
+                and self._since_maintained < self.MAINTAIN_BYTES):
+            return
+        self._maintained = time.monotonic()
+        self._since_maintained = 0
+        try:
+            await loop.run_in_executor(None, self.pipeline.spool.maintain)
+        except Exception as exc:
+            log.warning("spool maintenance failed (%s); trying again later", exc)
+
     async def _process(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             entry, prepared = await self._next()
+            await self._handle_until_recorded(loop, entry, prepared)
+            self._wake.set()
+
+    async def _handle_until_recorded(self, loop: asyncio.AbstractEventLoop, entry: SpoolEntry,
+                                     prepared: Prepared | None) -> None:
+        """handle() never raises for a message; when it raises, the spool itself could not
+        record the result (disk full, database locked). Try again with backoff until it can —
+        handling an entry twice changes nothing (the audit's unique queue id) — so no
+        acknowledged message stays `active` once the machine recovers. Stopping leaves it
+        `active`, and the next start requeues it."""
+        wait = 1.0
+        while True:
+            self._busy = True
             try:
                 await loop.run_in_executor(None, self.pipeline.handle, entry, prepared)
-                self.processed += 1
-                if self.on_processed is not None:
-                    self.on_processed()
-            except Exception:  # handle() never raises for a message; this is the spool itself
-                log.exception("queue_id=%s could not be processed; it stays active until the"
-                              " next start", entry.queue_id)
-            finally:
-                self._wake.set()
+            except Exception as exc:
+                self._busy = False
+                if self._stopping:
+                    log.error("queue_id=%s could not be recorded in the spool (%s); it is"
+                              " requeued at the next start", entry.queue_id, exc)
+                    return
+                log.error("queue_id=%s could not be recorded in the spool (%s); trying again"
+                          " in %.0fs", entry.queue_id, exc, wait)
+                await asyncio.sleep(wait)
+                wait = min(self.RETRY_MAX, wait * 2)
+                prepared = None  # and the result may be committed already: handle() looks
+                entry = dataclasses.replace(entry, deferrals=entry.deferrals + 1)
+                continue
+            self._busy = False
+            self.processed += 1
+            self._since_maintained += entry.envelope.size
+            if self.on_processed is not None:
+                self.on_processed()
+            return

@@ -427,8 +427,9 @@ def next_steps(a: Answers, r: Result) -> str:
         " reports, and move to p=quarantine once they show your mail aligned.",
         "",
         f"2. Check the setup: mailgate --config {config} doctor",
-        f"   Then start it: systemctl enable --now mailgate  (or: mailgate --config {config}"
-        " serve)",
+        "   Then start it: mailgate systemd-unit > /etc/systemd/system/mailgate.service &&"
+        " systemctl daemon-reload && systemctl enable --now mailgate",
+        f"   (or in the foreground: mailgate --config {config} serve)",
         "",
         f"3. Forward your support mailbox to {support}:",
         "",

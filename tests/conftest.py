@@ -91,11 +91,18 @@ class Daemon:
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = config.parent / "daemon.log"
 
-    def start(self, timeout: float = 20.0) -> None:
+    def start(self, timeout: float = 20.0, max_open_files: int | None = None) -> None:
+        """Start `mailgate serve`; `max_open_files` sets its RLIMIT_NOFILE (fd exhaustion)."""
         log = self.log_path.open("ab")
+
+        def limits() -> None:
+            if max_open_files is not None:
+                import resource
+                resource.setrlimit(resource.RLIMIT_NOFILE, (max_open_files, max_open_files))
+
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "mailgate", "--config", str(self.config), "serve"],
-            stdout=log, stderr=log, cwd=self.config.parent,
+            stdout=log, stderr=log, cwd=self.config.parent, preexec_fn=limits,
         )
         self.wait_listening(timeout)
 

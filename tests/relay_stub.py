@@ -3,14 +3,18 @@
 Input: SMTP sessions from the code under test over loopback (trusted: our own client). Output:
 every accepted message as a `Received` (envelope, bytes, parsed message) in `messages`, in
 arrival order. Behaviour per recipient: in `reject` → `550 5.1.1 no such user` at RCPT; in
-`tempfail_once` → `451 4.3.0 try later` the first time, accepted afterwards. An aiosmtpd
-`Controller` runs it in its own thread; `stop()` then `start()` serves again on the same port.
-All state is guarded by one lock; `wait_for` blocks the calling thread (use `asyncio.to_thread`
-from a coroutine).
+`tempfail_once` → `451 4.3.0 try later` the first time, accepted afterwards. A slow relay:
+`data_reply_delay` seconds pass between the end of the data (the message is in `messages` from
+then on, as a real relay has queued it) and the reply; `hold("rcpt")` / `hold("data")` keep
+every RCPT reply / end-of-data reply waiting until `release(...)` (`wait_held` returns once a
+session is waiting there). An aiosmtpd `Controller` runs it in its own thread; `stop()` then
+`start()` serves again on the same port. All state is guarded by one lock; `wait_for` and
+`wait_held` block the calling thread (use `asyncio.to_thread` from a coroutine).
 """
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 import time
@@ -44,10 +48,15 @@ class _Handler:
 
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
                           address: str, rcpt_options: list[str]) -> str:
+        await self.stub._wait_released("rcpt")
         return self.stub._rcpt(envelope, address)
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        return self.stub._data(envelope)
+        reply = self.stub._data(envelope)
+        if self.stub.data_reply_delay:
+            await asyncio.sleep(self.stub.data_reply_delay)
+        await self.stub._wait_released("data")
+        return reply
 
 
 class RelayStub:
@@ -59,6 +68,9 @@ class RelayStub:
         self.reject: set[str] = set()
         self.tempfailed: list[str] = []  # recipients answered 451, in order
         self.rejected: list[str] = []  # recipients answered 550, in order
+        self.data_reply_delay = 0.0  # seconds between the end of data and the reply
+        self._held: set[str] = set()  # "rcpt", "data": replies kept waiting until release()
+        self._waiting: dict[str, int] = {"rcpt": 0, "data": 0}  # sessions waiting there now
         self._lock = threading.Condition()
         self._controller: Controller | None = None
         self._counter = 0
@@ -116,7 +128,43 @@ class RelayStub:
             self._lock.notify_all()
         return f"250 2.0.0 Ok: queued as stub{number}"
 
+    async def _wait_released(self, stage: str) -> None:
+        with self._lock:
+            if stage not in self._held:
+                return
+            self._waiting[stage] += 1
+            self._lock.notify_all()
+        try:
+            while True:
+                with self._lock:
+                    if stage not in self._held:
+                        return
+                await asyncio.sleep(0.02)
+        finally:
+            with self._lock:
+                self._waiting[stage] -= 1
+
     # --- for the test -----------------------------------------------------------------------
+
+    def hold(self, stage: str) -> None:
+        """Keep every reply at `stage` ("rcpt" or "data") waiting until `release(stage)`."""
+        assert stage in self._waiting, stage
+        with self._lock:
+            self._held.add(stage)
+
+    def release(self, stage: str) -> None:
+        with self._lock:
+            self._held.discard(stage)
+
+    def wait_held(self, stage: str, timeout: float = 10.0) -> None:
+        """Return once a session is waiting for its reply at `stage`, else AssertionError."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while self._waiting[stage] < 1:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(f"no session held at {stage} within {timeout}s")
+                self._lock.wait(remaining)
 
     def wait_for(self, count: int, timeout: float = 5.0) -> list[Received]:
         """At least `count` messages (a copy of the list), or AssertionError after `timeout`."""

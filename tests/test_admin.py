@@ -14,6 +14,7 @@ import datetime
 import http.cookiejar
 import json
 import re
+import sqlite3
 import ssl
 import subprocess
 import sys
@@ -42,7 +43,7 @@ from relay_stub import RelayStub
 SCRIPT = "<script>alert(1)</script>"
 PANELS = ("/", "/tickets", "/tickets?view=unassigned", "/tickets?view=pending_customer",
           "/tickets?view=pending_agent", "/tickets?view=all", "/audit/incoming",
-          "/audit/outgoing", "/forwarding", "/orgs", "/templates")
+          "/audit/outgoing", "/forwarding", "/orgs", "/templates", "/spam")
 
 
 # --- a small HTTP client (urllib: no redirects followed, cookies kept) ----------------------
@@ -188,12 +189,15 @@ def admin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Admin]:
 # --- the API ------------------------------------------------------------------------------
 
 
-def test_health_is_open_and_says_how_things_are(admin: Admin) -> None:
+def test_health_without_the_token_says_only_up_and_with_it_everything(admin: Admin) -> None:
     admin.mail("Health check mail")
     r = admin.http.get("/api/health", auth=False)
     assert r.status == 200, r.text
-    health = r.json()
+    assert r.json() == {"status": "up"}  # no counts, no problems, no relay address
+    assert admin.http.get("/api/health", auth="wrong-token").status == 401
+    health = admin.http.get("/api/health").json()
     assert health["status"] in ("ok", "degraded")
+    assert health["storage"] == {"spool": "ok", "database": "ok"}
     assert set(health["spool"]) >= {"incoming", "active", "deferred", "hold", "done"}
     assert isinstance(health["outbound"], dict)
     assert health["last_mail_received_at"].endswith("Z")
@@ -414,7 +418,8 @@ def test_every_panel_escapes_a_script_subject(admin: Admin) -> None:
     assert frames and all('sandbox=""' in f and "srcdoc=" in f for f in frames)
     assert "unsafe-inline" in pages[f"/tickets/{ticket_id}"].headers["Content-Security-Policy"]
     assert "unsafe-inline" not in pages["/"].headers["Content-Security-Policy"]
-    assert "img-src 'self' data: cid:" in pages["/"].headers["Content-Security-Policy"]
+    assert "img-src 'self';" in pages["/"].headers["Content-Security-Policy"]  # no remote,
+    assert "data:" not in pages["/"].headers["Content-Security-Policy"]      # no data: images
 
     forwarding = pages["/forwarding"].text
     assert "123456" in forwarding and "gmail" in forwarding
@@ -500,6 +505,63 @@ def test_login_session_cookie_and_csrf(admin: Admin) -> None:
     assert web.get("/tickets", auth=False, cookies=True).status == 303
 
 
+def _login(admin: Admin, next_: str = "/") -> tuple[Client, Reply]:
+    web = Client(admin.http.base, admin.http.token_file)
+    csrf = _hidden(web.get("/login", auth=False, cookies=True).text, "csrf")
+    return web, web.post("/login", auth=False, cookies=True,
+                         form={"csrf": csrf, "token": web.token, "next": next_})
+
+
+def _session_cookie(web: Client) -> str:
+    return next(c.value for c in web.jar if c.name == "mailgate_session")
+
+
+def test_logout_ends_the_session_for_every_copy_of_the_cookie(admin: Admin) -> None:
+    web, ok = _login(admin)
+    assert ok.status == 303
+    stolen = _session_cookie(web)  # copied before logout (a shared machine, a proxy log)
+
+    def with_copy(path: str) -> Reply:
+        request = urllib.request.Request(admin.http.base + path,
+                                         headers={"Cookie": f"mailgate_session={stolen}"})
+        opener = urllib.request.build_opener(_NoRedirect())
+        try:
+            with opener.open(request, timeout=30) as resp:
+                return Reply(resp.status, resp.headers, resp.read())
+        except urllib.error.HTTPError as exc:
+            return Reply(exc.code, exc.headers, exc.read())
+
+    assert with_copy("/tickets").status == 200
+    csrf = _hidden(web.get("/tickets", auth=False, cookies=True).text, "csrf")
+    out = web.post("/logout", auth=False, cookies=True, form={"csrf": csrf})
+    assert out.status == 303 and out.headers["Location"] == "/login"
+    copy = with_copy("/tickets")
+    assert copy.status == 303 and copy.headers["Location"].startswith("/login")
+    # Another session is not affected.
+    other, ok = _login(admin)
+    assert other.get("/tickets", auth=False, cookies=True).status == 200
+
+
+@pytest.mark.parametrize("target", [
+    "/\t/evil.test", "//evil.test", "/\\evil.test", "\\/evil.test", "https://evil.test",
+    "http:/evil.test", "javascript:alert(1)", " //evil.test", "/\r\n/evil.test",
+    "/%09/evil.test", "/%2F/evil.test", "%2F%2Fevil.test", "/%5Cevil.test",
+    "/%252F/evil.test", "/%2509/evil.test", "/%0d%0a/evil.test",
+])
+def test_next_after_login_goes_nowhere_but_this_site(admin: Admin, target: str) -> None:
+    web, ok = _login(admin, target)
+    assert ok.status == 303 and ok.headers["Location"] == "/", (target, ok.headers["Location"])
+    form = web.get("/login?" + urllib.parse.urlencode({"next": target}), auth=False,
+                   cookies=True)
+    assert _hidden(form.text, "next") == "/"
+
+
+def test_next_after_login_keeps_a_path_of_this_site(admin: Admin) -> None:
+    for target in ("/tickets?view=unassigned", "/audit/incoming?q=jane%40customer.test"):
+        _web, ok = _login(admin, target)
+        assert ok.status == 303 and ok.headers["Location"] == target
+
+
 def test_rotating_the_token_locks_out_the_old_one_at_once(admin: Admin) -> None:
     old = admin.http.token
     web = Client(admin.http.base, admin.http.token_file)
@@ -514,6 +576,83 @@ def test_rotating_the_token_locks_out_the_old_one_at_once(admin: Admin) -> None:
     assert admin.http.get("/api/tickets", auth=old).status == 401
     assert admin.http.get("/api/tickets", auth=new).status == 200
     assert web.get("/tickets", auth=False, cookies=True).status == 303  # the session ended
+
+
+# --- health of the spool and the database ----------------------------------------------------
+
+
+def _admin_daemon(make_daemon: Callable[..., Daemon], relay: RelayStub, name: str
+                  ) -> tuple[Daemon, Client]:
+    admin_port = free_port()
+    daemon = make_daemon(extra=relay_section(relay.port) + admin_section(admin_port), name=name)
+    client = Client(f"http://127.0.0.1:{admin_port}", daemon.data_dir / "admin.token")
+    wait_for(lambda: _try_health(client), bool, "the admin endpoint")
+    return daemon, client
+
+
+def _try_health(client: Client) -> Any:
+    try:
+        return client.get("/api/health").json()
+    except OSError:
+        return None
+
+
+def _damage_table_pages(path: Path) -> int:
+    """Overwrite every table leaf page but the first (the schema) of a stopped SQLite file."""
+    con = sqlite3.connect(path)
+    con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    con.close()
+    data = bytearray(path.read_bytes())
+    size = int.from_bytes(data[16:18], "big") or 65536
+    leaves = [n for n in range(1, len(data) // size) if data[n * size] == 0x0D]
+    for n in leaves:
+        data[n * size:(n + 1) * size] = b"\xa5" * size
+    path.write_bytes(bytes(data))
+    return len(leaves)
+
+
+def test_health_reports_a_damaged_spool(make_daemon: Callable[..., Daemon], relay: RelayStub
+                                        ) -> None:
+    daemon, client = _admin_daemon(make_daemon, relay, "damaged")
+    for i in range(60):
+        code, _ = send(daemon.port, f"From: jane@customer.test\r\nSubject: fill {i}\r\n\r\n"
+                       + "x" * 300 + "\r\n")
+        assert code == 250
+    daemon.wait_idle()
+    daemon.stop()
+    assert _damage_table_pages(daemon.data_dir / "spool.db") >= 1
+    daemon.start()
+    health = wait_for(lambda: _try_health(client), bool, "the admin endpoint")
+    assert health["status"] == "degraded", health
+    spool = str(daemon.data_dir / "spool.db")
+    assert "damaged" in health["storage"]["spool"] and spool in health["storage"]["spool"]
+    assert any(spool in p and "quick_check" in p for p in health["problems"]), health
+    assert health["storage"]["database"] == "ok"
+    down = client.get("/api/health", auth=False)
+    assert down.status == 503 and down.json() == {"status": "down"}
+
+
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+def test_health_reports_a_database_deleted_or_replaced_under_a_running_daemon(
+        make_daemon: Callable[..., Daemon], relay: RelayStub, how: str) -> None:
+    daemon, client = _admin_daemon(make_daemon, relay, how)
+    assert send(daemon.port, "From: jane@customer.test\r\nSubject: hi\r\n\r\nhi\r\n")[0] == 250
+    daemon.wait_idle()
+    assert client.get("/api/health", auth=False).json() == {"status": "up"}
+    database = daemon.data_dir / "mailgate.db"
+    if how == "deleted":
+        database.unlink()
+    else:  # a copy put in its place (a restore over a running daemon)
+        copy = database.with_name("copy.db")
+        copy.write_bytes(database.read_bytes())
+        copy.replace(database)
+    health = client.get("/api/health").json()
+    assert health["status"] == "degraded"
+    words = "is gone" if how == "deleted" else "was replaced by another file"
+    assert health["storage"]["database"].startswith(f"the database {database} {words}")
+    assert health["storage"]["database"] in health["problems"]
+    down = client.get("/api/health", auth=False)
+    assert down.status == 503 and down.json() == {"status": "down"}
 
 
 # --- refusals at start, and TLS -------------------------------------------------------------

@@ -217,3 +217,46 @@ def test_login_search_open_reply_and_see_it_sent(
     assert browser.current_url.startswith(base + "/login")
     assert len(screens.saved) >= 14
     assert all(p.stat().st_size > 1000 for p in screens.saved)
+
+
+def test_inline_image_shows_in_the_html_view_from_our_own_store(
+        make_daemon: Callable[..., Daemon], browser: WebDriver, tmp_path: Path) -> None:
+    """A mail's `cid:` image is drawn in the panel's sandboxed HTML view, fetched from our own
+    endpoint with the session; its remote tracker image is never requested. (With the frame's
+    sandbox left empty the image does not load: the frame's opaque origin gets no
+    SameSite=Strict session cookie, hence `allow-same-origin` — and still no allow-scripts.)"""
+    from test_attachments import b64, png
+
+    admin_port = free_port()
+    daemon = make_daemon(extra=f'\n[admin]\nlisten = "127.0.0.1:{admin_port}"\n')
+    base = f"http://127.0.0.1:{admin_port}"
+    image = png(40, 30)
+    code, reply = send(daemon.port, (
+        f"From: Dana <{CUSTOMER}>\r\nTo: support@example.com\r\nSubject: Inline screenshot\r\n"
+        "MIME-Version: 1.0\r\nContent-Type: multipart/related; boundary=R\r\n\r\n"
+        "--R\r\nContent-Type: text/html\r\n\r\n<p>See the red box:</p>"
+        '<img id="shot" src="cid:box@customer.test" alt="box">'
+        '<img id="tracker" src="http://tracker.test/p.gif" alt="tracker">\r\n'
+        "--R\r\nContent-Type: image/png; name=box.png\r\nContent-ID: <box@customer.test>\r\n"
+        f"Content-Transfer-Encoding: base64\r\n\r\n{b64(image)}\r\n--R--\r\n"),
+        mail_from=CUSTOMER)
+    assert code == 250, reply
+    ticket_id = daemon.audit_for(queue_id_of(reply))["ticket_id"]
+    token = (daemon.data_dir / "admin.token").read_text().strip()
+
+    browser.get(base + f"/tickets/{ticket_id}")
+    browser.find_element(By.ID, "token").send_keys(token)
+    browser.find_element(By.CSS_SELECTOR, "form[action='/login'] button").click()
+    WebDriverWait(browser, 20).until(expected.url_to_be(base + f"/tickets/{ticket_id}"))
+    frame = browser.find_element(By.CSS_SELECTOR, "details.html iframe")
+    browser.find_element(By.CSS_SELECTOR, "details.html summary").click()
+    browser.switch_to.frame(frame)
+    shot = browser.find_element(By.CSS_SELECTOR, "img[alt=box]")
+    wait_until(lambda: shot.get_property("complete"), "the inline image never finished")
+    assert shot.get_property("naturalWidth") == 40, shot.get_attribute("src")
+    assert shot.get_attribute("src").startswith(base + "/messages/")
+    tracker = browser.find_element(By.CSS_SELECTOR, "img[alt=tracker]")
+    assert not tracker.get_attribute("src")  # removed: nothing is fetched from elsewhere
+    browser.switch_to.default_content()
+    no_alert(browser)
+    Screens(browser, tmp_path / "screens").shot("inline-image")

@@ -16,14 +16,15 @@ PKG = Path(__file__).resolve().parent.parent / "mailgate"
 FOUNDATION = {"mailgate.model", "mailgate.config", "mailgate.errors", "mailgate.mailbounds"}
 STAGES = {"mailgate.parse", "mailgate.threading", "mailgate.rules", "mailgate.outbound",
           "mailgate.classify", "mailgate.replytext", "mailgate.workflow",
-          "mailgate.organizations", "mailgate.auth"}
+          "mailgate.organizations", "mailgate.auth", "mailgate.digest"}
 ORCHESTRATORS = {"mailgate.pipeline", "mailgate.deliver", "mailgate.service",
-                 "mailgate.automation", "mailgate.scheduler"}
+                 "mailgate.automation", "mailgate.scheduler", "mailgate.quarantine"}
 OUTER = {"mailgate.daemon", "mailgate.cli", "mailgate.admin", "mailgate.__main__", "mailgate.app",
          "mailgate.doctor", "mailgate.setup_wizard", "mailgate.sdnotify",
-         "mailgate.cli_orgs", "mailgate.cli_rules"}
-# Observability, like logging: importable from anywhere, importing nothing of mailgate.
-ANYWHERE = {"mailgate.metrics", "mailgate.logsetup"}
+         "mailgate.cli_orgs", "mailgate.cli_rules", "mailgate.cli_spam", "mailgate.lockfile"}
+# Observability, like logging, and the package's own data files: importable from anywhere,
+# importing nothing of mailgate.
+ANYWHERE = {"mailgate.metrics", "mailgate.logsetup", "mailgate.builtin"}
 
 
 def _module_name(path: Path) -> str:

@@ -177,3 +177,29 @@ dns_timeout = 4
     slow_done = time.monotonic() - start
     assert fast_done < 3.0 < slow_done, (fast_done, slow_done)
     assert "temperror" in row["auth"]["reason"] or row["auth"]["dmarc"]["result"] == "temperror"
+
+
+def test_a_dead_domain_delays_only_its_own_mail(out_daemon: Callable[..., Daemon], zone) -> None:
+    """Six messages from a domain whose DNS never answers, then one from a healthy domain: the
+    healthy one is not queued behind them (it used to wait about 15 s), and the dead domain's
+    later messages do not each wait the timeout again."""
+    server, _ = zone
+    server.silence("_dmarc.dead.test", "dead.test")
+    d = out_daemon(extra=f'''
+[auth]
+nameservers = ["{server.address}"]
+dns_timeout = 4
+''')
+    start = time.monotonic()
+    dead = [queue_id_of(send(d.port, mail(f"dead {i}", f"dd{i}@dead.test",
+                                          sender=f"x{i}@dead.test"),
+                             mail_from=f"x{i}@dead.test")[1]) for i in range(6)]
+    fast = queue_id_of(send(d.port, mail("fast", "fs2@fast.test", sender="b@fast.test"),
+                            mail_from="b@fast.test")[1])
+    assert d.audit_for(fast)["action"] == "created_ticket"
+    fast_done = time.monotonic() - start
+    for qid in dead:
+        assert d.audit_for(qid)["action"] == "created_ticket"
+    dead_done = time.monotonic() - start
+    assert fast_done < 3.0, fast_done
+    assert dead_done < 12.0, dead_done  # not 6 x 4 s: the dead names are remembered as failing

@@ -38,6 +38,8 @@ def run(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.
          "[server] max_recipients"),
         (GOOD + '\n[[agents]]\nname = "Bob"\n', "[[agents]] #1 email"),
         (GOOD.replace("[mail]", "[mail"), "invalid TOML"),
+        (GOOD + "\n[relay]\ndata_timeout = 0\n", "[relay] data_timeout"),
+        (GOOD + '\n[relay]\ntimeout = "30s"\n', "[relay] timeout"),
     ],
 )
 def test_bad_config_names_key_and_file(tmp_path: Path, text: str, key: str) -> None:

@@ -236,7 +236,7 @@ def test_triggers_conditions_and_actions(out_daemon, relay: RelayStub) -> None:
     vip = ticket_of(d, mail("hi", "e5@acme.com", "ceo@acme.com", body="Need this ASAP"))
     assert vip["status"] == "pending_agent"
 
-    # customer_replied: the default workflow (config/automations.toml) notifies the assignee
+    # customer_replied: the built-in default workflow notifies the assignee
     d.audit_for(queue_id_of(send(d.port, mail("Re: URGENT: server down", "e6@acme.com",
                                               "ops@acme.com",
                                               extra="In-Reply-To: <e1@acme.com>\r\n"))[1]))

@@ -1,4 +1,4 @@
-"""The template renderer: the built-in templates in config/templates, override directories,
+"""The template renderer: the built-in templates (package data), override directories,
 branding, escaping of untrusted values, subjects, the logo, and one-line errors naming the file
 and line. Real template files in tmp_path; no mocks."""
 
@@ -20,7 +20,7 @@ from mailgate.outbound.render import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
-BUILTIN = ROOT / "config" / "templates"
+BUILTIN = ROOT / "mailgate" / "builtin" / "templates"
 PNG = bytes.fromhex(
     "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
     "1f15c4890000000d49444154789c63f8cfc0f01f0005000201a5f1c1b00000000049454e44ae426082"
@@ -64,7 +64,7 @@ def hostile_context(r: Renderer, kind: str) -> dict[str, Any]:
     return ctx
 
 
-def test_builtin_dir_is_the_repositorys_config_templates() -> None:
+def test_builtin_dir_is_the_packages_templates() -> None:
     assert BUILTIN_DIR == BUILTIN
     for kind in (*TEMPLATE_KINDS, "base"):
         assert (BUILTIN / f"{kind}.html").is_file()

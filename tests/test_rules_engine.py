@@ -234,7 +234,7 @@ def test_disabled_rules_load_but_do_not_run(tmp_path: Path) -> None:
 
 
 def test_shipped_default_workflow(tmp_path: Path) -> None:
-    rules = load_rules([], "mailgate.toml", ROOT / "config" / "automations.toml",
+    rules = load_rules([], "mailgate.toml", ROOT / "mailgate" / "builtin" / "automations.toml",
                        agents=AGENTS, template_kinds=KINDS, file_required=True)
     assert [(r.name, r.when, r.enabled) for r in rules] == [
         ("acknowledge new tickets", "ticket_created", True),
@@ -249,7 +249,7 @@ def test_shipped_default_workflow(tmp_path: Path) -> None:
     assert dict(notify.actions["send_template"]) == {"kind": "assignee_notification",
                                                      "to": "assignee"}
     # Switching one off is editing one line.
-    text = (ROOT / "config" / "automations.toml").read_text()
+    text = (ROOT / "mailgate" / "builtin" / "automations.toml").read_text()
     assert text.count("enabled = true") == 2
     off = tmp_path / "off.toml"
     off.write_text(text.replace("enabled = true", "enabled = false", 1))

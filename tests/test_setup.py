@@ -49,8 +49,16 @@ def unit_sections(text: str) -> dict[str, dict[str, list[str]]]:
     return sections
 
 
+def shipped_unit(name: str) -> str:
+    """A unit as `mailgate systemd-unit` prints it from the package (the README's install)."""
+    result = run("systemd-unit", name.removeprefix("mailgate."))
+    assert result.exit_code == 0, result.output
+    assert result.output == (ROOT / "mailgate" / "builtin" / "systemd" / name).read_text()
+    return result.output
+
+
 def test_service_unit_has_what_the_daemon_needs() -> None:
-    service = unit_sections((ROOT / "config" / "mailgate.service").read_text())["Service"]
+    service = unit_sections(shipped_unit("mailgate.service"))["Service"]
 
     def one(key: str) -> str:
         assert key in service, key
@@ -72,7 +80,7 @@ def test_service_unit_has_what_the_daemon_needs() -> None:
     assert set(one("RestrictAddressFamilies").split()) == {"AF_UNIX", "AF_INET", "AF_INET6"}
     assert "@system-service" in service["SystemCallFilter"]
     assert int(one("TimeoutStopSec")) > 30  # longer than the default shutdown_seconds
-    socket_unit = unit_sections((ROOT / "config" / "mailgate.socket").read_text())
+    socket_unit = unit_sections(shipped_unit("mailgate.socket"))
     assert socket_unit["Socket"]["FileDescriptorName"] == ["smtp"]
 
 
@@ -81,7 +89,7 @@ def test_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
     program = Path(sys.executable).parent / "mailgate"
     assert program.exists()
     for name in ("mailgate.service", "mailgate.socket"):
-        text = (ROOT / "config" / name).read_text()
+        text = shipped_unit(name)
         (tmp_path / name).write_text(text.replace("/opt/mailgate/.venv/bin/mailgate",
                                                   str(program)))
     result = subprocess.run(
@@ -281,8 +289,10 @@ def test_doctor_passes_against_a_local_relay(installed: Path) -> None:
     try:
         code, lines = doctor(installed, "--nameserver", dns_stub.address)
         assert code == 0, lines
-        for name in ("config", "data_dir", "smtp", "relay", "dkim"):
+        for name in ("config", "templates", "rules", "data_dir", "smtp", "relay", "dkim"):
             assert line_of(lines, name).startswith("ok "), lines
+        assert "new_ticket_ack" in line_of(lines, "templates")
+        assert "built-in default workflow" in line_of(lines, "rules")
         assert "EHLO 250" in line_of(lines, "relay")
         admin = line_of(lines, "admin")
         assert admin.startswith("warn") and "fix:" in admin  # no token until the first start
@@ -349,6 +359,37 @@ def test_doctor_broken_config_is_one_failed_check(tmp_path: Path) -> None:
     assert code == 1
     assert lines[0].startswith("FAIL  config") and "[server] listen" in lines[0]
     assert "fix: edit" in lines[0]
+
+
+def test_doctor_fails_with_the_fix_when_a_template_or_the_rules_do_not_load(
+        installed: Path) -> None:
+    templates = installed.parent / "templates"
+    templates.mkdir()
+    (templates / "new_ticket_ack.html").write_text("<p>{{ ticket.no_such_field }}</p>\n")
+    (templates / "new_ticket_ack.txt").write_text("{{ ticket.id }}\n")
+    text = installed.read_text()
+    installed.write_text(text + '\n[templates]\ndir = "templates"\n')
+    code, lines = doctor(installed, "--timeout", "1", "--dns-timeout", "0.5")
+    assert code == 1
+    tmpl = line_of(lines, "templates")
+    assert tmpl.startswith("FAIL") and "new_ticket_ack" in tmpl
+    assert f"{templates / 'new_ticket_ack.html'}:1:" in tmpl and "no_such_field" in tmpl
+    assert "fix: correct the file and line named" in tmpl
+    assert line_of(lines, "rules").startswith("ok ")
+
+    # A disabled kind is never sent, so it is not rendered; a broken rules file fails.
+    (installed.parent / "rules.toml").write_text(
+        '[[automations]]\nname = "x"\nwhen = "ticket_created"\n'
+        'if = { subject_containz = "a" }\nthen = { priority = "high" }\n')
+    installed.write_text(text + '\n[templates]\ndir = "templates"\n'
+                         '[templates.new_ticket_ack]\nenabled = false\n'
+                         '[rules]\nfile = "rules.toml"\n')
+    code, lines = doctor(installed, "--timeout", "1", "--dns-timeout", "0.5")
+    assert code == 1
+    assert line_of(lines, "templates").startswith("ok ")
+    rules = line_of(lines, "rules")
+    assert rules.startswith("FAIL") and "rules.toml" in rules and "subject_containz" in rules
+    assert "fix:" in rules and "rules check" in rules
 
 
 def test_doctor_sees_a_running_mailgate_on_the_port(daemon: Daemon) -> None:

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 from conftest import Daemon, free_port, queue_id_of, send
 
+from mailgate.spool import MessageBody
+
 SIMPLE = (
     "From: Carol <carol@client.test>\r\nTo: support@example.com\r\n"
     "Subject: {subject}\r\nMessage-ID: <{mid}@client.test>\r\n\r\nHello there.\r\n"
@@ -59,7 +61,11 @@ def test_size_limits_in_mail_and_data(make_daemon) -> None:
         assert (code, msg.split()[0]) == (552, b"5.3.4")
     d.wait_idle()
     rows = d.json("audit", "incoming", "--action", "rejected")
-    assert [r["reason"] for r in rows] == ["message exceeds max_message_size"]
+    assert sorted(r["reason"] for r in rows) == [
+        "declared SIZE=20000 exceeds max_message_size (10000)",  # refused at MAIL FROM
+        "message exceeds max_message_size",  # refused after DATA
+    ]
+    assert {r["mail_from"] for r in rows} == {"carol@client.test"}
     assert d.json("tickets", "list") == []
 
 
@@ -68,7 +74,8 @@ def test_size_limits_in_mail_and_data(make_daemon) -> None:
     b"Subject: x\r\n\r\nbare\rCR\r\n",
     b"Subject: x\r\n\r\nsmuggle\n.\nMAIL FROM:<a@b>\r\n",
 ])
-def test_bare_line_endings_are_refused_and_nothing_stored(daemon: Daemon, bad: bytes) -> None:
+def test_bare_line_endings_are_refused_and_nothing_stored(make_daemon, bad: bytes) -> None:
+    daemon = make_daemon(server_extra='bare_newline = "reject"')
     code, msg = send(daemon.port, bad)
     assert code == 550 and msg.startswith("5.6.0"), msg
     daemon.wait_idle()
@@ -149,6 +156,9 @@ def test_no_starttls_without_certificate(daemon: Daemon) -> None:
 class _BrokenSpool:
     """A spool writer whose disk has failed: every submit raises."""
 
+    def new_body(self, queue_id: str) -> MessageBody:
+        return MessageBody(Path("/nonexistent"), queue_id)
+
     def submit(self, envelope, content, kind="message", reason=None) -> Future[None]:
         fut: Future[None] = Future()
         fut.set_exception(OSError(5, "Input/output error"))
@@ -189,3 +199,73 @@ def test_unexpected_failure_answers_451_not_500(tmp_path: Path) -> None:
         loop.call_soon_threadsafe(holder["server"].close)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
+
+
+def test_auth_is_neither_advertised_nor_accepted(make_daemon, tmp_path: Path) -> None:
+    """Nobody can log in to mailgate, so AUTH is not offered, before or after STARTTLS."""
+    cert, key = _self_signed(tmp_path)
+    d = make_daemon(server_extra=f'tls_cert = "{cert}"\ntls_key = "{key}"')
+    with smtplib.SMTP("127.0.0.1", d.port) as s:
+        s.ehlo("client.test")
+        assert not s.has_extn("auth")
+        code, msg = s.docmd("AUTH", "PLAIN AGFsaWNlAHNlY3JldA==")
+        assert (code, msg.split()[0]) == (502, b"5.5.1"), msg
+        ctx = ssl.create_default_context(cafile=str(cert))
+        ctx.check_hostname = False
+        s.starttls(context=ctx)
+        s.ehlo("client.test")
+        assert not s.has_extn("auth")
+        code, msg = s.docmd("AUTH", "LOGIN")
+        assert (code, msg.split()[0]) == (502, b"5.5.1"), msg
+
+
+@pytest.mark.parametrize("command", [
+    b"MAIL FROM:<carol\rx@client.test>",
+    b'MAIL FROM:<"carol@client.test>',
+    b"MAIL FROM:<<carol@client.test>",
+    b"RCPT TO:<support\r@example.com>",
+    b'RCPT TO:<"support@example.com>',
+])
+def test_addresses_with_bare_cr_or_unbalanced_quotes_get_501(daemon: Daemon, command: bytes
+                                                             ) -> None:
+    import socket
+
+    with socket.create_connection(("127.0.0.1", daemon.port), timeout=10) as sock:
+        f = sock.makefile("rb")
+        f.readline()
+        sock.sendall(b"EHLO client.test\r\n")
+        while f.readline()[3:4] == b"-":
+            pass
+        if command.startswith(b"RCPT"):
+            sock.sendall(b"MAIL FROM:<carol@client.test>\r\n")
+            assert f.readline().startswith(b"250")
+        sock.sendall(command + b"\r\n")
+        reply = f.readline()
+    assert reply.startswith(b"501 5.1."), reply
+
+
+def test_address_harvesting_ends_the_session(daemon: Daemon) -> None:
+    """More than unknown_recipient_limit (10) unknown mailboxes: 421 4.7.0 and the end."""
+    with smtplib.SMTP("127.0.0.1", daemon.port) as s:
+        s.ehlo("client.test")
+        s.mail("probe@client.test")
+        for i in range(10):
+            code, msg = s.rcpt(f"guess{i}@example.com")
+            assert (code, msg.split()[0]) == (550, b"5.1.1")
+        code, msg = s.rcpt("guess10@example.com")
+        assert (code, msg.split()[0]) == (421, b"4.7.0"), msg
+        with pytest.raises(smtplib.SMTPServerDisconnected):
+            s.rcpt("support@example.com")
+    assert "Too many unknown recipients" in daemon.log()
+
+
+def test_hard_error_limit_closes_the_session(make_daemon) -> None:
+    d = make_daemon(server_extra="hard_error_limit = 3")
+    with smtplib.SMTP("127.0.0.1", d.port) as s:
+        s.ehlo("client.test")
+        assert s.docmd("FOO")[0] == 500
+        assert s.docmd("BAR")[0] == 500
+        code, msg = s.docmd("BAZ")
+        assert (code, msg.split()[0]) == (421, b"4.7.0"), msg
+        with pytest.raises(smtplib.SMTPServerDisconnected):
+            s.noop()

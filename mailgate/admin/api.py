@@ -1,12 +1,14 @@
 """The JSON API of the admin endpoint, with the field names of the CLI's `--json`.
 
 Input: HTTP requests that passed `mailgate.admin.auth` (the bearer token; `/api/health` is
-open), with query parameters and JSON or form bodies (untrusted, checked by `params`).
+open, and says only up or down without the token), with query parameters and JSON or form
+bodies (untrusted, checked by `params`).
 Output: JSON. Errors are `{"error": "<one line>"}` with 400 (bad input), 401 (no or wrong
 token), 404 (no such ticket or route), 409 (a well-formed request the state refuses: an
 address that is not a configured agent), 500 (a bug; logged).
 
-    GET  /api/health                      status, spool, outbound, last mail, relay
+    GET  /api/health                      up/down; with the token: status, problems, storage,
+                                          spool, outbound, last mail, relay
     GET  /api/tickets                     ?status= &unassigned= &view= &org= &limit=
     GET  /api/tickets/{id}                as `mailgate tickets show ID --json`
     POST /api/tickets/{id}/reply          agent, body
@@ -15,6 +17,12 @@ address that is not a configured agent), 500 (a bug; logged).
     GET  /api/audit/incoming              ?action= &queue_id= &q= &day= &limit=
     GET  /api/audit/outgoing              ?status= &ticket= &q= &day= &limit=
     GET  /api/orgs                        organizations ([] until they exist)
+    GET  /api/spam                        quarantined mail, as `mailgate spam list --json`;
+                                          ?state=quarantined (default), released or all &limit=
+    GET  /api/spam/{queue_id}             as `mailgate spam show ID --json`
+    POST /api/spam/{queue_id}/release     as `mailgate spam release ID`
+    GET  /api/messages/{m}/attachments/{a} attachment a of message m (a download)
+    GET  /api/messages/{m}/raw            message m's raw .eml (a download)
 """
 
 from __future__ import annotations
@@ -27,10 +35,11 @@ from typing import Any
 
 from aiohttp import web
 
-from mailgate.admin import params
+from mailgate.admin import download, params
 from mailgate.admin.backend import BACKEND, VIEWS, Backend, Conflict
 from mailgate.errors import NotFound, UserError
 from mailgate.store import outbound as outbox
+from mailgate.store import spam as spam_store
 from mailgate.store import tickets as ticket_store
 
 log = logging.getLogger("mailgate.admin")
@@ -104,8 +113,19 @@ def _ticket_id(request: web.Request) -> int:
 
 
 async def health(request: web.Request) -> web.Response:
+    """Without the token, only whether mailgate is up (200 `{"status": "up"}`) or down (503
+    `{"status": "down"}`: the spool or the database is gone, replaced, damaged or unreadable);
+    with it, the full report."""
+    b = backend(request)
+    if request.get("auth") != "bearer":
+        try:
+            up = await b.run(b.up)
+        except Exception:
+            log.exception("admin: health check failed")
+            up = False
+        return reply({"status": "up" if up else "down"}, 200 if up else 503)
     try:
-        data = await backend(request).run(backend(request).health)
+        data = await b.run(b.health)
     except Exception as exc:
         log.exception("admin: health check cannot read the database")
         return reply({"status": "error", "error": f"{type(exc).__name__}: {exc}"}, 503)
@@ -194,6 +214,26 @@ async def orgs(request: web.Request) -> web.Response:
     return reply(await b.run(b.orgs))
 
 
+async def list_spam(request: web.Request) -> web.Response:
+    q = request.query
+    state = params.choice(q, "state", (*spam_store.STATES, "all")) or spam_store.QUARANTINED
+    b = backend(request)
+    return reply(await b.run(b.quarantine, None if state == "all" else state,
+                             params.limit(q)))
+
+
+async def show_spam(request: web.Request) -> web.Response:
+    b = backend(request)
+    return reply(await b.run(b.quarantined, params.queue_id(request.match_info["queue_id"])))
+
+
+async def release_spam(request: web.Request) -> web.Response:
+    queue_id = params.queue_id(request.match_info["queue_id"])
+    b = backend(request)
+    result = await b.run(b.release, queue_id, f"admin API from {request.remote}")
+    return reply(result)
+
+
 def add_routes(app: web.Application) -> None:
     r = app.router
     r.add_get("/api/health", health)
@@ -205,3 +245,7 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/api/audit/incoming", audit_incoming)
     r.add_get("/api/audit/outgoing", audit_outgoing)
     r.add_get("/api/orgs", orgs)
+    r.add_get("/api/spam", list_spam)
+    r.add_get("/api/spam/{queue_id}", show_spam)
+    r.add_post("/api/spam/{queue_id}/release", release_spam)
+    download.add_routes(app, "/api")

@@ -9,9 +9,12 @@ cookie (else a redirect to `/login`), and a POST made with the cookie must carry
 of that session (else 403). Only `/api/health`, `/login` and `/static/*` are open. Secrets are
 compared in constant time (`hmac.compare_digest`).
 
-Sessions are stateless: the cookie is `<expiry>.<nonce>.<HMAC(token, expiry, nonce)>`, so a new
-token invalidates every cookie, and the CSRF token of a session is `HMAC(token, nonce)`. The
-login form's own CSRF token is bound to a short-lived login cookie with a per-process key.
+Sessions live on the server: the cookie is `<expiry>.<nonce>.<HMAC(token, expiry, nonce)>`, and
+it opens the panels only while its nonce is in the daemon's session table (in memory). Logging
+out removes it, so a copy of the cookie made before no longer works; a restart ends every
+session; a new token invalidates every cookie (the HMAC). The CSRF token of a session is
+`HMAC(token, nonce)`. The login form's own CSRF token is bound to a short-lived login cookie
+with a per-process key. `safe_next` keeps the page to return to after logging in on this site.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, unquote, urlsplit
 
 from aiohttp import web
 
@@ -32,8 +35,10 @@ from mailgate.admin import token as token_file
 SESSION_COOKIE = "mailgate_session"
 LOGIN_COOKIE = "mailgate_login"
 SESSION_SECONDS = 12 * 3600
+MAX_SESSIONS = 1000  # beyond this, logging in ends the oldest session
 LOGIN_SECONDS = 3600
-OPEN_PATHS = frozenset({"/api/health", "/login"})
+HEALTH_PATH = "/api/health"
+OPEN_PATHS = frozenset({HEALTH_PATH, "/login"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -59,6 +64,7 @@ class Auth:
         self._login_key = secrets.token_bytes(32)
         self._stamp: tuple[int, int, int] | None = None
         self._token: str | None = None
+        self._sessions: dict[str, int] = {}  # nonce → expiry (unix time), oldest first
 
     def token(self) -> str | None:
         path = token_file.token_path(self.data_dir)
@@ -87,20 +93,32 @@ class Auth:
         current = self.token()
         if current is None:
             return None
-        expires = str(int(time.time()) + SESSION_SECONDS)
+        now = int(time.time())
+        for nonce in [n for n, expiry in self._sessions.items() if expiry < now]:
+            del self._sessions[nonce]
+        while len(self._sessions) >= MAX_SESSIONS:
+            del self._sessions[next(iter(self._sessions))]
+        expires = now + SESSION_SECONDS
         nonce = secrets.token_urlsafe(16)
-        return f"{expires}.{nonce}.{_mac(current, 'session', expires, nonce)}"
+        self._sessions[nonce] = expires
+        return f"{expires}.{nonce}.{_mac(current, 'session', str(expires), nonce)}"
 
     def session_nonce(self, cookie: str) -> str | None:
-        """The nonce of a valid, unexpired session cookie, else None."""
+        """The nonce of a valid, unexpired session cookie whose session has not ended."""
         current = self.token()
         parts = cookie.split(".")
         if current is None or len(parts) != 3 or not parts[0].isdigit():
             return None
         expires, nonce, mac = parts
-        if int(expires) < time.time():
+        if int(expires) < time.time() or self._sessions.get(nonce) != int(expires):
             return None
         return nonce if same(mac, _mac(current, "session", expires, nonce)) else None
+
+    def end_session(self, cookie: str) -> None:
+        """Log out: the session of this cookie ends here, for every copy of the cookie."""
+        nonce = self.session_nonce(cookie)
+        if nonce is not None:
+            del self._sessions[nonce]
 
     def csrf_for(self, nonce: str) -> str:
         current = self.token() or ""
@@ -134,6 +152,13 @@ def _is_api(path: str) -> bool:
     return path.startswith("/api/") or path == "/metrics"
 
 
+def _unauthorized() -> web.Response:
+    return web.json_response(
+        {"error": "missing or wrong token: send 'Authorization: Bearer <token>'"
+                  " (`mailgate admin token` prints it)"},
+        status=401, headers={"WWW-Authenticate": 'Bearer realm="mailgate"'})
+
+
 def middleware(auth: Auth) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
     """Sets request["auth"] ("open", "bearer" or "session") and request["csrf"] (the value
     forms must carry; "" when the request came with the bearer token)."""
@@ -144,15 +169,16 @@ def middleware(auth: Auth) -> Callable[[web.Request, Handler], Awaitable[web.Str
         request["csrf"] = ""
         if path in OPEN_PATHS or path.startswith("/static/"):
             request["auth"] = "open"
+            if path == HEALTH_PATH and "Authorization" in request.headers:
+                if not auth.bearer_ok(request):
+                    return _unauthorized()
+                request["auth"] = "bearer"  # the full report
             return await handler(request)
         if auth.bearer_ok(request):
             request["auth"] = "bearer"
             return await handler(request)
         if _is_api(path):
-            return web.json_response(
-                {"error": "missing or wrong token: send 'Authorization: Bearer <token>'"
-                          " (`mailgate admin token` prints it)"},
-                status=401, headers={"WWW-Authenticate": 'Bearer realm="mailgate"'})
+            return _unauthorized()
         nonce = auth.session_nonce(request.cookies.get(SESSION_COOKIE, ""))
         if nonce is None:
             target = request.path_qs if request.method == "GET" else "/"
@@ -172,11 +198,34 @@ def middleware(auth: Auth) -> Callable[[web.Request, Handler], Awaitable[web.Str
     return check
 
 
+def _same_site_path(text: str) -> bool:
+    """A path on this site: `/` then no second `/` or `\\`, no scheme or host, and nothing a
+    browser would strip or fold into one (controls, spaces, backslashes)."""
+    if not text.startswith("/") or text[1:2] in ("/", "\\"):
+        return False
+    if any(c <= " " or c == "\x7f" or c == "\\" for c in text):
+        return False
+    parts = urlsplit(text)
+    return not parts.scheme and not parts.netloc
+
+
 def safe_next(target: str) -> str:
-    """Where to go after logging in: a path on this site only (no scheme, host or `//`)."""
-    if not target.startswith("/") or target.startswith("//") or "\\" in target:
+    """Where to go after logging in: `target` when it is a plain-ASCII path on this site, in
+    every decoding of its %-escapes too (so `/%2F/host` or `/%09/host` are refused), else `/`."""
+    if not target.isascii():
         return "/"
-    return target
+    text = target
+    for _ in range(4):
+        if not _same_site_path(text):
+            return "/"
+        try:
+            decoded = unquote(text, errors="strict")
+        except UnicodeDecodeError:
+            return "/"
+        if decoded == text:
+            return target
+        text = decoded
+    return "/"  # still decoding after four rounds: nothing a link of ours holds
 
 
 AUTH = web.AppKey("auth", Auth)

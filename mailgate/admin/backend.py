@@ -21,14 +21,17 @@ from typing import Any, Protocol, TypeVar
 
 from aiohttp import web
 
-from mailgate import app, metrics
+from mailgate import app, metrics, quarantine
+from mailgate.admin import inline_images
 from mailgate.admin.params import BadInput
+from mailgate.admin.storecheck import StoreCheck
 from mailgate.config import Config
-from mailgate.errors import UserError
+from mailgate.errors import NotFound, UserError
 from mailgate.outbound.render import TemplateError
 from mailgate.spool import Spool
-from mailgate.store import audit, orgs, tickets
+from mailgate.store import audit, downloads, orgs, tickets
 from mailgate.store import outbound as outbox
+from mailgate.store import spam as spam_store
 from mailgate.store.db import now_iso, open_db
 
 log = logging.getLogger("mailgate.admin")
@@ -73,6 +76,8 @@ class Backend:
         self.relay = relay
         self.db = open_db(config.db_path)
         self.spool = Spool(config.spool_path)
+        self.stores = (StoreCheck("spool", config.spool_path),
+                       StoreCheck("database", config.db_path))
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="admin-db")
         self.reload(config)
 
@@ -88,6 +93,8 @@ class Backend:
 
     def close(self) -> None:
         self._thread.shutdown(wait=True)
+        for check in self.stores:
+            check.close()
         self.spool.close()
         self.db.close()
 
@@ -104,25 +111,57 @@ class Backend:
         }
 
     def health(self) -> dict[str, Any]:
-        spool = self.spool.counts()
-        outgoing = outbox.counts_by_status(self.db)
+        """The full report. `storage` says, for the spool and the database, "ok" or what is
+        wrong (gone, replaced, damaged, unreadable); any problem makes `status` "degraded"."""
+        return self._health()[0]
+
+    def up(self) -> bool:
+        """For `/api/health` without the token: False when the spool or the database is gone,
+        replaced, damaged or cannot be read."""
+        return self._health()[1]
+
+    def _health(self) -> tuple[dict[str, Any], bool]:
+        problems: list[str] = []
+        storage: dict[str, str] = {}
+        for check in self.stores:
+            problem = check.problem()
+            storage[check.name] = problem or "ok"
+            if problem:
+                problems.append(problem)
+
+        def read(name: str, fn: Callable[[], T], default: T) -> T:
+            try:
+                return fn()
+            except Exception as exc:
+                log.warning("admin: health check cannot read the %s: %s", name, exc)
+                text = f"cannot read the {name}: {type(exc).__name__}: {exc}"
+                if storage.get(name, "ok") == "ok":
+                    storage[name] = text
+                problems.append(text)
+                return default
+
+        spool = read("spool", self.spool.counts, {})
+        outgoing = read("database", lambda: outbox.counts_by_status(self.db), {})
+        last_received = read("database", lambda: audit.last_received_at(self.db), None)
+        up = all(state == "ok" for state in storage.values())
         relay = self.relay_health()
-        problems = []
         if spool.get("hold"):
             problems.append(f"{spool['hold']} message(s) held in the spool"
                             " (`mailgate spool list --state hold`)")
         if relay["last_ok"] is False:
             problems.append(f"the relay {relay['host']}:{relay['port']} did not answer its last"
                             f" attempt: {relay['last_error']}")
-        return {
+        report = {
             "status": "degraded" if problems else "ok",
             "problems": problems,
             "time": now_iso(),
+            "storage": storage,
             "spool": spool,
             "outbound": outgoing,
-            "last_mail_received_at": audit.last_received_at(self.db),
+            "last_mail_received_at": last_received,
             "relay": relay,
         }
+        return report, up
 
     def counts(self) -> metrics.Counts:
         return metrics.Counts(
@@ -168,10 +207,18 @@ class Backend:
         we sent about it."""
         ticket = self.ticket(ticket_id)
         html = tickets.message_html(self.db, ticket_id)
-        for m in ticket["messages"]:
-            m["html"] = html.get(m["id"], "")
+        for m in ticket["messages"]:  # inline images (cid:) from our own store, nothing else
+            m["html"], m["inline_images"] = inline_images.rewrite(
+                html.get(m["id"], ""), m["id"], m["attachments"]) if m["id"] in html else ("", 0)
         ticket["outgoing"] = outbox.search_outgoing(self.db, ticket_id=ticket_id, limit=200)
         return ticket
+
+    def attachment(self, message_row: int, attachment_id: int) -> downloads.Download:
+        """An attachment of that message (NotFound for another message's attachment)."""
+        return downloads.attachment(self.db, self.config.data_dir, attachment_id, message_row)
+
+    def raw_message(self, message_row: int) -> downloads.Download:
+        return downloads.raw_message(self.db, self.config.data_dir, message_row)
 
     def _agent(self, email: str) -> str:
         email = email.strip().lower()
@@ -218,6 +265,27 @@ class Backend:
 
     def forwarding(self, limit: int = 200) -> list[dict[str, Any]]:
         return audit.search_incoming(self.db, action=FORWARDING_ACTION, limit=limit)
+
+    # --- the spam quarantine ----------------------------------------------------------------
+
+    def quarantine(self, state: str | None = spam_store.QUARANTINED, limit: int = 200
+                   ) -> list[dict[str, Any]]:
+        """As `mailgate spam list --json` (`state` None: released mail too)."""
+        return spam_store.list_quarantine(self.db, state, limit)
+
+    def quarantined(self, queue_id: str) -> dict[str, Any]:
+        """As `mailgate spam show ID --json` (raises NotFound)."""
+        return quarantine.show(self.db, self.config.data_dir, queue_id)
+
+    def release(self, queue_id: str, by: str) -> dict[str, Any]:
+        """As `mailgate spam release ID`: the message goes through the pipeline as new.
+        Raises NotFound, or Conflict when it was released already."""
+        try:
+            return quarantine.release(self.db, self.spool, self.config.data_dir, queue_id, by)
+        except NotFound:
+            raise
+        except UserError as exc:
+            raise Conflict(str(exc)) from None
 
     def template_previews(self) -> list[dict[str, Any]]:
         """Each template kind rendered with its sample data (or the error that stops it)."""

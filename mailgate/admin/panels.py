@@ -14,7 +14,9 @@ HTML part (sanitised by nh3 when it was stored) is only ever shown inside
     /audit/incoming?q=       search by address, subject, Message-ID or day (YYYY-MM-DD)
     /audit/outgoing?q=       delivery status and failure reason
     /forwarding              forwarding confirmations (provider, code, link)
+    /spam, /spam/{queue id}  quarantined mail (score, symbols, sender, subject); release
     /orgs, /templates        organizations; each template kind rendered with sample data
+    /messages/{m}/attachments/{a}, /messages/{m}/raw   downloads (also the inline images)
 """
 
 from __future__ import annotations
@@ -31,12 +33,13 @@ from aiohttp import web
 from jinja2 import Environment, FileSystemLoader
 from markupsafe import Markup, escape
 
-from mailgate.admin import auth, params
+from mailgate.admin import auth, download, params
 from mailgate.admin.api import status_of
 from mailgate.admin.backend import BACKEND, VIEWS, Backend
 from mailgate.errors import NotFound, UserError
 from mailgate.store import audit
 from mailgate.store import outbound as outbox
+from mailgate.store import spam as spam_store
 from mailgate.store import tickets as ticket_store
 
 log = logging.getLogger("mailgate.admin")
@@ -48,6 +51,7 @@ NAV = (
     ("/audit/incoming", "Incoming"),
     ("/audit/outgoing", "Outgoing"),
     ("/forwarding", "Forwarding"),
+    ("/spam", "Spam"),
     ("/orgs", "Organizations"),
     ("/templates", "Templates"),
 )
@@ -56,6 +60,7 @@ NOTICES = {
     "replied": "Reply queued.",
     "assigned": "Ticket assigned.",
     "status": "Status changed.",
+    "released": "Released: the message goes through the pipeline as new mail.",
 }
 
 
@@ -150,8 +155,12 @@ async def login(request: web.Request) -> web.Response:
 
 
 async def logout(request: web.Request) -> web.Response:
+    """End the session on the server (every copy of its cookie stops working) and drop the
+    cookie from the browser."""
+    authn = request.app[auth.AUTH]
+    authn.end_session(request.cookies.get(auth.SESSION_COOKIE, ""))
     response = see_other("/login")
-    request.app[auth.AUTH].clear_session(response)
+    authn.clear_session(response)
     return response
 
 
@@ -289,6 +298,37 @@ async def forwarding(request: web.Request) -> web.Response:
     return page(request, "forwarding.html", rows=rows)
 
 
+async def spam_list(request: web.Request) -> web.Response:
+    show_all = request.query.get("state") == "all"
+    b = backend(request)
+    rows = await b.run(functools.partial(b.quarantine, None if show_all else
+                                         spam_store.QUARANTINED, 200))
+    notice = NOTICES.get(request.query.get("notice", ""), "")
+    return page(request, "spam.html", rows=rows, show_all=show_all, notice=notice)
+
+
+async def spam_message(request: web.Request) -> web.Response:
+    b = backend(request)
+    try:
+        row = await b.run(b.quarantined, params.queue_id(request.match_info["queue_id"]))
+    except NotFound as exc:
+        return page(request, "error.html", 404, title="Not found", message=str(exc))
+    return page(request, "spam_message.html", row=row)
+
+
+async def spam_release(request: web.Request) -> web.Response:
+    queue_id = params.queue_id(request.match_info["queue_id"])
+    b = backend(request)
+    try:
+        result = await b.run(b.release, queue_id, f"admin panel from {request.remote}")
+    except UserError as exc:
+        return page(request, "error.html", status_of(exc), title="Not released",
+                    message=str(exc))
+    log.info("admin: %s released from quarantine as %s (panel)", queue_id,
+             result["released_as"])
+    return see_other("/spam?" + urlencode({"notice": "released"}))
+
+
 def add_routes(app: web.Application) -> None:
     r = app.router
     r.add_get("/login", login_form)
@@ -303,5 +343,9 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/audit/incoming", incoming)
     r.add_get("/audit/outgoing", outgoing)
     r.add_get("/forwarding", forwarding)
+    r.add_get("/spam", spam_list)
+    r.add_get("/spam/{queue_id}", spam_message)
+    r.add_post("/spam/{queue_id}/release", spam_release)
     r.add_get("/orgs", orgs)
     r.add_get("/templates", templates)
+    download.add_routes(app, "")

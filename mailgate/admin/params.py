@@ -114,7 +114,23 @@ def text(values: Mapping[str, Any], name: str, max_len: int = 500,
     return raw
 
 
+_QUEUE_ID = re.compile(r"[0-9A-Za-z]{1,40}\Z")
+
+
+def queue_id(raw: str) -> str:
+    if not _QUEUE_ID.match(raw):
+        raise BadInput(f"not a queue id: {raw[:60]!r}")
+    return raw
+
+
 def ticket_id(raw: str) -> int:
     if not raw.isdigit() or len(raw) > 18:
         raise BadInput(f"not a ticket number: {raw!r}")
+    return int(raw)
+
+
+def row_id(raw: str, what: str) -> int:
+    """A message or attachment number from a path (`what` names it in the error)."""
+    if not raw.isdigit() or len(raw) > 18:
+        raise BadInput(f"not {what} number: {raw!r}")
     return int(raw)

@@ -3,8 +3,9 @@
 Input: the config's `[admin]` settings (trusted) and the relay worker (for its health). Output:
 an HTTP(S) listener on `[admin] listen` serving `mailgate.admin.api` (JSON), `/metrics` and
 `mailgate.admin.panels` (HTML), behind `mailgate.admin.auth`. Every response carries a
-Content-Security-Policy (no scripts at all; inline styles only on the pages that show mail HTML
-in a sandboxed frame), `X-Content-Type-Options: nosniff`, `Referrer-Policy: no-referrer`,
+Content-Security-Policy (no scripts at all; images only from this site; inline styles only on
+the pages that show mail HTML in a sandboxed frame; downloads get their own `sandbox`
+policy), `X-Content-Type-Options: nosniff`, `Referrer-Policy: no-referrer`,
 `X-Frame-Options: DENY` and `Cache-Control: no-store`.
 
 Refused at start, with one line saying why (`UserError`): a listen address beyond loopback
@@ -59,13 +60,14 @@ def tls_context(config: Config) -> ssl.SSLContext | None:
 
 def _csp(inline_styles: bool) -> str:
     style = "style-src 'self' 'unsafe-inline'" if inline_styles else "style-src 'self'"
-    return ("default-src 'none'; " + style + "; img-src 'self' data: cid:; form-action 'self';"
+    return ("default-src 'none'; " + style + "; img-src 'self'; form-action 'self';"
             " frame-ancestors 'none'; base-uri 'none'")
 
 
 async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
     h = response.headers
-    h["Content-Security-Policy"] = _csp(bool(request.get(panels.INLINE_STYLES)))
+    if "Content-Security-Policy" not in h:  # a download sets its own, stricter one
+        h["Content-Security-Policy"] = _csp(bool(request.get(panels.INLINE_STYLES)))
     h["X-Content-Type-Options"] = "nosniff"
     h["Referrer-Policy"] = "no-referrer"
     h["X-Frame-Options"] = "DENY"

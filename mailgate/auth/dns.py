@@ -7,7 +7,9 @@ timeout. Output: records as plain tuples — TXT: one tuple of byte strings per 
 PTR: text; MX: `(preference, exchange)`. A name that does not exist, or has no record of the
 type, is `()` (cached, like answers, for at most its TTL). A lookup that cannot complete within
 the budget — timeout, SERVFAIL from every server, no resolver configured — raises
-`DnsTempError`, never anything else, and is not cached: callers record it as `temperror`.
+`DnsTempError`, never anything else: callers record it as `temperror`. A name whose servers did
+not answer in time is remembered as failing for `FAILING_TTL` seconds, so the next messages from
+a domain whose DNS is dead get their `temperror` at once instead of each waiting the timeout.
 
 The resolver runs its queries on an event loop of its own, in a daemon thread it starts on first
 use (`submit`), so synchronous code in any thread can use it: `SyncLookup` serves dkimpy and
@@ -40,6 +42,7 @@ RDTYPES = ("TXT", "A", "AAAA", "MX", "PTR")
 CACHE_SIZE = 4096
 MAX_TTL = 3600.0  # never keep an answer longer, whatever its TTL says
 NEGATIVE_TTL = 60.0  # for "no such name / no such record" without an SOA minimum
+FAILING_TTL = 30.0  # a name whose servers timed out is not asked again for this long
 
 
 class DnsTempError(Exception):
@@ -104,6 +107,7 @@ class Resolver:
         self.max_ttl = max_ttl
         self._lock = threading.Lock()
         self._cache: OrderedDict[tuple[str, str], tuple[float, Records]] = OrderedDict()
+        self._failing: OrderedDict[tuple[str, str], tuple[float, str]] = OrderedDict()
         self.setup_error = ""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -149,6 +153,24 @@ class Resolver:
     def clear(self) -> None:
         with self._lock:
             self._cache.clear()
+            self._failing.clear()
+
+    def _still_failing(self, key: tuple[str, str]) -> str | None:
+        with self._lock:
+            hit = self._failing.get(key)
+            if hit is None:
+                return None
+            if hit[0] <= time.monotonic():
+                del self._failing[key]
+                return None
+            return hit[1]
+
+    def _remember_failing(self, key: tuple[str, str], reason: str) -> DnsTempError:
+        with self._lock:
+            self._failing[key] = (time.monotonic() + FAILING_TTL, reason)
+            while len(self._failing) > self.cache_size:
+                self._failing.popitem(last=False)
+        return DnsTempError(reason)
 
     # --- lookups -------------------------------------------------------------------------
 
@@ -164,6 +186,9 @@ class Resolver:
             return hit
         if self._resolver is None:
             raise DnsTempError(self.setup_error)
+        failing = self._still_failing((qname, rdtype))
+        if failing is not None:
+            raise DnsTempError(f"{failing} (less than {FAILING_TTL:.0f} s ago: not asked again)")
         lifetime = self.timeout
         if deadline is not None:
             lifetime = min(lifetime, deadline - time.monotonic())
@@ -180,9 +205,13 @@ class Resolver:
             self._store((qname, rdtype), (), NEGATIVE_TTL)
             return ()
         except dns.exception.Timeout:
-            raise DnsTempError(f"DNS timeout looking up {qname} {rdtype}") from None
+            if lifetime < self.timeout / 2:  # the message's budget ran short, not the servers
+                raise DnsTempError(f"DNS timeout looking up {qname} {rdtype}") from None
+            raise self._remember_failing(
+                (qname, rdtype), f"DNS timeout looking up {qname} {rdtype}") from None
         except dns.resolver.NoNameservers:
-            raise DnsTempError(f"no nameserver answered for {qname} {rdtype}") from None
+            raise self._remember_failing(
+                (qname, rdtype), f"no nameserver answered for {qname} {rdtype}") from None
         except dns.exception.DNSException as exc:
             raise DnsTempError(f"DNS error for {qname} {rdtype}: {exc}") from None
         except OSError as exc:  # the network itself (unreachable, no route)

@@ -1,9 +1,13 @@
 """Composing an outgoing message from rendered template parts.
 
 Input: a `Rendered` (subject, text, html, inline images; its text came from untrusted mail and
-was escaped by the templates) and header values we chose. Addresses are checked here: anything
-that is not a plain addr-spec (CR, LF, spaces, angle brackets) is refused, so nothing from mail
-can inject a header or an SMTP command. Output: the message as bytes with CRLF line endings:
+was escaped by the templates) and header values we chose, some of them copied from mail (the
+recipient's display name, the Message-IDs we answer). Addresses are checked here: anything that
+is not a plain addr-spec (CR, LF, spaces, angle brackets) is refused, so nothing from mail can
+inject a header or an SMTP command. Display names are cut to one short line (`display_name`);
+Message-IDs from mail are cleaned (`clean_message_id`: folding and control characters removed,
+left out when no usable id remains) and written one per line, never encoded, so a malformed id
+never makes a mail fail to compose. Output: the message as bytes with CRLF line endings:
 multipart/alternative (text + HTML), the HTML inside multipart/related when images are inline.
 """
 
@@ -13,6 +17,7 @@ import email.policy
 import email.utils
 import re
 import time
+import unicodedata
 from dataclasses import dataclass
 from email.headerregistry import Address as HeaderAddress
 from email.message import EmailMessage
@@ -21,6 +26,13 @@ from mailgate.errors import PermanentFailure
 
 _ADDR = re.compile(r"^[^\s<>()\[\]\\,;:\"@]+@[A-Za-z0-9.-]+$")
 MAX_REFERENCES = 20
+MAX_NAME = 64  # characters of a display name from mail that reach a greeting or a header
+MAX_ID = 250  # characters of a Message-ID we copy into In-Reply-To / References
+# Format characters (category Cf) are dropped from names — bidi controls among them can reorder
+# what a reader sees (U+202E shows text backwards) — except the joiners scripts and emoji need.
+_JOINERS = frozenset("\u200c\u200d")
+# Threading headers are written as we fold them (one id per line), never re-encoded.
+_POLICY = email.policy.SMTP.clone(refold_source="none")
 
 
 class BadAddress(PermanentFailure):
@@ -33,13 +45,41 @@ def checked_address(address: str) -> str:
     return address
 
 
-def _clean_name(name: str) -> str:
-    return re.sub(r"[\x00-\x1f\x7f]+", " ", name or "").strip()[:120]
+def display_name(name: str) -> str:
+    """A display name from mail as it may appear in a greeting or a `To:`: control characters,
+    line and paragraph separators → one space; bidi controls, other format characters and lone
+    surrogates removed; white space collapsed; at most `MAX_NAME` characters. "" when it looks
+    like an address or a link — a name must not pose as another address or carry a URL."""
+    chars = []
+    for c in name or "":
+        category = unicodedata.category(c)
+        if category == "Cs" or (category == "Cf" and c not in _JOINERS):
+            continue
+        chars.append(" " if category in ("Cc", "Zl", "Zp") or c.isspace() else c)
+    text = " ".join("".join(chars).split())
+    lowered = text.lower()
+    if "@" in text or "://" in lowered or "www." in lowered:
+        return ""
+    return text[:MAX_NAME].rstrip()
+
+
+def clean_message_id(value: str) -> str:
+    """A Message-ID from mail, without angle brackets, as it may go into In-Reply-To or
+    References: white space (folding) and control characters removed; "" when what is left is
+    not `left@right` in printable ASCII without angle brackets, or is longer than `MAX_ID`."""
+    text = "".join(c for c in value or "" if c > " " and c != "\x7f")
+    if text.startswith("<") and text.endswith(">"):
+        text = text[1:-1]
+    left, at, right = text.rpartition("@")
+    if (not at or not left or not right or len(text) > MAX_ID or not text.isascii()
+            or "<" in text or ">" in text):
+        return ""
+    return text
 
 
 def _mailbox(name: str, address: str) -> HeaderAddress:
     local, _, domain = checked_address(address).rpartition("@")
-    return HeaderAddress(display_name=_clean_name(name), username=local, domain=domain)
+    return HeaderAddress(display_name=display_name(name), username=local, domain=domain)
 
 
 @dataclass(frozen=True)
@@ -57,20 +97,21 @@ class Headers:
 
 
 def compose(subject: str, text: str, html: str, images: tuple, headers: Headers) -> bytes:  # type: ignore[type-arg]
-    msg = EmailMessage(policy=email.policy.SMTP)
+    msg = EmailMessage(policy=_POLICY)
     msg["Date"] = email.utils.formatdate(time.time(), localtime=False)
     msg["Message-ID"] = f"<{headers.message_id}>"
     msg["From"] = _mailbox(headers.from_name, headers.from_addr)
     msg["To"] = _mailbox(headers.to_name, headers.to_addr)
     msg["Reply-To"] = _mailbox(headers.from_name, headers.reply_to)
     msg["Subject"] = re.sub(r"[\x00-\x1f\x7f]+", " ", subject).strip()
-    if headers.in_reply_to:
-        msg["In-Reply-To"] = f"<{headers.in_reply_to}>"
-    refs = [r for r in headers.references if r and not re.search(r"[\s<>]", r)]
-    if headers.in_reply_to and headers.in_reply_to not in refs:
-        refs.append(headers.in_reply_to)
+    in_reply_to = clean_message_id(headers.in_reply_to)
+    if in_reply_to:
+        msg.set_raw("In-Reply-To", f"<{in_reply_to}>")
+    refs = [r for r in dict.fromkeys(clean_message_id(r) for r in headers.references) if r]
+    if in_reply_to:
+        refs = [r for r in refs if r != in_reply_to] + [in_reply_to]
     if refs:
-        msg["References"] = " ".join(f"<{r}>" for r in refs[-MAX_REFERENCES:])
+        msg.set_raw("References", "\n ".join(f"<{r}>" for r in refs[-MAX_REFERENCES:]))
     if headers.automatic:
         msg["Auto-Submitted"] = "auto-replied"
         msg["X-Auto-Response-Suppress"] = "All"

@@ -4,7 +4,9 @@ Input: a connection inside the caller's transaction (the pipeline's, or an agent
 the ticket, the recipient and the template context (untrusted values, escaped by templates).
 Output: exactly one outbox row — `queued` with the composed message, `suppressed` with the rule
 that stopped it, or `failed` with the template error — so every decision is in the outgoing
-audit. Our Message-ID carries the ticket's signed token and is indexed for threading.
+audit. Our Message-ID carries the ticket's signed token and is indexed for threading. Mail to
+an agent carries the agent's personal reply address (a token made for that agent alone); every
+display name from mail is cut to one short line before it reaches a template or a header.
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from mailgate.model import Address, ParsedMail
-from mailgate.outbound.compose import BadAddress, Headers, compose
+from mailgate.outbound.compose import BadAddress, Headers, compose, display_name
 from mailgate.outbound.render import Renderer, TemplateError
-from mailgate.outbound.suppress import suppression_reason
+from mailgate.outbound.suppress import RateLimits, SentLastHour, suppression_reason
 from mailgate.store import outbound as outbox
 from mailgate.store.tickets import index_message_id, latest_customer_message
 
@@ -27,6 +29,7 @@ class TokenMinter(Protocol):
     """What mail composition needs of the signed tokens (mailgate.threading.token.Signer)."""
 
     def reply_address(self, mailbox: str, ticket_id: int) -> str: ...
+    def agent_reply_address(self, mailbox: str, ticket_id: int, agent: str) -> str: ...
     def message_id(self, ticket_id: int, domain: str) -> str: ...
     def bounce_address(self, bounce_mailbox: str, outbound_id: int) -> str: ...
 
@@ -39,21 +42,26 @@ class MailContext:
     from_name: str
     domains: frozenset[str]
     agents: frozenset[str]
-    auto_limit: int
+    limits: RateLimits
 
     @property
     def from_domain(self) -> str:
         return self.from_addr.rpartition("@")[2]
 
-    def reply_address(self, ticket_id: int) -> str:
+    def reply_address(self, ticket_id: int, recipient: str = "") -> str:
+        """The ticket's reply address; for an agent, that agent's personal one."""
+        if recipient and recipient.lower() in self.agents:
+            return self.tokens.agent_reply_address(self.from_addr, ticket_id, recipient)
         return self.tokens.reply_address(self.from_addr, ticket_id)
 
     def bounce_address(self, outbound_id: int) -> str:
         return self.tokens.bounce_address(f"bounces@{self.from_domain}", outbound_id)
 
-    def ticket_view(self, ticket: Mapping[str, Any]) -> dict[str, Any]:
+    def ticket_view(self, ticket: Mapping[str, Any], recipient: str = "") -> dict[str, Any]:
         view = dict(ticket)
-        view["reply_address"] = self.reply_address(int(ticket["id"]))
+        view["reply_address"] = self.reply_address(int(ticket["id"]), recipient)
+        if "requester_name" in view:
+            view["requester_name"] = display_name(view["requester_name"] or "")
         return view
 
 
@@ -81,19 +89,26 @@ def queue_ticket_mail(
     references: tuple[str, ...] = (),
     queue_id: str = "",
     message_id: str | None = None,
+    refuse: str = "",
+    sender: str = "",
 ) -> Queued:
+    """`refuse`: a reason decided by the caller not to send (recorded as `suppressed`);
+    `sender`: the agent whose words the mail carries."""
     ticket_id = int(ticket["id"])
     message_id = message_id or ctx.tokens.message_id(ticket_id, ctx.from_domain)
+    to = Address(to.email, display_name(to.name))
 
     def record(status: str, reason: str, subject: str = "", raw: bytes | None = None) -> Queued:
         """One outbox row; a mail not sent keeps the Message-ID it would have had."""
         oid = outbox.enqueue(
             conn, ticket_id=ticket_id, kind=kind, automatic=automatic, to_addr=to.email,
             subject=subject, message_id=message_id, raw=raw, status=status, reason=reason,
-            queue_id=queue_id,
+            queue_id=queue_id, sender=sender,
         )
         return Queued(oid, status, message_id, subject, reason)
 
+    if refuse:
+        return record("suppressed", refuse)
     if not ctx.renderer.enabled(kind):
         return record("suppressed", f"[templates.{kind}] enabled = false")
     if automatic:
@@ -102,15 +117,16 @@ def queue_ticket_mail(
             envelope_sender=envelope_sender,
             to_addr=to.email,
             our_domains=ctx.domains,
-            sent_last_hour=outbox.automatic_sent_since(conn, to.email, time.time() - 3600),
-            limit_per_hour=ctx.auto_limit,
+            sent=SentLastHour(*outbox.automatic_counts(conn, to.email, time.time() - 3600,
+                                                       exclude=ctx.agents)),
+            limits=ctx.limits,
             recipient_is_agent=to.email in ctx.agents,
         )
         if reason:
             return record("suppressed", reason)
     full_context = {
         **context,
-        "ticket": ctx.ticket_view(ticket),
+        "ticket": ctx.ticket_view(ticket, to.email),
         "recipient": {"name": to.name, "email": to.email},
     }
     try:
@@ -122,7 +138,7 @@ def queue_ticket_mail(
         from_addr=ctx.from_addr,
         to_name=to.name,
         to_addr=to.email,
-        reply_to=ctx.reply_address(ticket_id),
+        reply_to=ctx.reply_address(ticket_id, to.email),
         message_id=message_id,
         in_reply_to=in_reply_to,
         references=references,
@@ -139,16 +155,19 @@ def queue_ticket_mail(
 
 
 def queue_agent_reply(conn: sqlite3.Connection, ctx: MailContext, ticket: Mapping[str, Any],
-                      agent: Address, body: str, queue_id: str = "") -> Queued:
+                      agent: Address, body: str, queue_id: str = "", refuse: str = "") -> Queued:
     """An agent's words to the ticket's requester (`agent_reply`), threaded under the latest
-    customer message, with a new Message-ID of ours."""
+    customer message, with a new Message-ID of ours. `queue_id`: the agent's mail, for a reply
+    by email; `refuse`: why it must not go out (recorded as `suppressed`)."""
     ticket_id = int(ticket["id"])
     latest = latest_customer_message(conn, ticket_id)
     return queue_ticket_mail(
         conn, ctx, kind="agent_reply", ticket=ticket,
         to=Address(ticket["requester"], ticket["requester_name"] or ""),
-        context={"agent": {"name": agent.name or agent.email, "email": agent.email},
+        context={"agent": {"name": display_name(agent.name) or agent.email,
+                           "email": agent.email},
                  "body": body},
         automatic=False, in_reply_to=latest["message_id"] if latest else "",
-        references=latest["references"] if latest else (), queue_id=queue_id,
+        references=latest["references"] if latest else (), queue_id=queue_id, refuse=refuse,
+        sender=agent.email,
     )

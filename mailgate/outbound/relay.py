@@ -10,11 +10,22 @@ an SMTP command line, a message that cannot be signed, or the retry period
 `give_up_after_seconds` exhausted). The worker never crashes on one mail; every log line about a
 mail carries `outbound_id=N`.
 
+Timeouts per stage (RFC 5321 §4.5.3.2): every reply before DATA (greeting, EHLO, STARTTLS,
+AUTH, MAIL, RCPT) within `[relay] timeout`; the DATA command (354, the transfer and the reply to
+the end of data) within `[relay] data_timeout` (10 minutes by default), so a slow relay is not
+given up on while it may be accepting the mail.
+
+At-least-once: the start of the data phase is committed before DATA is sent. An attempt that
+ends after that without a reply from the relay (a timeout, a lost connection, or a crash: see
+`mailgate.store.outbound.recover`) is "maybe sent": deferred and resent with the same
+Message-ID, so the receiver can drop the copy, and its audit row says so. An outcome that cannot
+be written (database locked, disk full) is kept and written again with backoff until it lands.
+
 The worker has its own database connection, used from one dedicated thread: the fsyncing
 database calls stay off the event loop and never interleave. It claims at most `concurrency`
 (≤ 4) mails at a time and delivers them concurrently, one SMTP connection each, so `stop()` only
 ever waits for mails that are actually in flight; no claimed row is left behind `sending`
-unless the task is cancelled or the process dies (`recover()` at the next start defers those).
+unless the task is cancelled or the process dies (`recover()` at the next start settles those).
 """
 
 from __future__ import annotations
@@ -23,6 +34,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import sqlite3
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -38,6 +50,7 @@ from mailgate.store.db import open_db
 from mailgate.store.outbound import (
     OutboundMail,
     claim_due,
+    mark_data_started,
     mark_deferred,
     mark_failed,
     mark_sent,
@@ -50,6 +63,8 @@ log = logging.getLogger("mailgate.outbound.relay")
 T = TypeVar("T")
 
 MAX_CONCURRENCY = 4
+RECORD_RETRY_FIRST = 0.1  # seconds before writing an outcome again after the database said no
+RECORD_RETRY_MAX = 10.0
 # An address we are willing to put after MAIL FROM:/RCPT TO: — no controls, spaces, <, > or ,.
 _ADDRESS = re.compile(r"[^\x00-\x20\x7f<>,;]+@[^\x00-\x20\x7f<>,;@]+\Z")
 
@@ -64,6 +79,10 @@ class _Permanent(Exception):
 
 class _Temporary(Exception):
     """A 4xx at MAIL, RCPT or DATA: defer."""
+
+
+class _MaybeSent(Exception):
+    """No reply after DATA began (a timeout, a lost connection): the relay may have the mail."""
 
 
 def _one_line(text: str) -> str:
@@ -167,10 +186,10 @@ class RelayWorker:
             self._wake.clear()
             try:
                 if not recovered:
-                    count = await self._in_db(recover)
+                    settled = await self._in_db(recover)
                     recovered = True
-                    if count:
-                        log.warning("relay: %d interrupted attempt(s) deferred for a retry", count)
+                    for oid, _maybe, note in settled:
+                        log.warning("outbound_id=%d %s", oid, note)
                 batch = await self._in_db(claim_due, self.concurrency)
             except Exception:
                 log.exception("relay: cannot read the outbox; retrying in 1s")
@@ -190,26 +209,51 @@ class RelayWorker:
 
     async def _attempt(self, mail: OutboundMail) -> None:
         """Deliver one claimed mail and record the result. Never raises (but cancellation)."""
+        smtp: aiosmtplib.SMTP | None = None
         try:
-            reply = await metrics.timed(metrics.RELAY_SECONDS, self._deliver(mail))
+            reply, smtp = await metrics.timed(metrics.RELAY_SECONDS, self._deliver(mail))
         except _Permanent as exc:
             # A 5xx means the relay is up and answering; a bad address or message says nothing.
             await self._finish(mail, "failed", str(exc),
                                relay_ok=True if exc.relay_answered else None)
+        except _MaybeSent as exc:
+            await self._retry_or_give_up(mail, str(exc), maybe_sent=True)
         except Exception as exc:
-            error = self._describe(mail, exc)
-            delay = backoff(self.relay, mail.attempts)
-            if time.time() + delay > mail.created_ts + self.relay.give_up_after_seconds:
-                await self._finish(mail, "failed",
-                                   f"gave up after {mail.attempts} attempts: {error}",
-                                   relay_ok=False)
-            else:
-                await self._finish(mail, "deferred", error, delay, relay_ok=False)
+            await self._retry_or_give_up(mail, self._describe(mail, exc))
         else:
+            if mail.maybe_sent:
+                reply += (f" (maybe sent twice: {mail.maybe_sent} earlier attempt(s) ended"
+                          " without a reply after DATA began and may also have delivered it;"
+                          f" same Message-ID {_bracketed(mail.message_id)}, so the receiver"
+                          " can drop the copy)")
             await self._finish(mail, "sent", reply, relay_ok=True)
+            await self._quit(smtp)
 
-    async def _deliver(self, mail: OutboundMail) -> str:
-        """The SMTP conversation; returns the relay's reply to DATA."""
+    async def _retry_or_give_up(self, mail: OutboundMail, error: str, *,
+                                maybe_sent: bool = False) -> None:
+        delay = backoff(self.relay, mail.attempts)
+        mid = _bracketed(mail.message_id)
+        if time.time() + delay > mail.created_ts + self.relay.give_up_after_seconds:
+            if maybe_sent:
+                error = (f"maybe sent: {error} after DATA began (the relay may have delivered"
+                         f" it; Message-ID {mid})")
+            await self._finish(mail, "failed", f"gave up after {mail.attempts} attempts: {error}",
+                               relay_ok=False, maybe_sent=maybe_sent)
+            return
+        if maybe_sent:
+            error = (f"maybe sent: {error} after DATA began; it is resent with the same"
+                     f" Message-ID {mid}, so the receiver can drop the copy")
+        await self._finish(mail, "deferred", error, delay, relay_ok=False, maybe_sent=maybe_sent)
+
+    async def _deliver(self, mail: OutboundMail) -> tuple[str, aiosmtplib.SMTP]:
+        """The SMTP conversation up to the relay's reply to the end of data; returns that reply
+        and the connection (still open: the caller records the outcome, then QUITs).
+
+        Each stage gets its own time (RFC 5321 §4.5.3.2): the greeting, EHLO, STARTTLS, AUTH,
+        MAIL and RCPT `[relay] timeout` each; the DATA command, its 354 and the reply to the end
+        of data (the transfer in between included) `[relay] data_timeout`. Just before DATA the
+        start of the data phase is committed; an error after it that is not a reply of the relay
+        (a timeout, a lost connection) raises `_MaybeSent`."""
         try:
             sender = check_address(self.envelope_from(mail))
             recipient = check_address(mail.to_addr)
@@ -226,34 +270,68 @@ class RelayWorker:
                 raise _Permanent(str(exc)) from None
         utf8 = not (sender.isascii() and recipient.isascii())
         relay = self.relay
+        smtp = aiosmtplib.SMTP(
+            hostname=relay.host,
+            port=relay.port,
+            username=relay.username or None,
+            password=relay.password or None,
+            local_hostname=self.hostname,
+            timeout=relay.timeout,
+            use_tls=False,
+            start_tls=relay.starttls,  # False: no opportunistic STARTTLS either
+        )
+        await smtp.connect()  # the greeting, then STARTTLS and AUTH when configured
         try:
-            _refused, message = await aiosmtplib.send(
-                data,
-                sender=sender,
-                recipients=[recipient],
-                mail_options=["SMTPUTF8"] if utf8 else None,
-                hostname=relay.host,
-                port=relay.port,
-                username=relay.username or None,
-                password=relay.password or None,
-                local_hostname=self.hostname,
-                timeout=relay.timeout,
-                use_tls=False,
-                start_tls=relay.starttls,  # False: no opportunistic STARTTLS either
-            )
-        except aiosmtplib.SMTPRecipientsRefused as exc:
-            first = exc.recipients[0]
-            text = _reply(first.code, first.message)
-            if first.code >= 500:
-                raise _Permanent(text, relay_answered=True) from None
-            raise _Temporary(text) from None
-        except (aiosmtplib.SMTPSenderRefused, aiosmtplib.SMTPRecipientRefused,
-                aiosmtplib.SMTPDataError) as exc:
-            text = _reply(exc.code, exc.message)
-            if exc.code >= 500:
-                raise _Permanent(text, relay_answered=True) from None
-            raise _Temporary(text) from None
-        return _reply(250, message)
+            if smtp.is_ehlo_or_helo_needed:
+                try:
+                    await smtp.ehlo()
+                except aiosmtplib.SMTPHeloError:
+                    await smtp.helo()
+            options = []
+            if smtp.supports_extension("size"):
+                options.append(f"SIZE={len(data)}")
+            if utf8:
+                if not smtp.supports_extension("smtputf8"):
+                    raise _Temporary(f"relay {relay.host}:{relay.port} does not offer SMTPUTF8,"
+                                     " which this mail's addresses need")
+                options.append("SMTPUTF8")
+            encoding = "utf-8" if utf8 else "ascii"
+            try:
+                await smtp.mail(sender, options=options, encoding=encoding)
+                await smtp.rcpt(recipient, encoding=encoding)
+            except (aiosmtplib.SMTPSenderRefused, aiosmtplib.SMTPRecipientRefused) as exc:
+                raise _refusal(exc.code, exc.message) from None
+            try:
+                await self._in_db(mark_data_started, mail.id)
+            except Exception as exc:
+                raise _Temporary(_one_line(f"cannot record the start of DATA ({exc}); nothing"
+                                           " was sent")) from None
+            try:
+                response = await smtp.data(data, timeout=relay.data_timeout)
+            except aiosmtplib.SMTPDataError as exc:  # a reply: the relay did not take it
+                raise _refusal(exc.code, exc.message) from None
+            except (OSError, aiosmtplib.SMTPException) as exc:  # timeouts and lost connections
+                raise _MaybeSent(self._describe_data_error(exc)) from None
+        except BaseException:
+            smtp.close()
+            raise
+        return _reply(response.code, response.message), smtp
+
+    async def _quit(self, smtp: aiosmtplib.SMTP | None) -> None:
+        """Say goodbye after the outcome is recorded; a relay that does not answer changes
+        nothing."""
+        if smtp is None:
+            return
+        with contextlib.suppress(Exception):  # delivered and recorded either way
+            await smtp.quit()
+        smtp.close()
+
+    def _describe_data_error(self, exc: Exception) -> str:
+        where = f"relay {self.relay.host}:{self.relay.port}"
+        if isinstance(exc, TimeoutError):
+            return (f"no reply from {where} within [relay] data_timeout ="
+                    f" {self.relay.data_timeout:g}s")
+        return _one_line(f"lost the connection to {where}: {exc}")
 
     def _describe(self, mail: OutboundMail, exc: Exception) -> str:
         """A one-line error for a temporary failure, logged at the right level."""
@@ -267,36 +345,72 @@ class RelayWorker:
         if isinstance(exc, aiosmtplib.SMTPResponseException):  # greeting, EHLO, STARTTLS
             return f"{where} answered {_reply(exc.code, exc.message)}"
         if isinstance(exc, TimeoutError):
-            return f"timeout talking to {where}"
+            return f"timeout talking to {where} ([relay] timeout = {self.relay.timeout:g}s)"
         if isinstance(exc, OSError | aiosmtplib.SMTPException):  # refused, reset, TLS, ...
             return _one_line(f"cannot talk to {where}: {exc}")
         log.error("outbound_id=%d unexpected error (will retry)", mail.id, exc_info=exc)
         return _one_line(f"{type(exc).__name__}: {exc}")
 
     async def _finish(self, mail: OutboundMail, status: str, text: str, delay: float = 0.0,
-                      *, relay_ok: bool | None) -> None:
+                      *, relay_ok: bool | None, maybe_sent: bool = False) -> None:
         oid, to = mail.id, _printable(mail.to_addr)
         ids = {"queue_id": mail.queue_id} if mail.queue_id else {}  # JSON logs: a field
         self.last_attempt_at = time.time()
         if relay_ok is not None:
             self.last_ok = relay_ok
         self.last_error = "" if status == "sent" else text
-        try:
-            if status == "sent":
-                self.sent += 1
-                log.info("outbound_id=%d sent to %s (attempt %d): %s",
-                         oid, to, mail.attempts, text, extra=ids)
-                await self._in_db(mark_sent, oid, text)
-            elif status == "failed":
-                self.failed += 1
-                log.warning("outbound_id=%d failed (attempt %d, to %s): %s",
-                            oid, mail.attempts, to, text, extra=ids)
-                await self._in_db(mark_failed, oid, text)
-            else:
-                self.deferred += 1
-                log.warning("outbound_id=%d deferred for %.1fs (attempt %d, to %s): %s",
-                            oid, delay, mail.attempts, to, text, extra=ids)
-                await self._in_db(mark_deferred, oid, text, delay)
-        except Exception:
-            log.exception("outbound_id=%d could not record %r; the row stays 'sending' until"
-                          " the next start (a sent mail may then be sent again)", oid, status)
+        if status == "sent":
+            self.sent += 1
+            log.info("outbound_id=%d sent to %s (attempt %d): %s",
+                     oid, to, mail.attempts, text, extra=ids)
+            await self._record(mail, status, mark_sent, oid, text)
+        elif status == "failed":
+            self.failed += 1
+            log.warning("outbound_id=%d failed (attempt %d, to %s): %s",
+                        oid, mail.attempts, to, text, extra=ids)
+            await self._record(mail, status, mark_failed, oid, text, maybe_sent)
+        else:
+            self.deferred += 1
+            log.warning("outbound_id=%d deferred for %.1fs (attempt %d, to %s): %s",
+                        oid, delay, mail.attempts, to, text, extra=ids)
+            await self._record(mail, status, mark_deferred, oid, text, delay, maybe_sent)
+
+    async def _record(self, mail: OutboundMail, status: str, fn: Callable[..., None],
+                      *args: Any) -> None:
+        """Write the outcome of an attempt, retrying with backoff while the database says no for
+        a reason that passes (locked, disk full, I/O error): the outcome is kept in memory
+        meanwhile, so a sent mail is not sent again by this process. Should the process die
+        first, the row is still `sending` and `recover` makes it "maybe sent"."""
+        ids = {"queue_id": mail.queue_id} if mail.queue_id else {}
+        wait = RECORD_RETRY_FIRST
+        failures = 0
+        while True:
+            try:
+                await self._in_db(fn, *args)
+            except sqlite3.OperationalError as exc:
+                failures += 1
+                log.warning("outbound_id=%d cannot record %r yet (%s); retry %d in %.1fs",
+                            mail.id, status, _one_line(str(exc)), failures, wait, extra=ids)
+                await asyncio.sleep(wait)
+                wait = min(RECORD_RETRY_MAX, wait * 2)
+                continue
+            except Exception:
+                log.exception("outbound_id=%d could not record %r; the row stays 'sending' until"
+                              " the next start", mail.id, status, extra=ids)
+                return
+            if failures:
+                log.warning("outbound_id=%d %r recorded after %d failed attempt(s) to write it",
+                            mail.id, status, failures, extra=ids)
+            return
+
+
+def _bracketed(message_id: str) -> str:
+    return f"<{message_id.strip().strip('<>')}>"
+
+
+def _refusal(code: int, message: str) -> Exception:
+    """A reply of the relay refusing the mail: for good (5xx) or for now (4xx)."""
+    text = _reply(code, message)
+    if code >= 500:
+        return _Permanent(text, relay_answered=True)
+    return _Temporary(text)

@@ -4,7 +4,7 @@ Input: a template kind (``new_ticket_ack``, ``agent_reply``, ``assignee_notifica
 kind an administrator added) and a context whose values come from customer mail and agents —
 untrusted text. The templates themselves (``<kind>.html`` / ``<kind>.txt`` extending
 ``base.html`` / ``base.txt``, searched in ``[templates] dir`` first, then the built-in
-``config/templates``), the ``[branding]`` section and ``[templates.<kind>] subject`` are written
+``builtin/templates``), the ``[branding]`` section and ``[templates.<kind>] subject`` are written
 by an administrator: trusted to mean what they say, not trusted to be free of mistakes, and run in
 jinja2's sandbox with ``StrictUndefined`` so a typo is an error rather than a blank.
 
@@ -37,11 +37,12 @@ from jinja2 import (
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from markupsafe import Markup, escape
 
+from mailgate import builtin
 from mailgate.config import TEMPLATE_KINDS, Branding, TemplateSettings
 from mailgate.errors import PermanentFailure
 
-# The built-in templates of a source checkout (the package is installed editable).
-BUILTIN_DIR = Path(__file__).resolve().parents[2] / "config" / "templates"
+# The built-in templates: package data (mailgate/builtin/templates), wherever mailgate is installed.
+BUILTIN_DIR = builtin.templates_dir()
 
 LOGO_CID = "logo@mailgate"
 MAX_SUBJECT = 250

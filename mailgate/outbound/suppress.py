@@ -1,15 +1,20 @@
 """Loop and robot protection: should an automatic mail (acknowledgement, notification) go out?
 
 Input: the message that triggered it (untrusted headers), its envelope sender, the address the
-automatic mail would go to, our domains, and how many automatic mails that address got in the
-last hour (looked up by the caller). Output: None to send, or the rule that stops it, as a short
-sentence for the outgoing audit. RFC 3834 and common practice: never answer auto-submitted,
-bulk, junk or list mail, null senders, mailer-daemons or our own domains; rate-limit the rest.
+automatic mail would go to, our domains, and how many automatic mails went out in the last hour
+to that mailbox (plus-part removed), to its domain and in all (looked up by the caller). Output:
+None to send, or the rule that stops it, as a short sentence for the outgoing audit. RFC 3834
+and common practice: never answer auto-submitted, bulk, junk or list mail, null senders,
+mailer-daemons or our own domains; rate-limit the rest, per mailbox so that `target+1@`,
+`target+2@` ... count as one, per domain, and in all (backscatter: whoever forges a sender
+makes us mail that address).
 """
 
 from __future__ import annotations
 
-from mailgate.model import ParsedMail
+from dataclasses import dataclass
+
+from mailgate.model import ParsedMail, canonical_mailbox
 
 ROBOT_LOCAL_PARTS = frozenset({
     "mailer-daemon", "postmaster", "mailerdaemon", "noreply", "no-reply", "no_reply",
@@ -53,18 +58,34 @@ def robot_reason(trigger: ParsedMail | None, envelope_sender: str | None) -> str
     return None
 
 
+@dataclass(frozen=True)
+class RateLimits:
+    """Automatic mails per hour ([limits]): to one mailbox, to one domain, in all."""
+    per_mailbox: int = 10
+    per_domain: int = 50
+    total: int = 500
+
+
+@dataclass(frozen=True)
+class SentLastHour:
+    mailbox: int = 0
+    domain: int = 0
+    total: int = 0
+
+
 def suppression_reason(
     *,
     trigger: ParsedMail | None,
     envelope_sender: str | None,
     to_addr: str,
     our_domains: frozenset[str],
-    sent_last_hour: int,
-    limit_per_hour: int,
+    sent: SentLastHour,
+    limits: RateLimits,
     recipient_is_agent: bool = False,
 ) -> str | None:
     """Why this automatic mail must not go out, or None. Agents may share our domain, so the
-    own-domain rule applies to other recipients only."""
+    own-domain rule applies to other recipients only; mail to agents is no backscatter, so
+    only the per-mailbox limit applies to it (and it is not counted against the others)."""
     robot = robot_reason(trigger, envelope_sender)
     if robot:
         return robot
@@ -74,7 +95,17 @@ def suppression_reason(
         return f"recipient is in our own domain {_domain(to_addr)} (loop prevention)"
     if _local(to_addr) in ROBOT_LOCAL_PARTS:
         return f"recipient is a robot address ({_local(to_addr)})"
-    if sent_last_hour >= limit_per_hour:
-        return (f"rate limit: {to_addr} already got {sent_last_hour} automatic mails this hour"
-                f" ([limits] auto_replies_per_address_per_hour = {limit_per_hour})")
+    if sent.mailbox >= limits.per_mailbox:
+        return (f"rate limit: the mailbox {canonical_mailbox(to_addr)} already got"
+                f" {sent.mailbox} automatic mails this hour (plus-addresses count as one;"
+                f" [limits] auto_replies_per_address_per_hour = {limits.per_mailbox})")
+    if recipient_is_agent:
+        return None
+    if sent.domain >= limits.per_domain:
+        return (f"rate limit: the domain {_domain(canonical_mailbox(to_addr))} already got"
+                f" {sent.domain} automatic mails this hour"
+                f" ([limits] auto_replies_per_domain_per_hour = {limits.per_domain})")
+    if sent.total >= limits.total:
+        return (f"rate limit: {sent.total} automatic mails went out this hour in all"
+                f" ([limits] auto_replies_per_hour = {limits.total})")
     return None

@@ -17,9 +17,10 @@ import sqlite_utils
 
 from mailgate.model import Envelope
 from mailgate.store.db import day_range, like_pattern, now_iso
+from mailgate.store.spam import decode_verdict, verdict_field
 
 ACTIONS = ("created_ticket", "appended", "duplicate", "bounce", "forwarding_confirmation",
-           "ignored", "rejected", "held")
+           "ignored", "spam", "rejected", "held")
 
 
 @dataclass(frozen=True)
@@ -112,7 +113,8 @@ def search_incoming(
     sql = (
         "SELECT id, received_at, queue_id, client_ip, helo, mail_from, rcpt_to, message_id,"
         " from_addr AS 'from', subject, size, action, ticket_id, matched_by, reason, defects,"
-        " classification, details, auth FROM audit_incoming"
+        " classification, details, auth, " + verdict_field("audit_incoming") +
+        " FROM audit_incoming"
     )
     if where:
         sql += " WHERE " + " AND ".join(where)
@@ -126,6 +128,7 @@ def search_incoming(
                 r[key] = json.loads(r[key]) if r[key] else None
             except ValueError:
                 r[key] = {"unreadable": r[key]}
+        r["spam"] = decode_verdict(r["spam"])
     return rows
 
 

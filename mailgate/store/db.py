@@ -2,18 +2,52 @@
 
 Input: a path under `data_dir`. Output: a sqlite-utils `Database` in WAL mode with the schema at
 the newest version. Migrations are numbered functions applied in order inside one transaction
-each, tracked with `PRAGMA user_version`; they only ever add.
+each, tracked with `PRAGMA user_version`; they add, except that v6 rebuilds `message_ids` under
+a wider key (keeping every row).
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import sqlite_utils
+
+from mailgate.errors import DatabaseGone
+from mailgate.model import canonical_mailbox
+
+
+class FileConnection(sqlite3.Connection):
+    """A connection that remembers the database file it opened (path, device, inode), so a
+    transaction can tell when that file was deleted or replaced under it."""
+
+    opened: tuple[Path, int, int] | None = None
+
+
+def file_identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of the file at `path`, None when there is none."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def check_same_file(conn: sqlite3.Connection) -> None:
+    """Raise DatabaseGone when the file `conn` opened is no longer at its path."""
+    opened = getattr(conn, "opened", None)
+    if opened is None:
+        return
+    path, dev, ino = opened
+    now = file_identity(path)
+    if now != (dev, ino):
+        what = "was deleted" if now is None else "was replaced by another file"
+        raise DatabaseGone(f"the database {path} {what} while mailgate had it open; nothing"
+                           " more is committed to it (restore it, then restart mailgate)")
 
 
 def now_iso(ts: float | None = None) -> str:
@@ -147,16 +181,86 @@ def _v5(db: sqlite_utils.Database) -> None:
     db["audit_incoming"].add_column("auth", str)
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3, _v4, _v5]
+def _v6(db: sqlite_utils.Database) -> None:
+    """Delivery attempts whose outcome is unknown: when the DATA phase of the attempt in flight
+    began (committed before DATA is sent), and how many attempts ended without a reply after
+    DATA had begun (each may have delivered the mail)."""
+    db["outbound"].add_column("data_started_at", str)
+    db["outbound"].add_column("maybe_sent", int, not_null_default=0)
+
+
+def _v7(db: sqlite_utils.Database) -> None:
+    """Duplicates by content, a Message-ID on several tickets, rate limits by mailbox.
+
+    - messages.digest: the content digest (sha256 without the trace headers a re-delivery
+      adds); a duplicate is the same Message-ID, the same digest and the same From. Rows from
+      before have none and are compared by Message-ID and From alone.
+    - message_ids: keyed by (Message-ID, ticket), so a stranger who used a Message-ID first
+      does not own it: the table is rebuilt with the rows it had.
+    - outbound.to_mailbox / to_domain (the recipient as rate limits count it) and sender (the
+      agent whose words an agent_reply carries).
+    """
+    db["messages"].add_column("digest", str)
+    db.execute("CREATE INDEX idx_messages_message_id ON messages (message_id)")
+    db.execute("CREATE TABLE message_ids_v7 (message_id TEXT, ticket_id INTEGER,"
+               " message_row INTEGER, PRIMARY KEY (message_id, ticket_id))")
+    db.execute("INSERT OR IGNORE INTO message_ids_v7 (message_id, ticket_id, message_row)"
+               " SELECT message_id, ticket_id, message_row FROM message_ids")
+    db.execute("DROP TABLE message_ids")
+    db.execute("ALTER TABLE message_ids_v7 RENAME TO message_ids")
+    for column in ("to_mailbox", "to_domain", "sender"):
+        db["outbound"].add_column(column, str)
+    rows = db.execute("SELECT id, to_addr FROM outbound").fetchall()
+    db.conn.executemany(
+        "UPDATE outbound SET to_mailbox=?, to_domain=? WHERE id=?",
+        [(*recipient_keys(addr or ""), oid) for oid, addr in rows])
+    db.execute("CREATE INDEX idx_outbound_mailbox ON outbound (to_mailbox, automatic,"
+               " created_ts)")
+    db.execute("CREATE INDEX idx_outbound_domain ON outbound (to_domain, automatic, created_ts)")
+    db.execute("CREATE INDEX idx_outbound_automatic ON outbound (automatic, created_ts)")
+    db.execute("CREATE INDEX idx_outbound_sender ON outbound (sender, kind, created_ts)")
+    db.execute("CREATE INDEX idx_outbound_message_id ON outbound (message_id)")
+
+
+def recipient_keys(address: str) -> tuple[str, str]:
+    """(mailbox, domain) of a recipient as the automatic-mail limits count it."""
+    mailbox = canonical_mailbox(address)
+    return mailbox, mailbox.rpartition("@")[2]
+
+
+def _v8(db: sqlite_utils.Database) -> None:
+    """Spam: the scanner's verdict on each incoming message (by queue id), and the quarantine
+    (the quarantined messages, each with its stored raw file, and who let it out, when)."""
+    db["spam"].create(
+        {"queue_id": str, "received_at": str, "action": str, "score": float, "symbols": str,
+         "rspamd_action": str, "reason": str, "note": str, "state": str, "raw_path": str,
+         "envelope": str, "released_at": str, "released_by": str, "released_as": str},
+        pk="queue_id",
+    )
+    db["spam"].create_index(["state", "received_at"])
+
+
+def _v9(db: sqlite_utils.Database) -> None:
+    """What is known about an attachment beyond its name and type (JSON): a winmail.dat that
+    was unpacked, the file a TNEF held it in, the subject and From of an attached message."""
+    db["attachments"].add_column("details", str)
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
+    _v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8, _v9]
 
 
 def open_db(path: Path) -> sqlite_utils.Database:
     path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
+    conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False,
+                           factory=FileConnection)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA foreign_keys=ON")
     conn.execute("PRAGMA busy_timeout=30000")
+    identity = file_identity(path)
+    if identity is not None:
+        conn.opened = (path, *identity)
     db = sqlite_utils.Database(conn)
     migrate(db)
     return db
@@ -193,12 +297,20 @@ def day_range(day: str) -> tuple[str, str]:
 @contextmanager
 def transaction(db: sqlite_utils.Database) -> Iterator[sqlite3.Connection]:
     """BEGIN IMMEDIATE … COMMIT on the raw connection (sqlite-utils' own writes commit on their
-    own, so writes inside a transaction use the connection directly)."""
+    own, so writes inside a transaction use the connection directly). Raises DatabaseGone when
+    the database file was deleted or replaced since it was opened — checked before and after,
+    so a commit that went into a file nobody will read again is never reported as done."""
     conn = db.conn
+    check_same_file(conn)
     conn.execute("BEGIN IMMEDIATE")
     try:
         yield conn
+        conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        # SQLite may have rolled back already (a full disk does that): keep the original
+        # error, and never leave the connection inside a transaction.
+        if conn.in_transaction:
+            with suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
         raise
-    conn.execute("COMMIT")
+    check_same_file(conn)

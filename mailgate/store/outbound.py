@@ -4,7 +4,12 @@ Input: rendered messages from the pipeline or an agent action (written in the ca
 transaction, so a mail exists exactly when the change that caused it was committed), and
 delivery results from the relay worker. Output: rows whose `status` is one of `queued`,
 `sending`, `sent`, `deferred`, `failed`, `bounced`, `suppressed`; listings for the CLI.
-`sending` marks an attempt in flight: a crash leaves it there and start-up makes it `deferred`.
+
+`sending` marks an attempt in flight, and `data_started_at` is committed before the worker sends
+DATA. A crash leaves the row `sending`, and start-up (`recover`) decides: an attempt cut short
+before DATA sent nothing and is simply retried; one cut short after DATA began may have been
+delivered ("maybe sent"): it is resent with the same Message-ID (so the receiver can drop the
+copy), `maybe_sent` counts it, and `last_error` says so. Delivery is therefore at-least-once.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from typing import Any
 
 import sqlite_utils
 
-from mailgate.store.db import day_range, like_pattern, now_iso, transaction
+from mailgate.store.db import day_range, like_pattern, now_iso, recipient_keys, transaction
 
 STATUSES = ("queued", "sending", "sent", "deferred", "failed", "bounced", "suppressed")
 
@@ -32,34 +37,60 @@ class OutboundMail:
     attempts: int
     created_ts: float
     queue_id: str = ""  # the incoming mail that caused it (acknowledgements), else ""
+    maybe_sent: int = 0  # earlier attempts that ended without a reply after DATA began
 
 
 def enqueue(
     conn: sqlite3.Connection, *, ticket_id: int | None, kind: str, automatic: bool, to_addr: str,
     subject: str, message_id: str, raw: bytes | None, status: str = "queued", reason: str = "",
-    queue_id: str = "",
+    queue_id: str = "", sender: str = "",
 ) -> int:
     """Write an outbox row inside the caller's transaction. A `suppressed` or `failed` row
-    records mail that will not be sent, with `reason`."""
+    records mail that will not be sent, with `reason`. `sender`: the agent whose words it
+    carries (agent replies)."""
     if status not in ("queued", "suppressed", "failed"):
         raise ValueError(status)
     ts = time.time()
+    mailbox, domain = recipient_keys(to_addr)
     cur = conn.execute(
         "INSERT INTO outbound (ticket_id, kind, automatic, to_addr, subject, message_id, raw,"
         " status, attempts, last_error, created_at, created_ts, next_attempt, updated_at,"
-        " queue_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, 0, ?, ?)",
+        " queue_id, to_mailbox, to_domain, sender)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, 0, ?, ?, ?, ?, ?)",
         (ticket_id, kind, int(automatic), to_addr, subject, message_id, raw, status, reason,
-         now_iso(ts), ts, now_iso(ts), queue_id),
+         now_iso(ts), ts, now_iso(ts), queue_id, mailbox, domain, sender.lower()),
     )
     return int(cur.lastrowid or 0)
 
 
-def automatic_sent_since(conn: sqlite3.Connection, to_addr: str, since_ts: float) -> int:
-    """How many automatic mails to `to_addr` were queued or sent since `since_ts` (rate limit)."""
+_COUNTED = "automatic=1 AND created_ts>=? AND status NOT IN ('suppressed', 'failed')"
+
+
+def automatic_counts(conn: sqlite3.Connection, to_addr: str, since_ts: float,
+                     exclude: frozenset[str] = frozenset()) -> tuple[int, int, int]:
+    """Automatic mails queued or sent since `since_ts`: to the mailbox of `to_addr` (plus-part
+    removed), to its domain and in all — the last two without the mail to `exclude`d addresses
+    (agents). Each count is one index range."""
+    mailbox, domain = recipient_keys(to_addr)
+    skip = sorted(exclude)
+    not_excluded = f" AND to_addr NOT IN ({','.join('?' * len(skip))})" if skip else ""
+
+    def count(where: str, *params: Any) -> int:
+        return int(conn.execute(f"SELECT COUNT(*) FROM outbound WHERE {where}",
+                                params).fetchone()[0])
+
+    return (count(f"to_mailbox=? AND {_COUNTED}", mailbox, since_ts),
+            count(f"to_domain=? AND {_COUNTED}{not_excluded}", domain, since_ts, *skip),
+            count(f"{_COUNTED}{not_excluded}", since_ts, *skip))
+
+
+def agent_replies_by_email_since(conn: sqlite3.Connection, agent: str, since_ts: float) -> int:
+    """How many of `agent`'s replies by email (an agent_reply caused by an incoming mail) were
+    queued or sent since `since_ts` (their rate limit)."""
     row = conn.execute(
-        "SELECT COUNT(*) FROM outbound WHERE to_addr=? AND automatic=1 AND created_ts>=?"
-        " AND status NOT IN ('suppressed', 'failed')",
-        (to_addr, since_ts),
+        "SELECT COUNT(*) FROM outbound WHERE sender=? AND kind='agent_reply' AND created_ts>=?"
+        " AND COALESCE(queue_id, '') != '' AND status NOT IN ('suppressed', 'failed')",
+        (agent.lower(), since_ts),
     ).fetchone()
     return int(row[0])
 
@@ -70,15 +101,44 @@ def outbound_for_message_id(conn: sqlite3.Connection, message_id: str) -> int | 
     return int(row[0]) if row else None
 
 
-def recover(db: sqlite_utils.Database) -> int:
-    """At start-up: attempts cut short by a crash become deferred (due now)."""
+def sent_with_message_id(conn: sqlite3.Connection, message_id: str
+                         ) -> tuple[int, int | None] | None:
+    """(id, ticket id) of our mail with this Message-ID that went or is going out, else None."""
+    row = conn.execute(
+        "SELECT id, ticket_id FROM outbound WHERE message_id=?"
+        " AND status NOT IN ('suppressed', 'failed') ORDER BY id DESC LIMIT 1",
+        (message_id,)).fetchone()
+    return (int(row[0]), row[1]) if row else None
+
+
+def recover(db: sqlite_utils.Database) -> list[tuple[int, bool, str]]:
+    """At start-up, attempts cut short by a crash become deferred (due now). Returns one
+    (outbound id, maybe sent, what the audit now says) per row: those cut short before DATA
+    sent nothing and are simply retried; those cut short after DATA began may have been
+    delivered ("maybe sent") and are resent with the same Message-ID."""
+    now = now_iso()
     with transaction(db) as conn:
-        return conn.execute(
-            "UPDATE outbound SET status='deferred', next_attempt=0, updated_at=?,"
-            " last_error=COALESCE(last_error, '') || ' (attempt interrupted by a restart)'"
-            " WHERE status='sending'",
-            (now_iso(),),
-        ).rowcount
+        rows = conn.execute(
+            "SELECT id, attempts, data_started_at, message_id FROM outbound"
+            " WHERE status='sending'").fetchall()
+        settled = []
+        for oid, attempts, data_started_at, message_id in rows:
+            maybe = data_started_at is not None
+            if maybe:
+                note = (f"maybe sent: attempt {attempts} was cut short by a restart after DATA"
+                        f" began at {data_started_at}, before the relay's reply was recorded;"
+                        f" it is resent with the same Message-ID"
+                        f" <{message_id.strip().strip('<>')}>, so the receiver can drop the"
+                        " copy")
+            else:
+                note = (f"attempt {attempts} was cut short by a restart before DATA (nothing"
+                        " was sent); retried")
+            conn.execute(
+                "UPDATE outbound SET status='deferred', next_attempt=0, updated_at=?,"
+                " last_error=?, maybe_sent=maybe_sent+?, data_started_at=NULL WHERE id=?",
+                (now, note, int(maybe), oid))
+            settled.append((oid, maybe, note))
+    return settled
 
 
 def claim_due(db: sqlite_utils.Database, limit: int = 20) -> list[OutboundMail]:
@@ -86,41 +146,56 @@ def claim_due(db: sqlite_utils.Database, limit: int = 20) -> list[OutboundMail]:
     with transaction(db) as conn:
         rows = conn.execute(
             "SELECT id, ticket_id, kind, to_addr, message_id, raw, attempts, created_ts,"
-            " COALESCE(queue_id, '')"
+            " COALESCE(queue_id, ''), maybe_sent"
             " FROM outbound WHERE status='queued' OR (status='deferred' AND next_attempt<=?)"
             " ORDER BY id LIMIT ?",
             (now, limit),
         ).fetchall()
         conn.executemany(
-            "UPDATE outbound SET status='sending', attempts=attempts+1, updated_at=? WHERE id=?",
+            "UPDATE outbound SET status='sending', attempts=attempts+1, updated_at=?,"
+            " data_started_at=NULL WHERE id=?",
             [(now_iso(now), r[0]) for r in rows],
         )
-    return [OutboundMail(r[0], r[1], r[2], r[3], r[4], r[5], r[6] + 1, r[7], r[8])
+    return [OutboundMail(r[0], r[1], r[2], r[3], r[4], r[5], r[6] + 1, r[7], r[8], r[9] or 0)
             for r in rows]
+
+
+def mark_data_started(db: sqlite_utils.Database, outbound_id: int) -> None:
+    """Committed just before DATA: from now on, a crash leaves the mail "maybe sent"."""
+    with transaction(db) as conn:
+        conn.execute(
+            "UPDATE outbound SET data_started_at=?, updated_at=? WHERE id=? AND status='sending'",
+            (now_iso(), now_iso(), outbound_id),
+        )
 
 
 def mark_sent(db: sqlite_utils.Database, outbound_id: int, reply: str) -> None:
     with transaction(db) as conn:
         conn.execute(
-            "UPDATE outbound SET status='sent', sent_at=?, updated_at=?, last_error=? WHERE id=?",
+            "UPDATE outbound SET status='sent', sent_at=?, updated_at=?, last_error=?,"
+            " data_started_at=NULL WHERE id=?",
             (now_iso(), now_iso(), reply, outbound_id),
         )
 
 
-def mark_deferred(db: sqlite_utils.Database, outbound_id: int, error: str, delay: float) -> None:
+def mark_deferred(db: sqlite_utils.Database, outbound_id: int, error: str, delay: float,
+                  maybe_sent: bool = False) -> None:
+    """`maybe_sent`: the attempt ended without a reply after DATA began (counted)."""
     with transaction(db) as conn:
         conn.execute(
-            "UPDATE outbound SET status='deferred', last_error=?, next_attempt=?, updated_at=?"
-            " WHERE id=?",
-            (error, time.time() + delay, now_iso(), outbound_id),
+            "UPDATE outbound SET status='deferred', last_error=?, next_attempt=?, updated_at=?,"
+            " data_started_at=NULL, maybe_sent=maybe_sent+? WHERE id=?",
+            (error, time.time() + delay, now_iso(), int(maybe_sent), outbound_id),
         )
 
 
-def mark_failed(db: sqlite_utils.Database, outbound_id: int, error: str) -> None:
+def mark_failed(db: sqlite_utils.Database, outbound_id: int, error: str,
+                maybe_sent: bool = False) -> None:
     with transaction(db) as conn:
         conn.execute(
-            "UPDATE outbound SET status='failed', last_error=?, updated_at=? WHERE id=?",
-            (error, now_iso(), outbound_id),
+            "UPDATE outbound SET status='failed', last_error=?, updated_at=?,"
+            " data_started_at=NULL, maybe_sent=maybe_sent+? WHERE id=?",
+            (error, now_iso(), int(maybe_sent), outbound_id),
         )
 
 
@@ -147,7 +222,7 @@ def next_due_in(db: sqlite_utils.Database) -> float | None:
 
 _COLUMNS = (
     "id, ticket_id, kind, to_addr AS 'to', subject, message_id, status, attempts, last_error,"
-    " dsn_status, created_at, sent_at"
+    " maybe_sent, dsn_status, created_at, sent_at"
 )
 
 

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Mapping
 from typing import Any
 
 import sqlite_utils
 
 from mailgate.errors import NotFound
 from mailgate.model import Address, ParsedMail
+from mailgate.store.spam import decode_verdict, verdict_field
 
 STATUSES = ("open", "pending_customer", "pending_agent", "resolved", "closed")
 
@@ -102,20 +104,21 @@ def add_incoming_message(
     classification: str = "normal",
     direction: str = "in",
     auth: dict[str, Any] | None = None,
+    digest: str | None = None,
 ) -> int:
     cur = conn.execute(
         "INSERT INTO messages (ticket_id, direction, queue_id, message_id, in_reply_to,"
         " references_, from_addr, from_name, to_addrs, cc_addrs, subject, date, text, html,"
         " raw_path, defects, matched_by, internal, internal_reason, created_at, reply_text,"
-        " classification, auth)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " classification, auth, digest)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             ticket_id, direction, queue_id, parsed.message_id, " ".join(parsed.in_reply_to),
             json.dumps(list(parsed.references)), parsed.from_.email, parsed.from_.name,
             _addr_json(parsed.to), _addr_json(parsed.cc), parsed.subject, parsed.date,
             parsed.text, parsed.html, raw_path, json.dumps(list(parsed.defects)), matched_by,
             1 if internal_reason else 0, internal_reason, now, reply_text or parsed.text,
-            classification, json.dumps(auth) if auth else None,
+            classification, json.dumps(auth) if auth else None, digest,
         ),
     )
     row = int(cur.lastrowid or 0)
@@ -127,6 +130,8 @@ def add_incoming_message(
 def index_message_id(
     conn: sqlite3.Connection, message_id: str, ticket_id: int, row: int | None
 ) -> None:
+    """Record that `ticket_id` sent or received `message_id` (one row per id and ticket: the
+    same id may be on several tickets, when a sender reused it or a stranger used it first)."""
     conn.execute(
         "INSERT OR IGNORE INTO message_ids (message_id, ticket_id, message_row) VALUES (?, ?, ?)",
         (message_id, ticket_id, row),
@@ -135,18 +140,45 @@ def index_message_id(
 
 def add_attachment(
     conn: sqlite3.Connection, message_row: int, sha256: str, filename: str, content_type: str,
-    size: int, content_id: str, inline: bool,
+    size: int, content_id: str, inline: bool, details: Mapping[str, str] | None = None,
 ) -> None:
     conn.execute(
         "INSERT INTO attachments (message_row, sha256, filename, content_type, size, content_id,"
-        " inline) VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (message_row, sha256, filename, content_type, size, content_id, int(inline)),
+        " inline, details) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (message_row, sha256, filename, content_type, size, content_id, int(inline),
+         json.dumps(dict(details), ensure_ascii=False) if details else None),
     )
 
 
-def ticket_for_message_id(conn: sqlite3.Connection, message_id: str) -> int | None:
+MAX_TICKETS_PER_ID = 20  # how many tickets sharing one Message-ID are looked at
+
+
+def ticket_for_message_id(conn: sqlite3.Connection, message_id: str, sender: str = ""
+                          ) -> int | None:
+    """The ticket that sent or received `message_id`. When several did (the id was reused, or
+    a stranger sent it first), the only one of them that `sender` takes part in; when that
+    does not settle it, None — the id decides nothing, other evidence has to."""
+    rows = conn.execute(
+        "SELECT ticket_id FROM message_ids WHERE message_id=? ORDER BY ticket_id LIMIT ?",
+        (message_id, MAX_TICKETS_PER_ID),
+    ).fetchall()
+    tickets = [int(r[0]) for r in rows]
+    if len(tickets) <= 1:
+        return tickets[0] if tickets else None
+    mine = [t for t in tickets if sender and is_participant(conn, t, sender)]
+    return mine[0] if len(mine) == 1 else None
+
+
+def duplicate_of(conn: sqlite3.Connection, message_id: str, digest: str, from_addr: str
+                 ) -> int | None:
+    """The ticket holding the same message already: the same Message-ID, the same content
+    digest and the same From address (never another sender's message with that id), among the
+    messages that came in by mail. Messages stored before digests existed are compared by
+    Message-ID and From alone."""
     row = conn.execute(
-        "SELECT ticket_id FROM message_ids WHERE message_id=?", (message_id,)
+        "SELECT ticket_id FROM messages WHERE message_id=? AND from_addr=?"
+        " AND queue_id IS NOT NULL AND (digest=? OR digest IS NULL) ORDER BY id LIMIT 1",
+        (message_id, from_addr, digest),
     ).fetchone()
     return int(row[0]) if row else None
 
@@ -222,7 +254,7 @@ def get_ticket(db: sqlite_utils.Database, ticket_id: int) -> dict[str, Any]:
             "SELECT id, direction, from_addr AS 'from', from_name, to_addrs AS 'to',"
             " cc_addrs AS cc, subject, message_id, date, created_at, text, reply_text,"
             " matched_by, internal, internal_reason, classification, queue_id, raw_path,"
-            " defects, outbound_id, auth"
+            " defects, outbound_id, auth, " + verdict_field("messages") +
             " FROM messages WHERE ticket_id = ? ORDER BY id",
             [ticket_id],
         )
@@ -232,14 +264,13 @@ def get_ticket(db: sqlite_utils.Database, ticket_id: int) -> dict[str, Any]:
         m["cc"] = json.loads(m["cc"] or "[]")
         m["defects"] = json.loads(m["defects"] or "[]")
         m["auth"] = json.loads(m["auth"]) if m.get("auth") else None
+        m["spam"] = decode_verdict(m["spam"])
         m["internal"] = bool(m["internal"])
-        m["attachments"] = list(
-            db.query(
-                "SELECT filename, content_type, size, sha256, content_id, inline"
-                " FROM attachments WHERE message_row = ? ORDER BY id",
-                [m["id"]],
-            )
-        )
+        m["attachments"] = [
+            _attachment(a) for a in db.query(
+                f"SELECT {_ATTACHMENT_COLUMNS} FROM attachments WHERE message_row = ?"
+                " ORDER BY id", [m["id"]])
+        ]
     ticket["messages"] = messages
     ticket["participants"] = [
         r[0] for r in db.execute(
@@ -247,6 +278,44 @@ def get_ticket(db: sqlite_utils.Database, ticket_id: int) -> dict[str, Any]:
             [ticket_id]).fetchall()
     ]
     return ticket
+
+
+_ATTACHMENT_COLUMNS = "id, filename, content_type, size, sha256, content_id, inline, details"
+
+
+def _attachment(row: dict[str, Any]) -> dict[str, Any]:
+    try:
+        details = json.loads(row.get("details") or "{}")
+    except ValueError:
+        details = {}
+    row["details"] = details if isinstance(details, dict) else {}
+    row["inline"] = bool(row["inline"])
+    return row
+
+
+def get_attachment(db: sqlite_utils.Database, attachment_id: int,
+                   message_row: int | None = None) -> dict[str, Any]:
+    """One attachment with the message and ticket it belongs to. Raises NotFound when there
+    is none, or when `message_row` is given and the attachment is not that message's."""
+    rows = list(db.query(
+        f"SELECT a.{_ATTACHMENT_COLUMNS.replace(', ', ', a.')}, a.message_row,"
+        " m.ticket_id FROM attachments a JOIN messages m ON m.id = a.message_row"
+        " WHERE a.id = ?", [attachment_id]))
+    if not rows or (message_row is not None and rows[0]["message_row"] != message_row):
+        where = f" on message {message_row}" if message_row is not None else ""
+        raise NotFound(f"no attachment #{attachment_id}{where}")
+    return _attachment(rows[0])
+
+
+def get_message_source(db: sqlite_utils.Database, message_row: int) -> dict[str, Any]:
+    """Where a message's raw .eml is: `raw_path` (relative to data_dir) for mail that came
+    in, `outbound_id` for mail we sent. Raises NotFound when there is no such message."""
+    rows = list(db.query(
+        "SELECT id, ticket_id, direction, queue_id, raw_path, outbound_id FROM messages"
+        " WHERE id = ?", [message_row]))
+    if not rows:
+        raise NotFound(f"no message #{message_row}")
+    return rows[0]
 
 
 def counts(db: sqlite_utils.Database) -> dict[str, Any]:

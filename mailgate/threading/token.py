@@ -6,6 +6,9 @@ the first 80 bits of HMAC-SHA256(secret, "<purpose>:<id>") in lower-case base32,
 MTAs that fold the case of local parts; verification is constant-time and returns the id or None.
 
 - ticket reply address: `support+<token>@example.com`
+- an agent's personal reply address for a ticket: `support+a<token>@example.com`, the mac over
+  the agent's address too (`"agent:<email>:<ticket id>"`), sent only to that agent: it proves the
+  agent only together with the From address it was made for
 - our Message-IDs: `<token>.<random>@example.com`, so a reply decodes even if the index lost it
 - VERP envelope sender: `bounces+o<token>@example.com`, naming the outbound mail that failed
 """
@@ -55,6 +58,20 @@ class Signer:
         _, plus, tag = local.partition("+")
         return self.verify("ticket", tag) if plus else None
 
+    def agent_reply_address(self, mailbox: str, ticket_id: int, agent: str) -> str:
+        """The reply address for `agent` only: `local+a<id>-<mac>@domain`."""
+        local, _, domain = mailbox.rpartition("@")
+        return f"{local}+a{self.sign(_agent_purpose(agent), ticket_id)}@{domain}"
+
+    def ticket_from_agent_address(self, address: str, agent: str) -> int | None:
+        """The ticket id in an agent's personal reply address, when it was made for `agent`
+        (the mail's From address); None for any other address or sender."""
+        local = address.rpartition("@")[0]
+        _, plus, tag = local.partition("+")
+        if not plus or not tag.lower().startswith("a") or not agent:
+            return None
+        return self.verify(_agent_purpose(agent), tag[1:])
+
     def message_id(self, ticket_id: int, domain: str) -> str:
         """A new Message-ID (without angle brackets) for mail about `ticket_id`."""
         return f"{self.sign('ticket', ticket_id)}.{secrets.token_hex(8)}@{domain}"
@@ -75,3 +92,7 @@ class Signer:
         if not plus or not tag.lower().startswith("o"):
             return None
         return self.verify("outbound", tag[1:])
+
+
+def _agent_purpose(agent: str) -> str:
+    return f"agent:{agent.strip().lower()}"
