@@ -15,6 +15,10 @@ header helpers are slow or recursive on some input, so what they are given is bo
   fail on (punycode, idna, undefined, ...) is read as us-ascii;
 - a header whose encoded words never close (`=?cs?q?...` without `?=`), which the stdlib decodes
   in quadratic time, is cut before the first of them once that cost passes `WORD_SCAN_BUDGET`;
+- a leaf body longer than `SET_ASIDE_BYTES` (base64, quoted-printable or unencoded) is set aside:
+  the parsers see a short marker in its place, and `payload_bytes(part, bounded)` decodes the
+  body straight from the raw message (the stdlib parser holds several copies of every body it
+  reads, about seven times its size in all: a 20 MB attachment cost 150 MB);
 - MIME parts nested deeper than `MAX_MIME_DEPTH`, parts after the first `MAX_MIME_PARTS`, a
   multipart's epilogue holding parts of its own, and bodies once their lines × the boundaries
   around them pass `MAX_BOUNDARY_CHECKS` are cut out (the stdlib parser recurses per level and
@@ -29,12 +33,15 @@ Everything here runs in time linear in its input and never raises for any bytes.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import codecs
 import email.parser
 import email.utils
 import re
+import secrets
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.message import Message
 
 MAX_FIELD_BYTES = 64 * 1024
@@ -47,6 +54,8 @@ MAX_MIME_DEPTH = 50
 MAX_MIME_PARTS = 1000
 MAX_EPILOGUE_PARTS = 8  # boundary lines an epilogue may hold before it is cut
 MAX_BOUNDARY_CHECKS = 10_000_000  # body lines × the boundaries enclosing them, in all
+SET_ASIDE_BYTES = 1024 * 1024  # a leaf body longer than this is decoded from the raw bytes
+_SET_ASIDE_CTES = ("base64", "quoted-printable", "7bit", "8bit", "binary", "")
 
 _EOL = re.compile(rb"\r\n|\r|\n")
 _DASH_LINE = re.compile(rb"(?:\r\n|\r|\n)--")
@@ -66,11 +75,44 @@ class Bounded:
     raw: bytes  # what parsers may read: the message with the cuts below applied
     defects: tuple[str, ...] = ()
     header_end: int = -1  # where the top-level body starts in `raw` (-1: not known)
+    source: bytes = b""  # the message as received, when bodies were set aside
+    # the bodies set aside: marker (what the part decodes to) → (start, stop, encoding) in source
+    aside: dict[bytes, tuple[int, int, str]] = field(default_factory=dict)
 
     @property
     def header(self) -> bytes:
         """The top-level header block (with the blank line after it, when there is one)."""
         return self.raw if self.header_end < 0 else self.raw[:self.header_end]
+
+    def body(self, decoded: bytes) -> bytes:
+        """The real body of a part whose decoded payload is `decoded` (a marker when the body
+        was set aside, then decoded here from the raw message); `decoded` itself otherwise."""
+        where = self.aside.get(decoded) if self.aside and decoded.startswith(_MARKER) else None
+        if where is None:
+            return decoded
+        start, stop, cte = where
+        view = memoryview(self.source)[start:stop]
+        try:
+            if cte == "base64":
+                return binascii.a2b_base64(view)
+            if cte == "quoted-printable":
+                return binascii.a2b_qp(view)
+        except (binascii.Error, ValueError):
+            return b""
+        return bytes(view)
+
+    def restore(self, data: bytes) -> bytes:
+        """`data` (a nested message as a parser wrote it back) with set-aside bodies put back."""
+        for marker, (start, stop, cte) in self.aside.items():
+            data = data.replace(_encoded_marker(marker, cte), self.source[start:stop])
+        return data
+
+
+_MARKER = b"mailgate-set-aside-"
+
+
+def _encoded_marker(marker: bytes, cte: str) -> bytes:
+    return base64.b64encode(marker) if cte == "base64" else marker
 
 
 # Codecs that are no text charset of mail, or that decode in more than linear time (punycode,
@@ -102,15 +144,18 @@ def content_charset(part: Message) -> str | None:
     return charset if isinstance(charset, str) else None
 
 
-def payload_bytes(part: Message) -> bytes:
+def payload_bytes(part: Message, bounded: Bounded | None = None) -> bytes:
     """A leaf part's body with its transfer encoding undone; b"" for a multipart or when that
-    fails (the raw message keeps it). Never `get_payload()` without decode on a leaf: with
-    8-bit bytes it decodes them with the part's charset, whatever codec that names."""
+    fails (the raw message keeps it). Pass the `Bounded` the part was parsed from to get a
+    body that was set aside. Never `get_payload()` without decode on a leaf: with 8-bit bytes
+    it decodes them with the part's charset, whatever codec that names."""
     try:
         data = part.get_payload(decode=True)
     except Exception:
         return b""
-    return data if isinstance(data, bytes) else b""
+    if not isinstance(data, bytes):
+        return b""
+    return bounded.body(data) if bounded is not None else data
 
 
 # An RFC 2047 encoded word as a unit: no white space or "?" inside its text.
@@ -282,6 +327,8 @@ class _Scan:
         self.raw = raw
         self.n = len(raw)
         self.cuts: list[tuple[int, int, bytes]] = []  # (start, end, replacement)
+        self.nonce = secrets.token_hex(8).encode()
+        self.aside: dict[bytes, tuple[int, int, str]] = {}
         self.defects: list[str] = []
         # The false-EOF matchers of the enclosing multiparts, by their boundary without
         # trailing blanks (a line can only match the ones its own text names) ...
@@ -464,12 +511,16 @@ class _Scan:
                 boundary = None
             if boundary is not None:
                 return self._multipart(pos, depth, boundary, ctype == "multipart/digest")
-        return self._body(pos)
+        return self._body(pos, _transfer_encoding(headers))
 
-    def _body(self, pos: int) -> int:
-        """A leaf body (up to the next false EOF); cut out once the lines × enclosing
-        boundaries the stdlib parser would test pass `MAX_BOUNDARY_CHECKS`."""
+    def _body(self, pos: int, cte: str | None = None) -> int:
+        """A leaf body (up to the next false EOF): set aside when long (see the module
+        docstring); cut out once the lines × enclosing boundaries the stdlib parser would test
+        pass `MAX_BOUNDARY_CHECKS`."""
         end = self._skip(pos)
+        if end - pos > SET_ASIDE_BYTES and cte in _SET_ASIDE_CTES:
+            self._set_aside(pos, end, cte)
+            return end
         if self.boundaries:
             lines = max(self.raw.count(b"\n", pos, end), self.raw.count(b"\r", pos, end))
             self.checks += lines * len(self.boundaries)
@@ -477,6 +528,17 @@ class _Scan:
                 self.too_costly += 1
                 self.cuts.append((pos, end, b""))
         return end
+
+    def _set_aside(self, pos: int, end: int, cte: str) -> None:
+        """Replaces the body at pos..end by a marker that the part's transfer encoding decodes
+        to; the line end before a boundary belongs to the boundary (as in email.feedparser)."""
+        stop = end
+        if self.boundaries or self.blank_ends:
+            tail = self.raw[max(pos, end - 2):end]
+            stop -= 2 if tail == b"\r\n" else 1 if tail[-1:] in (b"\r", b"\n") else 0
+        marker = _MARKER + self.nonce + b"-" + str(len(self.aside)).encode()
+        self.aside[marker] = (pos, stop, cte)
+        self.cuts.append((pos, stop, _encoded_marker(marker, cte)))
 
     def _child(self, pos: int, depth: int, default_type: str) -> int:
         """A nested message: read, or cut out when too deep or past the part limit."""
@@ -555,6 +617,13 @@ class _Scan:
         return end
 
 
+def _transfer_encoding(headers: Message) -> str | None:
+    try:
+        return str(headers.get("content-transfer-encoding", "")).strip().lower()
+    except Exception:
+        return None
+
+
 def bound(raw: bytes) -> Bounded:
     """The message as the parsers may read it: see the module docstring. Never raises."""
     try:
@@ -583,4 +652,5 @@ def bound(raw: bytes) -> Bounded:
             shift += end - start - len(replacement)
         pos = end
     out.append(raw[pos:])
-    return Bounded(b"".join(out), tuple(scan.defects), header_end - shift)
+    return Bounded(b"".join(out), tuple(scan.defects), header_end - shift,
+                   raw if scan.aside else b"", scan.aside)

@@ -83,7 +83,7 @@ def _parse(raw: bytes) -> ParsedMail:
         defects.append(f"subject longer than {MAX_SUBJECT_CHARS} characters, cut")
         subject = subject[:MAX_SUBJECT_CHARS]
     from_list = _addresses(mp, "from_", msg, "From", defects)
-    body = _Body(defects)
+    body = _Body(defects, bounded)
     body.walk(msg)
     if mp is not None:
         try:
@@ -332,8 +332,9 @@ def _disposition(part: Message) -> str:
 class _Body:
     """Walks the MIME tree collecting text, html and attachments."""
 
-    def __init__(self, defects: list[str]) -> None:
+    def __init__(self, defects: list[str], bounded: mailbounds.Bounded | None = None) -> None:
         self.defects = defects
+        self.bounded = bounded
         self.text: list[str] = []
         self.html: list[str] = []
         self.attachments: list[ParsedAttachment] = []
@@ -379,13 +380,14 @@ class _Body:
         return decode_bytes(self._payload(part), "utf-8", self.defects)
 
     def _payload(self, part: Message) -> bytes:
-        return mailbounds.payload_bytes(part)
+        return mailbounds.payload_bytes(part, self.bounded)
 
     def _message_bytes(self, part: Message) -> bytes:
         payload = part.get_payload() if part.is_multipart() else None
         if isinstance(payload, list) and payload and isinstance(payload[0], Message):
             try:
-                return payload[0].as_bytes()
+                data = payload[0].as_bytes()
+                return self.bounded.restore(data) if self.bounded is not None else data
             except Exception as exc:
                 self.defects.append(f"attached message could not be serialised: {exc}"[:200])
                 return b""

@@ -144,7 +144,9 @@ def test_bounds_leave_real_mail_untouched() -> None:
     for path in files:
         raw = path.read_bytes()
         bounded = mailbounds.bound(raw)
-        assert bounded.raw == raw and not bounded.defects, (path, bounded.defects)
+        # nothing cut; a long body is only set aside (read from the raw bytes when needed)
+        assert bounded.restore(bounded.raw) == raw and not bounded.defects, (path,
+                                                                             bounded.defects)
 
 
 def test_a_refused_charset_is_renamed_only_where_it_is_named() -> None:

@@ -59,10 +59,11 @@ def _header_text(value: object) -> str:
     return mailbounds.unfold("".join(out))
 
 
-def _message(raw: bytes) -> Message:
-    """The MIME tree of (the bounded) `raw`; an empty message when even that cannot be read."""
+def _message(bounded: mailbounds.Bounded) -> Message:
+    """The MIME tree of (the bounded) raw message; an empty message when even that cannot be
+    read."""
     try:
-        return email.message_from_bytes(mailbounds.bound(raw).raw)
+        return email.message_from_bytes(bounded.raw)
     except Exception:  # the stdlib parser is lenient; keep going with an empty message
         return Message()
 
@@ -91,7 +92,8 @@ class MailView:
     def from_raw(cls, raw: bytes, envelope_sender: str = "") -> MailView:
         """A view of bytes that no parse stage has read (for callers holding only the bytes):
         the headers are decoded here, the text comes from the MIME parts."""
-        msg = _message(raw)
+        bounded = mailbounds.bound(raw)
+        msg = _message(bounded)
         headers: dict[str, list[str]] = {}
         for name, value in msg.raw_items():
             headers.setdefault(str(name).lower(), []).append(_header_text(value))
@@ -105,6 +107,7 @@ class MailView:
             html="", attachments=(), headers={k: tuple(v) for k, v in headers.items()},
         )
         view = cls(parsed, raw, envelope_sender)
+        view.__dict__["bounded"] = bounded
         view.__dict__["message"] = msg
         return view
 
@@ -117,8 +120,12 @@ class MailView:
         return self.parsed.headers.get(name.lower(), ())
 
     @cached_property
+    def bounded(self) -> mailbounds.Bounded:
+        return mailbounds.bound(self.raw)
+
+    @cached_property
     def message(self) -> Message:
-        return _message(self.raw)
+        return _message(self.bounded)
 
     @cached_property
     def content_type(self) -> str:
@@ -207,7 +214,7 @@ class MailView:
             return
         text = ""
         if ctype.startswith(("text/", "message/")) or ctype == "application/json":
-            data = mailbounds.payload_bytes(part)
+            data = mailbounds.payload_bytes(part, self.bounded)
             text = _decode(data[:MAX_TEXT], mailbounds.content_charset(part))
         yield Part(ctype, depth, text, inside)
 
