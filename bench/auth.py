@@ -53,8 +53,8 @@ sys.path.insert(0, str(ROOT))
 
 from mailgate.auth import Authenticator, AuthSettings  # noqa: E402
 from mailgate.classify import classify  # noqa: E402
-from mailgate.parse import parse  # noqa: E402
-from mailgate.replytext import reply_text  # noqa: E402
+from mailgate.parsing.parse import parse  # noqa: E402
+from mailgate.parsing.replytext import reply_text  # noqa: E402
 from tests.dns_server import DnsTestServer  # noqa: E402
 
 CORPUS = ROOT.parent / "shared" / "corpus"

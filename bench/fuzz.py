@@ -47,8 +47,8 @@ def worker(cases: int, seed: int, small: bool, out: Path) -> None:
     from hypothesis import strategies as st
 
     from mailgate.classify import CLASSIFY_FAILED, classify
-    from mailgate.parse import PARSE_FAILED, parse
-    from mailgate.replytext import REPLY_FAILED, reply_text
+    from mailgate.parsing.parse import PARSE_FAILED, parse
+    from mailgate.parsing.replytext import REPLY_FAILED, reply_text
 
     if small:
         sizes = mail_strategies.SIZES
@@ -105,8 +105,8 @@ def fixed_cases() -> list[tuple[str, float, str]]:
     from mail_strategies import _deep
 
     from mailgate.classify import classify
-    from mailgate.parse import parse
-    from mailgate.replytext import reply_text
+    from mailgate.parsing.parse import parse
+    from mailgate.parsing.replytext import reply_text
 
     out = []
     for label, raw in (("10,000 MIME parts", _deep(0, 10_000)),

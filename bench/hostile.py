@@ -119,8 +119,8 @@ def run_stages(raw: bytes) -> dict[str, float]:
     from mailgate.classify import classify
     from mailgate.config import Branding
     from mailgate.outbound.render import BUILTIN_DIR, Renderer
-    from mailgate.parse import parse
-    from mailgate.replytext import reply_text
+    from mailgate.parsing.parse import parse
+    from mailgate.parsing.replytext import reply_text
     from mailgate.threading.forwarded import original_of
     from mailgate.threading.match import our_addresses
 

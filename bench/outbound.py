@@ -71,9 +71,9 @@ from benchlib import (  # bench/benchlib.py: what the server benchmarks share
 )
 from click.testing import CliRunner
 
-from mailgate import app
 from mailgate.cli import cli
 from mailgate.config import Config, load_config
+from mailgate.ops import app
 from mailgate.store import outbound as outbox
 from mailgate.store.db import open_db
 from mailgate.store.tickets import list_tickets

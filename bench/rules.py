@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from mailgate.model import Envelope, new_queue_id
-from mailgate.pipeline import Pipeline
+from mailgate.pipeline.process import Pipeline
 from mailgate.rules import Facts, evaluate, load_rules
 from mailgate.spool import Spool, SpoolWriter
 from mailgate.store.db import open_db
@@ -49,7 +49,7 @@ def make_rules(n: int) -> list[dict[str, object]]:
 
 
 def facts_for_corpus() -> list[Facts]:
-    from mailgate.parse import parse
+    from mailgate.parsing.parse import parse
 
     out = []
     labels = (CORPUS / "labels.tsv").read_text().splitlines()[1:]

@@ -65,9 +65,9 @@ from email.utils import format_datetime
 from pathlib import Path
 from typing import Any, cast
 
-from mailgate.deliver import Deliverer, Policy
 from mailgate.model import ParsedMail
-from mailgate.parse import parse
+from mailgate.parsing.parse import parse
+from mailgate.pipeline.deliver import Deliverer, Policy
 from mailgate.store.db import open_db
 from mailgate.threading import Lookups, find_ticket
 from mailgate.threading.token import Signer

@@ -1,9 +1,10 @@
 """The dependency direction of DESIGN.md, checked by walking every module's imports with ast.
 
-model/config/errors/mailbounds (stdlib only) ← spool, store ← stage modules ← pipeline (and
-service, the orchestrator of agent actions), smtp ← daemon, admin, cli, app. Stage modules never
-import each other; the smtp package never imports the store, the pipeline, the rules or
-threading.
+model/config/errors/mailbounds (stdlib only) ← spool, store ← stage packages (parsing, classify,
+auth, threading, rules, outbound) ← pipeline (the orchestrators), smtp ← ops, admin, cli.
+Stage packages never import each other; the smtp package never imports the store, the pipeline,
+the rules or threading. The top level holds only that foundation and the spool: every other
+module sits in the package of its stage or layer.
 """
 
 from __future__ import annotations
@@ -14,17 +15,14 @@ from pathlib import Path
 PKG = Path(__file__).resolve().parent.parent / "mailgate"
 
 FOUNDATION = {"mailgate.model", "mailgate.config", "mailgate.errors", "mailgate.mailbounds"}
-STAGES = {"mailgate.parse", "mailgate.threading", "mailgate.rules", "mailgate.outbound",
-          "mailgate.classify", "mailgate.replytext", "mailgate.workflow",
-          "mailgate.organizations", "mailgate.auth", "mailgate.digest"}
-ORCHESTRATORS = {"mailgate.pipeline", "mailgate.deliver", "mailgate.service",
-                 "mailgate.automation", "mailgate.scheduler", "mailgate.quarantine"}
-OUTER = {"mailgate.daemon", "mailgate.cli", "mailgate.admin", "mailgate.__main__", "mailgate.app",
-         "mailgate.doctor", "mailgate.setup_wizard", "mailgate.sdnotify",
-         "mailgate.cli_orgs", "mailgate.cli_rules", "mailgate.cli_spam", "mailgate.lockfile"}
+STAGES = {"mailgate.parsing", "mailgate.classify", "mailgate.auth", "mailgate.threading",
+          "mailgate.rules", "mailgate.outbound"}
+ORCHESTRATORS = {"mailgate.pipeline"}
+OUTER = {"mailgate.ops", "mailgate.cli", "mailgate.admin", "mailgate.__main__"}
 # Observability, like logging, and the package's own data files: importable from anywhere,
 # importing nothing of mailgate.
-ANYWHERE = {"mailgate.metrics", "mailgate.logsetup", "mailgate.builtin"}
+ANYWHERE = {"mailgate.ops.metrics", "mailgate.ops.logsetup", "mailgate.builtin"}
+TOP_LEVEL = {"__init__", "__main__", "model", "config", "errors", "mailbounds", "spool"}
 
 
 def _module_name(path: Path) -> str:
@@ -42,16 +40,19 @@ def _imports(path: Path) -> set[str]:
         if isinstance(node, ast.Import):
             found |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            if node.module == "mailgate":  # `from mailgate import app` imports mailgate.app
-                found |= {f"mailgate.{a.name}" for a in node.names}
-            else:
-                found.add(node.module)
+            # `from mailgate.ops import app` imports the module mailgate.ops.app
+            package = PKG.parent.joinpath(*node.module.split("."))
+            for a in node.names:
+                sub = package / a.name
+                found.add(f"{node.module}.{a.name}" if sub.with_suffix(".py").is_file()
+                          or (sub / "__init__.py").is_file() else node.module)
     return {m for m in found if m == "mailgate" or m.startswith("mailgate.")}
 
 
 def _top(name: str) -> str:
-    """mailgate.store.db → mailgate.store; mailgate.smtp.handler → mailgate.smtp."""
-    return ".".join(name.split(".")[:2])
+    """mailgate.store.db → mailgate.store; mailgate.smtp.handler → mailgate.smtp; a module
+    importable from anywhere is its own layer."""
+    return name if name in ANYWHERE else ".".join(name.split(".")[:2])
 
 
 MODULES = {_module_name(p): _imports(p) for p in PKG.rglob("*.py")}
@@ -93,9 +94,18 @@ def test_only_outer_layers_import_the_pipeline_and_daemon() -> None:
         if _top(mod) in OUTER | ORCHESTRATORS:
             continue
         assert not imports & ORCHESTRATORS, mod
-        assert "mailgate.daemon" not in imports, mod
+        assert "mailgate.ops.daemon" not in imports, mod
 
 
 def test_metrics_import_nothing_of_mailgate() -> None:
     for mod in ANYWHERE:
         assert not MODULES[mod], (mod, MODULES[mod])
+
+
+def test_the_top_level_holds_only_the_foundation_and_the_spool() -> None:
+    stray = {p.stem for p in PKG.glob("*.py")} - TOP_LEVEL
+    assert not stray, f"modules that belong in a stage or layer package: {sorted(stray)}"
+    layers = FOUNDATION | STAGES | ORCHESTRATORS | OUTER | {
+        "mailgate.smtp", "mailgate.spool", "mailgate.store", "mailgate.builtin", "mailgate"}
+    packages = {f"mailgate.{p.parent.name}" for p in PKG.glob("*/__init__.py")}
+    assert packages <= layers, packages - layers

@@ -18,7 +18,7 @@ import pytest
 
 from mailgate import mailbounds
 from mailgate.classify import classify
-from mailgate.parse import parse
+from mailgate.parsing.parse import parse
 
 SIZE = 2 * 1024 * 1024  # above SET_ASIDE_BYTES
 
@@ -62,7 +62,7 @@ MESSAGES = {
 }
 
 
-def _unbounded(monkeypatch: pytest.MonkeyPatch, raw: bytes, call=parse):  # noqa: ANN001, ANN202
+def _unbounded(monkeypatch: pytest.MonkeyPatch, raw: bytes, call=parse):
     with monkeypatch.context() as m:
         m.setattr(mailbounds, "SET_ASIDE_BYTES", 1 << 40)
         return call(raw)

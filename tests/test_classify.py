@@ -19,7 +19,7 @@ from conftest import CORPUS, crlf
 
 from mailgate.classify import Classification, Dsn, classify, read_dsn
 from mailgate.model import ParsedMail
-from mailgate.parse import parse
+from mailgate.parsing.parse import parse
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "classify"
 PACKAGE = Path(__file__).resolve().parent.parent / "mailgate" / "classify"

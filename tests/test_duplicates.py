@@ -13,7 +13,7 @@ import pytest
 from conftest import Daemon, queue_id_of, send
 from relay_stub import RelayStub
 
-from mailgate.digest import content_digest
+from mailgate.parsing.digest import content_digest
 from mailgate.store.db import MIGRATIONS, open_db, transaction
 
 JANE = "jane@customer.test"

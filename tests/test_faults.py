@@ -18,7 +18,7 @@ import pytest
 from conftest import Daemon, free_port, queue_id_of, send, write_config
 
 from mailgate.model import Envelope, new_queue_id
-from mailgate.pipeline import Pipeline
+from mailgate.pipeline.process import Pipeline
 from mailgate.spool import Spool, SpoolWriter
 from mailgate.store.db import open_db
 

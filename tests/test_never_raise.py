@@ -18,12 +18,13 @@ from conftest import CORPUS
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mailgate import htmltext, mailbounds
+from mailgate import mailbounds
 from mailgate.auth import results
 from mailgate.classify import CLASSIFY_FAILED, classify
 from mailgate.model import ParsedMail
-from mailgate.parse import PARSE_FAILED, parse, safe_filename
-from mailgate.replytext import REPLY_FAILED, reply_text
+from mailgate.parsing import htmltext
+from mailgate.parsing.parse import PARSE_FAILED, parse, safe_filename
+from mailgate.parsing.replytext import REPLY_FAILED, reply_text
 from mailgate.threading import match
 
 SENDERS = ("", "jane@client.test", "MAILER-DAEMON@mx.test")

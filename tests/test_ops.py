@@ -25,7 +25,7 @@ import pytest
 from conftest import Daemon, free_port, queue_id_of, relay_section, send, write_config
 from relay_stub import RelayStub
 
-from mailgate.logsetup import JsonFormatter, TextFormatter
+from mailgate.ops.logsetup import JsonFormatter, TextFormatter
 
 
 class NotifySocket:

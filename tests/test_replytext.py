@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from mailgate.htmltext import to_text
-from mailgate.parse import parse
-from mailgate.replytext import html_to_text, reply_text
+from mailgate.parsing.htmltext import to_text
+from mailgate.parsing.parse import parse
+from mailgate.parsing.replytext import html_to_text, reply_text
 
 CORPUS = Path(__file__).resolve().parent.parent.parent / "shared" / "corpus"
 TALON = CORPUS / "talon"

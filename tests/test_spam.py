@@ -20,9 +20,9 @@ from rspamd_server import GTUBE, MARKER_HEADER, MARKER_SYMBOL, RspamdServer, ava
 from test_admin import Client, _hidden, admin_section, wait_http
 
 from mailgate.config import Spam, load_config
-from mailgate.doctor import Doctor
 from mailgate.errors import ConfigError
 from mailgate.model import Envelope
+from mailgate.ops.doctor import Doctor
 from mailgate.smtp.spamscan import Scanner
 
 JANE = "jane@customer.test"

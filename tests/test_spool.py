@@ -8,7 +8,7 @@ from pathlib import Path
 from conftest import Daemon, queue_id_of, send
 
 from mailgate.model import Envelope, new_queue_id
-from mailgate.pipeline import Pipeline
+from mailgate.pipeline.process import Pipeline
 from mailgate.spool import Spool, SpoolWriter
 from mailgate.store.db import open_db
 

@@ -21,13 +21,14 @@ from typing import Any, Protocol, TypeVar
 
 from aiohttp import web
 
-from mailgate import app, metrics, quarantine
 from mailgate.admin import inline_images
 from mailgate.admin.params import BadInput
 from mailgate.admin.storecheck import StoreCheck
 from mailgate.config import Config
 from mailgate.errors import NotFound, UserError
+from mailgate.ops import app, metrics
 from mailgate.outbound.render import TemplateError
+from mailgate.pipeline import quarantine
 from mailgate.spool import Spool
 from mailgate.store import audit, downloads, orgs, tickets
 from mailgate.store import outbound as outbox

@@ -22,12 +22,12 @@ from pathlib import Path
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 
-from mailgate import metrics
 from mailgate.admin import api, auth, panels
 from mailgate.admin import token as token_file
 from mailgate.admin.backend import BACKEND, Backend, RelayHealth
 from mailgate.config import Config, is_loopback
 from mailgate.errors import UserError
+from mailgate.ops import metrics
 
 log = logging.getLogger("mailgate.admin")
 

@@ -43,9 +43,9 @@ from typing import Any, TypeVar
 
 import aiosmtplib
 
-from mailgate import metrics
 from mailgate.config import Relay
 from mailgate.errors import PermanentFailure, TemporaryFailure
+from mailgate.ops import metrics
 from mailgate.store.db import open_db
 from mailgate.store.outbound import (
     OutboundMail,

@@ -35,8 +35,8 @@ from typing import Any, AnyStr
 
 from aiosmtpd.smtp import SMTP, syntax
 
-from mailgate import metrics
 from mailgate.config import Config
+from mailgate.ops import metrics
 from mailgate.smtp.data import TOO_SLOW, DataLimits, read_data
 from mailgate.smtp.handler import MailgateHandler
 from mailgate.smtp.replies import (

@@ -31,7 +31,6 @@ from typing import Any
 
 import aiohttp
 
-from mailgate import metrics
 from mailgate.config import Spam
 from mailgate.model import (
     SPAM_ACCEPT,
@@ -42,6 +41,7 @@ from mailgate.model import (
     Envelope,
     SpamVerdict,
 )
+from mailgate.ops import metrics
 
 log = logging.getLogger("mailgate.smtp")
 

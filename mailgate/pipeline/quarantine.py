@@ -31,7 +31,7 @@ import sqlite_utils
 
 from mailgate.errors import UserError
 from mailgate.model import SPAM_QUARANTINE, SPAM_RELEASED, Envelope, ParsedMail, new_queue_id
-from mailgate.parse import parse
+from mailgate.parsing.parse import parse
 from mailgate.spool import Spool
 from mailgate.store import spam as spam_store
 from mailgate.store.audit import IncomingAudit, record_incoming

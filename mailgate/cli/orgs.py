@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from mailgate.cli import _emit, _State, json_option, pass_state
+from mailgate.cli.base import _emit, _State, json_option, pass_state
 from mailgate.config import PRIORITIES
 from mailgate.errors import UserError
 from mailgate.store import orgs
@@ -118,7 +118,7 @@ def orgs_route(state: _State, name: str, assign: str | None, round_robin: tuple[
         if who and who.lower() not in agents:
             raise UserError(f"{who} is not a configured agent ([[agents]] in {cfg.path})")
     if template:
-        from mailgate import app
+        from mailgate.ops import app
 
         kinds = {k["kind"] for k in app.renderer(cfg).kinds()}
         if template not in kinds:

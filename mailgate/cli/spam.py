@@ -13,8 +13,8 @@ import getpass
 
 import click
 
-from mailgate import quarantine
-from mailgate.cli import _cell, _emit, _State, json_option, pass_state
+from mailgate.cli.base import _cell, _emit, _State, json_option, pass_state
+from mailgate.pipeline import quarantine
 from mailgate.store import spam as spam_store
 
 

@@ -16,10 +16,10 @@ from typing import Any
 
 import click
 
-from mailgate import app
-from mailgate.cli import _emit, _State, json_option, pass_state
+from mailgate.cli.base import _emit, _State, json_option, pass_state
 from mailgate.errors import UserError
 from mailgate.model import Envelope, SpoolEntry, new_queue_id
+from mailgate.ops import app
 from mailgate.store.db import open_db
 from mailgate.store.tickets import ticket_row
 
@@ -68,9 +68,9 @@ def rules_test(state: _State, eml: Path, mail_from: str | None, rcpt: str | None
     """Run a message file through classification, threading, organizations and rules, and
     print what would happen. Changes nothing."""
     from mailgate.classify import classify
-    from mailgate.deliver import Deliverer, Incoming
-    from mailgate.parse import parse
-    from mailgate.replytext import reply_text
+    from mailgate.parsing.parse import parse
+    from mailgate.parsing.replytext import reply_text
+    from mailgate.pipeline.deliver import Deliverer, Incoming
 
     cfg = state.config
     raw = eml.read_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")

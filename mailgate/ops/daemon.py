@@ -30,15 +30,15 @@ import signal
 import socket
 from collections.abc import Callable
 
-from mailgate import app, sdnotify
 from mailgate.config import Config, load_config
 from mailgate.errors import UserError
-from mailgate.lockfile import DataDirLock
-from mailgate.logsetup import setup_logging
+from mailgate.ops import app, sdnotify
+from mailgate.ops.lockfile import DataDirLock
+from mailgate.ops.logsetup import setup_logging
 from mailgate.outbound.mailer import MailContext
 from mailgate.outbound.relay import RelayWorker
-from mailgate.pipeline import Pipeline, PipelineWorker
-from mailgate.scheduler import Scheduler
+from mailgate.pipeline.process import Pipeline, PipelineWorker
+from mailgate.pipeline.scheduler import Scheduler
 from mailgate.smtp.handler import MailgateHandler
 from mailgate.smtp.recipients import RecipientPolicy
 from mailgate.smtp.server import Sessions, start_server

@@ -30,9 +30,9 @@ from pathlib import Path
 import aiosmtplib
 import click
 
-from mailgate import app
 from mailgate.config import TEMPLATE_KINDS, Config, find_config_path, is_loopback, load_config
 from mailgate.errors import UserError
+from mailgate.ops import app
 from mailgate.outbound.dkim_sign import dns_record, dns_txt_value
 from mailgate.outbound.render import TemplateError
 

@@ -13,16 +13,16 @@ import sqlite_utils
 
 from mailgate import builtin
 from mailgate.auth import Authenticator, AuthSettings
-from mailgate.automation import Automation, RuleSet
 from mailgate.config import Config
-from mailgate.deliver import Policy
 from mailgate.errors import ConfigError, UserError
 from mailgate.outbound.dkim_sign import sign as dkim_sign
 from mailgate.outbound.mailer import MailContext
 from mailgate.outbound.render import BUILTIN_DIR, Renderer
 from mailgate.outbound.suppress import RateLimits
+from mailgate.pipeline.agent_actions import Desk
+from mailgate.pipeline.automation import Automation, RuleSet
+from mailgate.pipeline.deliver import Policy
 from mailgate.rules import load_business_hours, load_rules, load_slas
-from mailgate.service import Desk
 from mailgate.store.db import transaction
 from mailgate.store.files import load_or_create_secret
 from mailgate.store.orgs import sync_configured

@@ -124,7 +124,7 @@ def unpack(data: bytes, timeout: float = WALL_SECONDS) -> Unpacked:
         return Unpacked(defects=("TNEF part is empty",))
     try:
         done = subprocess.run(
-            [sys.executable, "-I", "-m", "mailgate.tnef", str(len(data))],
+            [sys.executable, "-I", "-m", "mailgate.parsing.tnef", str(len(data))],
             input=data, capture_output=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
         return Unpacked(defects=(f"TNEF not unpacked: it took longer than {timeout:g} s",))

@@ -21,13 +21,22 @@ from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from mailgate import quarantine
-from mailgate.automation import Automation, RuleSet, Run, Trigger
 from mailgate.classify import Classification
-from mailgate.digest import content_digest
 from mailgate.model import Address, ParsedMail, SpoolEntry, base_mailbox
-from mailgate.organizations import domain_of, find_organization, why_no_auto_organization
 from mailgate.outbound.mailer import MailContext, queue_agent_reply
+from mailgate.parsing.digest import content_digest
+from mailgate.pipeline import quarantine
+from mailgate.pipeline.automation import Automation, RuleSet, Run, Trigger
+from mailgate.rules.organizations import domain_of, find_organization, why_no_auto_organization
+from mailgate.rules.workflow import (
+    AGENT,
+    PARTICIPANT,
+    STRANGER,
+    Decision,
+    Situation,
+    agent_proof,
+    decide,
+)
 from mailgate.store import outbound as outbox
 from mailgate.store.audit import IncomingAudit, record_incoming
 from mailgate.store.db import now_iso
@@ -59,15 +68,6 @@ from mailgate.store.tickets import (
 from mailgate.threading import Lookups, find_ticket, our_addresses
 from mailgate.threading.forwarded import original_of
 from mailgate.threading.token import Signer
-from mailgate.workflow import (
-    AGENT,
-    PARTICIPANT,
-    STRANGER,
-    Decision,
-    Situation,
-    agent_proof,
-    decide,
-)
 
 log = logging.getLogger("mailgate.pipeline")
 

@@ -31,9 +31,10 @@ from typing import Any
 
 import mailparser
 
-from mailgate import attached_mail, htmltext, mailbounds, tnef
+from mailgate import mailbounds
 from mailgate.errors import TemporaryFailure
 from mailgate.model import Address, ParsedAttachment, ParsedMail
+from mailgate.parsing import attached_mail, htmltext, tnef
 
 _MSGID = re.compile(r"<([^<>\s]+)>")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")

@@ -39,7 +39,7 @@ from html.parser import HTMLParser
 from mailparser_reply import EmailReplyParser
 from mailparser_reply.parser import EmailMessage
 
-from mailgate import htmltext
+from mailgate.parsing import htmltext
 
 DEFAULT_LANGUAGES: tuple[str, ...] = (
     "en", "de", "fr", "es", "it", "nl", "pt", "sv", "pl", "ja", "da", "cs", "ru", "zh", "ko",

@@ -28,16 +28,17 @@ from typing import Any
 
 import sqlite_utils
 
-from mailgate import metrics, quarantine
 from mailgate.auth import Authenticator, AuthResult, strip_forged_results
-from mailgate.automation import Automation
 from mailgate.classify import classify
-from mailgate.deliver import Deliverer, Incoming, Outcome, Policy
 from mailgate.errors import DatabaseGone, PermanentFailure, temporary_cause
 from mailgate.model import KIND_REJECTION, Envelope, ParsedMail, SpoolEntry
+from mailgate.ops import metrics
 from mailgate.outbound.mailer import MailContext
-from mailgate.parse import parse
-from mailgate.replytext import reply_text
+from mailgate.parsing.parse import parse
+from mailgate.parsing.replytext import reply_text
+from mailgate.pipeline import quarantine
+from mailgate.pipeline.automation import Automation
+from mailgate.pipeline.deliver import Deliverer, Incoming, Outcome, Policy
 from mailgate.spool import Spool
 from mailgate.store import files
 from mailgate.store.audit import IncomingAudit, audited, record_incoming

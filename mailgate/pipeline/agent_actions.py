@@ -14,11 +14,11 @@ from typing import Any
 
 import sqlite_utils
 
-from mailgate.automation import Automation, RuleSet, Trigger
 from mailgate.config import Agent
 from mailgate.errors import NotFound, UserError
 from mailgate.model import Address
 from mailgate.outbound.mailer import MailContext, Queued, queue_agent_reply, queue_ticket_mail
+from mailgate.pipeline.automation import Automation, RuleSet, Trigger
 from mailgate.store.db import now_iso, transaction
 from mailgate.store.tickets import (
     STATUSES,

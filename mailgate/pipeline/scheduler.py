@@ -17,7 +17,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from mailgate.automation import Automation
+from mailgate.pipeline.automation import Automation
 from mailgate.store.db import open_db, transaction
 from mailgate.store.tickets import ticket_row
 

@@ -19,12 +19,12 @@ from typing import Any
 
 import click
 
-from mailgate import app
 from mailgate.config import Config, load_config
-from mailgate.doctor import doctor_command
 from mailgate.errors import NotFound, UserError
 from mailgate.model import SPOOL_STATES
-from mailgate.setup_wizard import init_command
+from mailgate.ops import app
+from mailgate.ops.doctor import doctor_command
+from mailgate.ops.setup_wizard import init_command
 from mailgate.spool import Spool
 from mailgate.store import audit, downloads, tickets
 from mailgate.store import outbound as outbox
@@ -159,8 +159,8 @@ def check_config(state: _State) -> None:
 @pass_state
 def serve(state: _State) -> None:
     """Run the daemon: SMTP listener, spool, pipeline, relay, scheduler, admin endpoint."""
-    from mailgate.daemon import serve as run_daemon
-    from mailgate.logsetup import setup_logging
+    from mailgate.ops.daemon import serve as run_daemon
+    from mailgate.ops.logsetup import setup_logging
 
     cfg = state.config
     setup_logging(cfg.log_level, cfg.log_format)
@@ -578,9 +578,9 @@ def systemd_unit(unit: str) -> None:
 
 def _register_more() -> None:
     """Command groups kept in modules of their own."""
-    from mailgate.cli_orgs import customers_group, orgs_group
-    from mailgate.cli_rules import rules_group
-    from mailgate.cli_spam import spam_group
+    from mailgate.cli.orgs import customers_group, orgs_group
+    from mailgate.cli.rules import rules_group
+    from mailgate.cli.spam import spam_group
 
     cli.add_command(rules_group)
     cli.add_command(spam_group)
