@@ -109,3 +109,13 @@ def test_the_top_level_holds_only_the_foundation_and_the_spool() -> None:
         "mailgate.smtp", "mailgate.spool", "mailgate.store", "mailgate.builtin", "mailgate"}
     packages = {f"mailgate.{p.parent.name}" for p in PKG.glob("*/__init__.py")}
     assert packages <= layers, packages - layers
+
+
+def test_command_modules_share_only_the_cli_base() -> None:
+    """No import circle in the CLI: `base` imports no command module, a command module imports
+    no other one; only the package's `__init__` puts them together."""
+    for mod, imports in MODULES.items():
+        if mod.startswith("mailgate.cli.") and mod != "mailgate.cli.base":
+            assert {i for i in imports if i.startswith("mailgate.cli")} <= {
+                "mailgate.cli.base"}, mod
+    assert not {i for i in MODULES["mailgate.cli.base"] if i.startswith("mailgate.cli")}

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from mailgate.cli.base import _emit, _State, json_option, pass_state
+from mailgate.cli.base import State, emit, json_option, pass_state
 from mailgate.config import PRIORITIES
 from mailgate.errors import UserError
 from mailgate.store import orgs
@@ -27,9 +27,9 @@ def orgs_group() -> None:
 @orgs_group.command("list")
 @json_option
 @pass_state
-def orgs_list(state: _State, as_json: bool) -> None:
+def orgs_list(state: State, as_json: bool) -> None:
     """Organizations with their domains and counts."""
-    _emit(orgs.list_orgs(state.db()), as_json,
+    emit(orgs.list_orgs(state.db()), as_json,
           ["name", "domains", "customers", "tickets", "auto_created", "on_new_ticket"])
 
 
@@ -37,11 +37,11 @@ def orgs_list(state: _State, as_json: bool) -> None:
 @click.argument("name")
 @json_option
 @pass_state
-def orgs_show(state: _State, name: str, as_json: bool) -> None:
+def orgs_show(state: State, name: str, as_json: bool) -> None:
     """One organization: domains, notes, routing and customers."""
     org = orgs.show_org(state.db(), name)
     if as_json:
-        _emit(org, True)
+        emit(org, True)
         return
     click.echo(f"{org['name']}  domains: {', '.join(org['domains']) or '-'}")
     click.echo(f"  notes: {org['notes'] or '-'}\n  routing: {org['on_new_ticket'] or '-'}")
@@ -56,7 +56,7 @@ def orgs_show(state: _State, name: str, as_json: bool) -> None:
 @click.option("--notes", default="", help="Free text.")
 @click.option("--join-existing", is_flag=True, help="Customers already at these domains join.")
 @pass_state
-def orgs_create(state: _State, name: str, domains: tuple[str, ...], notes: str,
+def orgs_create(state: State, name: str, domains: tuple[str, ...], notes: str,
                 join_existing: bool) -> None:
     """Create an organization."""
     db = state.db()
@@ -73,7 +73,7 @@ def orgs_create(state: _State, name: str, domains: tuple[str, ...], notes: str,
 @click.option("--join-existing", is_flag=True,
               help="Customers already at this domain (and its subdomains) join too.")
 @pass_state
-def orgs_add_domain(state: _State, name: str, domain: str, join_existing: bool) -> None:
+def orgs_add_domain(state: State, name: str, domain: str, join_existing: bool) -> None:
     """Add an email domain to an organization."""
     db = state.db()
     with transaction(db) as conn:
@@ -88,7 +88,7 @@ def orgs_add_domain(state: _State, name: str, domain: str, join_existing: bool) 
 @click.argument("name")
 @click.argument("domain")
 @pass_state
-def orgs_remove_domain(state: _State, name: str, domain: str) -> None:
+def orgs_remove_domain(state: State, name: str, domain: str) -> None:
     """Remove an email domain from an organization (its customers stay members)."""
     db = state.db()
     with transaction(db) as conn:
@@ -108,7 +108,7 @@ def orgs_remove_domain(state: _State, name: str, domain: str) -> None:
               help="Send this template kind instead of the default acknowledgement.")
 @click.option("--clear", is_flag=True, help="Remove all routing.")
 @pass_state
-def orgs_route(state: _State, name: str, assign: str | None, round_robin: tuple[str, ...],
+def orgs_route(state: State, name: str, assign: str | None, round_robin: tuple[str, ...],
                priority: str | None, tags: tuple[str, ...], status: str | None,
                template: str | None, clear: bool) -> None:
     """What happens to new tickets from this organization."""
@@ -155,7 +155,7 @@ def customers_group() -> None:
 @click.option("--limit", type=click.IntRange(1, 100000), default=100, show_default=True)
 @json_option
 @pass_state
-def customers_list(state: _State, org: str | None, limit: int, as_json: bool) -> None:
+def customers_list(state: State, org: str | None, limit: int, as_json: bool) -> None:
     """Customers and their organization."""
-    _emit(orgs.list_customers(state.db(), org=org, limit=limit), as_json,
+    emit(orgs.list_customers(state.db(), org=org, limit=limit), as_json,
           ["id", "email", "name", "organization", "created_at"])

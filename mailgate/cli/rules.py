@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from mailgate.cli.base import _emit, _State, json_option, pass_state
+from mailgate.cli.base import State, emit, json_option, pass_state
 from mailgate.errors import UserError
 from mailgate.model import Envelope, SpoolEntry, new_queue_id
 from mailgate.ops import app
@@ -31,7 +31,7 @@ def rules_group() -> None:
 
 @rules_group.command("check")
 @pass_state
-def rules_check(state: _State) -> None:
+def rules_check(state: State) -> None:
     """Validate the rules ([[automations]], [rules] file) and the SLAs."""
     cfg = state.config
     ruleset = app.ruleset(cfg)
@@ -44,7 +44,7 @@ def rules_check(state: _State) -> None:
 @click.argument("ticket_id", type=int)
 @json_option
 @pass_state
-def rules_explain(state: _State, ticket_id: int, as_json: bool) -> None:
+def rules_explain(state: State, ticket_id: int, as_json: bool) -> None:
     """Every rule evaluated on a ticket: event, hit or miss, and the condition that decided."""
     db = state.db()
     if ticket_row(db.conn, ticket_id) is None:
@@ -55,7 +55,7 @@ def rules_explain(state: _State, ticket_id: int, as_json: bool) -> None:
     for r in rows:
         r["hit"] = bool(r["hit"])
         r["result"] = "hit" if r["hit"] else "miss"
-    _emit(rows, as_json, ["at", "event", "rule", "result", "why"])
+    emit(rows, as_json, ["at", "event", "rule", "result", "why"])
 
 
 @rules_group.command("test")
@@ -64,7 +64,7 @@ def rules_explain(state: _State, ticket_id: int, as_json: bool) -> None:
 @click.option("--to", "rcpt", default=None, help="Our address it was sent to (default: the"
               " first mailbox).")
 @pass_state
-def rules_test(state: _State, eml: Path, mail_from: str | None, rcpt: str | None) -> None:
+def rules_test(state: State, eml: Path, mail_from: str | None, rcpt: str | None) -> None:
     """Run a message file through classification, threading, organizations and rules, and
     print what would happen. Changes nothing."""
     from mailgate.classify import classify

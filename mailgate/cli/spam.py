@@ -13,7 +13,7 @@ import getpass
 
 import click
 
-from mailgate.cli.base import _cell, _emit, _State, json_option, pass_state
+from mailgate.cli.base import State, cell, emit, json_option, pass_state
 from mailgate.pipeline import quarantine
 from mailgate.store import spam as spam_store
 
@@ -33,15 +33,15 @@ def _symbols(symbols: dict[str, float], limit: int = 4) -> str:
 @click.option("--limit", type=click.IntRange(1, 100000), default=50, show_default=True)
 @json_option
 @pass_state
-def spam_list(state: _State, show_all: bool, limit: int, as_json: bool) -> None:
+def spam_list(state: State, show_all: bool, limit: int, as_json: bool) -> None:
     """Quarantined mail, newest first: score, symbols, sender, subject."""
     rows = spam_store.list_quarantine(state.db(), None if show_all else spam_store.QUARANTINED,
                                       limit)
     if as_json:
-        _emit(rows, True)
+        emit(rows, True)
         return
     table = [{**r, "symbols": _symbols(r["symbols"])} for r in rows]
-    _emit(table, False, ["queue_id", "received_at", "state", "score", "from", "subject",
+    emit(table, False, ["queue_id", "received_at", "state", "score", "from", "subject",
                          "symbols", "released_as"])
 
 
@@ -49,21 +49,21 @@ def spam_list(state: _State, show_all: bool, limit: int, as_json: bool) -> None:
 @click.argument("queue_id")
 @json_option
 @pass_state
-def spam_show(state: _State, queue_id: str, as_json: bool) -> None:
+def spam_show(state: State, queue_id: str, as_json: bool) -> None:
     """One quarantined message: its verdict, envelope, headers and the start of its text."""
     row = quarantine.show(state.db(), state.config.data_dir, queue_id)
     if as_json:
-        _emit(row, True)
+        emit(row, True)
         return
     click.echo(f"{row['queue_id']}  {row['state']}  score {row['score']}")
     for key in ("received_at", "reason", "from", "subject", "mail_from", "rcpt_to",
                 "client_ip", "helo", "message_id", "size", "raw_path", "released_at",
                 "released_by", "released_as"):
         if row.get(key) not in (None, ""):
-            click.echo(f"  {key}: {_cell(row[key], 200)}")
+            click.echo(f"  {key}: {cell(row[key], 200)}")
     click.echo("  symbols:")
     for name, score in row["symbols"].items():
-        click.echo(f"    {_cell(name, 100)} {score:g}")
+        click.echo(f"    {cell(name, 100)} {score:g}")
     click.echo("\n--- headers")
     click.echo(row["headers"])
     click.echo("\n--- text")
@@ -73,7 +73,7 @@ def spam_show(state: _State, queue_id: str, as_json: bool) -> None:
 @spam_group.command("release")
 @click.argument("queue_id")
 @pass_state
-def spam_release(state: _State, queue_id: str) -> None:
+def spam_release(state: State, queue_id: str) -> None:
     """Let a quarantined message in: it goes through the pipeline as if it had just arrived
     (never quarantined again); who released it and when is kept."""
     try:

@@ -1,0 +1,200 @@
+"""`mailgate tickets …`: list, show, export, reply to, set the status of and assign tickets.
+
+Input: ticket and message ids, agent addresses and reply text typed by an administrator.
+Output: tables or JSON (`--json`); values that came from mail are printed as data. Changes go
+through the library (`ops.app.desk`), one transaction each.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from mailgate.cli.base import (
+    State,
+    cell,
+    emit,
+    json_option,
+    pass_state,
+    spam_line,
+)
+from mailgate.errors import UserError
+from mailgate.ops import app
+from mailgate.store import downloads, tickets
+
+# --- tickets ------------------------------------------------------------------------------
+
+
+@click.group("tickets")
+def tickets_group() -> None:
+    """List and inspect tickets."""
+
+
+@tickets_group.command("list")
+@click.option("--status", type=click.Choice(tickets.STATUSES), help="Only tickets in this status.")
+@click.option("--unassigned", is_flag=True, help="Only tickets nobody is assigned to.")
+@click.option("--assignee", metavar="EMAIL", help="Only tickets assigned to this agent.")
+@click.option("--org", metavar="NAME", help="Only tickets of this organization.")
+@click.option("--breached", is_flag=True, help="Only tickets whose SLA is breached.")
+@click.option("--limit", type=click.IntRange(1, 100000), default=50, show_default=True)
+@json_option
+@pass_state
+def tickets_list(state: State, status: str | None, unassigned: bool, assignee: str | None,
+                 org: str | None, breached: bool, limit: int, as_json: bool) -> None:
+    """Tickets, most recently updated first."""
+    rows = tickets.list_tickets(state.db(), status=status, unassigned=unassigned,
+                                assignee=assignee, org=org, limit=100000 if breached else limit)
+    if breached:
+        automation = app.automation(state.config, None)
+        rows = [r for r in rows if (automation.sla(r) or {}).get("breached")][:limit]
+    for r in rows:
+        r["status_label"] = state.config.status_label(r["status"])
+    table = [{**r, "status": r["status_label"]} for r in rows]  # people see the labels
+    emit(rows if as_json else table, as_json,
+          ["id", "subject", "requester", "organization", "status", "priority", "assignee",
+           "created_at", "updated_at"])
+
+
+@tickets_group.command("show")
+@click.argument("ticket_id", type=int)
+@json_option
+@pass_state
+def tickets_show(state: State, ticket_id: int, as_json: bool) -> None:
+    """One ticket with its messages and attachments."""
+    ticket = tickets.get_ticket(state.db(), ticket_id)
+    cfg = state.config
+    ticket["reply_address"] = app.signer(cfg).reply_address(cfg.from_address, ticket_id)
+    ticket["sla"] = app.automation(cfg, None).sla(ticket)
+    if as_json:
+        emit(ticket, True)
+        return
+    click.echo(f"#{ticket['id']} {cell(ticket['subject'], 200)}")
+    for key in ("status", "requester", "organization", "priority", "tags", "assignee",
+                "reply_address", "sla", "created_at", "updated_at"):
+        click.echo(f"  {key}: {cell(ticket[key], 200)}")
+    for m in ticket["messages"]:
+        flag = " [internal]" if m["internal"] else ""
+        click.echo(f"\n--- message {m['id']} ({m['direction']}, matched by {m['matched_by']})"
+                   f"{flag} {m['created_at']}")
+        click.echo(f"From: {cell(m['from'], 200)}\nTo: {cell(m['to'], 200)}")
+        click.echo(f"Subject: {cell(m['subject'], 200)}\nMessage-ID: {m['message_id'] or '-'}")
+        if m.get("spam"):
+            click.echo(f"Spam: {spam_line(m['spam'])}")
+        for a in m["attachments"]:
+            click.echo(f"Attachment {a['id']}: {cell(a['filename'], 120)}"
+                       f" ({cell(a['content_type'], 80)}, {a['size']} bytes,"
+                       f" sha256 {a['sha256'][:12]}…){_attachment_note(a['details'])}")
+        click.echo("")
+        click.echo(m["text"] or "")
+
+
+def _attachment_note(details: dict[str, str]) -> str:
+    """What `tickets show` adds after an attachment: TNEF origin, a forwarded message."""
+    notes = []
+    if details.get("tnef"):
+        notes.append(f"TNEF container, {details.get('files', '?')} file(s) unpacked")
+    if details.get("from_tnef"):
+        notes.append(f"from {cell(details['from_tnef'], 80)}")
+    if "subject" in details or "from" in details:
+        notes.append(f"forwarded message: {cell(details.get('subject', ''), 120)!r}"
+                     f" from {cell(details.get('from', '-'), 120)}")
+    return "".join(f" [{n}]" for n in notes)
+
+
+def _write_out(data: bytes, out: str, force: bool) -> None:
+    """`data` to the file `out` ('-': stdout); an existing file only with --force."""
+    if out == "-":
+        sys.stdout.flush()
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return
+    path = Path(out)
+    if path.is_dir():
+        raise UserError(f"{out} is a directory; give a file name to --out")
+    try:
+        with path.open("wb" if force else "xb") as f:
+            f.write(data)
+    except FileExistsError:
+        raise UserError(f"{out} exists; pass --force to overwrite it") from None
+    except OSError as exc:
+        raise UserError(f"cannot write {out}: {exc.strerror or exc}") from None
+
+
+_OUT = click.option("--out", required=True, metavar="FILE",
+                    help="Where to write it ('-' for standard output).")
+_FORCE = click.option("--force", is_flag=True, help="Overwrite FILE if it exists.")
+
+
+@tickets_group.command("attachment")
+@click.argument("attachment_id", type=click.IntRange(1, 2**62))
+@_OUT
+@_FORCE
+@pass_state
+def tickets_attachment(state: State, attachment_id: int, out: str, force: bool) -> None:
+    """Save an attachment (ID as `tickets show` lists it) byte for byte."""
+    found = downloads.attachment(state.db(), state.config.data_dir, attachment_id)
+    _write_out(found.data, out, force)
+    if out != "-":
+        click.echo(f"attachment {attachment_id} ({cell(found.filename, 120)},"
+                   f" {cell(found.content_type, 80)}, {len(found.data)} bytes) written to"
+                   f" {out}")
+
+
+@tickets_group.command("raw")
+@click.argument("message_id", type=click.IntRange(1, 2**62))
+@_OUT
+@_FORCE
+@pass_state
+def tickets_raw(state: State, message_id: int, out: str, force: bool) -> None:
+    """Save a message's raw .eml (MESSAGE_ID as `tickets show` numbers messages)."""
+    found = downloads.raw_message(state.db(), state.config.data_dir, message_id)
+    _write_out(found.data, out, force)
+    if out != "-":
+        click.echo(f"message {message_id} ({len(found.data)} bytes) written to {out}")
+
+
+@tickets_group.command("reply")
+@click.argument("ticket_id", type=int)
+@click.option("--agent", "agent_email", required=True, help="A configured agent's address.")
+@click.option("--body", help="The reply text.")
+@click.option("--body-file", type=click.File("r", encoding="utf-8"),
+              help="Read the reply text from a file ('-' for stdin).")
+@pass_state
+def tickets_reply(state: State, ticket_id: int, agent_email: str, body: str | None,
+                  body_file: Any) -> None:
+    """Reply to the customer as an agent: stored on the ticket and sent through the relay."""
+    if (body is None) == (body_file is None):
+        raise UserError("give exactly one of --body and --body-file")
+    text = body if body is not None else body_file.read()
+    result = app.desk(state.config, state.db()).reply(ticket_id, agent_email, text)
+    q = result.queued
+    if q.status != "queued":
+        raise UserError(f"reply stored on ticket #{ticket_id} (message {result.message_row}) but"
+                        f" not sent: outbound #{q.outbound_id} {q.status}: {q.reason}")
+    click.echo(f"ticket #{ticket_id}: reply queued as outbound #{q.outbound_id}"
+               f" <{q.message_id}>")
+
+
+@tickets_group.command("status")
+@click.argument("ticket_id", type=int)
+@click.argument("status", type=click.Choice(tickets.STATUSES))
+@pass_state
+def tickets_status(state: State, ticket_id: int, status: str) -> None:
+    """Set a ticket's status (open, pending_customer, pending_agent, resolved, closed)."""
+    ticket = app.desk(state.config, state.db()).set_status(ticket_id, status)
+    click.echo(f"ticket #{ticket_id} is now {state.config.status_label(ticket['status'])}")
+
+
+@tickets_group.command("assign")
+@click.argument("ticket_id", type=int)
+@click.argument("agent_email")
+@pass_state
+def tickets_assign(state: State, ticket_id: int, agent_email: str) -> None:
+    """Assign a ticket to an agent (who gets an assignee_notification)."""
+    q = app.desk(state.config, state.db()).assign(ticket_id, agent_email)
+    note = f"notification outbound #{q.outbound_id} {q.status}"
+    click.echo(f"ticket #{ticket_id} assigned to {agent_email.lower()}; {note}"
+               + (f" ({q.reason})" if q.reason else ""))
