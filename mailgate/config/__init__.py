@@ -1,0 +1,27 @@
+"""Configuration: one TOML file → a validated, frozen `Config`.
+
+`load` finds and reads the file and checks it against `schema` (every key of every section),
+`sections` reads the sections with structure, `settings` holds the frozen result. Stdlib only:
+every other module may import this package.
+"""
+
+from mailgate.config.load import find_config_path, is_loopback, load_config, parse_config
+from mailgate.config.schema import PRIORITIES, ROUTE_KEYS
+from mailgate.config.settings import (
+    DEFAULT_CONFIG_NAME,
+    REPLY_AUTH_METHODS,
+    TEMPLATE_KINDS,
+    Agent,
+    Branding,
+    Config,
+    Dkim,
+    Relay,
+    Spam,
+    TemplateSettings,
+)
+
+__all__ = [
+    "DEFAULT_CONFIG_NAME", "PRIORITIES", "REPLY_AUTH_METHODS", "ROUTE_KEYS", "TEMPLATE_KINDS",
+    "Agent", "Branding", "Config", "Dkim", "Relay", "Spam", "TemplateSettings",
+    "find_config_path", "is_loopback", "load_config", "parse_config",
+]

@@ -1,0 +1,120 @@
+"""What each section of the config file may hold: every key, its type, and the words an error
+uses for it.
+
+Input: none (tables). Output: `SCHEMA` (section → key → (type, description)), the keys of the
+arrays of tables (agents, organizations and their routing) and the priorities. `load` checks a
+file against these; an unknown key is an error naming the file and the key. Stdlib only.
+"""
+
+from __future__ import annotations
+
+SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], str]]] = {
+    "server": {
+        "listen": (str, "a string host:port"),
+        "hostname": (str, "a string"),
+        "max_message_size": (int, "an integer (bytes)"),
+        "max_recipients": (int, "an integer"),
+        "min_free_bytes": (int, "an integer (bytes)"),
+        "tls_cert": (str, "a file path"),
+        "tls_key": (str, "a file path"),
+        "shutdown_seconds": ((int, float), "a number (seconds)"),
+        "hard_error_limit": (int, "an integer"),
+        "unknown_recipient_limit": (int, "an integer"),
+        "bare_newline": (str, '"normalize" or "reject"'),
+        "max_sessions": (int, "an integer"),
+        "max_sessions_per_client": (int, "an integer"),
+        "idle_timeout": ((int, float), "a number (seconds)"),
+        "min_data_rate": ((int, float), "a number (bytes per second)"),
+        "junk_command_limit": (int, "an integer"),
+        "proxy_protocol": (bool, "true or false"),
+    },
+    "storage": {"data_dir": (str, "a directory path")},
+    "mail": {
+        "domains": (list, "a list of domain names"),
+        "mailboxes": (list, "a list of email addresses"),
+    },
+    "relay": {
+        "host": (str, "a host name"),
+        "port": (int, "an integer port"),
+        "starttls": (bool, "true or false"),
+        "username": (str, "a string"),
+        "password": (str, "a string"),
+        "password_file": (str, "a file path"),
+        "timeout": ((int, float), "a number (seconds)"),
+        "data_timeout": ((int, float), "a number (seconds)"),
+        "retry_base_seconds": ((int, float), "a number (seconds)"),
+        "retry_max_seconds": ((int, float), "a number (seconds)"),
+        "give_up_after_seconds": ((int, float), "a number (seconds)"),
+    },
+    "dkim": {
+        "domain": (str, "a domain name"),
+        "selector": (str, "a DNS label"),
+        "key_file": (str, "a file path"),
+    },
+    "branding": {
+        "company_name": (str, "a string"),
+        "header": (str, "a string"),
+        "footer": (str, "a string"),
+        "signature": (str, "a string"),
+        "primary_color": (str, "a CSS colour like #2563eb"),
+        "logo": (str, "a file path or an http(s) URL"),
+        "show_powered_by": (bool, "true or false"),
+    },
+    "templates": {"dir": (str, "a directory path")},  # plus [templates.<kind>] tables
+    "limits": {
+        "auto_replies_per_address_per_hour": (int, "an integer"),
+        "auto_replies_per_domain_per_hour": (int, "an integer"),
+        "auto_replies_per_hour": (int, "an integer"),
+        "agent_replies_by_email_per_hour": (int, "an integer"),
+    },
+    "pipeline": {"max_attempts": (int, "an integer")},
+    "threading": {
+        "strangers": (str, "\"internal\" or \"new_ticket\""),
+        "reopen_closed_days": ((int, float), "a number of days"),
+    },
+    "statuses": {s: (str, "a display name") for s in (
+        "open", "pending_customer", "pending_agent", "resolved", "closed")},
+    "customers": {
+        "auto_create_organizations": (bool, "true or false"),
+        "free_mail_domains": (list, "a list of domain names"),
+    },
+    "rules": {"file": (str, "a file path")},
+    "auth": {
+        "dns_timeout": ((int, float), "a number (seconds)"),
+        "nameservers": (list, "a list of \"host:port\" strings"),
+        "trusted_arc_sealers": (list, "a list of domain names"),
+        "unauthenticated": (str, "\"flag\" or \"hold\""),
+    },
+    "scheduler": {"tick_seconds": ((int, float), "a number (seconds)")},
+    "business_hours": {
+        "timezone": (str, "a time zone name like Europe/Berlin"),
+        "days": (list, "a list of days like [\"mon\", \"tue\"]"),
+        "start": (str, "a time like \"09:00\""),
+        "end": (str, "a time like \"17:00\""),
+    },
+    "log": {
+        "level": (str, "one of DEBUG, INFO, WARNING, ERROR"),
+        "format": (str, "\"text\" or \"json\""),
+    },
+    "admin": {
+        "listen": (str, "a string host:port"),
+        "tls_cert": (str, "a file path"),
+        "tls_key": (str, "a file path"),
+    },
+    "spam": {
+        "rspamd": (str, "an http:// URL like \"http://127.0.0.1:11333\""),
+        "reject_score": ((int, float), "a number (rspamd score)"),
+        "quarantine_score": ((int, float), "a number (rspamd score)"),
+        "no_autoreply_score": ((int, float), "a number (rspamd score)"),
+        "timeout": ((int, float), "a number (seconds)"),
+        "on_error": (str, '"accept" or "tempfail"'),
+    },
+}
+AGENT_KEYS: dict[str, type | tuple[type, ...]] = {
+    "name": str, "email": str, "reply_auth": (str, list)}
+ARRAYS = ("agents", "organizations", "automations", "sla", "forwarders")  # arrays of tables
+ORG_KEYS = {"name": str, "domains": list, "notes": str, "on_new_ticket": dict}
+ROUTE_KEYS = {"assign": str, "round_robin": list, "priority": str, "add_tags": list,
+              "status": str, "send_template": str}
+PRIORITIES = ("low", "normal", "high", "urgent")
+

@@ -1,0 +1,176 @@
+"""Readers for the sections with more than flat keys: organizations and their routing, the
+relay, spam, DKIM, branding, an agent's reply authentication, host:port values.
+
+Input: one section of the TOML document as parsed (untrusted form), the config file's directory
+for relative paths, and `fail(key, message)` to make the one-line `ConfigError`. Output: the
+section's frozen settings. Stdlib only.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from mailgate.config.schema import ORG_KEYS, PRIORITIES, ROUTE_KEYS, SCHEMA
+from mailgate.config.settings import REPLY_AUTH_METHODS, Agent, Branding, Dkim, Relay, Spam
+
+
+def read_organizations(entries: list[Any], agents: list[Agent], fail: Any
+                   ) -> tuple[dict[str, Any], ...]:
+    seen_names: set[str] = set()
+    owner: dict[str, str] = {}
+    agent_emails = {a.email for a in agents}
+    out = []
+    for i, entry in enumerate(entries):
+        where = f"[[organizations]] #{i + 1}"
+        if not isinstance(entry, dict):
+            raise fail(where, "must be a table")
+        for key, value in entry.items():
+            if key not in ORG_KEYS:
+                raise fail(f"{where} {key}", "unknown key")
+            if not isinstance(value, ORG_KEYS[key]):
+                raise fail(f"{where} {key}", f"expected {ORG_KEYS[key].__name__}, got {value!r}")
+        name = entry.get("name", "").strip()
+        if not name:
+            raise fail(f"{where} name", "an organization needs a name")
+        where = f"[[organizations]] {name!r}"
+        if name.lower() in seen_names:
+            raise fail(f"{where} name", "two organizations with this name")
+        seen_names.add(name.lower())
+        domains = [d.lower().strip().rstrip(".") for d in read_strings(
+            entry.get("domains", []), lambda m, w=where: fail(f"{w} domains", m))]
+        for d in domains:
+            if "." not in d or "@" in d:
+                raise fail(f"{where} domains", f"not a domain name: {d!r}")
+            if d in owner:
+                raise fail(f"{where} domains", f"{d} already belongs to {owner[d]!r}")
+            owner[d] = name
+        route = entry.get("on_new_ticket", {})
+        for key, value in route.items():
+            rwhere = f"{where} on_new_ticket.{key}"
+            if key not in ROUTE_KEYS:
+                raise fail(rwhere, "unknown action")
+            if not isinstance(value, ROUTE_KEYS[key]):
+                raise fail(rwhere, f"expected {ROUTE_KEYS[key].__name__}, got {value!r}")
+        for key in ("assign",):
+            if key in route and route[key].lower() not in agent_emails:
+                raise fail(f"{where} on_new_ticket.assign", f"{route[key]} is not an agent")
+        for a in route.get("round_robin", []):
+            if not isinstance(a, str) or a.lower() not in agent_emails:
+                raise fail(f"{where} on_new_ticket.round_robin", f"{a!r} is not an agent")
+        if "priority" in route and route["priority"] not in PRIORITIES:
+            raise fail(f"{where} on_new_ticket.priority", f"one of {', '.join(PRIORITIES)}")
+        statuses = ("open", "pending_customer", "pending_agent", "resolved", "closed")
+        if "status" in route and route["status"] not in statuses:
+            raise fail(f"{where} on_new_ticket.status", f"one of {', '.join(statuses)}")
+        out.append({"name": name, "domains": domains, "notes": entry.get("notes", ""),
+                    "on_new_ticket": route})
+    return tuple(out)
+
+
+def read_relay(body: dict[str, Any], base: Path, fail: Any) -> Relay:
+    if not 0 < body.get("port", 25) < 65536:
+        raise fail("[relay] port", "must be between 1 and 65535")
+    password = body.get("password", "")
+    if "password_file" in body:
+        if password:
+            raise fail("[relay] password_file", "set either password or password_file, not both")
+        pw_path = (base / body["password_file"]).resolve()
+        try:
+            password = pw_path.read_text().strip()
+        except OSError as exc:
+            raise fail("[relay] password_file", f"cannot read {pw_path}: {exc.strerror}") from None
+    for key in ("timeout", "data_timeout", "retry_base_seconds", "retry_max_seconds",
+                "give_up_after_seconds"):
+        if key in body and body[key] <= 0:
+            raise fail(f"[relay] {key}", "must be positive")
+    if bool(body.get("username")) != bool(password):
+        raise fail("[relay] username", "username and password must be set together")
+    return Relay(
+        host=body.get("host", "127.0.0.1"),
+        port=body.get("port", 25),
+        starttls=body.get("starttls", False),
+        username=body.get("username", ""),
+        password=password,
+        timeout=float(body.get("timeout", 300.0)),
+        data_timeout=float(body.get("data_timeout", 600.0)),
+        retry_base_seconds=float(body.get("retry_base_seconds", 300.0)),
+        retry_max_seconds=float(body.get("retry_max_seconds", 4000.0)),
+        give_up_after_seconds=float(body.get("give_up_after_seconds", 5 * 86400.0)),
+    )
+
+
+def read_spam(body: dict[str, Any], fail: Any) -> Spam:
+    url = body.get("rspamd")
+    if url is not None:
+        parts = urlsplit(url)
+        try:
+            port = parts.port
+        except ValueError:
+            port = -1
+        if parts.scheme not in ("http", "https") or not parts.hostname or port == -1 \
+                or parts.query or parts.fragment or parts.path not in ("", "/"):
+            raise fail("[spam] rspamd", 'expected the URL of rspamd\'s normal worker like'
+                                        f' "http://127.0.0.1:11333", got {url!r}')
+        url = f"{parts.scheme}://{parts.netloc}"
+    defaults = Spam()
+    scores = {key: float(body.get(key, getattr(defaults, key)))
+              for key in ("reject_score", "quarantine_score", "no_autoreply_score")}
+    if scores["quarantine_score"] > scores["reject_score"]:
+        raise fail("[spam] quarantine_score",
+                   f"must not be above reject_score ({scores['reject_score']:g})")
+    timeout = float(body.get("timeout", defaults.timeout))
+    if not 0 < timeout <= 600:
+        raise fail("[spam] timeout", "must be between 0 and 600 seconds")
+    on_error = body.get("on_error", defaults.on_error)
+    if on_error not in ("accept", "tempfail"):
+        raise fail("[spam] on_error", f'expected "accept" or "tempfail", got {on_error!r}')
+    return Spam(rspamd=url, timeout=timeout, on_error=on_error, **scores)
+
+
+def read_dkim(body: dict[str, Any], base: Path, fail: Any) -> Dkim | None:
+    if not body:
+        return None
+    for key in ("domain", "selector", "key_file"):
+        if not body.get(key):
+            raise fail(f"[dkim] {key}", "domain, selector and key_file must all be set")
+    key_file = (base / body["key_file"]).resolve()
+    if not key_file.is_file():
+        raise fail("[dkim] key_file", f"file not found: {key_file} (`mailgate dkim keygen`)")
+    return Dkim(body["domain"].lower(), body["selector"], key_file)
+
+
+def read_branding(body: dict[str, Any], fail: Any) -> Branding:
+    color = body.get("primary_color", "#2563eb")
+    if not re.fullmatch(r"#[0-9a-fA-F]{3}|#[0-9a-fA-F]{6}|[a-zA-Z]{3,20}", color):
+        raise fail("[branding] primary_color", f"expected a CSS colour like #2563eb, got {color!r}")
+    defaults = Branding()
+    return Branding(**{k: body.get(k, getattr(defaults, k)) for k in SCHEMA["branding"]})
+
+
+def read_reply_auth(value: str | list[Any], fail: Any) -> tuple[str, ...]:
+    methods = [value] if isinstance(value, str) else read_strings(value, fail)
+    for method in methods:
+        if method not in REPLY_AUTH_METHODS:
+            raise fail(f"expected any of {', '.join(map(repr, REPLY_AUTH_METHODS))}, got"
+                       f" {method!r}")
+    return tuple(dict.fromkeys(methods))
+
+
+def read_strings(value: list[Any], fail: Any) -> list[str]:
+    for item in value:
+        if not isinstance(item, str):
+            raise fail(f"expected strings, got {item!r}")
+    return value
+
+
+def parse_hostport(value: str, fail: Any) -> tuple[str, int]:
+    host, sep, port_s = value.rpartition(":")
+    if not sep or not host or not port_s.isdigit():
+        raise fail(f"expected host:port, got {value!r}")
+    port = int(port_s)
+    if not 0 <= port < 65536:
+        raise fail(f"port out of range: {port}")
+    return host.strip("[]"), port

@@ -1,0 +1,178 @@
+"""The validated configuration: frozen dataclasses, one per section that has a shape of its own.
+
+Input: none (definitions). Output: `Config` and its parts (`Agent`, `Relay`, `Dkim`, `Branding`,
+`TemplateSettings`, `Spam`), built only by `mailgate.config.load`, so every value has been
+checked. Stdlib only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+DEFAULT_CONFIG_NAME = "mailgate.toml"
+MiB = 1024 * 1024
+
+
+REPLY_AUTH_METHODS = ("dkim", "token")
+
+
+@dataclass(frozen=True)
+class Agent:
+    name: str
+    email: str
+    # How this agent's replies by email may prove they are the agent's: any one suffices.
+    # "dkim": a passing DKIM signature aligned with the agent's domain; "token": the agent's
+    # personal reply address (sent only to the agent). Empty: never by email.
+    reply_auth: tuple[str, ...] = ("dkim",)
+
+
+@dataclass(frozen=True)
+class Relay:
+    host: str = "127.0.0.1"
+    port: int = 25
+    starttls: bool = False
+    username: str = ""
+    password: str = ""
+    # RFC 5321 §4.5.3.2 (minimum waits): greeting, MAIL and RCPT 5 min; the DATA command (its
+    # 354 and the reply to the end of data, the transfer in between included) 10 min.
+    timeout: float = 300.0
+    data_timeout: float = 600.0
+    retry_base_seconds: float = 300.0
+    retry_max_seconds: float = 4000.0
+    give_up_after_seconds: float = 5 * 86400.0
+
+
+@dataclass(frozen=True)
+class Dkim:
+    domain: str
+    selector: str
+    key_file: Path
+
+
+@dataclass(frozen=True)
+class Branding:
+    company_name: str = "Support"
+    header: str = ""
+    footer: str = ""
+    signature: str = ""
+    primary_color: str = "#2563eb"
+    logo: str = ""  # a path (sent inline by Content-ID) or an http(s) URL
+    show_powered_by: bool = True
+
+
+@dataclass(frozen=True)
+class TemplateSettings:
+    enabled: bool = True
+    subject: str | None = None  # a jinja2 template; None: the kind's built-in subject
+
+
+TEMPLATE_KINDS = ("new_ticket_ack", "agent_reply", "assignee_notification")
+
+
+@dataclass(frozen=True)
+class Spam:
+    """`[spam]`: rspamd asked after DATA, before the 250. `rspamd` None: no scanning.
+    Defaults are rspamd's own action thresholds: reject at 15, "add header" (spam) at 6,
+    greylist (doubtful) at 4."""
+
+    rspamd: str | None = None  # the normal worker's URL, e.g. http://127.0.0.1:11333
+    reject_score: float = 15.0  # at or above: 550 5.7.1 in the session
+    quarantine_score: float = 6.0  # at or above (and below reject_score): quarantined
+    no_autoreply_score: float = 4.0  # at or above: no automatic mail is sent about it
+    timeout: float = 10.0  # seconds for one scan (rspamd's own task_timeout is 8 s)
+    on_error: str = "accept"  # or "tempfail": 451 while the scanner cannot answer
+
+    @property
+    def enabled(self) -> bool:
+        return self.rspamd is not None
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 2525
+    hostname: str = "localhost"
+    max_message_size: int = 50 * MiB
+    max_recipients: int = 50
+    min_free_bytes: int = 100 * MiB
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    shutdown_seconds: float = 30.0
+    hard_error_limit: int = 20
+    unknown_recipient_limit: int = 10
+    bare_newline: str = "normalize"
+    max_sessions: int = 500
+    max_sessions_per_client: int = 50
+    idle_timeout: float = 300.0
+    min_data_rate: float = 500.0
+    junk_command_limit: int = 100
+    proxy_protocol: bool = False
+    data_dir: Path = Path("data")
+    domains: tuple[str, ...] = ()
+    mailboxes: tuple[str, ...] = ()
+    relay: Relay = Relay()
+    dkim: Dkim | None = None
+    branding: Branding = Branding()
+    templates_dir: Path | None = None
+    templates: tuple[tuple[str, TemplateSettings], ...] = ()
+    auto_replies_per_address_per_hour: int = 10  # per mailbox, plus-part removed
+    auto_replies_per_domain_per_hour: int = 50
+    auto_replies_per_hour: int = 500
+    agent_replies_by_email_per_hour: int = 60  # per agent
+    agents: tuple[Agent, ...] = ()
+    organizations: tuple[dict[str, Any], ...] = ()  # validated [[organizations]] entries
+    auto_create_organizations: bool = False
+    free_mail_domains: tuple[str, ...] = ()
+    automations: tuple[dict[str, Any], ...] = ()  # raw [[automations]]: the rules loader checks
+    rules_file: Path | None = None
+    rules_file_explicit: bool = False
+    business_hours: dict[str, Any] | None = None
+    slas: tuple[dict[str, Any], ...] = ()
+    tick_seconds: float = 30.0
+    dns_timeout: float = 5.0
+    nameservers: tuple[str, ...] = ()  # empty: the system's resolver
+    trusted_arc_sealers: tuple[str, ...] | None = None  # None: the built-in list
+    unauthenticated: str = "flag"
+    forwarders: tuple[str, ...] = ()
+    pipeline_max_attempts: int = 3
+    log_level: str = "INFO"
+    log_format: str = "text"
+    strangers: str = "internal"
+    reopen_closed_days: float = 7.0
+    status_labels: tuple[tuple[str, str], ...] = ()
+    admin_host: str | None = None  # None: the admin endpoint is off
+    admin_port: int = 8025
+    admin_tls_cert: Path | None = None
+    admin_tls_key: Path | None = None
+    spam: Spam = Spam()
+
+    def template(self, kind: str) -> TemplateSettings:
+        return dict(self.templates).get(kind, TemplateSettings())
+
+    def agent(self, email: str) -> Agent | None:
+        email = email.lower()
+        return next((a for a in self.agents if a.email == email), None)
+
+    def status_label(self, status: str) -> str:
+        """The name people see for a status ([statuses] in the config)."""
+        return dict(self.status_labels).get(status, status.replace("_", " "))
+
+    @property
+    def from_address(self) -> str:
+        """Our address for outgoing mail: the first configured mailbox."""
+        return self.mailboxes[0] if self.mailboxes else f"support@{self.hostname}"
+
+    @property
+    def spool_path(self) -> Path:
+        return self.data_dir / "spool.db"
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "mailgate.db"
+
+
+
+# The schema: section → key → (expected python type(s), description for errors).
