@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import logging
 import random
 import threading
 import time
@@ -557,8 +558,39 @@ def test_fast_canonicalization_matches_dkimpy() -> None:
         if headers:  # the memory of the last answer never outlives a change
             headers[-1] = [headers[-1][0], headers[-1][1] + b"  x"]
             assert fast["relaxed_headers"](headers) == original["relaxed_headers"](headers)
-    assert dkim.canonicalization.compress_whitespace is dkim_speedups.compress_whitespace
-    assert dkim.canonicalization.Relaxed.canonicalize_body is dkim_speedups.relaxed_body
+    if dkim_speedups.installed_dkimpy() in dkim_speedups.PROVEN_DKIMPY:
+        assert dkim.canonicalization.compress_whitespace is dkim_speedups.compress_whitespace
+        assert dkim.canonicalization.Relaxed.canonicalize_body is dkim_speedups.relaxed_body
+
+
+def test_speedups_only_on_a_proven_dkimpy_release(caplog: pytest.LogCaptureFixture,
+                                                   keys: tuple[Key, Key, Key]) -> None:
+    """Another dkimpy release keeps its own functions (and says so once); a proven one gets
+    the replacements; signatures verify either way."""
+    signed = sign(message(body="a  b \t\r\n\r\n"), keys[0], "example.org")
+
+    def _verifies(raw: bytes) -> bool:
+        return bool(dkim.verify(raw, dnsfunc=lambda name, timeout=5: keys[0].txt.encode()))
+
+    assert _verifies(signed)
+    try:
+        with caplog.at_level(logging.WARNING, logger="mailgate.auth"):
+            assert dkim_speedups.install("0.0.1-test") is False
+            assert dkim_speedups.install("0.0.1-test") is False
+        assert dkim.canonicalization.compress_whitespace is \
+            dkim_speedups.ORIGINALS["compress_whitespace"]
+        assert dkim.RSASSA_PKCS1_v1_5_verify is \
+            dkim_speedups.ORIGINALS["RSASSA_PKCS1_v1_5_verify"]
+        warnings = [r.getMessage() for r in caplog.records if "dkimpy 0.0.1-test" in
+                    r.getMessage()]
+        assert len(warnings) == 1 and "using dkimpy's own functions" in warnings[0]
+        assert _verifies(signed)
+        assert dkim_speedups.install(dkim_speedups.PROVEN_DKIMPY[-1]) is True
+        assert dkim.canonicalization.compress_whitespace is dkim_speedups.compress_whitespace
+        assert dkim.RSASSA_PKCS1_v1_5_verify is dkim_speedups.rsassa_pkcs1_v1_5_verify
+        assert _verifies(signed)
+    finally:
+        dkim_speedups.install()
 
 
 def test_fast_rsa_verify_matches_dkimpy() -> None:

@@ -18,13 +18,19 @@ what dkimpy's own functions return for the same arguments, faster:
   unknown hash) goes to dkimpy's own function, so no input gets a different answer.
 
 On a signed, ARC-sealed corpus this takes the authenticate stage from ~1.5 ms to well under a
-millisecond a message (bench/auth.py). `install()` puts them in dkimpy's module namespace once;
-signing (mailgate.outbound.dkim_sign) produces the same bytes with them.
+millisecond a message (bench/auth.py), and takes dkimpy's quadratic trailing-blank pattern out
+of reach of hostile mail. `install()` puts them in dkimpy's module namespace, only when the
+installed dkimpy is a release they were proved on (`PROVEN_DKIMPY`: tests/test_auth.py compares
+them with dkimpy's own functions on random input, in CI); on any other release dkimpy keeps its
+own functions and one warning is logged. Signing (mailgate.outbound.dkim_sign) produces the same
+bytes either way.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib.metadata
+import logging
 import re
 import threading
 from typing import Any
@@ -35,6 +41,13 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
+
+# The dkimpy releases whose internals these replace were read and proved equal on (add a release
+# here only after tests/test_auth.py's equivalence tests pass against it).
+PROVEN_DKIMPY = ("1.1.8",)
+
+log = logging.getLogger("mailgate.auth")
+_warned: set[str] = set()
 
 # A run of blanks before CRLF, matched from the run's start only: from every position of a long
 # run not followed by CRLF the plain pattern rescans the run (quadratic in the body).
@@ -138,10 +151,30 @@ for _name, _fast in FAST.items():
 rsassa_pkcs1_v1_5_verify.dkimpy_original = _original_verify  # type: ignore[attr-defined]
 
 
-def install() -> None:
-    """Put the fast versions in dkimpy's namespace (idempotent)."""
+def installed_dkimpy() -> str:
+    """The installed dkimpy's version ("" when its metadata cannot be found)."""
+    try:
+        return importlib.metadata.version("dkimpy")
+    except importlib.metadata.PackageNotFoundError:
+        return ""
+
+
+def install(version: str | None = None) -> bool:
+    """Put the fast versions in dkimpy's namespace when `version` (default: the installed
+    dkimpy's) is one of `PROVEN_DKIMPY`; otherwise put dkimpy's own functions back and log
+    once why. Idempotent. Returns whether the fast versions are in place."""
+    version = installed_dkimpy() if version is None else version
+    proven = version in PROVEN_DKIMPY
+    chosen = FAST if proven else ORIGINALS
     for name in _CANONICALIZATION:
-        setattr(dkim.canonicalization, name, FAST[name])
-    _RELAXED.canonicalize_headers = staticmethod(relaxed_headers)
-    _RELAXED.canonicalize_body = staticmethod(relaxed_body)
-    dkim.RSASSA_PKCS1_v1_5_verify = rsassa_pkcs1_v1_5_verify
+        setattr(dkim.canonicalization, name, chosen[name])
+    _RELAXED.canonicalize_headers = staticmethod(chosen["relaxed_headers"])
+    _RELAXED.canonicalize_body = staticmethod(chosen["relaxed_body"])
+    dkim.RSASSA_PKCS1_v1_5_verify = (rsassa_pkcs1_v1_5_verify if proven
+                                     else ORIGINALS["RSASSA_PKCS1_v1_5_verify"])
+    if not proven and version not in _warned:
+        _warned.add(version)
+        log.warning("dkimpy %s is not a release mailgate's DKIM speed-ups were proved on (%s):"
+                    " using dkimpy's own functions (slower on long headers and bodies)",
+                    version or "(version unknown)", ", ".join(PROVEN_DKIMPY))
+    return proven
