@@ -11,8 +11,8 @@ Input:  command-line options; the `customer` messages of ../shared/corpus/ (labe
         message is also forwarded "through Gmail": the forwarder records its results, adds a
         footer (breaking the DKIM signature) and seals the message with ARC (d=google.com).
 Output: per-round rates and their medians on stdout: messages per second of (a) the pipeline's
-        CPU work without the stage — `mailgate.parse.parse` + `mailgate.classify.classify` +
-        `mailgate.replytext.reply_text` on the same messages — (b) `authenticate_sync` one
+        CPU work without the stage — `mailgate.parsing.parse.parse` + `mailgate.classify.classify` +
+        `mailgate.parsing.replytext.reply_text` on the same messages — (b) `authenticate_sync` one
         message after another, as the pipeline's worker thread would call it, and (c)
         `authenticate` with 16 messages in flight on one event loop; then the stage's time per
         message as a share of the pipeline's, and the pipeline's rate with the stage as a share

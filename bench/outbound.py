@@ -18,7 +18,7 @@ Setup, untimed: a mailgate daemon is started, N customer mails are sent to it ov
 the pipeline creates N tickets (new-ticket acknowledgements are disabled, so each leaves one
 `suppressed` outbox row), and the daemon is stopped. Then each round:
 
-1. queueing: with the daemon stopped, `mailgate.app.desk(cfg, db).reply(ticket, agent, body)`
+1. queueing: with the daemon stopped, `mailgate.ops.app.desk(cfg, db).reply(ticket, agent, body)`
    is called once per ticket — real templates, real compose, one transaction each. The calls
    are timed: mails queued per second.
 2. baseline: the very bytes those replies rendered to (read back with

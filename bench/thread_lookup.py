@@ -25,7 +25,8 @@ Trust:  developer tool for a trusted local machine. Everything it reads it gener
         the databases go to a fresh temporary directory that is removed at the end, or to
         --keep DIR, where they are left for inspection (existing files are never overwritten).
 
-Method: the replies are real `ParsedMail` objects made by `mailgate.parse.parse` from composed
+Method: the replies are real `ParsedMail` objects made by `mailgate.parsing.parse.parse` from
+composed
 bytes: In-Reply-To/References pointing at random existing messages, at unknown ids, at our own
 Message-IDs missing from the index, a signed reply address (`Signer.reply_address`), a forged
 one, and `[#id]` subject tags from a participant and from a stranger. The look-ups are the

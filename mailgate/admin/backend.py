@@ -2,7 +2,7 @@
 
 Input: validated parameters from `api` and `panels`; the config (trusted); the relay worker's
 health attributes. Output: plain dicts and lists with the CLI's `--json` field names, read
-through `mailgate.store` and acted on through `mailgate.app.desk` (the library, as the CLI does:
+through `mailgate.store` and acted on through `mailgate.ops.app.desk` (the library, as the CLI does:
 never around it). Values from mail are returned as data: escaping is the renderer's job.
 
 Every database call runs on one dedicated thread (`await backend.run(fn, ...)`): sqlite and

@@ -2,7 +2,7 @@
 worker and the relay worker together, with an orderly stop on SIGTERM/SIGINT and a reload of the
 configuration on SIGHUP.
 
-Input: a validated `Config`, the signals, and systemd's environment (see `mailgate.sdnotify`).
+Input: a validated `Config`, the signals, and systemd's environment (see `mailgate.ops.sdnotify`).
 Output: a running server until a stop signal. On start-up, work that a crash left `active` in
 the spool goes back to `incoming` (or to `hold` once it has been tried `[pipeline] max_attempts`
 times); the SMTP socket is the one systemd passes (socket activation) or `[server] listen`;

@@ -5,7 +5,7 @@ Stages: parse → authenticate → classify → reply text → (in `deliver`) th
 organizations, routing and rules, outbound mail. Output: for each entry exactly one result
 committed in the database in one transaction with its incoming-audit row and the mail it causes
 — a ticket message (`created_ticket`, `appended`), a `duplicate`, a `bounce`, a
-`forwarding_confirmation`, an `ignored` robot, quarantined `spam` (`mailgate.quarantine`), a
+`forwarding_confirmation`, an `ignored` robot, quarantined `spam` (`pipeline.quarantine`), a
 `rejected` refusal record, or a `held` message with its error — with the spam scanner's verdict
 when there is one, and only then the spool entry marked done. Stages are pure functions where
 possible; their database look-ups are passed in.
