@@ -26,8 +26,8 @@ Trust:  developer tool for a trusted local machine. Everything it reads it gener
         --keep DIR, where they are left for inspection (existing files are never overwritten).
 
 Method: the replies are real `ParsedMail` objects made by `mailgate.parsing.parse.parse` from
-composed
-bytes: In-Reply-To/References pointing at random existing messages, at unknown ids, at our own
+composed bytes: In-Reply-To/References pointing at random existing messages, at unknown ids,
+at our own
 Message-IDs missing from the index, a signed reply address (`Signer.reply_address`), a forged
 one, and `[#id]` subject tags from a participant and from a stranger. The look-ups are the
 pipeline's own (`Deliverer(Policy(...), None, signer)._lookups(conn)`); each `find_ticket` call
