@@ -119,8 +119,12 @@ def run_stages(raw: bytes) -> dict[str, float]:
     from mailgate.classify import classify
     from mailgate.config import Branding
     from mailgate.outbound.render import BUILTIN_DIR, Renderer
-    from mailgate.parsing.parse import parse
-    from mailgate.parsing.replytext import reply_text
+    if Path("mailgate/parsing").is_dir():  # the child runs in the tree measured
+        from mailgate.parsing.parse import parse
+        from mailgate.parsing.replytext import reply_text
+    else:  # a tree from before the layout of issue 16
+        from mailgate.parse import parse  # type: ignore[no-redef]
+        from mailgate.replytext import reply_text  # type: ignore[no-redef]
     from mailgate.threading.forwarded import original_of
     from mailgate.threading.match import our_addresses
 
