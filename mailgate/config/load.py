@@ -21,8 +21,8 @@ from typing import Any
 from mailgate.config.schema import AGENT_KEYS, ARRAYS, SCHEMA
 from mailgate.config.sections import (
     parse_hostport,
-    read_brands,
     read_branding,
+    read_brands,
     read_dkim_keys,
     read_mailboxes,
     read_organizations,

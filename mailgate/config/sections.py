@@ -1,5 +1,6 @@
 """Readers for the sections with more than flat keys: organizations and their routing, the
-relay, spam, DKIM keys ([dkim] or [[dkim]]), branding and [brands.NAME], [[mailboxes]], an agent's reply authentication, host:port values.
+relay, spam, DKIM keys ([dkim] or [[dkim]]), branding and [brands.NAME], [[mailboxes]], an
+agent's reply authentication, host:port values.
 
 Input: one section of the TOML document as parsed (untrusted form), the config file's directory
 for relative paths, and `fail(key, message)` to make the one-line `ConfigError`. Output: the

@@ -28,8 +28,8 @@ from mailgate.pipeline.deliver import Policy
 from mailgate.rules import load_business_hours, load_rules, load_slas
 from mailgate.store.db import transaction
 from mailgate.store.files import load_or_create_secret
-from mailgate.store.outbound import OutboundMail
 from mailgate.store.orgs import sync_configured
+from mailgate.store.outbound import OutboundMail
 from mailgate.threading.token import Signer
 
 

@@ -153,10 +153,11 @@ class Deliverer:
         if cls.kind == "forwarding_confirmation":
             details = asdict(cls.forwarding) if cls.forwarding is not None else {}
             if self.policy.mailboxes:  # which mailbox is being forwarded here
-                forwarded_from = base_mailbox(str(details.get("address") or ""))
+                named = [base_mailbox(str(details.get(k) or ""))
+                         for k in ("forwarding_address", "confirming_address")]
                 details["mailbox"] = next(
-                    (m.address for m in self.policy.mailboxes
-                     if forwarded_from in m.addresses()),
+                    (m.address for a in named for m in self.policy.mailboxes
+                     if a in m.addresses()),
                     mailbox_of(env.rcpt_to, parsed, self.policy.mailboxes)[0])
             reason = (f"forwarding confirmation ({details.get('provider', '?')}): finish setup"
                       " with the code or link (mailgate forwarding pending)")

@@ -1,0 +1,374 @@
+"""Several mailboxes and brands, end to end: a running daemon, real aiosmtpd relays, real DKIM
+keys verified by dkimpy against a stub DNS function.
+
+Two mailboxes in two domains and two brands: `support@example.com` answers as Acme
+(`support@acme.test`, token replies, the global relay) and `help@help.example.org` as Globex
+(`help@globex.test`, replies through the public address, its own relay). A mail to each,
+directly and forwarded (the envelope rewritten to another address of ours, the public address in
+To / X-Forwarded-To), is acknowledged From that mailbox's public address, in its brand, signed
+for its domain; an agent's reply keeps the mailbox; a reply through the public address with
+In-Reply-To only threads. And the config errors check-config names.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import dkim
+import pytest
+from conftest import Daemon, queue_id_of, relay_section, send, wait_outgoing
+from relay_stub import RelayStub
+
+from mailgate.outbound.dkim_sign import keygen
+
+ACME_COLOR, GLOBEX_COLOR = "#ff6600", "#0a7d3b"
+
+
+def dnsfunc_for(records: list[str]) -> Callable[..., bytes | None]:
+    """A dnsfunc for dkimpy serving the TXT record lines keygen printed."""
+    values = {}
+    for record in records:
+        name, strings = record.split(" IN TXT ", 1)
+        values[name] = "".join(strings.split('"')[1::2]).encode()
+
+    def dnsfunc(qname: bytes, timeout: float = 5) -> bytes | None:
+        return values.get(qname.decode())
+
+    return dnsfunc
+
+
+@pytest.fixture
+def globex_relay() -> Iterator[RelayStub]:
+    stub = RelayStub()
+    stub.start()
+    yield stub
+    stub.stop()
+
+
+@pytest.fixture
+def two_brands(make_daemon: Callable[..., Daemon], relay: RelayStub, globex_relay: RelayStub,
+               tmp_path: Path) -> tuple[Daemon, Callable[..., bytes | None]]:
+    acme_key, acme_record = keygen(tmp_path / "keys", "s1", "acme.test", per_domain=True)
+    globex_key, globex_record = keygen(tmp_path / "keys", "s1", "globex.test", per_domain=True)
+    extra = relay_section(relay.port) + f"""
+[branding]
+company_name = "Example default"
+
+[brands.acme]
+company_name = "Acme"
+primary_color = "{ACME_COLOR}"
+signature = "Your Acme care team"
+footer = "Acme Inc, 1 Road, Town"
+
+[brands.globex]
+company_name = "Globex"
+primary_color = "{GLOBEX_COLOR}"
+signature = "Globex Customer Happiness"
+footer = "Globex Corporation, Cypress Creek"
+
+[[dkim]]
+domain = "acme.test"
+selector = "s1"
+key_file = "{acme_key}"
+
+[[dkim]]
+domain = "globex.test"
+selector = "s1"
+key_file = "{globex_key}"
+
+[[mailboxes]]
+address = "support@example.com"
+public_address = "support@acme.test"
+name = "Acme Support"
+brand = "acme"
+
+[[mailboxes]]
+address = "help@help.example.org"
+public_address = "help@globex.test"
+name = "Globex Help"
+brand = "globex"
+reply_to = "public"
+team = "globex-team"
+[mailboxes.relay]
+host = "127.0.0.1"
+port = {globex_relay.port}
+retry_base_seconds = 0.3
+retry_max_seconds = 1
+timeout = 5
+"""
+    return make_daemon(extra=extra), dnsfunc_for([acme_record, globex_record])
+
+
+def mail(subject: str, mid: str, to: str, sender: str = "jane@customer.test",
+         extra: str = "") -> str:
+    return (f"From: Jane Doe <{sender}>\r\nTo: {to}\r\nSubject: {subject}\r\n"
+            f"Message-ID: <{mid}>\r\n{extra}\r\nHello, I need help with {subject}.\r\n")
+
+
+def parts(msg: email.message.Message) -> tuple[str, str]:
+    text = html = ""
+    for part in msg.walk():
+        if part.get_content_type() == "text/plain":
+            text = part.get_content()
+        elif part.get_content_type() == "text/html":
+            html = part.get_content()
+    return text, html
+
+
+def parsed(data: bytes) -> email.message.EmailMessage:
+    return email.message_from_bytes(data, policy=email.policy.default)  # type: ignore[return-value]
+
+
+def ticket_of(d: Daemon, queue_id: str) -> dict:
+    row = d.audit_for(queue_id)
+    assert row["action"] == "created_ticket", row
+    return d.json("tickets", "show", str(row["ticket_id"]))
+
+
+def assert_speaks_as(data: bytes, dnsfunc: Callable[..., bytes | None], *, name: str,
+                     address: str, color: str, signature: str) -> email.message.EmailMessage:
+    msg = parsed(data)
+    sender = msg["From"].addresses[0]
+    assert (sender.display_name, sender.addr_spec) == (name, address)
+    text, html = parts(msg)
+    assert signature in text and signature in html
+    assert color in html
+    domain = address.rpartition("@")[2]
+    assert f"d={domain}".encode() in data.split(b"\r\n\r\n", 1)[0]
+    assert dkim.verify(data, dnsfunc=dnsfunc), "the DKIM signature does not verify"
+    return msg
+
+
+def test_each_mailbox_answers_as_itself_directly_and_forwarded(
+        two_brands: tuple[Daemon, Callable[..., bytes | None]], relay: RelayStub,
+        globex_relay: RelayStub) -> None:
+    d, dnsfunc = two_brands
+    # 1. straight to Acme's address of ours
+    code, reply = send(d.port, mail("Acme direct", "a1@customer.test", "support@example.com"),
+                       rcpts=("support@example.com",))
+    assert code == 250
+    acme = ticket_of(d, queue_id_of(reply))
+    assert acme["mailbox"] == "support@example.com"
+    assert acme["mailbox_from"] == "support@acme.test"
+    (ack,) = relay.wait_for(1, timeout=20)
+    msg = assert_speaks_as(ack.data, dnsfunc, name="Acme Support", address="support@acme.test",
+                           color=ACME_COLOR, signature="Your Acme care team")
+    # token mode: replies come to our address with the ticket's signed token
+    assert msg["Reply-To"].addresses[0].addr_spec == acme["reply_address"]
+    assert acme["reply_address"].startswith("support+") and \
+        acme["reply_address"].endswith("@example.com")
+    assert ack.rcpt_tos == ("jane@customer.test",)
+    assert ack.mail_from.startswith("bounces+o") and ack.mail_from.endswith("@example.com")
+
+    # 2. straight to Globex's address: its own relay, public Reply-To
+    code, reply = send(d.port, mail("Globex direct", "g1@customer.test", "help@globex.test"),
+                       rcpts=("help@help.example.org",))
+    globex = ticket_of(d, queue_id_of(reply))
+    assert globex["mailbox"] == "help@help.example.org"
+    (gack,) = globex_relay.wait_for(1, timeout=20)
+    gmsg = assert_speaks_as(gack.data, dnsfunc, name="Globex Help", address="help@globex.test",
+                            color=GLOBEX_COLOR, signature="Globex Customer Happiness")
+    assert gmsg["Reply-To"].addresses[0].addr_spec == "help@globex.test"
+    assert globex["reply_address"] == "help@globex.test"
+    assert gack.mail_from == "help@globex.test"  # SPF is the company relay's, for its domain
+    assert ACME_COLOR not in parts(gmsg)[1] and "Acme" not in gack.data.decode()
+
+    # 3. forwarded by a company MTA that rewrote the envelope to another address of ours:
+    #    the public address in To and X-Forwarded-To names the mailbox
+    code, reply = send(d.port, mail("Globex forwarded", "g2@customer.test", "help@globex.test",
+                                    extra="X-Forwarded-To: help@globex.test\r\n"),
+                       rcpts=("sales@example.com",))
+    forwarded = ticket_of(d, queue_id_of(reply))
+    assert forwarded["mailbox"] == "help@help.example.org"
+    acks = globex_relay.wait_for(2, timeout=20)
+    assert_speaks_as(acks[1].data, dnsfunc, name="Globex Help", address="help@globex.test",
+                     color=GLOBEX_COLOR, signature="Globex Customer Happiness")
+    code, reply = send(d.port, mail("Acme forwarded", "a2@customer.test", "support@acme.test"),
+                       rcpts=("sales@example.com",))
+    assert ticket_of(d, queue_id_of(reply))["mailbox"] == "support@example.com"
+    acks = relay.wait_for(2, timeout=20)
+    assert_speaks_as(acks[1].data, dnsfunc, name="Acme Support", address="support@acme.test",
+                     color=ACME_COLOR, signature="Your Acme care team")
+    # the public address is ours: never a participant of the ticket (nor copied)
+    assert "help@globex.test" not in d.json("tickets", "show", str(forwarded["id"]))[
+        "participants"]
+
+    # 4. listed and filtered by mailbox (by either of its addresses)
+    by_globex = d.json("tickets", "list", "--mailbox", "help@globex.test")
+    assert sorted(t["id"] for t in by_globex) == sorted([globex["id"], forwarded["id"]])
+    by_acme = d.json("tickets", "list", "--mailbox", "support@example.com")
+    assert globex["id"] not in {t["id"] for t in by_acme} and acme["id"] in {
+        t["id"] for t in by_acme}
+    assert "mailbox: help@help.example.org" in d.cli("tickets", "show", str(globex["id"]))
+    out = d.cli("tickets", "list", "--mailbox", "nobody@example.com", expect=1)
+    assert out.startswith("mailgate: no mailbox 'nobody@example.com'") and out.count("\n") == 1
+
+
+def test_agent_reply_keeps_the_mailbox_and_a_public_reply_threads_by_message_id(
+        two_brands: tuple[Daemon, Callable[..., bytes | None]], relay: RelayStub,
+        globex_relay: RelayStub) -> None:
+    d, dnsfunc = two_brands
+    code, reply = send(d.port, mail("Invoice wrong", "g10@customer.test", "help@globex.test"),
+                       rcpts=("help@help.example.org",))
+    ticket = ticket_of(d, queue_id_of(reply))
+    globex_relay.wait_for(1, timeout=20)  # the acknowledgement
+    out = d.cli("tickets", "reply", str(ticket["id"]), "--agent", "alice@example.com",
+                "--body", "We fixed the invoice.")
+    assert "queued" in out
+    agent_mail = globex_relay.wait_for(2, timeout=20)[1]
+    msg = assert_speaks_as(agent_mail.data, dnsfunc, name="Globex Help",
+                           address="help@globex.test", color=GLOBEX_COLOR,
+                           signature="Globex Customer Happiness")
+    assert "We fixed the invoice." in parts(msg)[0]
+    assert msg["In-Reply-To"] == "<g10@customer.test>"
+    assert msg["Reply-To"].addresses[0].addr_spec == "help@globex.test"
+    assert not relay.messages  # nothing through the global relay
+
+    # The customer answers the public address; the company forwards it to our address. No
+    # token anywhere: In-Reply-To alone threads it.
+    answer = mail("Re: Invoice wrong", "g11@customer.test", "help@globex.test",
+                  extra=f"In-Reply-To: {msg['Message-ID']}\r\n")
+    code, reply = send(d.port, answer, rcpts=("help@help.example.org",))
+    row = d.audit_for(queue_id_of(reply))
+    assert row["action"] == "appended" and row["ticket_id"] == ticket["id"], row
+    assert row["matched_by"] == "in-reply-to"
+    shown = d.json("tickets", "show", str(ticket["id"]))
+    assert shown["mailbox"] == "help@help.example.org"
+    assert [m["direction"] for m in shown["messages"]] == ["in", "out", "in"]
+
+
+def test_legacy_single_mailbox_is_unchanged(out_daemon, relay: RelayStub) -> None:
+    """No [[mailboxes]]: the first of [mail] mailboxes under [branding], as before."""
+    d = out_daemon()
+    code, reply = send(d.port, mail("Old style", "o1@customer.test", "sales@example.com"),
+                       rcpts=("sales@example.com",))
+    ticket = ticket_of(d, queue_id_of(reply))
+    assert ticket["mailbox"] == "support@example.com"
+    (ack,) = relay.wait_for(1, timeout=20)
+    msg = parsed(ack.data)
+    assert msg["From"].addresses[0].addr_spec == "support@example.com"
+    assert msg["From"].addresses[0].display_name == "Acme Support"
+    assert msg["Reply-To"].addresses[0].addr_spec == ticket["reply_address"]
+    wait_outgoing(d, lambda rows: rows and rows[0]["status"] == "sent")
+
+
+def confirmation(public: str, ours: str) -> str:
+    return (
+        f"From: Gmail Team <forwarding-noreply@google.com>\r\nTo: {ours}\r\n"
+        f"Subject: (#{len(public)}2345678) Gmail Forwarding Confirmation - Receive Mail from"
+        f" {public}\r\nMessage-ID: <gfc-{public}>\r\n"
+        "Content-Type: text/plain; charset=UTF-8\r\n\r\n"
+        f"{public} has requested to automatically forward mail to your email\r\n"
+        f"address {ours}.\r\nConfirmation code: {len(public)}2345678\r\n\r\n"
+        f"To allow {public} to automatically forward mail to your address, please\r\n"
+        "click the link below to confirm the request:\r\n\r\n"
+        "https://mail-settings.google.com/mail/vf-%5BANGjdJ8%5D-abcdef\r\n\r\n"
+        "Thanks for using Gmail!\r\n")
+
+
+def test_forwarding_confirmations_say_which_mailbox(
+        two_brands: tuple[Daemon, Callable[..., bytes | None]]) -> None:
+    d, _dns = two_brands
+    for public, ours, rcpt in (("help@globex.test", "help@help.example.org",
+                                "help@help.example.org"),
+                               ("support@acme.test", "support@example.com", "sales@example.com")):
+        code, reply = send(d.port, confirmation(public, ours),
+                           mail_from="forwarding-noreply@google.com", rcpts=(rcpt,))
+        assert d.audit_for(queue_id_of(reply))["action"] == "forwarding_confirmation"
+    pending = {p["forwarding_address"]: p for p in d.json("forwarding", "pending")}
+    assert pending["help@globex.test"]["mailbox"] == "help@help.example.org"
+    assert pending["support@acme.test"]["mailbox"] == "support@example.com"
+    table = d.cli("forwarding", "pending")
+    assert "MAILBOX" in table.splitlines()[0] and "help@help.example.org" in table
+
+
+def test_mailbox_of_reads_envelope_then_forwarding_headers_then_to() -> None:
+    from mailgate.config import Mailbox
+    from mailgate.parsing.parse import parse
+    from mailgate.threading import mailbox_of
+
+    boxes = (Mailbox("support@example.com", "support@acme.test"),
+             Mailbox("help@help.example.org", "help@globex.test"))
+
+    def which(rcpt: str, headers: str) -> str:
+        raw = (headers + "From: j@customer.test\r\nSubject: x\r\n\r\nhi\r\n").encode()
+        return mailbox_of((rcpt,), parse(raw), boxes)[0]
+
+    # the envelope names one of the mailboxes' own addresses (a +tag too): it wins
+    assert which("help+x@help.example.org", "To: support@acme.test\r\n") == \
+        "help@help.example.org"
+    # else Delivered-To / X-Original-To / X-Forwarded-To, before To
+    assert which("sales@example.com", "Delivered-To: help@globex.test\r\n"
+                 "To: support@acme.test\r\n") == "help@help.example.org"
+    assert which("sales@example.com", "X-Original-To: help@help.example.org\r\n"
+                 "To: someone@else.test\r\n") == "help@help.example.org"
+    assert which("sales@example.com", "To: Globex <help@globex.test>\r\n") == \
+        "help@help.example.org"
+    # nothing known: the default (first) mailbox
+    assert which("sales@example.com", "To: someone@else.test\r\n") == "support@example.com"
+
+
+# --- config errors ------------------------------------------------------------------------------
+
+
+BASE = """
+[mail]
+domains = ["example.com", "help.example.org"]
+[brands.acme]
+company_name = "Acme"
+[[mailboxes]]
+address = "support@example.com"
+public_address = "support@acme.test"
+brand = "acme"
+"""
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ('[[mailboxes]]\naddress = "help@elsewhere.test"\n',
+     "[[mailboxes]] 'help@elsewhere.test' address: help@elsewhere.test is not in one of"
+     " [mail] domains"),
+    ('[[mailboxes]]\naddress = "help@example.com"\nbrand = "globex"\n',
+     "[[mailboxes]] 'help@example.com' brand: no [brands.globex] table (brands: acme)"),
+    ('[[mailboxes]]\naddress = "help@example.com"\npublic_address = "Support@Acme.test"\n',
+     "[[mailboxes]] 'help@example.com' public_address: support@acme.test is already the"
+     " public_address of [[mailboxes]] 'support@example.com'"),
+    ('[[mailboxes]]\naddress = "support@example.com"\n',
+     "[[mailboxes]] 'support@example.com' address: support@example.com is already the address"
+     " of [[mailboxes]] 'support@example.com'"),
+    ('[[mailboxes]]\naddress = "help@example.com"\npublic_address = "support@example.com"\n',
+     "[[mailboxes]] 'help@example.com' public_address: support@example.com is already the"
+     " address of [[mailboxes]] 'support@example.com'"),
+    ('[[mailboxes]]\naddress = "help@example.com"\nreply_to = "public"\n',
+     "[[mailboxes]] 'help@example.com' reply_to: \"public\" needs a public_address"),
+    ('[[mailboxes]]\naddress = "help@example.com"\ncolour = "red"\n',
+     "[[mailboxes]] #2 colour: unknown key"),
+    ('[[mailboxes]]\naddress = "help@example.com"\n[mailboxes.relay]\nport = 0\n',
+     "[[mailboxes]] 'help@example.com' relay.port: must be between 1 and 65535"),
+    ('[brands.globex]\nprimary_colour = "red"\n', "[brands.globex] primary_colour: unknown key"),
+    ('[[dkim]]\ndomain = "acme.test"\nselector = "s1"\nkey_file = "nope.private"\n',
+     "[[dkim]] #1 key_file: file not found"),
+])
+def test_check_config_names_the_key_and_the_file(tmp_path: Path, run_cli, extra: str,
+                                                 message: str) -> None:
+    path = tmp_path / "m.toml"
+    path.write_text(BASE + extra)
+    output, code = run_cli("--config", str(path), "check-config")
+    assert code == 1
+    assert output.startswith(f"mailgate: {path}: {message}"), output
+    assert output.count("\n") == 1
+
+
+@pytest.fixture
+def run_cli() -> Callable[..., tuple[str, int]]:
+    from click.testing import CliRunner
+
+    from mailgate.cli import cli
+
+    def run(*args: str) -> tuple[str, int]:
+        result = CliRunner().invoke(cli, list(args))
+        return result.output, result.exit_code
+
+    return run
