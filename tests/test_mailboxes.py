@@ -211,7 +211,7 @@ def test_agent_reply_keeps_the_mailbox_and_a_public_reply_threads_by_message_id(
         two_brands: tuple[Daemon, Callable[..., bytes | None]], relay: RelayStub,
         globex_relay: RelayStub) -> None:
     d, dnsfunc = two_brands
-    code, reply = send(d.port, mail("Invoice wrong", "g10@customer.test", "help@globex.test"),
+    _code, reply = send(d.port, mail("Invoice wrong", "g10@customer.test", "help@globex.test"),
                        rcpts=("help@help.example.org",))
     ticket = ticket_of(d, queue_id_of(reply))
     globex_relay.wait_for(1, timeout=20)  # the acknowledgement
@@ -231,7 +231,7 @@ def test_agent_reply_keeps_the_mailbox_and_a_public_reply_threads_by_message_id(
     # token anywhere: In-Reply-To alone threads it.
     answer = mail("Re: Invoice wrong", "g11@customer.test", "help@globex.test",
                   extra=f"In-Reply-To: {msg['Message-ID']}\r\n")
-    code, reply = send(d.port, answer, rcpts=("help@help.example.org",))
+    _code, reply = send(d.port, answer, rcpts=("help@help.example.org",))
     row = d.audit_for(queue_id_of(reply))
     assert row["action"] == "appended" and row["ticket_id"] == ticket["id"], row
     assert row["matched_by"] == "in-reply-to"
@@ -243,7 +243,7 @@ def test_agent_reply_keeps_the_mailbox_and_a_public_reply_threads_by_message_id(
 def test_legacy_single_mailbox_is_unchanged(out_daemon, relay: RelayStub) -> None:
     """No [[mailboxes]]: the first of [mail] mailboxes under [branding], as before."""
     d = out_daemon()
-    code, reply = send(d.port, mail("Old style", "o1@customer.test", "sales@example.com"),
+    _code, reply = send(d.port, mail("Old style", "o1@customer.test", "sales@example.com"),
                        rcpts=("sales@example.com",))
     ticket = ticket_of(d, queue_id_of(reply))
     assert ticket["mailbox"] == "support@example.com"
@@ -275,7 +275,7 @@ def test_forwarding_confirmations_say_which_mailbox(
     for public, ours, rcpt in (("help@globex.test", "help@help.example.org",
                                 "help@help.example.org"),
                                ("support@acme.test", "support@example.com", "sales@example.com")):
-        code, reply = send(d.port, confirmation(public, ours),
+        _code, reply = send(d.port, confirmation(public, ours),
                            mail_from="forwarding-noreply@google.com", rcpts=(rcpt,))
         assert d.audit_for(queue_id_of(reply))["action"] == "forwarding_confirmation"
     pending = {p["forwarding_address"]: p for p in d.json("forwarding", "pending")}
