@@ -19,8 +19,9 @@ from pathlib import Path
 
 import dkim
 import pytest
-from conftest import Daemon, queue_id_of, relay_section, send, wait_outgoing
+from conftest import Daemon, free_port, queue_id_of, relay_section, send, wait_outgoing
 from relay_stub import RelayStub
+from test_admin import Client, admin_section, wait_http
 
 from mailgate.outbound.dkim_sign import keygen
 
@@ -53,7 +54,7 @@ def two_brands(make_daemon: Callable[..., Daemon], relay: RelayStub, globex_rela
                tmp_path: Path) -> tuple[Daemon, Callable[..., bytes | None]]:
     acme_key, acme_record = keygen(tmp_path / "keys", "s1", "acme.test", per_domain=True)
     globex_key, globex_record = keygen(tmp_path / "keys", "s1", "globex.test", per_domain=True)
-    extra = relay_section(relay.port) + f"""
+    extra = relay_section(relay.port) + admin_section(free_port()) + f"""
 [branding]
 company_name = "Example default"
 
@@ -100,6 +101,13 @@ retry_max_seconds = 1
 timeout = 5
 """
     return make_daemon(extra=extra), dnsfunc_for([acme_record, globex_record])
+
+
+def admin_client(d: Daemon) -> Client:
+    listen = d.config.read_text().split('[admin]\nlisten = "', 1)[1].split('"', 1)[0]
+    client = Client(f"http://{listen}", d.data_dir / "admin.token")
+    wait_http(client, d)
+    return client
 
 
 def mail(subject: str, mid: str, to: str, sender: str = "jane@customer.test",
@@ -253,6 +261,41 @@ def test_legacy_single_mailbox_is_unchanged(out_daemon, relay: RelayStub) -> Non
     assert msg["From"].addresses[0].display_name == "Acme Support"
     assert msg["Reply-To"].addresses[0].addr_spec == ticket["reply_address"]
     wait_outgoing(d, lambda rows: rows and rows[0]["status"] == "sent")
+
+
+def test_api_and_panels_show_and_filter_by_mailbox_and_notifications_speak_as_it(
+        two_brands: tuple[Daemon, Callable[..., bytes | None]], relay: RelayStub,
+        globex_relay: RelayStub) -> None:
+    d, dnsfunc = two_brands
+    _code, reply = send(d.port, mail("Acme one", "a20@customer.test", "support@example.com"),
+                        rcpts=("support@example.com",))
+    acme = ticket_of(d, queue_id_of(reply))
+    _code, reply = send(d.port, mail("Globex one", "g20@customer.test", "help@globex.test"),
+                        rcpts=("help@help.example.org",))
+    globex = ticket_of(d, queue_id_of(reply))
+    client = admin_client(d)
+    rows = client.get("/api/tickets?mailbox=help@help.example.org").json()
+    assert [r["id"] for r in rows] == [globex["id"]]
+    assert rows[0]["mailbox"] == "help@help.example.org"
+    assert {r["id"] for r in client.get("/api/tickets").json()} == {acme["id"], globex["id"]}
+    shown = client.get(f"/api/tickets/{globex['id']}").json()
+    assert (shown["mailbox"], shown["mailbox_from"], shown["reply_address"]) == (
+        "help@help.example.org", "help@globex.test", "help@globex.test")
+    page = client.get("/tickets?view=all&mailbox=help@help.example.org").text
+    assert "Globex one" in page and "Acme one" not in page
+    assert "help@globex.test" in page and "support@acme.test" in page  # the mailbox tabs
+    assert "help@help.example.org" in client.get(f"/tickets/{globex['id']}").text
+    # the notification to the agent speaks as the mailbox too (its relay, From, key)
+    globex_relay.wait_for(1, timeout=20)
+    assert client.post(f"/api/tickets/{globex['id']}/assign",
+                       form={"agent": "alice@example.com"}).status == 200
+    note = globex_relay.wait_for(2, timeout=20)[1]
+    assert note.rcpt_tos == ("alice@example.com",)
+    msg = assert_speaks_as(note.data, dnsfunc, name="Globex Help", address="help@globex.test",
+                           color=GLOBEX_COLOR, signature="Globex Customer Happiness")
+    # an agent's personal reply address is always ours (its token proves the agent)
+    assert msg["Reply-To"].addresses[0].addr_spec.startswith("help+a")
+    assert msg["Reply-To"].addresses[0].addr_spec.endswith("@help.example.org")
 
 
 def confirmation(public: str, ours: str) -> str:

@@ -109,7 +109,8 @@ def ruleset(config: Config) -> RuleSet:
     """The automations and SLAs, validated (ConfigError naming file, rule and key)."""
     hours = load_business_hours(config.business_hours, str(config.path))
     agents = frozenset(a.email for a in config.agents)
-    kinds = frozenset(k["kind"] for k in renderer(config).kinds())
+    kinds = frozenset(k["kind"] for box in config.support_mailboxes  # any mailbox's kinds
+                      for k in renderer(config, box).kinds())
     source = rules_file(config)
     rules = load_rules(list(config.automations), str(config.path), source,
                        file_required=config.rules_file_explicit or source == BUILTIN_RULES,
