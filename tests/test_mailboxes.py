@@ -415,3 +415,85 @@ def run_cli() -> Callable[..., tuple[str, int]]:
         return result.output, result.exit_code
 
     return run
+
+
+# --- setup: init with a public address, doctor for every domain ---------------------------------
+
+
+def test_init_with_a_public_address_and_doctor_checks_every_domain(
+        tmp_path: Path, relay: RelayStub) -> None:
+    from test_setup import DnsStub, doctor, init_args, run
+
+    from mailgate.outbound.dkim_sign import dns_record, dns_txt_value
+
+    config = tmp_path / "etc" / "mailgate.toml"
+    result = run(*init_args(config, relay.port, "--public-address", "Support@Acme.test",
+                            "--company-name", "Acme Inc"))
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "3. Forward support@acme.test to support@help.example.com:" in out
+    data = config.parent / "data"
+    ours_key, acme_key = data / "dkim" / "s1.private", data / "dkim" / "acme.test" / "s1.private"
+    acme_record = dns_record("s1", "acme.test", dns_txt_value(acme_key)).split(" IN TXT ")[1]
+    assert any(line.strip().startswith("s1._domainkey.acme.test.") and line.endswith(acme_record)
+               for line in out.splitlines())
+    text = config.read_text()
+    assert 'public_address = "support@acme.test"' in text and 'name = "Acme Inc"' in text
+    assert run("--config", str(config), "check-config").exit_code == 0
+
+    records = {
+        "s1._domainkey.help.example.com.":
+            dns_record("s1", "help.example.com", dns_txt_value(ours_key)).split(" IN TXT ")[1],
+        "s1._domainkey.acme.test.": acme_record}
+
+    def dkim_lines(served: dict[str, str]) -> list[str]:
+        stub = DnsStub(served)
+        try:
+            _code, lines = doctor(config, "--nameserver", stub.address)
+        finally:
+            stub.close()
+        return [line for line in lines if line[6:].startswith("dkim ")]
+
+    assert [line[:4] for line in dkim_lines(records)] == ["ok  ", "ok  "]
+    without = dkim_lines({k: v for k, v in records.items() if "acme" not in k})
+    assert without[0].startswith("ok ") and without[1].startswith("FAIL")
+    assert "s1._domainkey.acme.test has no TXT record" in without[1]
+
+    # no key for the public address's domain: doctor says DMARC will fail, and how to fix it
+    config.write_text(text.replace('[[dkim]]\ndomain = "acme.test"', '[[dkim]]\ndomain = "x.test"'))
+    warn = dkim_lines(records)[-1]
+    assert warn.startswith("warn") and "mail From support@acme.test is not DKIM-signed for" \
+        " acme.test" in warn and "DMARC will fail" in warn
+    assert "fix: mailgate dkim keygen --selector mg1 --domain acme.test" in warn
+    assert "or unset public_address of [[mailboxes]] 'support@help.example.com'" in warn
+
+
+def test_dkim_keygen_for_a_second_domain(tmp_path: Path) -> None:
+    from test_setup import run
+
+    config = tmp_path / "m.toml"
+    config.write_text('[mail]\ndomains = ["example.com"]\n[storage]\ndata_dir = "data"\n')
+    first = run("--config", str(config), "dkim", "keygen", "--selector", "s1")
+    assert first.exit_code == 0 and "[dkim]\ndomain = \"example.com\"" in first.output
+    second = run("--config", str(config), "dkim", "keygen", "--selector", "s1", "--domain",
+                 "Acme.test")
+    assert second.exit_code == 0, second.output
+    assert (tmp_path / "data" / "dkim" / "s1.private").is_file()
+    assert (tmp_path / "data" / "dkim" / "acme.test" / "s1.private").is_file()
+    assert "s1._domainkey.acme.test. IN TXT" in second.output
+    assert "[[dkim]]\ndomain = \"acme.test\"" in second.output
+
+
+def test_no_automatic_mail_to_our_own_public_address(
+        two_brands: tuple[Daemon, Callable[..., bytes | None]], relay: RelayStub) -> None:
+    """The company's shared mailbox writing to us gets no acknowledgement: it would be
+    forwarded straight back (a loop)."""
+    d, _dns = two_brands
+    _code, reply = send(d.port, mail("From our own inbox", "own1@acme.test",
+                                     "support@example.com", sender="support@acme.test"),
+                        mail_from="support@acme.test", rcpts=("support@example.com",))
+    ticket = ticket_of(d, queue_id_of(reply))
+    rows = wait_outgoing(d, lambda rows: len(rows) >= 1)
+    assert rows[0]["status"] == "suppressed" and rows[0]["ticket_id"] == ticket["id"], rows
+    assert "is one of our mailboxes (loop prevention)" in rows[0]["last_error"]
+    assert not relay.messages

@@ -193,11 +193,15 @@ class Backend:
             unassigned = unassigned or only_unassigned
         if status is not None:
             statuses = (status,)
+        if mailbox:  # either of a mailbox's addresses; an unknown one matches nothing
+            wanted = mailbox.strip().lower()
+            mailbox = next((m.address for m in self.config.support_mailboxes
+                            if wanted in m.addresses()), wanted)
         rows = tickets.list_tickets(self.db, statuses=statuses, unassigned=unassigned,
                                     org=org, limit=limit, mailbox=mailbox,
                                     default_mailbox=self.config.from_address)
         for row in rows:
-            row["mailbox"] = row["mailbox"] or self.config.support_mailboxes[0].address
+            app.describe_mailbox(self.config, row)
         return rows
 
     def ticket(self, ticket_id: int) -> dict[str, Any]:

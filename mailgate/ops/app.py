@@ -171,7 +171,8 @@ def desk(config: Config, db: sqlite_utils.Database) -> Desk:
 
 def dkim_signer(config: Config) -> Callable[[bytes], bytes] | None:
     """Signs each mail with the key of its From domain (`[[dkim]]`; `[dkim]` is one key). A
-    From domain without a key: the mail goes unsigned (`doctor` warns that DMARC will fail)."""
+    From domain without a key gets the first key's signature, which does not align with it
+    (`doctor` warns that DMARC will fail there)."""
     keys = config.dkim_keys
     if not keys:
         return None
@@ -180,8 +181,9 @@ def dkim_signer(config: Config) -> Callable[[bytes], bytes] | None:
         return lambda raw: dkim_sign(raw, only)
 
     def sign(raw: bytes) -> bytes:
-        dkim = config.dkim_for(from_domain(raw))
-        return dkim_sign(raw, dkim) if dkim is not None else raw
+        # a From domain without its own key: the first key's signature (not aligned, so
+        # DMARC fails — doctor says so — but receivers still see who sent it)
+        return dkim_sign(raw, config.dkim_for(from_domain(raw)) or keys[0])
 
     return sign
 

@@ -313,8 +313,10 @@ def check_dkim(cfg: Config, timeout: float, nameserver: str | None = None) -> li
         if box.public_address:
             fix += f", or unset public_address of [[mailboxes]] {box.address!r}"
         results.append(Check("dkim", WARN, f"mail From {box.from_address} is not DKIM-signed"
-                             f" for {box.from_domain} (no [[dkim]] key): DMARC will fail at"
-                             " receivers and the mail may be refused or land in spam", fix))
+                             f" for {box.from_domain} (no [[dkim]] key; it carries"
+                             f" d={cfg.dkim_keys[0].domain}, which does not align): DMARC will"
+                             " fail at receivers and the mail may be refused or land in spam",
+                             fix))
         signed.add(box.from_domain)
     return results
 
