@@ -1,8 +1,8 @@
 """The validated configuration: frozen dataclasses, one per section that has a shape of its own.
 
 Input: none (definitions). Output: `Config` and its parts (`Agent`, `Relay`, `Dkim`, `Branding`,
-`TemplateSettings`, `Spam`), built only by `mailgate.config.load`, so every value has been
-checked. Stdlib only.
+`Mailbox`, `TemplateSettings`, `Spam`), built only by `mailgate.config.load`, so every value
+has been checked. Stdlib only.
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
 """Building the long-lived pieces from a config, for the daemon and the CLI alike.
 
-Input: a validated `Config`. Output: the mail context (renderer, token signer, addresses), the
-agent-action desk, the DKIM signer. Reads the server secret from `data_dir` (creating it once).
+Input: a validated `Config`. Output: the mail context (renderer, token signer, addresses, and
+each mailbox's voice: From, brand, templates, Reply-To), the agent-action desk, the DKIM signer
+(the key of each mail's From domain), the relay and envelope sender of each outgoing mail.
+Reads the server secret from `data_dir` (creating it once).
 """
 
 from __future__ import annotations

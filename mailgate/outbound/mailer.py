@@ -5,10 +5,10 @@ the ticket, the recipient and the template context (untrusted values, escaped by
 Output: exactly one outbox row — `queued` with the composed message, `suppressed` with the rule
 that stopped it, or `failed` with the template error — so every decision is in the outgoing
 audit. Every mail speaks as the ticket's mailbox (`MailContext.for_ticket`: From, brand and
-templates, Reply-To). Our Message-ID carries the ticket's signed token and is indexed for
-threading. Mail to
-an agent carries the agent's personal reply address (a token made for that agent alone); every
-display name from mail is cut to one short line before it reaches a template or a header.
+templates, Reply-To); automatic mail is never sent to one of our mailboxes' addresses (a loop).
+Our Message-ID carries the ticket's signed token and is indexed for threading. Mail to an agent
+carries the agent's personal reply address (a token made for that agent alone); every display
+name from mail is cut to one short line before it reaches a template or a header.
 """
 
 from __future__ import annotations
