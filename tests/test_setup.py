@@ -197,6 +197,8 @@ def test_init_bad_flags_are_one_line(tmp_path: Path, args: tuple[str, ...], mess
 def test_init_asks_step_by_step(tmp_path: Path) -> None:
     config = tmp_path / "mailgate.toml"
     answers = [
+        "",                       # no public address of the company's own
+        "Example Help",           # the company name
         "not a domain",           # asked again
         "help.example.com",
         "support@help.example.com, sales@help.example.com",

@@ -185,7 +185,7 @@ class Backend:
 
     def tickets(self, *, status: str | None = None, view: str | None = None,
                 unassigned: bool = False, org: str | None = None,
-                limit: int = 50) -> list[dict[str, Any]]:
+                limit: int = 50, mailbox: str | None = None) -> list[dict[str, Any]]:
         """Tickets, most recently updated first, filtered like `mailgate tickets list`."""
         statuses: tuple[str, ...] = ()
         if view is not None:
@@ -193,13 +193,23 @@ class Backend:
             unassigned = unassigned or only_unassigned
         if status is not None:
             statuses = (status,)
-        return tickets.list_tickets(self.db, statuses=statuses, unassigned=unassigned,
-                                    org=org, limit=limit)
+        if mailbox:  # either of a mailbox's addresses; an unknown one matches nothing
+            wanted = mailbox.strip().lower()
+            mailbox = next((m.address for m in self.config.support_mailboxes
+                            if wanted in m.addresses()), wanted)
+        rows = tickets.list_tickets(self.db, statuses=statuses, unassigned=unassigned,
+                                    org=org, limit=limit, mailbox=mailbox,
+                                    default_mailbox=self.config.from_address)
+        for row in rows:
+            app.describe_mailbox(self.config, row)
+        return rows
 
     def ticket(self, ticket_id: int) -> dict[str, Any]:
         """The fields of `mailgate tickets show ID --json` (raises NotFound)."""
         ticket = tickets.get_ticket(self.db, ticket_id)
-        ticket["reply_address"] = self.signer.reply_address(self.config.from_address, ticket_id)
+        app.describe_mailbox(self.config, ticket)
+        ticket["reply_address"] = app.mail_context(self.config).for_ticket(ticket).reply_address(
+            ticket_id)
         ticket["sla"] = app.automation(self.config, None).sla(ticket)
         return ticket
 

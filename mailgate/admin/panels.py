@@ -178,8 +178,14 @@ async def ticket_list(request: web.Request) -> web.Response:
     if view not in VIEWS:
         view = "unassigned"
     b = backend(request)
-    rows = await b.run(functools.partial(b.tickets, view=view, limit=200))
-    return page(request, "tickets.html", rows=rows, view=view, views=VIEWS)
+    boxes = b.config.support_mailboxes
+    mailbox = request.query.get("mailbox", "").lower()
+    if mailbox not in {m.address for m in boxes}:
+        mailbox = ""
+    rows = await b.run(functools.partial(b.tickets, view=view, limit=200,
+                                         mailbox=mailbox or None))
+    return page(request, "tickets.html", rows=rows, view=view, views=VIEWS, mailbox=mailbox,
+                mailboxes=boxes)
 
 
 async def _ticket_page(request: web.Request, ticket_id: int, error: str = "",

@@ -68,5 +68,6 @@ def forwarding_pending(state: State, limit: int, as_json: bool) -> None:
     for r in audit.list_incoming(state.db(), action="forwarding_confirmation", limit=limit):
         d = r.get("details") or {}
         rows.append({"received_at": r["received_at"], "queue_id": r["queue_id"],
-                     "from": r["from"], "subject": r["subject"], **d})
-    emit(rows, as_json, ["received_at", "provider", "code", "link", "subject"])
+                     "from": r["from"], "subject": r["subject"],
+                     "mailbox": state.config.support_mailboxes[0].address, **d})
+    emit(rows, as_json, ["received_at", "mailbox", "provider", "code", "link", "subject"])

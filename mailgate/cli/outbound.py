@@ -53,7 +53,10 @@ def templates_preview(state: State, kind: str, ticket_id: int | None, part: str 
         ticket = tickets.ticket_row(db.conn, ticket_id)
         if ticket is None:
             raise NotFound(f"no ticket #{ticket_id}")
-        ticket["reply_address"] = app.signer(cfg).reply_address(cfg.from_address, ticket_id)
+        mail = app.mail_context(cfg).for_ticket(ticket)  # in the ticket's mailbox's brand
+        renderer = mail.renderer
+        context["branding"] = renderer.branding
+        ticket["reply_address"] = mail.reply_address(ticket_id)
         context["ticket"] = ticket
         latest = tickets.latest_customer_message(db.conn, ticket_id)
         if latest is not None:
@@ -78,20 +81,28 @@ def dkim_group() -> None:
 
 @dkim_group.command("keygen")
 @click.option("--selector", required=True, help="DNS selector, e.g. mail2026.")
-@click.option("--domain", help="Signing domain (default: the first of [mail] domains).")
+@click.option("--domain", help="Signing domain (default: the first of [mail] domains); one key"
+              " per From domain, e.g. a mailbox's public_address domain.")
 @click.option("--force", is_flag=True, help="Overwrite an existing key for this selector.")
 @pass_state
 def dkim_keygen(state: State, selector: str, domain: str | None, force: bool) -> None:
     """Write an RSA key under data_dir and print the DNS TXT record to publish."""
-    from mailgate.outbound.dkim_sign import keygen
+    from mailgate.outbound.dkim_sign import check_domain, keygen
 
     cfg = state.config
-    domain = domain or (cfg.domains[0] if cfg.domains else "")
+    first = cfg.domains[0] if cfg.domains else ""
+    domain = check_domain(domain) if domain else first
     if not domain:
         raise UserError(f"no domain: pass --domain or set [mail] domains in {cfg.path}")
-    path, record = keygen(cfg.data_dir, selector, domain, force=force)
+    several = domain != first or len(cfg.dkim_keys) > 1 or any(
+        k.domain != domain for k in cfg.dkim_keys)
+    path, record = keygen(cfg.data_dir, selector, domain, force=force, per_domain=domain != first)
     click.echo(f"key written to {path}")
     click.echo("publish this DNS record:")
     click.echo(record)
-    click.echo(f"then add to {cfg.path}:\n[dkim]\ndomain = \"{domain}\"\n"
+    table = "[[dkim]]" if several else "[dkim]"
+    click.echo(f"then add to {cfg.path}:\n{table}\ndomain = \"{domain}\"\n"
                f"selector = \"{selector}\"\nkey_file = \"{path}\"")
+    if several and len(cfg.dkim_keys) == 1:
+        click.echo("(with keys for several domains, write each as a [[dkim]] entry, the"
+                   " present [dkim] table too)")

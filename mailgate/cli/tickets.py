@@ -39,23 +39,38 @@ def tickets_group() -> None:
 @click.option("--assignee", metavar="EMAIL", help="Only tickets assigned to this agent.")
 @click.option("--org", metavar="NAME", help="Only tickets of this organization.")
 @click.option("--breached", is_flag=True, help="Only tickets whose SLA is breached.")
+@click.option("--mailbox", metavar="ADDRESS",
+              help="Only tickets of this mailbox (its address or public_address).")
 @click.option("--limit", type=click.IntRange(1, 100000), default=50, show_default=True)
 @json_option
 @pass_state
 def tickets_list(state: State, status: str | None, unassigned: bool, assignee: str | None,
-                 org: str | None, breached: bool, limit: int, as_json: bool) -> None:
+                 org: str | None, breached: bool, mailbox: str | None, limit: int,
+                 as_json: bool) -> None:
     """Tickets, most recently updated first."""
+    cfg = state.config
+    if mailbox is not None:
+        wanted = mailbox.strip().lower()
+        box = next((m for m in cfg.support_mailboxes if wanted in m.addresses()), None)
+        if box is None:
+            known = ", ".join(a for m in cfg.support_mailboxes for a in m.addresses())
+            raise UserError(f"no mailbox {mailbox!r} in {cfg.path} (mailboxes: {known})")
+        mailbox = box.address
     rows = tickets.list_tickets(state.db(), status=status, unassigned=unassigned,
-                                assignee=assignee, org=org, limit=100000 if breached else limit)
+                                assignee=assignee, org=org, limit=100000 if breached else limit,
+                                mailbox=mailbox, default_mailbox=cfg.support_mailboxes[0].address)
     if breached:
         automation = app.automation(state.config, None)
         rows = [r for r in rows if (automation.sla(r) or {}).get("breached")][:limit]
     for r in rows:
         r["status_label"] = state.config.status_label(r["status"])
+        app.describe_mailbox(cfg, r)
     table = [{**r, "status": r["status_label"]} for r in rows]  # people see the labels
-    emit(rows if as_json else table, as_json,
-          ["id", "subject", "requester", "organization", "status", "priority", "assignee",
-           "created_at", "updated_at"])
+    columns = ["id", "subject", "requester", "organization", "status", "priority", "assignee",
+               "created_at", "updated_at"]
+    if len(cfg.support_mailboxes) > 1:
+        columns.insert(3, "mailbox")
+    emit(rows if as_json else table, as_json, columns)
 
 
 @tickets_group.command("show")
@@ -66,13 +81,15 @@ def tickets_show(state: State, ticket_id: int, as_json: bool) -> None:
     """One ticket with its messages and attachments."""
     ticket = tickets.get_ticket(state.db(), ticket_id)
     cfg = state.config
-    ticket["reply_address"] = app.signer(cfg).reply_address(cfg.from_address, ticket_id)
+    app.describe_mailbox(cfg, ticket)
+    ticket["reply_address"] = app.mail_context(cfg).for_ticket(ticket).reply_address(ticket_id)
     ticket["sla"] = app.automation(cfg, None).sla(ticket)
     if as_json:
         emit(ticket, True)
         return
     click.echo(f"#{ticket['id']} {cell(ticket['subject'], 200)}")
-    for key in ("status", "requester", "organization", "priority", "tags", "assignee",
+    for key in ("status", "requester", "mailbox", "mailbox_from", "organization", "priority",
+                "tags", "assignee",
                 "reply_address", "sla", "created_at", "updated_at"):
         click.echo(f"  {key}: {cell(ticket[key], 200)}")
     for m in ticket["messages"]:

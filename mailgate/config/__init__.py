@@ -15,6 +15,7 @@ from mailgate.config.settings import (
     Branding,
     Config,
     Dkim,
+    Mailbox,
     Relay,
     Spam,
     TemplateSettings,
@@ -22,6 +23,6 @@ from mailgate.config.settings import (
 
 __all__ = [
     "DEFAULT_CONFIG_NAME", "PRIORITIES", "REPLY_AUTH_METHODS", "ROUTE_KEYS", "TEMPLATE_KINDS",
-    "Agent", "Branding", "Config", "Dkim", "Relay", "Spam", "TemplateSettings",
+    "Agent", "Branding", "Config", "Dkim", "Mailbox", "Relay", "Spam", "TemplateSettings",
     "find_config_path", "is_loopback", "load_config", "parse_config",
 ]

@@ -22,7 +22,9 @@ from mailgate.config.schema import AGENT_KEYS, ARRAYS, SCHEMA
 from mailgate.config.sections import (
     parse_hostport,
     read_branding,
-    read_dkim,
+    read_brands,
+    read_dkim_keys,
+    read_mailboxes,
     read_organizations,
     read_relay,
     read_reply_auth,
@@ -34,6 +36,7 @@ from mailgate.config.settings import (
     TEMPLATE_KINDS,
     Agent,
     Config,
+    Mailbox,
     MiB,
     TemplateSettings,
 )
@@ -84,6 +87,18 @@ def _is_type(value: Any, expected: type | tuple[type, ...]) -> bool:
     return isinstance(value, expected)
 
 
+def check_teams(mailboxes: tuple[Mailbox, ...], teams: Any, fail: Any) -> None:
+    """A mailbox's `team` must name one of `[[teams]]` once the config has any (the teams
+    themselves are read elsewhere); without `[[teams]]` the name is kept as written."""
+    if not isinstance(teams, list) or not teams:
+        return
+    names = {str(t.get("name", "")).strip() for t in teams if isinstance(t, dict)}
+    for box in mailboxes:
+        if box.team and box.team not in names:
+            raise fail(f"[[mailboxes]] {box.address!r} team",
+                       f"no [[teams]] entry named {box.team!r}")
+
+
 def parse_config(doc: dict[str, Any], path: Path) -> Config:
     """Validate a parsed TOML document; raise ConfigError naming file and key on the first fault."""
 
@@ -96,6 +111,9 @@ def parse_config(doc: dict[str, Any], path: Path) -> Config:
             if not isinstance(body, list):
                 raise fail(f"[[{section}]]", "must be an array of tables ([[...]])")
             continue
+        if section in ("brands", "dkim") and isinstance(body, (list, dict)) and (
+                section == "brands" or isinstance(body, list)):
+            continue  # [brands.NAME] tables, [[dkim]] entries: read below
         if section not in SCHEMA:
             raise fail(f"[{section}]", "unknown section")
         if not isinstance(body, dict):
@@ -212,8 +230,20 @@ def parse_config(doc: dict[str, Any], path: Path) -> Config:
         raise fail("[pipeline] max_attempts", "must be at least 1")
 
     relay_cfg = read_relay(values.get("relay", {}), base, fail)
-    dkim = read_dkim(values.get("dkim", {}), base, fail)
+    dkim_keys = read_dkim_keys(doc.get("dkim", {}), base, fail)
     branding = read_branding(values.get("branding", {}), fail)
+    brands = read_brands(doc.get("brands", {}), fail)
+    mailbox_settings = read_mailboxes(doc.get("mailboxes", []), domains,
+                                      {name for name, _b in brands}, base, fail)
+    check_teams(mailbox_settings, doc.get("teams"), fail)
+    for box in mailbox_settings:  # [[mailboxes]] addresses take mail like [mail] mailboxes
+        if box.address not in mailboxes:
+            mailboxes.append(box.address)
+    if mailbox_settings and mail.get("mailboxes"):
+        first = mailbox_settings[0].address
+        if mailboxes[0] != first:  # the default mailbox (outgoing mail without a ticket's)
+            mailboxes.remove(first)
+            mailboxes.insert(0, first)
     tmpl = values.get("templates", {})
     templates_dir = opt_path("templates", "dir")
     if templates_dir is not None and not templates_dir.is_dir():
@@ -304,8 +334,11 @@ def parse_config(doc: dict[str, Any], path: Path) -> Config:
         domains=domains,
         mailboxes=tuple(mailboxes),
         relay=relay_cfg,
-        dkim=dkim,
+        dkim=dkim_keys[0] if dkim_keys else None,
+        dkim_keys=dkim_keys,
         branding=branding,
+        brands=brands,
+        mailbox_settings=mailbox_settings,
         templates_dir=templates_dir,
         templates=tuple(template_settings),
         auto_replies_per_address_per_hour=limits["auto_replies_per_address_per_hour"],

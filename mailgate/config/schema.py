@@ -112,7 +112,20 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], str]]] = {
 }
 AGENT_KEYS: dict[str, type | tuple[type, ...]] = {
     "name": str, "email": str, "reply_auth": (str, list)}
-ARRAYS = ("agents", "organizations", "automations", "sla", "forwarders")  # arrays of tables
+ARRAYS = ("agents", "organizations", "automations", "sla", "forwarders",
+          "mailboxes")  # arrays of tables ([[dkim]] may be one too: see load)
+# [[mailboxes]]: one support address each (its relay is a [mailboxes.relay] table of [relay]'s
+# keys).
+MAILBOX_KEYS: dict[str, tuple[type | tuple[type, ...], str]] = {
+    "address": (str, "an email address in one of [mail] domains"),
+    "public_address": (str, "an email address (the company's own)"),
+    "name": (str, "a display name"),
+    "brand": (str, "the NAME of a [brands.NAME] table"),
+    "templates": (str, "a directory path"),
+    "team": (str, "a team name"),
+    "reply_to": (str, '"token" or "public"'),
+    "relay": (dict, "a [mailboxes.relay] table"),
+}
 ORG_KEYS = {"name": str, "domains": list, "notes": str, "on_new_ticket": dict}
 ROUTE_KEYS = {"assign": str, "round_robin": list, "priority": str, "add_tags": list,
               "status": str, "send_template": str}

@@ -1,5 +1,6 @@
 """Readers for the sections with more than flat keys: organizations and their routing, the
-relay, spam, DKIM, branding, an agent's reply authentication, host:port values.
+relay, spam, DKIM keys ([dkim] or [[dkim]]), branding and [brands.NAME], [[mailboxes]], an
+agent's reply authentication, host:port values.
 
 Input: one section of the TOML document as parsed (untrusted form), the config file's directory
 for relative paths, and `fail(key, message)` to make the one-line `ConfigError`. Output: the
@@ -13,8 +14,17 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from mailgate.config.schema import ORG_KEYS, PRIORITIES, ROUTE_KEYS, SCHEMA
-from mailgate.config.settings import REPLY_AUTH_METHODS, Agent, Branding, Dkim, Relay, Spam
+from mailgate.config.schema import MAILBOX_KEYS, ORG_KEYS, PRIORITIES, ROUTE_KEYS, SCHEMA
+from mailgate.config.settings import (
+    REPLY_AUTH_METHODS,
+    REPLY_TO_MODES,
+    Agent,
+    Branding,
+    Dkim,
+    Mailbox,
+    Relay,
+    Spam,
+)
 
 
 def read_organizations(entries: list[Any], agents: list[Agent], fail: Any
@@ -70,24 +80,27 @@ def read_organizations(entries: list[Any], agents: list[Agent], fail: Any
     return tuple(out)
 
 
-def read_relay(body: dict[str, Any], base: Path, fail: Any) -> Relay:
+def read_relay(body: dict[str, Any], base: Path, fail: Any, where: str = "[relay] ") -> Relay:
+    """`[relay]`, or a mailbox's own relay (`where` is how errors name its keys)."""
     if not 0 < body.get("port", 25) < 65536:
-        raise fail("[relay] port", "must be between 1 and 65535")
+        raise fail(f"{where}port", "must be between 1 and 65535")
     password = body.get("password", "")
     if "password_file" in body:
         if password:
-            raise fail("[relay] password_file", "set either password or password_file, not both")
+            raise fail(f"{where}password_file",
+                       "set either password or password_file, not both")
         pw_path = (base / body["password_file"]).resolve()
         try:
             password = pw_path.read_text().strip()
         except OSError as exc:
-            raise fail("[relay] password_file", f"cannot read {pw_path}: {exc.strerror}") from None
+            raise fail(f"{where}password_file",
+                       f"cannot read {pw_path}: {exc.strerror}") from None
     for key in ("timeout", "data_timeout", "retry_base_seconds", "retry_max_seconds",
                 "give_up_after_seconds"):
         if key in body and body[key] <= 0:
-            raise fail(f"[relay] {key}", "must be positive")
+            raise fail(f"{where}{key}", "must be positive")
     if bool(body.get("username")) != bool(password):
-        raise fail("[relay] username", "username and password must be set together")
+        raise fail(f"{where}username", "username and password must be set together")
     return Relay(
         host=body.get("host", "127.0.0.1"),
         port=body.get("port", 25),
@@ -130,24 +143,154 @@ def read_spam(body: dict[str, Any], fail: Any) -> Spam:
     return Spam(rspamd=url, timeout=timeout, on_error=on_error, **scores)
 
 
-def read_dkim(body: dict[str, Any], base: Path, fail: Any) -> Dkim | None:
+def read_dkim(body: dict[str, Any], base: Path, fail: Any, where: str = "[dkim]"
+              ) -> Dkim | None:
     if not body:
         return None
     for key in ("domain", "selector", "key_file"):
         if not body.get(key):
-            raise fail(f"[dkim] {key}", "domain, selector and key_file must all be set")
+            raise fail(f"{where} {key}", "domain, selector and key_file must all be set")
     key_file = (base / body["key_file"]).resolve()
     if not key_file.is_file():
-        raise fail("[dkim] key_file", f"file not found: {key_file} (`mailgate dkim keygen`)")
-    return Dkim(body["domain"].lower(), body["selector"], key_file)
+        raise fail(f"{where} key_file", f"file not found: {key_file} (`mailgate dkim keygen`)")
+    return Dkim(body["domain"].lower().rstrip("."), body["selector"], key_file)
 
 
-def read_branding(body: dict[str, Any], fail: Any) -> Branding:
+def read_dkim_keys(value: Any, base: Path, fail: Any) -> tuple[Dkim, ...]:
+    """`[dkim]` (one key) or `[[dkim]]` (one per domain): every key, one domain each."""
+    if isinstance(value, dict):
+        entries, label = [value], lambda _i: "[dkim]"
+    elif isinstance(value, list):
+        entries, label = value, lambda i: f"[[dkim]] #{i + 1}"
+    else:
+        raise fail("[dkim]", "must be a table ([dkim]) or an array of tables ([[dkim]])")
+    keys: list[Dkim] = []
+    for i, entry in enumerate(entries):
+        where = label(i)
+        if not isinstance(entry, dict):
+            raise fail(where, "must be a table")
+        for key, item in entry.items():
+            if key not in SCHEMA["dkim"]:
+                raise fail(f"{where} {key}", "unknown key")
+            expected, description = SCHEMA["dkim"][key]
+            if not isinstance(item, expected):
+                raise fail(f"{where} {key}", f"expected {description}, got {item!r}")
+        dkim = read_dkim(entry, base, fail, where)
+        if dkim is None:
+            continue
+        if any(k.domain == dkim.domain for k in keys):
+            raise fail(f"{where} domain", f"a second key for {dkim.domain} (one per domain)")
+        keys.append(dkim)
+    return tuple(keys)
+
+
+def read_branding(body: dict[str, Any], fail: Any, where: str = "[branding]") -> Branding:
     color = body.get("primary_color", "#2563eb")
     if not re.fullmatch(r"#[0-9a-fA-F]{3}|#[0-9a-fA-F]{6}|[a-zA-Z]{3,20}", color):
-        raise fail("[branding] primary_color", f"expected a CSS colour like #2563eb, got {color!r}")
+        raise fail(f"{where} primary_color",
+                   f"expected a CSS colour like #2563eb, got {color!r}")
     defaults = Branding()
     return Branding(**{k: body.get(k, getattr(defaults, k)) for k in SCHEMA["branding"]})
+
+
+def read_brands(value: Any, fail: Any) -> tuple[tuple[str, Branding], ...]:
+    """`[brands.NAME]` tables, each with the keys of `[branding]`."""
+    if not isinstance(value, dict):
+        raise fail("[brands]", "must hold [brands.NAME] tables")
+    out = []
+    for name, body in value.items():
+        where = f"[brands.{name}]"
+        if not isinstance(body, dict):
+            raise fail(where, "must be a table with the keys of [branding]")
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}", name):
+            raise fail(where, "a brand name is letters, digits, '-' and '_'")
+        for key, item in body.items():
+            if key not in SCHEMA["branding"]:
+                raise fail(f"{where} {key}", "unknown key")
+            expected, description = SCHEMA["branding"][key]
+            if not isinstance(item, expected) or (isinstance(item, bool)
+                                                  and expected is not bool):
+                raise fail(f"{where} {key}", f"expected {description}, got {item!r}")
+        out.append((name, read_branding(body, fail, where)))
+    return tuple(out)
+
+
+def _plain_address(value: str) -> str | None:
+    """`local@domain` lower-cased, or None when it is not one plain address."""
+    local, at, domain = value.strip().lower().rpartition("@")
+    if not at or not local or not domain or "+" in local or "." not in domain \
+            or any(c.isspace() or c in '<>(),;:"[]\\' for c in value.strip()):
+        return None
+    return f"{local}@{domain.rstrip('.')}"
+
+
+def read_mailboxes(entries: list[Any], domains: tuple[str, ...], brands: set[str], base: Path,
+                   fail: Any) -> tuple[Mailbox, ...]:
+    """`[[mailboxes]]`: each `address` in one of `domains`, `brand` one of `brands`, no address
+    (ours or public) twice. A `team` is kept as written: teams are checked where they exist."""
+    out: list[Mailbox] = []
+    seen: dict[str, str] = {}
+    for i, entry in enumerate(entries):
+        where = f"[[mailboxes]] #{i + 1}"
+        if not isinstance(entry, dict):
+            raise fail(where, "must be a table")
+        for key, item in entry.items():
+            if key not in MAILBOX_KEYS:
+                raise fail(f"{where} {key}", "unknown key")
+            expected, description = MAILBOX_KEYS[key]
+            if not isinstance(item, expected):
+                raise fail(f"{where} {key}", f"expected {description}, got {item!r}")
+        if "address" not in entry:
+            raise fail(f"{where} address", "a mailbox needs its address (ours, in [mail] domains)")
+        address = _plain_address(entry["address"])
+        if address is None:
+            raise fail(f"{where} address",
+                       f"not a plain address (local@domain): {entry['address']!r}")
+        where = f"[[mailboxes]] {address!r}"
+        if address.rpartition("@")[2] not in domains:
+            raise fail(f"{where} address", f"{address} is not in one of [mail] domains")
+        public = ""
+        if entry.get("public_address"):
+            public = _plain_address(entry["public_address"]) or ""
+            if not public:
+                raise fail(f"{where} public_address",
+                           f"not a plain address (local@domain): {entry['public_address']!r}")
+        for key, value in (("address", address), ("public_address", public)):
+            if value and value in seen:
+                raise fail(f"{where} {key}", f"{value} is already {seen[value]}")
+            if value:
+                seen[value] = f"the {key} of [[mailboxes]] {address!r}" if key != "address" \
+                    else f"the address of [[mailboxes]] {address!r}"
+        brand = entry.get("brand", "")
+        if brand and brand not in brands:
+            known = ", ".join(sorted(brands)) or "none defined"
+            raise fail(f"{where} brand", f"no [brands.{brand}] table (brands: {known})")
+        reply_to = entry.get("reply_to", "token")
+        if reply_to not in REPLY_TO_MODES:
+            raise fail(f"{where} reply_to", f'expected "token" or "public", got {reply_to!r}')
+        if reply_to == "public" and not public:
+            raise fail(f"{where} reply_to", '"public" needs a public_address')
+        templates = None
+        if entry.get("templates"):
+            templates = (base / entry["templates"]).resolve()
+            if not templates.is_dir():
+                raise fail(f"{where} templates", f"not a directory: {templates}")
+        relay = None
+        if "relay" in entry:
+            body = entry["relay"]
+            for key, item in body.items():
+                if key not in SCHEMA["relay"]:
+                    raise fail(f"{where} relay.{key}", "unknown key")
+                expected, description = SCHEMA["relay"][key]
+                if not isinstance(item, expected) or (isinstance(item, bool)
+                                                      and expected is not bool):
+                    raise fail(f"{where} relay.{key}", f"expected {description}, got {item!r}")
+            relay = read_relay(body, base, fail, f"{where} relay.")
+        out.append(Mailbox(address=address, public_address=public,
+                           name=entry.get("name", "").strip(), brand=brand,
+                           templates_dir=templates, team=entry.get("team", "").strip(),
+                           reply_to=reply_to, relay=relay))
+    return tuple(out)
 
 
 def read_reply_auth(value: str | list[Any], fail: Any) -> tuple[str, ...]:

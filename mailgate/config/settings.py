@@ -1,8 +1,8 @@
 """The validated configuration: frozen dataclasses, one per section that has a shape of its own.
 
 Input: none (definitions). Output: `Config` and its parts (`Agent`, `Relay`, `Dkim`, `Branding`,
-`TemplateSettings`, `Spam`), built only by `mailgate.config.load`, so every value has been
-checked. Stdlib only.
+`Mailbox`, `TemplateSettings`, `Spam`), built only by `mailgate.config.load`, so every value
+has been checked. Stdlib only.
 """
 
 from __future__ import annotations
@@ -62,6 +62,37 @@ class Branding:
     show_powered_by: bool = True
 
 
+DEFAULT_BRAND = ""  # the brand of `[branding]`: a mailbox without `brand` speaks in it
+REPLY_TO_MODES = ("token", "public")
+
+
+@dataclass(frozen=True)
+class Mailbox:
+    """One support address (`[[mailboxes]]`; without any, the first of `[mail] mailboxes` under
+    `[branding]`): where its mail arrives, and how everything sent about its tickets speaks."""
+
+    address: str  # ours: where the company forwards to, in one of [mail] domains
+    public_address: str = ""  # the company's own address customers write to ("" = none)
+    name: str = ""  # the display name in From ("": the brand's company name)
+    brand: str = DEFAULT_BRAND  # a [brands.NAME] table; "" = [branding]
+    templates_dir: Path | None = None  # searched before [templates] dir and the built-ins
+    team: str = ""  # a [[teams]] name (stored; teams are checked where they exist)
+    reply_to: str = "token"  # "token": Reply-To address+token; "public": the public address
+    relay: Relay | None = None  # [mailboxes.relay]: None = the global [relay]
+
+    @property
+    def from_address(self) -> str:
+        """What customers see in From: the public address when there is one."""
+        return self.public_address or self.address
+
+    @property
+    def from_domain(self) -> str:
+        return self.from_address.rpartition("@")[2]
+
+    def addresses(self) -> tuple[str, ...]:
+        return tuple(a for a in (self.address, self.public_address) if a)
+
+
 @dataclass(frozen=True)
 class TemplateSettings:
     enabled: bool = True
@@ -114,8 +145,11 @@ class Config:
     domains: tuple[str, ...] = ()
     mailboxes: tuple[str, ...] = ()
     relay: Relay = Relay()
-    dkim: Dkim | None = None
+    dkim: Dkim | None = None  # the first key ([dkim], or the first [[dkim]] entry)
+    dkim_keys: tuple[Dkim, ...] = ()  # every key, one per domain ([[dkim]]; [dkim] is one)
     branding: Branding = Branding()
+    brands: tuple[tuple[str, Branding], ...] = ()  # [brands.NAME]
+    mailbox_settings: tuple[Mailbox, ...] = ()  # [[mailboxes]] as written (empty: none)
     templates_dir: Path | None = None
     templates: tuple[tuple[str, TemplateSettings], ...] = ()
     auto_replies_per_address_per_hour: int = 10  # per mailbox, plus-part removed
@@ -164,6 +198,28 @@ class Config:
     def from_address(self) -> str:
         """Our address for outgoing mail: the first configured mailbox."""
         return self.mailboxes[0] if self.mailboxes else f"support@{self.hostname}"
+
+    @property
+    def support_mailboxes(self) -> tuple[Mailbox, ...]:
+        """Every mailbox, the default first: `[[mailboxes]]`, or else the one implicit mailbox
+        of `[mail] mailboxes` (its first address, `[branding]`, `[templates]`, `[relay]`)."""
+        if self.mailbox_settings:
+            return self.mailbox_settings
+        return (Mailbox(address=self.from_address),)
+
+    def mailbox(self, address: str | None) -> Mailbox:
+        """The mailbox whose `address` this is (a ticket's); the default one otherwise."""
+        boxes = self.support_mailboxes
+        wanted = (address or "").lower()
+        return next((m for m in boxes if m.address == wanted), boxes[0])
+
+    def brand(self, name: str) -> Branding:
+        return dict(self.brands).get(name, self.branding) if name else self.branding
+
+    def dkim_for(self, domain: str) -> Dkim | None:
+        """The DKIM key that signs mail From `domain`."""
+        domain = domain.lower()
+        return next((k for k in self.dkim_keys if k.domain == domain), None)
 
     @property
     def spool_path(self) -> Path:

@@ -1,22 +1,27 @@
 """Building the long-lived pieces from a config, for the daemon and the CLI alike.
 
-Input: a validated `Config`. Output: the mail context (renderer, token signer, addresses), the
-agent-action desk, the DKIM signer. Reads the server secret from `data_dir` (creating it once).
+Input: a validated `Config`. Output: the mail context (renderer, token signer, addresses, and
+each mailbox's voice: From, brand, templates, Reply-To), the agent-action desk, the DKIM signer
+(the key of each mail's From domain), the relay and envelope sender of each outgoing mail.
+Reads the server secret from `data_dir` (creating it once).
 """
 
 from __future__ import annotations
 
+import email.policy
 from collections.abc import Callable
+from email.parser import BytesHeaderParser
 from pathlib import Path
+from typing import Any
 
 import sqlite_utils
 
 from mailgate import builtin
 from mailgate.auth import Authenticator, AuthSettings
-from mailgate.config import Config
+from mailgate.config import Config, Mailbox, Relay
 from mailgate.errors import ConfigError, UserError
 from mailgate.outbound.dkim_sign import sign as dkim_sign
-from mailgate.outbound.mailer import MailContext
+from mailgate.outbound.mailer import MailContext, Voice
 from mailgate.outbound.render import BUILTIN_DIR, Renderer
 from mailgate.outbound.suppress import RateLimits
 from mailgate.pipeline.agent_actions import Desk
@@ -26,12 +31,36 @@ from mailgate.rules import load_business_hours, load_rules, load_slas
 from mailgate.store.db import transaction
 from mailgate.store.files import load_or_create_secret
 from mailgate.store.orgs import sync_configured
+from mailgate.store.outbound import OutboundMail
 from mailgate.threading.token import Signer
 
 
-def renderer(config: Config) -> Renderer:
-    return Renderer(BUILTIN_DIR, config.templates_dir, config.branding,
-                    dict(config.templates), config.path.parent)
+def renderer(config: Config, mailbox: Mailbox | None = None) -> Renderer:
+    """The templates of `mailbox` (its `templates` dir, then `[templates] dir`, then the
+    built-ins) in its brand; without one, the default mailbox's."""
+    box = mailbox or config.support_mailboxes[0]
+    return Renderer(BUILTIN_DIR, box.templates_dir or config.templates_dir,
+                    config.brand(box.brand), dict(config.templates), config.path.parent)
+
+
+def voices(config: Config) -> dict[str, Voice]:
+    """How each mailbox speaks: From `name <public_address or address>`, its brand."""
+    out = {}
+    for box in config.support_mailboxes:
+        brand = config.brand(box.brand)
+        out[box.address] = Voice(renderer=renderer(config, box), from_addr=box.from_address,
+                                 from_name=box.name or brand.company_name, mailbox=box.address,
+                                 reply_to=box.reply_to)
+    return out
+
+
+def describe_mailbox(config: Config, ticket: dict[str, Any]) -> dict[str, Any]:
+    """Fill in a ticket's `mailbox` (the default one for a ticket older than mailboxes) and
+    `mailbox_from`, the address its mail goes out From."""
+    box = config.mailbox(ticket.get("mailbox"))
+    ticket["mailbox"] = ticket.get("mailbox") or box.address
+    ticket["mailbox_from"] = box.from_address
+    return ticket
 
 
 def policy(config: Config) -> Policy:
@@ -45,6 +74,7 @@ def policy(config: Config) -> Policy:
         free_mail_domains=frozenset(config.free_mail_domains),
         agent_reply_auth=tuple((a.email, a.reply_auth) for a in config.agents),
         agent_replies_by_email_per_hour=config.agent_replies_by_email_per_hour,
+        mailboxes=config.support_mailboxes,
     )
 
 
@@ -81,7 +111,8 @@ def ruleset(config: Config) -> RuleSet:
     """The automations and SLAs, validated (ConfigError naming file, rule and key)."""
     hours = load_business_hours(config.business_hours, str(config.path))
     agents = frozenset(a.email for a in config.agents)
-    kinds = frozenset(k["kind"] for k in renderer(config).kinds())
+    kinds = frozenset(k["kind"] for box in config.support_mailboxes  # any mailbox's kinds
+                      for k in renderer(config, box).kinds())
     source = rules_file(config)
     rules = load_rules(list(config.automations), str(config.path), source,
                        file_required=config.rules_file_explicit or source == BUILTIN_RULES,
@@ -98,7 +129,11 @@ def automation(config: Config, mail: MailContext | None) -> Automation:
 
 def authenticator(config: Config) -> Authenticator:
     """The authentication stage. Our own domains: where mail must carry our DKIM signature."""
-    ours = set(config.domains) | ({config.dkim.domain} if config.dkim else set())
+    public = {m.public_address.rpartition("@")[2] for m in config.support_mailboxes
+              if m.public_address}
+    # Our own domains, and the domains we sign for — but not a company's domain we only speak
+    # for (a public address's): its people write to us, signed by their own server.
+    ours = set(config.domains) | {k.domain for k in config.dkim_keys if k.domain not in public}
     settings = AuthSettings(
         authserv_id=config.hostname,
         nameservers=config.nameservers,
@@ -116,11 +151,13 @@ def signer(config: Config) -> Signer:
 
 
 def mail_context(config: Config) -> MailContext:
+    """The default mailbox's context; `for_ticket` turns it into any ticket's mailbox."""
     return MailContext(
         renderer=renderer(config),
         tokens=signer(config),
         from_addr=config.from_address,
         from_name=config.branding.company_name,
+        voices=voices(config),
         domains=frozenset(config.domains),
         agents=frozenset(a.email for a in config.agents),
         limits=RateLimits(per_mailbox=config.auto_replies_per_address_per_hour,
@@ -135,7 +172,61 @@ def desk(config: Config, db: sqlite_utils.Database) -> Desk:
 
 
 def dkim_signer(config: Config) -> Callable[[bytes], bytes] | None:
-    dkim = config.dkim
-    if dkim is None:
+    """Signs each mail with the key of its From domain (`[[dkim]]`; `[dkim]` is one key). A
+    From domain without a key gets the first key's signature, which does not align with it
+    (`doctor` warns that DMARC will fail there)."""
+    keys = config.dkim_keys
+    if not keys:
         return None
-    return lambda raw: dkim_sign(raw, dkim)
+    if len(keys) == 1 and not config.mailbox_settings:
+        only = keys[0]
+        return lambda raw: dkim_sign(raw, only)
+
+    def sign(raw: bytes) -> bytes:
+        # a From domain without its own key: the first key's signature (not aligned, so
+        # DMARC fails — doctor says so — but receivers still see who sent it)
+        return dkim_sign(raw, config.dkim_for(from_domain(raw)) or keys[0])
+
+    return sign
+
+
+def from_address(raw: bytes) -> str:
+    """A rendered mail's From address, lower-cased ("" when it has none)."""
+    head = raw.split(b"\r\n\r\n", 1)[0]
+    message = BytesHeaderParser(policy=email.policy.default).parsebytes(head + b"\r\n\r\n")
+    try:
+        addresses = getattr(message["From"], "addresses", ())
+    except (IndexError, ValueError, TypeError):
+        return ""
+    return addresses[0].addr_spec.lower() if addresses else ""
+
+
+def from_domain(raw: bytes) -> str:
+    return from_address(raw).rpartition("@")[2]
+
+
+def mailbox_of_mail(config: Config, raw: bytes) -> Mailbox | None:
+    """The mailbox a rendered mail speaks as (by its From), None when none does."""
+    sender = from_address(raw)
+    return next((m for m in config.support_mailboxes if m.from_address == sender), None)
+
+
+def relay_route(config: Config, default_envelope: Callable[[OutboundMail], str]
+                ) -> tuple[Callable[[OutboundMail], Relay], Callable[[OutboundMail], str]]:
+    """(the relay of a mail, its envelope sender): a mailbox with its own relay
+    (`[mailboxes.relay]`) sends through it with its From address as the envelope sender (so
+    SPF passes for that domain; bounces come back through the company's mailbox); any other
+    mail through `[relay]` with our VERP address."""
+    def own(mail: OutboundMail) -> Mailbox | None:
+        box = mailbox_of_mail(config, mail.raw or b"")
+        return box if box is not None and box.relay is not None else None
+
+    def relay_of(mail: OutboundMail) -> Relay:
+        box = own(mail)
+        return box.relay if box is not None and box.relay is not None else config.relay
+
+    def envelope_of(mail: OutboundMail) -> str:
+        box = own(mail)
+        return box.from_address if box is not None else default_envelope(mail)
+
+    return relay_of, envelope_of

@@ -30,7 +30,7 @@ import signal
 import socket
 from collections.abc import Callable
 
-from mailgate.config import Config, load_config
+from mailgate.config import Config, Relay, load_config
 from mailgate.errors import UserError
 from mailgate.ops import app, sdnotify
 from mailgate.ops.lockfile import DataDirLock
@@ -45,6 +45,7 @@ from mailgate.smtp.server import Sessions, start_server
 from mailgate.smtp.spamscan import Scanner
 from mailgate.spool import Spool, SpoolWriter
 from mailgate.store.db import open_db
+from mailgate.store.outbound import OutboundMail
 
 log = logging.getLogger("mailgate.daemon")
 
@@ -92,6 +93,13 @@ class _Live:
     config: Config
     mail: MailContext
     reloaders: list[Callable[[Config], None]] = dataclasses.field(default_factory=list)
+    # (the relay of an outgoing mail, its envelope sender): app.relay_route
+    routes: tuple[Callable[[OutboundMail], Relay], Callable[[OutboundMail], str]] | None = None
+
+    def route(self) -> tuple[Callable[[OutboundMail], Relay], Callable[[OutboundMail], str]]:
+        if self.routes is None:
+            self.routes = app.relay_route(self.config, lambda m: self.mail.bounce_address(m.id))
+        return self.routes
 
 
 async def serve(config: Config) -> None:
@@ -115,8 +123,9 @@ async def _serve(config: Config) -> None:
     live = _Live(config, mail)
     tokens = app.signer(config)
     relay = RelayWorker(
-        config.db_path, config.relay, envelope_from=lambda m: live.mail.bounce_address(m.id),
+        config.db_path, config.relay, envelope_from=lambda m: live.route()[1](m),
         signer=app.dkim_signer(config), hostname=config.hostname,
+        relay_for=lambda m: live.route()[0](m),
     )
     admin = None
     if config.admin_host is not None:  # an unsafe [admin] listen is refused here, before binding
@@ -188,6 +197,7 @@ async def _serve(config: Config) -> None:
         handler.max_recipients, handler.min_free_bytes = new.max_recipients, new.min_free_bytes
         scanner.settings = new.spam
         relay.relay, relay.signer = new.relay, app.dkim_signer(new)
+        live.routes = None  # made again from the new config
         setup_logging(new.log_level, new.log_format)
         for reload_hook in live.reloaders:  # e.g. the admin endpoint's
             reload_hook(new)

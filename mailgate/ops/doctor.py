@@ -30,7 +30,14 @@ from pathlib import Path
 import aiosmtplib
 import click
 
-from mailgate.config import TEMPLATE_KINDS, Config, find_config_path, is_loopback, load_config
+from mailgate.config import (
+    TEMPLATE_KINDS,
+    Config,
+    Dkim,
+    find_config_path,
+    is_loopback,
+    load_config,
+)
 from mailgate.errors import UserError
 from mailgate.ops import app
 from mailgate.outbound.dkim_sign import dns_record, dns_txt_value
@@ -70,19 +77,26 @@ def _size(n: float) -> str:
 
 
 def check_templates(cfg: Config) -> Check:
-    """Every enabled template kind renders with sample data (subject, text and HTML)."""
+    """Every enabled template kind renders with sample data (subject, text and HTML), in every
+    mailbox's templates and brand."""
     renderer = app.renderer(cfg)
     enabled = [k for k in renderer.kinds() if k["enabled"]]
     where = f"built-in {renderer.builtin_dir}"
     if renderer.override_dir is not None:
         where = f"{renderer.override_dir}, then {where}"
-    for entry in enabled:
-        kind = entry["kind"]
-        try:
-            renderer.render(kind, renderer.sample_context(kind))
-        except TemplateError as exc:
-            return Check("templates", FAIL, f"{kind} does not render: {exc}",
-                         _template_fix(cfg, kind, entry, str(exc)))
+    boxes = cfg.support_mailboxes
+    for box in boxes:
+        mine = app.renderer(cfg, box)
+        for entry in [k for k in mine.kinds() if k["enabled"]]:
+            kind = entry["kind"]
+            try:
+                mine.render(kind, mine.sample_context(kind))
+            except TemplateError as exc:
+                whose = f"mailbox {box.address}: " if len(boxes) > 1 else ""
+                return Check("templates", FAIL, f"{whose}{kind} does not render: {exc}",
+                             _template_fix(cfg, kind, entry, str(exc)))
+    if len(boxes) > 1:
+        where += f", in each of {len(boxes)} mailboxes' templates and brand"
     names = ", ".join(k["kind"] for k in enabled) or "none"
     return Check("templates", OK, f"{len(enabled)} enabled kind(s) render ({names}) from {where}")
 
@@ -95,7 +109,7 @@ def _template_fix(cfg: Config, kind: str, entry: dict[str, object], problem: str
         return (f"the built-in templates are missing from {renderer.builtin_dir}: reinstall"
                 " mailgate (pip install --force-reinstall, from where you installed it)")
     if problem.startswith("[branding]"):
-        return f"[branding] logo in {cfg.path}"
+        return f"[branding] logo (or the [brands.NAME] logo of that mailbox) in {cfg.path}"
     if problem.startswith("[templates."):
         return f"[templates.{kind}] subject in {cfg.path}"
     return (f"correct the file and line named (`mailgate templates preview {kind}` shows the"
@@ -282,12 +296,32 @@ def _nameserver(value: str) -> tuple[list[str], int]:
     return [host], int(port)
 
 
-def check_dkim(cfg: Config, timeout: float, nameserver: str | None = None) -> Check:
-    dkim = cfg.dkim
-    if dkim is None:
-        return Check("dkim", WARN, "no [dkim] section: outgoing mail is not signed and may land"
-                     " in spam", "mailgate dkim keygen --selector mg1, then add the [dkim]"
-                     f" section it prints to {cfg.path}")
+def check_dkim(cfg: Config, timeout: float, nameserver: str | None = None) -> list[Check]:
+    """One line per key (`[dkim]`, or each `[[dkim]]`): DNS serves it; and one warning per
+    From domain of a mailbox that no key signs for (DMARC fails there)."""
+    if not cfg.dkim_keys:
+        return [Check("dkim", WARN, "no [dkim] section: outgoing mail is not signed and may land"
+                      " in spam", "mailgate dkim keygen --selector mg1, then add the [dkim]"
+                      f" section it prints to {cfg.path}")]
+    results = [_check_key(cfg, dkim, timeout, nameserver) for dkim in cfg.dkim_keys]
+    signed = {k.domain for k in cfg.dkim_keys}
+    for box in cfg.support_mailboxes:
+        if box.from_domain in signed:
+            continue
+        fix = (f"mailgate dkim keygen --selector mg1 --domain {box.from_domain}, publish the"
+               f" record and add the [[dkim]] entry it prints to {cfg.path}")
+        if box.public_address:
+            fix += f", or unset public_address of [[mailboxes]] {box.address!r}"
+        results.append(Check("dkim", WARN, f"mail From {box.from_address} is not DKIM-signed"
+                             f" for {box.from_domain} (no [[dkim]] key; it carries"
+                             f" d={cfg.dkim_keys[0].domain}, which does not align): DMARC will"
+                             " fail at receivers and the mail may be refused or land in spam",
+                             fix))
+        signed.add(box.from_domain)
+    return results
+
+
+def _check_key(cfg: Config, dkim: Dkim, timeout: float, nameserver: str | None) -> Check:
     try:
         expected = dns_txt_value(dkim.key_file)
     except UserError as exc:
@@ -397,7 +431,8 @@ class Doctor:
         self.failed = False
         self.warnings = 0
 
-    def _guard(self, name: str, fn: Callable[[], Check | None]) -> Check | None:
+    def _guard(self, name: str, fn: Callable[[], Check | list[Check] | None]
+               ) -> Check | list[Check] | None:
         try:
             return fn()
         except Exception as exc:  # a check never ends the run with a traceback
@@ -414,26 +449,27 @@ class Doctor:
             return
         yield Check("config", OK, f"{cfg.path} is valid ({len(cfg.domains)} domain(s),"
                     f" {len(cfg.mailboxes)} mailbox(es), {len(cfg.agents)} agent(s))")
-        steps: list[tuple[str, Callable[[], Check | None]]] = [
+        steps: list[tuple[str, Callable[[], Check | list[Check] | None]]] = [
             ("templates", lambda: check_templates(cfg)),
             ("rules", lambda: check_rules(cfg)),
             ("data_dir", lambda: check_data_dir(cfg)),
             ("smtp", lambda: check_smtp_port(cfg, min(self.timeout, 5.0))),
             ("tls", lambda: check_tls(cfg)),
             ("relay", lambda: check_relay(cfg, self.timeout)),
-            ("dkim", lambda: check_dkim(cfg, self.dns_timeout, self.nameserver)),
+            ("dkim", lambda: check_dkim(cfg, self.dns_timeout, self.nameserver)),  # a list
             ("admin", lambda: check_admin(cfg)),
             ("spam", lambda: check_spam(cfg, min(self.timeout, 5.0))),
         ]
         for name, fn in steps:
-            result = self._guard(name, fn)
-            if result is None:
-                continue
-            if result.status == FAIL:
-                self.failed = True
-            elif result.status == WARN:
-                self.warnings += 1
-            yield result
+            found = self._guard(name, fn)
+            for result in found if isinstance(found, list) else [found]:
+                if result is None:
+                    continue
+                if result.status == FAIL:
+                    self.failed = True
+                elif result.status == WARN:
+                    self.warnings += 1
+                yield result
 
 
 @click.command("doctor")

@@ -63,6 +63,11 @@ class Answers:
     dkim_selector: str
     company_name: str
     admin_listen: str
+    public_address: str = ""  # the company's own support address, forwarded to mailboxes[0]
+
+    @property
+    def public_domain(self) -> str:
+        return self.public_address.rpartition("@")[2]
 
 
 @dataclass(frozen=True)
@@ -72,6 +77,8 @@ class Result:
     dkim_record: str
     dkim_key: Path
     dkim_reused: bool
+    public_dkim_record: str = ""  # the key for the public address's domain (its From)
+    public_dkim_key: Path | None = None
 
 
 # --- validation: each returns the clean value or raises UserError ----------------------------
@@ -138,10 +145,23 @@ def _ask(label: str, default: Any, clean: Callable[[str], Any], hide: bool = Fal
                         show_default=not hide)
 
 
+def clean_public_address(value: str) -> str:
+    """The company's own support address, or "" for none."""
+    return clean_address(value) if value.strip() else ""
+
+
 def ask(given: dict[str, Any], config_path: Path) -> Answers:
     """Prompt for every answer, offering the flags' values (or sensible ones) as defaults."""
     click.echo(f"Setting up mailgate; the config goes to {config_path}.\n")
-    click.echo("1. The support domain: mail for it comes to this server (its MX).")
+    click.echo("Which address do your customers write to for support? (your own, e.g."
+               " support@yourcompany.com, which you will forward to mailgate; empty if they"
+               " will write to mailgate's address itself)")
+    public = _ask("Your support address", given.get("public_address") or "",
+                  clean_public_address)
+    company = _ask("Company name (shown in the mail your customers get)",
+                   given.get("company_name") or (public.rpartition("@")[2] or None),
+                   lambda v: v.strip() or _raise("the company name cannot be empty"))
+    click.echo("\n1. The support domain: mail for it comes to this server (its MX).")
     domain = _ask("Support domain", given.get("domain"), clean_domain)
     mailboxes = _ask("Mailboxes (comma-separated)",
                      ", ".join(given.get("mailbox") or [f"support@{domain}"]),
@@ -174,8 +194,9 @@ def ask(given: dict[str, Any], config_path: Path) -> Answers:
     click.echo("\n4. Where mailgate keeps its spool, database, attachments and keys.")
     data_dir = _ask("Data directory", given.get("data_dir") or default_data_dir(config_path),
                     lambda v: v.strip() or _raise("the data directory cannot be empty"))
-    company = given.get("company_name") or domain
     admin_listen = given.get("admin_listen")
+    if public and public.rpartition("@")[2] == domain:
+        public = ""  # already mailgate's own domain: nothing is forwarded
     return Answers(
         domain=domain, mailboxes=mailboxes, hostname=hostname, listen=listen,
         relay_host=relay_host, relay_port=relay_port, relay_starttls=relay_starttls,
@@ -184,6 +205,7 @@ def ask(given: dict[str, Any], config_path: Path) -> Answers:
         dkim_selector=clean_selector(given.get("dkim_selector") or default_selector()),
         company_name=company,
         admin_listen="127.0.0.1:8025" if admin_listen is None else admin_listen,
+        public_address=public,
     )
 
 
@@ -202,7 +224,11 @@ def from_flags(given: dict[str, Any], config_path: Path) -> Answers:
     starttls = given.get("relay_starttls")
     if starttls is None:
         starttls = relay_port in (25, 587) and not is_loopback(relay_host)
+    public = clean_public_address(given.get("public_address") or "")
+    if public.rpartition("@")[2] == domain:
+        public = ""
     return Answers(
+        public_address=public,
         domain=domain,
         mailboxes=clean_mailboxes(tuple(given.get("mailbox") or ()) or (f"support@{domain}",),
                                   domain),
@@ -214,7 +240,7 @@ def from_flags(given: dict[str, Any], config_path: Path) -> Answers:
         agent_email=agent_email,
         data_dir=(given.get("data_dir") or default_data_dir(config_path)).strip(),
         dkim_selector=clean_selector(given.get("dkim_selector") or default_selector()),
-        company_name=given.get("company_name") or domain,
+        company_name=given.get("company_name") or public.rpartition("@")[2] or domain,
         admin_listen=clean_hostport(
             "127.0.0.1:8025" if given.get("admin_listen") is None else given["admin_listen"],
             "--admin-listen", allow_empty=True),
@@ -253,7 +279,8 @@ def toml_string(value: str) -> str:
     return "".join(out)
 
 
-def render_config(a: Answers, key_file: str, password_file: str | None) -> str:
+def render_config(a: Answers, key_file: str, password_file: str | None,
+                  public_key_file: str = "") -> str:
     s = toml_string
     lines = [
         f"# mailgate configuration written by `mailgate init` on {time.strftime('%Y-%m-%d')}.",
@@ -281,12 +308,34 @@ def render_config(a: Answers, key_file: str, password_file: str | None) -> str:
         lines += [f"username = {s(a.relay_username)}"]
         if password_file is not None:
             lines += [f"password_file = {s(password_file)}"]
+    if not a.public_address:
+        lines += [
+            "",
+            "[dkim]",
+            f"domain = {s(a.domain)}",
+            f"selector = {s(a.dkim_selector)}",
+            f"key_file = {s(key_file)}",
+        ]
+    else:
+        lines += [
+            "",
+            "[[dkim]]                       # one key per domain mail goes out From",
+            f"domain = {s(a.domain)}",
+            f"selector = {s(a.dkim_selector)}",
+            f"key_file = {s(key_file)}",
+            "",
+            "[[dkim]]",
+            f"domain = {s(a.public_domain)}",
+            f"selector = {s(a.dkim_selector)}",
+            f"key_file = {s(public_key_file)}",
+            "",
+            "[[mailboxes]]                  # customers write to public_address, which forwards"
+            " to address",
+            f"address = {s(a.mailboxes[0])}",
+            f"public_address = {s(a.public_address)}",
+            f"name = {s(a.company_name)}",
+        ]
     lines += [
-        "",
-        "[dkim]",
-        f"domain = {s(a.domain)}",
-        f"selector = {s(a.dkim_selector)}",
-        f"key_file = {s(key_file)}",
         "",
         "[branding]",
         f"company_name = {s(a.company_name)}",
@@ -351,6 +400,17 @@ def setup(config_path: Path, a: Answers, force: bool) -> Result:
         record = dns_record(a.dkim_selector, a.domain, dns_txt_value(key_path))
     else:
         key_path, record = keygen(data_dir, a.dkim_selector, a.domain)
+    public_record, public_key, public_rel = "", None, ""
+    if a.public_address:  # mail goes out From the public address: a key for its domain too
+        public_rel = str(PurePath(a.data_dir) / "dkim" / a.public_domain
+                         / f"{a.dkim_selector}.private")
+        public_key = data_dir / "dkim" / a.public_domain / f"{a.dkim_selector}.private"
+        if public_key.exists():
+            public_record = dns_record(a.dkim_selector, a.public_domain,
+                                       dns_txt_value(public_key))
+        else:
+            public_key, public_record = keygen(data_dir, a.dkim_selector, a.public_domain,
+                                               per_domain=True)
     password_rel = None
     if a.relay_username:
         password_rel = str(PurePath(a.data_dir) / RELAY_PASSWORD_FILE)
@@ -359,7 +419,7 @@ def setup(config_path: Path, a: Answers, force: bool) -> Result:
         except OSError as exc:
             raise UserError(f"cannot write {data_dir / RELAY_PASSWORD_FILE}:"
                             f" {exc.strerror or exc}") from None
-    text = render_config(a, key_rel, password_rel)
+    text = render_config(a, key_rel, password_rel, public_rel)
     tmp = config_dir / f".{config_path.name}.{os.getpid()}.tmp"
     try:
         tmp.write_text(text, encoding="utf-8")
@@ -374,7 +434,8 @@ def setup(config_path: Path, a: Answers, force: bool) -> Result:
         raise UserError(f"cannot write {config_path}: {exc.strerror or exc}") from None
     finally:
         tmp.unlink(missing_ok=True)
-    return Result(config_path.resolve(), data_dir, record, key_path, reused)
+    return Result(config_path.resolve(), data_dir, record, key_path, reused, public_record,
+                  public_key)
 
 
 # --- what to do next ------------------------------------------------------------------------
@@ -404,6 +465,23 @@ def next_steps(a: Answers, r: Result) -> str:
 
     dkim_rest = r.dkim_record.split(" ", 1)[1]
     key_note = "kept the existing key" if r.dkim_reused else "made a new key"
+    public, pd = a.public_address, a.public_domain
+    company_dns: list[str] = []
+    if public:
+        name = f"{a.dkim_selector}._domainkey.{pd}."
+        company_dns = [
+            "",
+            f"   In the DNS of {pd} (your company's domain: mail to customers goes out From"
+            f" {public}):",
+            "",
+            f"    {name}  {r.public_dkim_record.split(' ', 1)[1]}",
+            "",
+            f"   - DKIM for {pd}: without it, mail From {public} fails DMARC at receivers"
+            " (`mailgate doctor` checks it).",
+            f"   - SPF for {pd}: add {spf} to its SPF record, or give that mailbox the company's"
+            " own relay ([mailboxes.relay]).",
+        ]
+    forward_from = public or "your support mailbox"
     return "\n".join([
         f"Wrote {config}.",
         f"Data directory {r.data_dir}: server secret ready, DKIM {key_note} ({r.dkim_key}).",
@@ -425,18 +503,21 @@ def next_steps(a: Answers, r: Result) -> str:
         "   - DKIM: the key mailgate signs with; `mailgate doctor` checks that DNS serves it.",
         "   - DMARC: p=none only reports; add rua=mailto:<an address you read> to receive the"
         " reports, and move to p=quarantine once they show your mail aligned.",
+        *company_dns,
         "",
         f"2. Check the setup: mailgate --config {config} doctor",
         "   Then start it: mailgate systemd-unit > /etc/systemd/system/mailgate.service &&"
         " systemctl daemon-reload && systemctl enable --now mailgate",
         f"   (or in the foreground: mailgate --config {config} serve)",
         "",
-        f"3. Forward your support mailbox to {support}:",
+        f"3. Forward {forward_from} to {support}:",
         "",
         "   Gmail / Google Workspace:",
         "     Settings (gear) > See all settings > Forwarding and POP/IMAP > Add a forwarding"
         " address,",
-        f"     enter {support}. Google sends a confirmation mail there: mailgate receives it,",
+        f"     enter {support}. Google sends a confirmation mail there: mailgate receives it,"
+        if not public else f"     (signed in as {public}) enter {support}. Google sends a"
+        " confirmation mail there: mailgate receives it,",
         "     and `mailgate forwarding pending` (or the admin endpoint's /forwarding page)"
         " shows",
         "     its confirmation code and link. Enter the code in Gmail, then choose 'Forward a"
@@ -484,6 +565,8 @@ def next_steps(a: Answers, r: Result) -> str:
               " under /etc, else data next to the config).")
 @click.option("--dkim-selector", help="DKIM selector (default mgYYYYMM).")
 @click.option("--company-name", help="Company name in outgoing mail (default: the domain).")
+@click.option("--public-address", help="The company's own support address customers write to,"
+              " forwarded to the first mailbox (mail goes out From it; default: none).")
 @click.option("--admin-listen", help='Admin HTTP endpoint host:port (default 127.0.0.1:8025;'
               ' "" for none).')
 @click.pass_context

@@ -6,7 +6,8 @@ well-formed; header values may carry customer text, which signing only hashes) a
 `keygen` and `dns_txt_value` take arguments typed by a person (validated: a bad selector or domain
 is a `UserError` with one line). Output: `sign` returns the same bytes with a `DKIM-Signature:`
 header prepended (rsa-sha256, relaxed/relaxed, over the identity headers that are present);
-`keygen` writes an RSA key (PKCS#1 PEM, mode 0600) to `<data_dir>/dkim/<selector>.private` and
+`keygen` writes an RSA key (PKCS#1 PEM, mode 0600) to `<data_dir>/dkim/<selector>.private`
+(another domain's: `<data_dir>/dkim/<domain>/<selector>.private`) and
 returns it with the DNS TXT record to publish; `dns_txt_value` gives the record's value for an
 existing key, for comparison with what DNS serves.
 
@@ -184,14 +185,20 @@ def _write_private(path: Path, pem: bytes, force: bool) -> None:
 
 
 def keygen(
-    data_dir: Path, selector: str, domain: str, bits: int = 2048, force: bool = False
+    data_dir: Path, selector: str, domain: str, bits: int = 2048, force: bool = False,
+    per_domain: bool = False,
 ) -> tuple[Path, str]:
-    """Generate an RSA key for `selector`/`domain`; return its path and the DNS TXT record line."""
+    """Generate an RSA key for `selector`/`domain`; return its path and the DNS TXT record line.
+    The key is `<data_dir>/dkim/<selector>.private`, or with `per_domain` (a key for a domain
+    other than the first, `[[dkim]]`) `<data_dir>/dkim/<domain>/<selector>.private`, so two
+    domains may use the same selector."""
     selector = check_selector(selector)
     domain = check_domain(domain)
     if not MIN_BITS <= bits <= MAX_BITS:
         raise UserError(f"key size must be between {MIN_BITS} and {MAX_BITS} bits, got {bits}")
     directory = Path(data_dir) / "dkim"
+    if per_domain:
+        directory = directory / domain
     path = directory / f"{selector}.private"
     if path.exists() and not force:
         raise UserError(f"{path} already exists; refusing to overwrite it")

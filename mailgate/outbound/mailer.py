@@ -4,9 +4,11 @@ Input: a connection inside the caller's transaction (the pipeline's, or an agent
 the ticket, the recipient and the template context (untrusted values, escaped by templates).
 Output: exactly one outbox row — `queued` with the composed message, `suppressed` with the rule
 that stopped it, or `failed` with the template error — so every decision is in the outgoing
-audit. Our Message-ID carries the ticket's signed token and is indexed for threading. Mail to
-an agent carries the agent's personal reply address (a token made for that agent alone); every
-display name from mail is cut to one short line before it reaches a template or a header.
+audit. Every mail speaks as the ticket's mailbox (`MailContext.for_ticket`: From, brand and
+templates, Reply-To); automatic mail is never sent to one of our mailboxes' addresses (a loop).
+Our Message-ID carries the ticket's signed token and is indexed for threading. Mail to an agent
+carries the agent's personal reply address (a token made for that agent alone); every display
+name from mail is cut to one short line before it reaches a template or a header.
 """
 
 from __future__ import annotations
@@ -14,10 +16,10 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from mailgate.model import Address, ParsedMail
+from mailgate.model import Address, ParsedMail, base_mailbox
 from mailgate.outbound.compose import BadAddress, Headers, compose, display_name
 from mailgate.outbound.render import Renderer, TemplateError
 from mailgate.outbound.suppress import RateLimits, SentLastHour, suppression_reason
@@ -35,6 +37,17 @@ class TokenMinter(Protocol):
 
 
 @dataclass(frozen=True)
+class Voice:
+    """How one mailbox speaks: its From, its brand's templates, where replies go."""
+
+    renderer: Renderer
+    from_addr: str  # shown in From: the public address, else ours
+    from_name: str
+    mailbox: str  # ours (in our domains): reply tokens and bounces
+    reply_to: str = "token"  # "token": Reply-To mailbox+token; "public": the public address
+
+
+@dataclass(frozen=True)
 class MailContext:
     renderer: Renderer
     tokens: TokenMinter
@@ -43,19 +56,41 @@ class MailContext:
     domains: frozenset[str]
     agents: frozenset[str]
     limits: RateLimits
+    mailbox: str = ""  # our address for reply tokens and bounces ("": from_addr)
+    reply_to: str = "token"
+    voices: Mapping[str, Voice] = field(default_factory=dict)  # mailbox address → its voice
 
     @property
     def from_domain(self) -> str:
         return self.from_addr.rpartition("@")[2]
 
+    @property
+    def our_address(self) -> str:
+        return self.mailbox or self.from_addr
+
+    def for_ticket(self, ticket: Mapping[str, Any]) -> MailContext:
+        """This context speaking as the ticket's mailbox (the default one for a ticket older
+        than mailboxes, or of a mailbox no longer configured)."""
+        voice = self.voices.get(str(ticket.get("mailbox") or "")) or next(
+            iter(self.voices.values()), None)
+        if voice is None:
+            return self
+        return replace(self, renderer=voice.renderer, from_addr=voice.from_addr,
+                       from_name=voice.from_name, mailbox=voice.mailbox,
+                       reply_to=voice.reply_to)
+
     def reply_address(self, ticket_id: int, recipient: str = "") -> str:
-        """The ticket's reply address; for an agent, that agent's personal one."""
+        """The ticket's reply address; for an agent, that agent's personal one; in "public"
+        mode the public address itself (replies thread by Message-ID)."""
         if recipient and recipient.lower() in self.agents:
-            return self.tokens.agent_reply_address(self.from_addr, ticket_id, recipient)
-        return self.tokens.reply_address(self.from_addr, ticket_id)
+            return self.tokens.agent_reply_address(self.our_address, ticket_id, recipient)
+        if self.reply_to == "public":
+            return self.from_addr
+        return self.tokens.reply_address(self.our_address, ticket_id)
 
     def bounce_address(self, outbound_id: int) -> str:
-        return self.tokens.bounce_address(f"bounces@{self.from_domain}", outbound_id)
+        domain = self.our_address.rpartition("@")[2]
+        return self.tokens.bounce_address(f"bounces@{domain}", outbound_id)
 
     def ticket_view(self, ticket: Mapping[str, Any], recipient: str = "") -> dict[str, Any]:
         view = dict(ticket)
@@ -93,7 +128,9 @@ def queue_ticket_mail(
     sender: str = "",
 ) -> Queued:
     """`refuse`: a reason decided by the caller not to send (recorded as `suppressed`);
-    `sender`: the agent whose words the mail carries."""
+    `sender`: the agent whose words the mail carries. The mail speaks as the ticket's
+    mailbox: its From, brand, templates and reply address."""
+    ctx = ctx.for_ticket(ticket)
     ticket_id = int(ticket["id"])
     message_id = message_id or ctx.tokens.message_id(ticket_id, ctx.from_domain)
     to = Address(to.email, display_name(to.name))
@@ -111,6 +148,10 @@ def queue_ticket_mail(
         return record("suppressed", refuse)
     if not ctx.renderer.enabled(kind):
         return record("suppressed", f"[templates.{kind}] enabled = false")
+    own = {a for v in ctx.voices.values() for a in (v.from_addr, v.mailbox)}
+    if automatic and base_mailbox(to.email) in own and to.email not in ctx.agents:
+        return record("suppressed", f"recipient {to.email} is one of our mailboxes"
+                                    " (loop prevention)")
     if automatic:
         reason = suppression_reason(
             trigger=trigger,

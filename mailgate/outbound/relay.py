@@ -1,4 +1,5 @@
-"""The relay worker: delivers the outbox through the configured smarthost over SMTP.
+"""The relay worker: delivers the outbox through the configured smarthost over SMTP (or, for a
+mailbox with its own `[mailboxes.relay]`, through that one: `relay_for`).
 
 Input: outbox rows claimed from the database (mailgate rendered them; the recipient address came
 from mail headers, so it is checked for CR/LF, spaces and angle brackets before it reaches an SMTP
@@ -123,8 +124,11 @@ class RelayWorker:
         *,
         concurrency: int = MAX_CONCURRENCY,
         idle_poll: float = 1.0,
+        relay_for: Callable[[OutboundMail], Relay] | None = None,
     ) -> None:
         self.relay = relay
+        # A mailbox's own relay ([mailboxes.relay]); None: every mail through `relay`.
+        self.relay_for = relay_for
         self.envelope_from = envelope_from
         self.signer = signer
         self.hostname = hostname
@@ -269,7 +273,7 @@ class RelayWorker:
             except PermanentFailure as exc:
                 raise _Permanent(str(exc)) from None
         utf8 = not (sender.isascii() and recipient.isascii())
-        relay = self.relay
+        relay = self._relay_of(mail)
         smtp = aiosmtplib.SMTP(
             hostname=relay.host,
             port=relay.port,
@@ -311,7 +315,7 @@ class RelayWorker:
             except aiosmtplib.SMTPDataError as exc:  # a reply: the relay did not take it
                 raise _refusal(exc.code, exc.message) from None
             except (OSError, aiosmtplib.SMTPException) as exc:  # timeouts and lost connections
-                raise _MaybeSent(self._describe_data_error(exc)) from None
+                raise _MaybeSent(self._describe_data_error(exc, relay)) from None
         except BaseException:
             smtp.close()
             raise
@@ -326,16 +330,27 @@ class RelayWorker:
             await smtp.quit()
         smtp.close()
 
-    def _describe_data_error(self, exc: Exception) -> str:
-        where = f"relay {self.relay.host}:{self.relay.port}"
+    def _relay_of(self, mail: OutboundMail) -> Relay:
+        """The relay this mail goes through: its mailbox's own, else `[relay]`."""
+        if self.relay_for is None:
+            return self.relay
+        try:
+            return self.relay_for(mail)
+        except Exception:  # a mail we cannot read the From of goes the default way
+            log.exception("outbound_id=%d cannot choose a relay; using [relay]", mail.id)
+            return self.relay
+
+    def _describe_data_error(self, exc: Exception, relay: Relay) -> str:
+        where = f"relay {relay.host}:{relay.port}"
         if isinstance(exc, TimeoutError):
             return (f"no reply from {where} within [relay] data_timeout ="
-                    f" {self.relay.data_timeout:g}s")
+                    f" {relay.data_timeout:g}s")
         return _one_line(f"lost the connection to {where}: {exc}")
 
     def _describe(self, mail: OutboundMail, exc: Exception) -> str:
         """A one-line error for a temporary failure, logged at the right level."""
-        where = f"relay {self.relay.host}:{self.relay.port}"
+        relay = self._relay_of(mail)
+        where = f"relay {relay.host}:{relay.port}"
         if isinstance(exc, _Temporary):
             return str(exc)
         if isinstance(exc, TemporaryFailure):  # from the signer: the DKIM key is unusable
@@ -345,7 +360,7 @@ class RelayWorker:
         if isinstance(exc, aiosmtplib.SMTPResponseException):  # greeting, EHLO, STARTTLS
             return f"{where} answered {_reply(exc.code, exc.message)}"
         if isinstance(exc, TimeoutError):
-            return f"timeout talking to {where} ([relay] timeout = {self.relay.timeout:g}s)"
+            return f"timeout talking to {where} ([relay] timeout = {relay.timeout:g}s)"
         if isinstance(exc, OSError | aiosmtplib.SMTPException):  # refused, reset, TLS, ...
             return _one_line(f"cannot talk to {where}: {exc}")
         log.error("outbound_id=%d unexpected error (will retry)", mail.id, exc_info=exc)

@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from mailgate.classify import Classification
+from mailgate.config import Mailbox
 from mailgate.model import Address, ParsedMail, SpoolEntry, base_mailbox
 from mailgate.outbound.mailer import MailContext, queue_agent_reply
 from mailgate.parsing.digest import content_digest
@@ -65,7 +66,7 @@ from mailgate.store.tickets import (
     ticket_row,
     touch_ticket,
 )
-from mailgate.threading import Lookups, find_ticket, our_addresses
+from mailgate.threading import Lookups, find_ticket, mailbox_of, our_addresses
 from mailgate.threading.forwarded import original_of
 from mailgate.threading.token import Signer
 
@@ -84,6 +85,12 @@ class Policy:
     free_mail_domains: frozenset[str] = frozenset()
     agent_reply_auth: tuple[tuple[str, tuple[str, ...]], ...] = ()  # ([[agents]] reply_auth)
     agent_replies_by_email_per_hour: int = 60
+    mailboxes: tuple[Mailbox, ...] = ()  # [[mailboxes]] (or the implicit one), default first
+
+    @property
+    def own_addresses(self) -> frozenset[str]:
+        """Our mailboxes' addresses, the public ones (the company's) included."""
+        return frozenset(a for m in self.mailboxes for a in m.addresses())
 
     def reply_auth(self, agent: str) -> tuple[str, ...]:
         return dict(self.agent_reply_auth).get(agent, ("dkim",))
@@ -145,6 +152,13 @@ class Deliverer:
             return self._bounce(conn, inc, base, verp)
         if cls.kind == "forwarding_confirmation":
             details = asdict(cls.forwarding) if cls.forwarding is not None else {}
+            if self.policy.mailboxes:  # which mailbox is being forwarded here
+                named = [base_mailbox(str(details.get(k) or ""))
+                         for k in ("forwarding_address", "confirming_address")]
+                details["mailbox"] = next(
+                    (m.address for a in named for m in self.policy.mailboxes
+                     if a in m.addresses()),
+                    mailbox_of(env.rcpt_to, parsed, self.policy.mailboxes)[0])
             reason = (f"forwarding confirmation ({details.get('provider', '?')}): finish setup"
                       " with the code or link (mailgate forwarding pending)")
             record_incoming(conn, replace(base, action="forwarding_confirmation", reason=reason,
@@ -180,7 +194,8 @@ class Deliverer:
         if existing is not None:
             return existing, (f"Message-ID <{mid}> from {sender or '(no sender)'} with the same"
                               f" content is already stored on ticket #{existing}")
-        if sender.rpartition("@")[2].rstrip(".") in self.policy.domains:
+        if sender.rpartition("@")[2].rstrip(".") in self.policy.domains \
+                or base_mailbox(sender) in self.policy.own_addresses:
             ours = outbox.sent_with_message_id(conn, mid)
             if ours is not None:
                 return ours[1], f"our own outgoing mail #{ours[0]} came back (Message-ID <{mid}>)"
@@ -408,13 +423,18 @@ class Deliverer:
                 requester, subject = forwarded.sender, forwarded.subject or subject
         customer_id = get_or_create_customer(conn, requester, now)
         self._join_organization(conn, customer_id, requester.email)
+        mailbox = None
+        if self.policy.mailboxes:
+            mailbox, how = mailbox_of(env.rcpt_to, parsed, self.policy.mailboxes)
+            log.info("queue_id=%s mailbox %s (%s)", env.queue_id, mailbox, how)
         ticket_id = create_ticket(conn, subject or "(no subject)", customer_id, now,
-                                  decision.linked_ticket_id)
+                                  decision.linked_ticket_id, mailbox=mailbox)
         add_participant(conn, ticket_id, requester.email, "requester", now)
+        own = self.policy.own_addresses
         for cc in (*parsed.cc, *parsed.to):
             domain = cc.email.rpartition("@")[2]
             if cc.email != requester.email and cc.email not in self.policy.agents \
-                    and domain not in self.policy.domains:
+                    and domain not in self.policy.domains and base_mailbox(cc.email) not in own:
                 add_participant(conn, ticket_id, cc.email, "cc", now)
         return ticket_id, requester
 

@@ -246,8 +246,15 @@ def _v9(db: sqlite_utils.Database) -> None:
     db["attachments"].add_column("details", str)
 
 
+def _v10(db: sqlite_utils.Database) -> None:
+    """Which mailbox a ticket's first mail came to (its `[[mailboxes]]` address): everything
+    sent about the ticket speaks as that mailbox. NULL (older tickets): the default mailbox."""
+    db.execute("ALTER TABLE tickets ADD COLUMN mailbox TEXT")
+    db.execute("CREATE INDEX IF NOT EXISTS idx_tickets_mailbox ON tickets (mailbox, updated_at)")
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
-    _v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8, _v9]
+    _v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8, _v9, _v10]
 
 
 def open_db(path: Path) -> sqlite_utils.Database:

@@ -37,12 +37,12 @@ def get_or_create_customer(conn: sqlite3.Connection, addr: Address, now: str) ->
 
 
 def create_ticket(conn: sqlite3.Connection, subject: str, requester_id: int, now: str,
-                  linked_ticket_id: int | None = None) -> int:
+                  linked_ticket_id: int | None = None, mailbox: str | None = None) -> int:
     cur = conn.execute(
         "INSERT INTO tickets (subject, requester_id, status, assignee, created_at, updated_at,"
-        " linked_ticket_id, last_activity_at, organization_id) VALUES (?, ?, 'open', NULL, ?, ?,"
-        " ?, ?, (SELECT organization_id FROM customers WHERE id=?))",
-        (subject, requester_id, now, now, linked_ticket_id, now, requester_id),
+        " linked_ticket_id, last_activity_at, organization_id, mailbox) VALUES (?, ?, 'open',"
+        " NULL, ?, ?, ?, ?, (SELECT organization_id FROM customers WHERE id=?), ?)",
+        (subject, requester_id, now, now, linked_ticket_id, now, requester_id, mailbox),
     )
     return int(cur.lastrowid or 0)
 
@@ -188,7 +188,7 @@ def duplicate_of(conn: sqlite3.Connection, message_id: str, digest: str, from_ad
 _TICKET_COLUMNS = (
     "t.id, t.subject, c.email AS requester, c.name AS requester_name, t.status, t.assignee,"
     " o.name AS organization, t.priority, t.tags, t.created_at, t.updated_at, t.closed_at,"
-    " t.linked_ticket_id, t.first_response_at, t.resolved_at"
+    " t.linked_ticket_id, t.first_response_at, t.resolved_at, t.mailbox"
 )
 _TICKET_FROM = (
     "tickets t JOIN customers c ON c.id = t.requester_id"
@@ -211,9 +211,19 @@ def list_tickets(
     org: str | None = None,
     ids: list[int] | None = None,
     statuses: tuple[str, ...] = (),
+    mailbox: str | None = None,
+    default_mailbox: str = "",
 ) -> list[dict[str, Any]]:
-    """Tickets, most recently updated first; `statuses` matches any of several."""
+    """Tickets, most recently updated first; `statuses` matches any of several; `mailbox`: only
+    that mailbox's (tickets older than mailboxes count as `default_mailbox`'s)."""
     where, params = [], []
+    if mailbox:
+        mailbox = mailbox.lower()
+        if mailbox == default_mailbox.lower():
+            where.append("(t.mailbox = ? OR t.mailbox IS NULL)")
+        else:
+            where.append("t.mailbox = ?")
+        params.append(mailbox)
     if statuses:
         where.append(f"t.status IN ({','.join('?' * len(statuses))})")
         params.extend(statuses)
@@ -333,15 +343,16 @@ def ticket_row(conn: sqlite3.Connection, ticket_id: int) -> dict[str, Any] | Non
     row = conn.execute(
         "SELECT t.id, t.subject, t.status, t.assignee, c.email, c.name, t.created_at,"
         " t.updated_at, t.closed_at, t.linked_ticket_id, t.priority, t.tags, o.name,"
-        " t.organization_id, t.first_response_at, t.resolved_at, t.last_activity_at"
-        f" FROM {_TICKET_FROM} WHERE t.id=?",
+        " t.organization_id, t.first_response_at, t.resolved_at, t.last_activity_at,"
+        f" t.mailbox FROM {_TICKET_FROM} WHERE t.id=?",
         (ticket_id,),
     ).fetchone()
     if row is None:
         return None
     keys = ("id", "subject", "status", "assignee", "requester", "requester_name", "created_at",
             "updated_at", "closed_at", "linked_ticket_id", "priority", "tags", "organization",
-            "organization_id", "first_response_at", "resolved_at", "last_activity_at")
+            "organization_id", "first_response_at", "resolved_at", "last_activity_at",
+            "mailbox")
     ticket = dict(zip(keys, row, strict=True))
     ticket["tags"] = json.loads(ticket["tags"] or "[]")
     ticket["organization"] = ticket["organization"] or ""

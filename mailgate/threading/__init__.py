@@ -6,6 +6,7 @@ store). Output: a `ThreadMatch`: a ticket id and the method (`in-reply-to`, `ref
 no ticket and the method `new`. First match wins.
 """
 
+from mailgate.threading.mailbox import mailbox_of
 from mailgate.threading.match import Lookups, find_ticket, our_addresses
 
-__all__ = ["Lookups", "find_ticket", "our_addresses"]
+__all__ = ["Lookups", "find_ticket", "mailbox_of", "our_addresses"]

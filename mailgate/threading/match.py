@@ -27,6 +27,7 @@ _SUBJECT_TAG = re.compile(r"\[#(\d{1,12})\]")
 # An address-like token. The lookbehind starts a match only where a token starts: without it
 # every position of a long token without "@" rescans the token (quadratic: 41 KB took 11 s).
 _ADDR = re.compile(r"(?<![^\s<>,;:\"()])[^\s<>,;:\"()]+@[^\s<>,;:\"()]+")
+ADDRESS_TOKEN = _ADDR  # for other readers of address headers (mailbox.py)
 
 
 @dataclass(frozen=True)
