@@ -2,8 +2,9 @@
 uses for it.
 
 Input: none (tables). Output: `SCHEMA` (section → key → (type, description)), the keys of the
-arrays of tables (agents, organizations and their routing) and the priorities. `load` checks a
-file against these; an unknown key is an error naming the file and the key. Stdlib only.
+arrays of tables (agents, teams, organizations and their routing) and the priorities. `load`
+checks a file against these; an unknown key is an error naming the file and the key. Stdlib
+only.
 """
 
 from __future__ import annotations
@@ -112,9 +113,12 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], str]]] = {
 }
 AGENT_KEYS: dict[str, type | tuple[type, ...]] = {
     "name": str, "email": str, "reply_auth": (str, list)}
-ARRAYS = ("agents", "organizations", "automations", "sla", "forwarders")  # arrays of tables
+# the arrays of tables ([[...]])
+ARRAYS = ("agents", "teams", "organizations", "automations", "sla", "forwarders")
 ORG_KEYS = {"name": str, "domains": list, "notes": str, "on_new_ticket": dict}
+TEAM_KEYS = {"name": str, "members": list, "mailboxes": list}
 ROUTE_KEYS = {"assign": str, "round_robin": list, "priority": str, "add_tags": list,
-              "status": str, "send_template": str}
+              "status": str, "send_template": str, "assign_team": str, "round_robin_team": str,
+              "notify_team": str}
 PRIORITIES = ("low", "normal", "high", "urgent")
 
