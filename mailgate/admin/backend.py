@@ -184,9 +184,15 @@ class Backend:
     # --- tickets ------------------------------------------------------------------------------
 
     def tickets(self, *, status: str | None = None, view: str | None = None,
-                unassigned: bool = False, org: str | None = None,
+                unassigned: bool = False, org: str | None = None, team: str | None = None,
                 limit: int = 50) -> list[dict[str, Any]]:
-        """Tickets, most recently updated first, filtered like `mailgate tickets list`."""
+        """Tickets, most recently updated first, filtered like `mailgate tickets list`
+        (`team`: a [[teams]] name, else BadInput)."""
+        if team is not None:
+            found = self.config.team(team)
+            if found is None:
+                raise BadInput(f"no team {team!r} ([[teams]] in the config)")
+            team = found.name
         statuses: tuple[str, ...] = ()
         if view is not None:
             _title, statuses, only_unassigned = VIEWS[view]
@@ -194,7 +200,7 @@ class Backend:
         if status is not None:
             statuses = (status,)
         return tickets.list_tickets(self.db, statuses=statuses, unassigned=unassigned,
-                                    org=org, limit=limit)
+                                    org=org, team=team, limit=limit)
 
     def ticket(self, ticket_id: int) -> dict[str, Any]:
         """The fields of `mailgate tickets show ID --json` (raises NotFound)."""

@@ -374,7 +374,7 @@ class Deliverer:
         record_incoming(conn, replace(
             base, action=action, ticket_id=ticket_id, message_row=row, matched_by=matched_by,
             reason=reason, details=details or None))
-        if self.mail is not None and (decision.relay_agent_reply or (
+        if self.mail is not None and not to_note and (decision.relay_agent_reply or (
                 role == AGENT and decision.action == "append"
                 and inc.classification.kind == "normal")):
             # an agent's reply goes to the customer, or its outgoing-audit row says why not
