@@ -119,7 +119,7 @@ def parsed(m: Received) -> EmailMessage:
 
 
 def text_of(m: Received) -> str:
-    return str(parsed(m).get_body(("plain",)).get_content())
+    return str(parsed(m).get_body(("plain",)).get_content()).replace("\r\n", "\n")
 
 
 def to(relay: RelayStub, rcpt: str) -> list[Received]:
@@ -180,3 +180,284 @@ def test_answering_a_notification_never_mails_the_customer(start, relay: RelaySt
         assert shown["status"] == "open"  # an internal note changes nothing
         kinds = [r["kind"] for r in d.json("audit", "outgoing", "--ticket", str(t["id"]))]
         assert "agent_reply" not in kinds
+
+
+# --- the notifications' words ------------------------------------------------------------------
+
+
+def test_each_notification_has_its_own_subject_and_words(start, relay: RelayStub) -> None:
+    d = start(TEAMS + '''
+[[automations]]
+name = "tell billing about new tickets"
+when = "ticket_created"
+then = { notify_team = "billing" }
+''')
+    t = open_ticket(d, relay, "words1@customer.test", body="My parcel never came.")
+    # notify_team: each member of Billing, by name, marked as generated (not a reply)
+    for agent, name in ((BOB, "Bob Builder"), (CAROL, "Carol Singer")):
+        (team_note,) = wait_to(relay, agent, 1)
+        msg = parsed(team_note)
+        assert msg["Subject"] == f"[#{t['id']}] New for team Billing: My order"
+        body = text_of(team_note)
+        assert body.startswith(f"Acme helps you\n\nHello {name},\n")
+        assert f"Ticket #{t['id']} is for your team Billing; nobody is assigned" in body
+        assert "Status:  Brand new" in body  # the [statuses] label
+        assert "My parcel never came." in body
+        assert msg["Auto-Submitted"] == "auto-generated"
+        assert re.fullmatch(r"support\+n\d+-[a-z2-7]{16}@example\.com",
+                            msg["Reply-To"].addresses[0].addr_spec)
+    # assignment
+    d.cli("tickets", "assign", str(t["id"]), BOB)
+    assigned = wait_to(relay, BOB, 2)[1]
+    msg, body = parsed(assigned), text_of(assigned)
+    assert msg["Subject"] == f"[#{t['id']}] Assigned to you: My order"
+    assert "Hello Bob Builder," in body and f"Ticket #{t['id']} was assigned to you." in body
+    assert "Status:  Brand new" in body and "My parcel never came." in body
+    assert msg["Auto-Submitted"] == "auto-generated"
+    assert "Replying to this mail adds an internal note" in body
+    # the customer replies: the assignee hears it in other words, with her new message
+    deliver(d, mail("Re: My order", "words2@customer.test", JANE, "Any news? It is urgent.",
+                    to=t["reply_address"]), rcpts=(t["reply_address"],))
+    replied = wait_to(relay, BOB, 3)[2]
+    msg, body = parsed(replied), text_of(replied)
+    assert msg["Subject"] == f"[#{t['id']}] Customer replied: My order"
+    assert "Hello Bob Builder," in body
+    assert f"The customer replied on ticket #{t['id']}, which is assigned to you." in body
+    assert "Status:  Waiting on us" in body and "Any news? It is urgent." in body
+    assert "was assigned to you" not in body
+    assert msg["Auto-Submitted"] == "auto-generated"
+    # the customer's own mail stays an answer to her, not a notification
+    assert parsed(to(relay, JANE)[0])["Auto-Submitted"] == "auto-replied"
+    kinds = sorted(r["kind"] for r in d.json("audit", "outgoing", "--ticket", str(t["id"])))
+    assert kinds == ["assignee_notification", "customer_replied_notification",
+                     "new_ticket_ack", "team_notification", "team_notification"]
+
+
+# --- teams ---------------------------------------------------------------------------------------
+
+
+def test_team_routing_round_robin_and_the_team_view(start, relay: RelayStub) -> None:
+    admin_port = free_port()
+    d = start(TEAMS + f'''
+[[organizations]]
+name = "Initech"
+domains = ["initech.test"]
+[organizations.on_new_ticket]
+round_robin_team = "billing"
+
+[[automations]]
+name = "escalations go to tier2"
+when = "ticket_created"
+if = {{ subject_contains = "escalate" }}
+then = {{ assign_team = "tier2" }}
+
+[admin]
+listen = "127.0.0.1:{admin_port}"
+''')
+    # a team's mailbox gives the ticket its team, unassigned
+    row = deliver(d, mail("Invoice wrong", "tm1@customer.test", JANE, "Twice charged.",
+                          to="sales@example.com"), rcpts=("sales@example.com",))
+    sales = d.json("tickets", "show", str(row["ticket_id"]))
+    assert sales["team"] == "Billing" and sales["assignee"] is None
+    # organization routing: round robin within the team, in the order of its members
+    got = []
+    for n, who in enumerate(("pete", "mike", "joanna")):
+        row = deliver(d, mail(f"Help {n}", f"tm-i{n}@initech.test", f"{who}@initech.test",
+                              "Hi."), mail_from=f"{who}@initech.test")
+        got.append(d.json("tickets", "show", str(row["ticket_id"])))
+    assert [t["assignee"] for t in got] == [BOB, CAROL, BOB]
+    assert {t["team"] for t in got} == {"Billing"}
+    # a rule assigns a team
+    row = deliver(d, mail("Please escalate", "tm3@customer.test", JANE, "Now."))
+    escalated = row["ticket_id"]
+    assert d.json("tickets", "show", str(escalated))["team"] == "tier2"
+    # the team views: CLI, API, panel tab
+    listed = d.json("tickets", "list", "--team", "billing", "--unassigned")
+    assert [t["id"] for t in listed] == [sales["id"]]
+    assert {t["id"] for t in d.json("tickets", "list", "--team", "Billing")} == \
+        {sales["id"], *(t["id"] for t in got)}
+    assert [t["id"] for t in d.json("tickets", "list", "--team", "tier2")] == [escalated]
+    out = d.cli("tickets", "list", "--team", "nope", expect=1)
+    assert out.strip().startswith("mailgate: no team 'nope' ([[teams]] in ")
+    teams = {t["name"]: t for t in d.json("teams", "list")}
+    assert teams["Billing"]["open"] == 4 and teams["Billing"]["unassigned"] == 1
+    assert teams["Billing"]["members"] == [BOB, CAROL]
+    token = (d.data_dir / "admin.token").read_text().strip()
+
+    def get(path: str) -> tuple[int, str]:
+        request = urllib.request.Request(f"http://127.0.0.1:{admin_port}{path}",
+                                         headers={"Authorization": f"Bearer {token}"})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as resp:
+                return resp.status, resp.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    status, body = get("/api/tickets?team=billing&unassigned=1")
+    assert status == 200 and [t["id"] for t in json.loads(body)] == [sales["id"]]
+    status, body = get("/api/tickets?team=nope")
+    assert status == 400 and "no team 'nope'" in json.loads(body)["error"]
+    # the panel: a tab per team, listing its open unassigned tickets
+    status, body = get("/tickets?team=Billing")
+    assert status == 200 and 'href="/tickets?team=tier2"' in body
+    assert f'href="/tickets/{sales["id"]}"' in body
+    assert f'href="/tickets/{got[0]["id"]}"' not in body  # assigned: not in the tab
+    # orgs route names a team; an unknown one is one line
+    d.cli("orgs", "route", "Initech", "--notify-team", "tier2", "--team", "billing")
+    assert d.cli("orgs", "route", "Initech", "--team", "nope", expect=1).startswith(
+        "mailgate: no team 'nope'")
+
+
+@pytest.mark.parametrize(("text", "key"), [
+    ('[[teams]]\nname = "x"\nmembers = ["eve@example.com"]\n',
+     "[[teams]] 'x' members: eve@example.com is not an agent ([[agents]])"),
+    ('[[teams]]\nname = "x"\nmailboxes = ["billing@example.com"]\n',
+     "[[teams]] 'x' mailboxes: billing@example.com is not one of our mailboxes"),
+    ('[[teams]]\nname = "x"\n[[teams]]\nname = "X"\n', "[[teams]] 'X' name: two teams"),
+    ('[[teams]]\nmembers = []\n', "[[teams]] #1 name: a team needs a name"),
+    ('[[teams]]\nname = "x"\nlead = "bob@example.com"\n', "[[teams]] #1 lead: unknown key"),
+    ('[[organizations]]\nname = "Acme"\ndomains = ["acme.test"]\n'
+     '[organizations.on_new_ticket]\nassign_team = "nope"\n',
+     "[[organizations]] 'Acme' on_new_ticket.assign_team: 'nope' is not a team ([[teams]])"),
+])
+def test_team_config_errors_name_file_and_key(tmp_path: Path, text: str, key: str) -> None:
+    from mailgate.config import load_config
+    from mailgate.errors import ConfigError
+
+    path = tmp_path / "mailgate.toml"
+    path.write_text('[mail]\ndomains = ["example.com"]\nmailboxes = ["support@example.com"]\n'
+                    f'[[agents]]\nemail = "{BOB}"\n' + text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: {key}"), message
+    assert "\n" not in message
+
+
+def test_unknown_team_in_a_rule_is_one_line(tmp_path: Path) -> None:
+    from conftest import write_config
+
+    from mailgate.ops import app
+
+    cfg = write_config(tmp_path, free_port(), AGENTS + TEAMS + '''
+[[automations]]
+name = "route"
+when = "ticket_created"
+then = { round_robin_team = "sales" }
+''')
+    from mailgate.config import load_config
+    from mailgate.errors import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        app.ruleset(load_config(cfg))
+    assert str(info.value).startswith(f'{cfg.resolve()}: rule "route": then.round_robin_team:'
+                                      ' "sales" is not a team ([[teams]])'), str(info.value)
+
+
+# --- Cc participants -----------------------------------------------------------------------------
+
+
+def test_cc_participants_are_copied_and_their_replies_thread(start, relay: RelayStub) -> None:
+    d = start()
+    t = open_ticket(d, relay, "cc1@customer.test", extra=f"Cc: The Boss <{BOSS}>, {BOB}\r\n")
+    assert [p["email"] for p in d.json("tickets", "participants", "list", str(t["id"]))] == \
+        [JANE, BOSS]  # the agent in Cc is no participant
+    d.cli("tickets", "reply", str(t["id"]), "--agent", BOB, "--body", "We are on it.")
+    (to_jane,) = to(relay, JANE)[1:] or wait_to(relay, JANE, 2)[1:]
+    (to_boss,) = wait_to(relay, BOSS, 1)
+    for m in (to_jane, to_boss):  # one message, as a reply-all: To Jane, Cc the boss
+        msg = parsed(m)
+        assert [a.addr_spec for a in msg["To"].addresses] == [JANE]
+        assert [a.addr_spec for a in msg["Cc"].addresses] == [BOSS]
+        assert "We are on it." in text_of(m)
+    assert parsed(to_jane)["Message-ID"] == parsed(to_boss)["Message-ID"]
+    # the boss answers all: threads by the reply address, counts as the customer's
+    row = deliver(d, mail("Re: My order", "cc2@customer.test", BOSS, "Please hurry.",
+                          to=t["reply_address"], extra=f"Cc: {JANE}\r\n"),
+                  mail_from=BOSS, rcpts=(t["reply_address"],))
+    assert row["action"] == "appended" and row["ticket_id"] == t["id"]
+    shown = d.json("tickets", "show", str(t["id"]))
+    assert shown["messages"][-1]["internal"] is False and shown["status"] == "pending_agent"
+    # Jane copies her colleague later: he joins
+    deliver(d, mail("Re: My order", "cc3@customer.test", JANE, "Adding Tom.",
+                    to=t["reply_address"], extra="Cc: tom@customer.test\r\n"),
+            rcpts=(t["reply_address"],))
+    assert "tom@customer.test" in d.json("tickets", "show", str(t["id"]))["participants"]
+    # the boss is removed: no longer copied, and his mail is a stranger's note
+    d.cli("tickets", "participants", "remove", str(t["id"]), BOSS)
+    roles = {p["email"]: p["role"] for p in
+             d.json("tickets", "participants", "list", str(t["id"]))}
+    assert roles == {JANE: "requester", BOSS: "removed", "tom@customer.test": "cc"}
+    before = len(relay.messages)
+    d.cli("tickets", "reply", str(t["id"]), "--agent", BOB, "--body", "Shipped.")
+    deadline = time.monotonic() + 15
+    while len(relay.messages) < before + 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    settle(relay, before + 2)
+    last = relay.messages[before:]
+    assert sorted(m.rcpt_tos[0] for m in last) == sorted([JANE, "tom@customer.test"])
+    assert all(BOSS not in m.data.decode() for m in last)
+    # a Cc does not bring him back
+    deliver(d, mail("Re: My order", "cc4@customer.test", JANE, "Thanks.",
+                    to=t["reply_address"], extra=f"Cc: {BOSS}\r\n"),
+            rcpts=(t["reply_address"],))
+    row = deliver(d, mail("Re: My order", "cc5@customer.test", BOSS, "Still here.",
+                          to=t["reply_address"]), mail_from=BOSS, rcpts=(t["reply_address"],))
+    assert d.json("tickets", "show", str(t["id"]))["messages"][-1]["internal"] is True
+    # adding him again copies him again; mistakes are one line
+    d.cli("tickets", "participants", "add", str(t["id"]), BOSS)
+    assert BOSS in d.json("tickets", "show", str(t["id"]))["participants"]
+    for args, words in (
+            (("remove", str(t["id"]), JANE), "the requester cannot be removed"),
+            (("add", str(t["id"]), BOB), "is an agent or one of our addresses"),
+            (("add", str(t["id"]), "not an address"), "not a plain email address"),
+            (("remove", str(t["id"]), "nobody@x.test"), "is not a participant"),
+            (("list", "99999"), "no ticket #99999")):
+        out = d.cli("tickets", "participants", *args, expect=1)
+        assert out.startswith("mailgate: ") and words in out and out.count("\n") == 1, out
+
+
+# --- Outlook threading ---------------------------------------------------------------------------
+
+
+def index_of(m: Received) -> bytes:
+    return base64.b64decode(str(parsed(m)["Thread-Index"]))
+
+
+def test_thread_index_is_one_conversation_per_ticket(start, relay: RelayStub) -> None:
+    d = start()
+    t = open_ticket(d, relay, "ti1@customer.test")
+    ack = to(relay, JANE)[0]
+    first = index_of(ack)
+    assert len(first) == 22 and first[0] == 1  # the header block
+    stamp = int.from_bytes(first[1:6], "big") << 24  # FILETIME, its low 24 bits dropped
+    now = int((time.time() + 11_644_473_600) * 10_000_000)
+    assert 0 <= now - stamp < 2 * (1 << 24) + 60 * 10_000_000
+    assert parsed(ack)["Thread-Topic"] == "My order"
+    d.cli("tickets", "reply", str(t["id"]), "--agent", BOB, "--body", "On it.")
+    second = index_of(wait_to(relay, JANE, 2)[1])
+    assert len(second) == 27 and second[:22] == first  # the same conversation, one level down
+    assert second[26] & 0x0F == 1
+    # an Outlook customer's reply carries its own index: stored, and our next mail continues it
+    theirs = second + bytes.fromhex("0000a1b203")
+    encoded = base64.b64encode(theirs).decode()
+    deliver(d, mail("RE: My order", "ti2@customer.test", JANE, "Thanks!", to=t["reply_address"],
+                    extra=f"Thread-Index: {encoded}\r\nThread-Topic: My order\r\n"),
+            rcpts=(t["reply_address"],))
+    shown = d.json("tickets", "show", str(t["id"]))
+    assert shown["messages"][-1]["thread_index"] == encoded
+    d.cli("tickets", "reply", str(t["id"]), "--agent", BOB, "--body", "Done.")
+    third = wait_to(relay, JANE, 3)[2]
+    assert index_of(third)[:32] == theirs and len(index_of(third)) == 37
+    assert parsed(third)["Thread-Topic"] == "My order"
+    # a malformed index is neither stored nor followed
+    deliver(d, mail("RE: My order", "ti3@customer.test", JANE, "Again.", to=t["reply_address"],
+                    extra="Thread-Index: bm90IGFuIGluZGV4\r\n"), rcpts=(t["reply_address"],))
+    assert d.json("tickets", "show", str(t["id"]))["messages"][-1]["thread_index"] is None
+    # an Outlook customer who opens a ticket: the acknowledgement answers her index
+    opening = base64.b64encode(b"\x01" + bytes(range(21))).decode()
+    row = deliver(d, mail("New thing", "ti4@customer.test", JANE, "Hello.",
+                          extra=f"Thread-Index: {opening}\r\n"))
+    ack2 = next(m for m in wait_to(relay, JANE, 4) if parsed(m)["Thread-Topic"] == "New thing")
+    assert index_of(ack2)[:22] == base64.b64decode(opening) and len(index_of(ack2)) == 27
+    assert row["ticket_id"] != t["id"]
