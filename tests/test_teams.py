@@ -461,3 +461,33 @@ def test_thread_index_is_one_conversation_per_ticket(start, relay: RelayStub) ->
     ack2 = next(m for m in wait_to(relay, JANE, 4) if parsed(m)["Thread-Topic"] == "New thing")
     assert index_of(ack2)[:22] == base64.b64decode(opening) and len(index_of(ack2)) == 27
     assert row["ticket_id"] != t["id"]
+
+
+def test_thread_index_blocks_follow_outlooks_layout() -> None:
+    from mailgate.outbound import thread_index as ti
+
+    guid = bytes(range(16))
+    start = 1_700_000_000.0  # 2023-11-14T22:13:20Z
+    header = ti.header_block(start, guid)
+    ticks = int((start + 11_644_473_600) * 10_000_000)
+    assert header == b"\x01" + (ticks >> 24).to_bytes(5, "big") + guid
+    # an hour later: delta code 0, bits 48..18 of the difference
+    hour = ti.reply_index(header, start + 3600)
+    assert len(hour) == 27 and hour[:22] == header
+    delta = ticks + 3600 * 10_000_000 - ((ticks >> 24) << 24)
+    word = int.from_bytes(hour[22:26], "big")
+    assert word >> 31 == 0 and word & 0x7FFF_FFFF == (delta >> 18) & 0x7FFF_FFFF
+    assert hour[26] & 0x0F == 1
+    # ten years later the difference passes 2^49 ticks: delta code 1, bits 53..23
+    late = ti.reply_index(hour, start + 10 * 365 * 86400)
+    word = int.from_bytes(late[27:31], "big")
+    delta = ticks + 10 * 365 * 86400 * 10_000_000 - ((ticks >> 24) << 24)
+    assert word >> 31 == 1 and word & 0x7FFF_FFFF == (delta >> 23) & 0x7FFF_FFFF
+    assert late[31] & 0x0F == 2
+    # parse: only well-formed indexes; never grown past MAX_BYTES
+    assert ti.parse(ti.encode(late)) == late
+    for bad in ("", "!!!", ti.encode(b"\x02" + late[1:]), ti.encode(late[:25]),
+                ti.encode(late + b"\x00" * ti.MAX_BYTES)):
+        assert ti.parse(bad) is None, bad
+    full = header + b"\x00" * (ti.MAX_BYTES - 22)
+    assert ti.reply_index(full, start) == full
