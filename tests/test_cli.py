@@ -24,8 +24,8 @@ def test_listings_and_stats(daemon: Daemon) -> None:
     assert stats["spool"]["done"] == 3
     table = daemon.cli("tickets", "list")
     assert table.splitlines()[0].split() == ["ID", "SUBJECT", "REQUESTER", "ORGANIZATION",
-                                             "STATUS", "PRIORITY", "ASSIGNEE", "CREATED_AT",
-                                             "UPDATED_AT"]
+                                             "STATUS", "PRIORITY", "TEAM", "ASSIGNEE",
+                                             "CREATED_AT", "UPDATED_AT"]
     assert len(table.splitlines()) == 4
     assert [t["subject"] for t in daemon.json("tickets", "list", "--limit", "2")] == [
         "list 2", "list 1"]

@@ -253,7 +253,7 @@ def test_assignment_notifies_the_agent(out_daemon, relay: RelayStub) -> None:
     msg = email.message_from_bytes(got.data, policy=email.policy.default)
     assert list(got.rcpt_tos) == ["alice@example.com"]
     assert "assign me" in msg["Subject"]
-    assert msg["Auto-Submitted"] == "auto-replied"
+    assert msg["Auto-Submitted"] == "auto-generated"  # a notification, not a reply (RFC 3834)
     assert d.json("tickets", "show", str(row["ticket_id"]))["assignee"] == "alice@example.com"
 
 

@@ -202,7 +202,7 @@ def test_enabled_follows_settings(tmp_path: Path) -> None:
     assert r.enabled("new_ticket_ack") is False
     assert r.enabled("agent_reply") is True
     assert r.enabled("premium_ack") is True
-    assert [k["enabled"] for k in r.kinds()] == [False, True, True]
+    assert [k["enabled"] for k in r.kinds()] == [False, True, True, True, True]
 
 
 def test_override_dir_wins_over_builtin(tmp_path: Path) -> None:

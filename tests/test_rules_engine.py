@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 AGENTS = frozenset({"alice@example.com", "bob@example.com"})
 KINDS = frozenset(TEMPLATE_KINDS)
 BOXES = frozenset({"support@example.com", "sales@example.com"})
+TEAMS = frozenset({"Billing", "tier2"})
 BERLIN = BusinessHours("Europe/Berlin", (0, 1, 2, 3, 4), dtime(9), dtime(17))
 # 2024-03-01 is a Friday; Berlin is UTC+1 until 2024-03-31 (a Sunday), then UTC+2.
 FRI_1500Z = datetime(2024, 3, 1, 15, 0, tzinfo=UTC)  # 16:00 in Berlin: inside business hours
@@ -59,7 +60,7 @@ def load(tmp_path: Path, text: str, inline: list | None = None, **kw: Any) -> tu
     path = tmp_path / "automations.toml"
     path.write_text(text)
     args: dict[str, Any] = {"agents": AGENTS, "template_kinds": KINDS, "hours": BERLIN,
-                            "mailboxes": BOXES}
+                            "mailboxes": BOXES, "teams": TEAMS}
     return load_rules(inline or [], "mailgate.toml", path, **(args | kw))
 
 
@@ -246,7 +247,7 @@ def test_shipped_default_workflow(tmp_path: Path) -> None:
     assert not notify.hit and notify.why == "unassigned false: no (unassigned)"
     (notify,) = evaluate(rules, "customer_replied", facts(assignee="bob@example.com"), None)
     assert notify.hit
-    assert dict(notify.actions["send_template"]) == {"kind": "assignee_notification",
+    assert dict(notify.actions["send_template"]) == {"kind": "customer_replied_notification",
                                                      "to": "assignee"}
     # Switching one off is editing one line.
     text = (ROOT / "mailgate" / "builtin" / "automations.toml").read_text()
@@ -368,6 +369,9 @@ GOOD_ACTIONS: list[tuple[str, str, Any]] = [
     ('send_template = { kind = "agent_reply", to = "ALICE@example.com" }', "send_template",
      {"kind": "agent_reply", "to": "alice@example.com"}),
     ('internal_note = "  Escalated by rule. "', "internal_note", "Escalated by rule."),
+    ('assign_team = "billing"', "assign_team", "Billing"),  # the name as [[teams]] spells it
+    ('round_robin_team = "tier2"', "round_robin_team", "tier2"),
+    ('notify_team = "Billing"', "notify_team", "Billing"),
 ]
 
 
@@ -405,6 +409,12 @@ BAD_ACTIONS: list[tuple[str, str, str]] = [
      "unknown key"),
     ("send_template = 3", "then.send_template", "expected a template kind"),
     ('internal_note = ""', "then.internal_note", "non-empty text"),
+    ('assign_team = "sales"', "then.assign_team", '"sales" is not a team ([[teams]])'),
+    ("assign_team = 3", "then.assign_team", "expected a team's name"),
+    ('round_robin_team = "nobody"', "then.round_robin_team", "is not a team"),
+    ('round_robin_team = "tier2", assign = "bob@example.com"', "then.round_robin_team",
+     "cannot be combined with assign or round_robin"),
+    ('notify_team = ""', "then.notify_team", "expected a team's name"),
 ]
 
 

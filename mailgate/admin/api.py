@@ -9,7 +9,8 @@ address that is not a configured agent), 500 (a bug; logged).
 
     GET  /api/health                      up/down; with the token: status, problems, storage,
                                           spool, outbound, last mail, relay
-    GET  /api/tickets                     ?status= &unassigned= &view= &org= &mailbox= &limit=
+    GET  /api/tickets                     ?status= &unassigned= &view= &org= &team= &mailbox=
+                                          &limit=
     GET  /api/tickets/{id}                as `mailgate tickets show ID --json`
     POST /api/tickets/{id}/reply          agent, body
     POST /api/tickets/{id}/assign         agent
@@ -139,11 +140,12 @@ async def list_tickets(request: web.Request) -> web.Response:
     unassigned = params.flag(q, "unassigned")
     org = params.text(q, "org", 200) or None
     mailbox = params.text(q, "mailbox", 320) or None
+    team = params.text(q, "team", 200) or None
     limit = params.limit(q)
     b = backend(request)
     rows = await b.run(functools.partial(b.tickets, status=status, view=view,
-                                         unassigned=unassigned, org=org, limit=limit,
-                                         mailbox=mailbox))
+                                         unassigned=unassigned, org=org, team=team,
+                                         limit=limit, mailbox=mailbox))
     return reply(rows)
 
 

@@ -184,9 +184,15 @@ class Backend:
     # --- tickets ------------------------------------------------------------------------------
 
     def tickets(self, *, status: str | None = None, view: str | None = None,
-                unassigned: bool = False, org: str | None = None,
+                unassigned: bool = False, org: str | None = None, team: str | None = None,
                 limit: int = 50, mailbox: str | None = None) -> list[dict[str, Any]]:
-        """Tickets, most recently updated first, filtered like `mailgate tickets list`."""
+        """Tickets, most recently updated first, filtered like `mailgate tickets list`
+        (`team`: a [[teams]] name, else BadInput)."""
+        if team is not None:
+            found = self.config.team(team)
+            if found is None:
+                raise BadInput(f"no team {team!r} ([[teams]] in the config)")
+            team = found.name
         statuses: tuple[str, ...] = ()
         if view is not None:
             _title, statuses, only_unassigned = VIEWS[view]
@@ -198,7 +204,7 @@ class Backend:
             mailbox = next((m.address for m in self.config.support_mailboxes
                             if wanted in m.addresses()), wanted)
         rows = tickets.list_tickets(self.db, statuses=statuses, unassigned=unassigned,
-                                    org=org, limit=limit, mailbox=mailbox,
+                                    org=org, team=team, limit=limit, mailbox=mailbox,
                                     default_mailbox=self.config.from_address)
         for row in rows:
             app.describe_mailbox(self.config, row)

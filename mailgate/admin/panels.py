@@ -10,6 +10,7 @@ HTML part (sanitised by nh3 when it was stored) is only ever shown inside
     /login, /logout          the token form; the session cookie
     /                        counts and health
     /tickets?view=           Unassigned, Pending customer, Pending agent, All
+    /tickets?team=           a tab per team: its open tickets nobody is assigned to
     /tickets/{id}            conversation, reply, assign, status
     /audit/incoming?q=       search by address, subject, Message-ID or day (YYYY-MM-DD)
     /audit/outgoing?q=       delivery status and failure reason
@@ -174,6 +175,7 @@ async def dashboard(request: web.Request) -> web.Response:
 
 
 async def ticket_list(request: web.Request) -> web.Response:
+    """A view's tickets, or (`?team=NAME`, a tab per team) a team's open unassigned ones."""
     view = request.query.get("view", "unassigned")
     if view not in VIEWS:
         view = "unassigned"
@@ -182,10 +184,13 @@ async def ticket_list(request: web.Request) -> web.Response:
     mailbox = request.query.get("mailbox", "").lower()
     if mailbox not in {m.address for m in boxes}:
         mailbox = ""
-    rows = await b.run(functools.partial(b.tickets, view=view, limit=200,
+    teams = [t.name for t in b.config.teams]
+    team = next((t for t in teams if t.lower() == request.query.get("team", "").lower()), "")
+    rows = await b.run(functools.partial(b.tickets, view="unassigned" if team else view,
+                                         team=team or None, limit=200,
                                          mailbox=mailbox or None))
     return page(request, "tickets.html", rows=rows, view=view, views=VIEWS, mailbox=mailbox,
-                mailboxes=boxes)
+                mailboxes=boxes, teams=teams, team=team)
 
 
 async def _ticket_page(request: web.Request, ticket_id: int, error: str = "",

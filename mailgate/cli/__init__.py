@@ -19,6 +19,7 @@ for command in (
     tickets.tickets_group, outbound.templates_group, outbound.dkim_group,
     audit.audit_group, audit.forwarding_group, spool.stats, spool.spool_group,
     rules.rules_group, spam.spam_group, orgs.orgs_group, orgs.customers_group,
+    orgs.teams_group,
 ):
     cli.add_command(command)
 finish_commands(cli)

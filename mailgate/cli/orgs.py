@@ -1,4 +1,5 @@
-"""The command line for organizations and customers (`mailgate orgs …`, `mailgate customers …`).
+"""The command line for organizations, customers and teams (`mailgate orgs …`, `mailgate
+customers …`, `mailgate teams list`).
 
 Input: names, domains and routing typed by an administrator. Output: changes made through the
 store in one transaction each, and listings (tables, or JSON with `--json`). A mistake — a
@@ -16,7 +17,7 @@ from mailgate.config import PRIORITIES
 from mailgate.errors import UserError
 from mailgate.store import orgs
 from mailgate.store.db import transaction
-from mailgate.store.tickets import STATUSES
+from mailgate.store.tickets import STATUSES, count_tickets
 
 
 @click.group("orgs")
@@ -106,17 +107,33 @@ def orgs_remove_domain(state: State, name: str, domain: str) -> None:
 @click.option("--status", type=click.Choice(STATUSES))
 @click.option("--template", metavar="KIND",
               help="Send this template kind instead of the default acknowledgement.")
+@click.option("--team", metavar="NAME", help="New tickets belong to this team ([[teams]]).")
+@click.option("--round-robin-team", "round_robin_team", metavar="NAME",
+              help="New tickets belong to this team and go to its members in turn.")
+@click.option("--notify-team", "notify_team", metavar="NAME",
+              help="Each member of this team gets a team_notification.")
 @click.option("--clear", is_flag=True, help="Remove all routing.")
 @pass_state
 def orgs_route(state: State, name: str, assign: str | None, round_robin: tuple[str, ...],
                priority: str | None, tags: tuple[str, ...], status: str | None,
-               template: str | None, clear: bool) -> None:
+               template: str | None, team: str | None, round_robin_team: str | None,
+               notify_team: str | None, clear: bool) -> None:
     """What happens to new tickets from this organization."""
     cfg = state.config
     agents = {a.email for a in cfg.agents}
     for who in (assign, *round_robin):
         if who and who.lower() not in agents:
             raise UserError(f"{who} is not a configured agent ([[agents]] in {cfg.path})")
+    teams: dict[str, str] = {}
+    for key, given in (("assign_team", team), ("round_robin_team", round_robin_team),
+                       ("notify_team", notify_team)):
+        if given is not None:
+            found = cfg.team(given)
+            if found is None:
+                raise UserError(f"no team {given!r} ([[teams]] in {cfg.path})")
+            teams[key] = found.name
+    if round_robin_team and (assign or round_robin):
+        raise UserError("--round-robin-team cannot be combined with --assign or --round-robin")
     if template:
         from mailgate.ops import app
 
@@ -136,9 +153,11 @@ def orgs_route(state: State, name: str, assign: str | None, round_robin: tuple[s
         route["status"] = status
     if template:
         route["send_template"] = template
+    route.update(teams)
     if not route and not clear:
         raise UserError("give at least one of --assign, --round-robin, --priority, --tag,"
-                        " --status, --template (or --clear)")
+                        " --status, --template, --team, --round-robin-team, --notify-team"
+                        " (or --clear)")
     db = state.db()
     with transaction(db) as conn:
         orgs.set_route(conn, orgs.org_id_by_name(conn, name), route)
@@ -159,3 +178,23 @@ def customers_list(state: State, org: str | None, limit: int, as_json: bool) -> 
     """Customers and their organization."""
     emit(orgs.list_customers(state.db(), org=org, limit=limit), as_json,
           ["id", "email", "name", "organization", "created_at"])
+
+
+@click.group("teams")
+def teams_group() -> None:
+    """Teams of agents ([[teams]] in the config)."""
+
+
+@teams_group.command("list")
+@json_option
+@pass_state
+def teams_list(state: State, as_json: bool) -> None:
+    """Teams with their members, mailboxes, open tickets and open unassigned tickets."""
+    db = state.db()
+    open_statuses = ("open", "pending_customer", "pending_agent")
+    rows = [{"name": t.name, "members": list(t.members), "mailboxes": list(t.mailboxes),
+             "open": count_tickets(db, statuses=open_statuses, team=t.name),
+             "unassigned": count_tickets(db, statuses=open_statuses, team=t.name,
+                                         unassigned=True)}
+            for t in state.config.teams]
+    emit(rows, as_json, ["name", "members", "mailboxes", "open", "unassigned"])

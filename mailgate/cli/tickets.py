@@ -1,4 +1,5 @@
-"""`mailgate tickets …`: list, show, export, reply to, set the status of and assign tickets.
+"""`mailgate tickets …`: list, show, export, reply to, set the status of and assign tickets,
+and manage their participants.
 
 Input: ticket and message ids, agent addresses and reply text typed by an administrator.
 Output: tables or JSON (`--json`); values that came from mail are printed as data. Changes go
@@ -38,6 +39,7 @@ def tickets_group() -> None:
 @click.option("--unassigned", is_flag=True, help="Only tickets nobody is assigned to.")
 @click.option("--assignee", metavar="EMAIL", help="Only tickets assigned to this agent.")
 @click.option("--org", metavar="NAME", help="Only tickets of this organization.")
+@click.option("--team", metavar="NAME", help="Only tickets of this team ([[teams]]).")
 @click.option("--breached", is_flag=True, help="Only tickets whose SLA is breached.")
 @click.option("--mailbox", metavar="ADDRESS",
               help="Only tickets of this mailbox (its address or public_address).")
@@ -45,8 +47,8 @@ def tickets_group() -> None:
 @json_option
 @pass_state
 def tickets_list(state: State, status: str | None, unassigned: bool, assignee: str | None,
-                 org: str | None, breached: bool, mailbox: str | None, limit: int,
-                 as_json: bool) -> None:
+                 org: str | None, team: str | None, breached: bool, mailbox: str | None,
+                 limit: int, as_json: bool) -> None:
     """Tickets, most recently updated first."""
     cfg = state.config
     if mailbox is not None:
@@ -56,8 +58,15 @@ def tickets_list(state: State, status: str | None, unassigned: bool, assignee: s
             known = ", ".join(a for m in cfg.support_mailboxes for a in m.addresses())
             raise UserError(f"no mailbox {mailbox!r} in {cfg.path} (mailboxes: {known})")
         mailbox = box.address
+    team_name = None
+    if team is not None:
+        found = cfg.team(team)
+        if found is None:
+            raise UserError(f"no team {team!r} ([[teams]] in {cfg.path})")
+        team_name = found.name
     rows = tickets.list_tickets(state.db(), status=status, unassigned=unassigned,
-                                assignee=assignee, org=org, limit=100000 if breached else limit,
+                                assignee=assignee, org=org, team=team_name,
+                                limit=100000 if breached else limit,
                                 mailbox=mailbox, default_mailbox=cfg.support_mailboxes[0].address)
     if breached:
         automation = app.automation(state.config, None)
@@ -66,8 +75,8 @@ def tickets_list(state: State, status: str | None, unassigned: bool, assignee: s
         r["status_label"] = state.config.status_label(r["status"])
         app.describe_mailbox(cfg, r)
     table = [{**r, "status": r["status_label"]} for r in rows]  # people see the labels
-    columns = ["id", "subject", "requester", "organization", "status", "priority", "assignee",
-               "created_at", "updated_at"]
+    columns = ["id", "subject", "requester", "organization", "status", "priority", "team",
+               "assignee", "created_at", "updated_at"]
     if len(cfg.support_mailboxes) > 1:
         columns.insert(3, "mailbox")
     emit(rows if as_json else table, as_json, columns)
@@ -89,8 +98,8 @@ def tickets_show(state: State, ticket_id: int, as_json: bool) -> None:
         return
     click.echo(f"#{ticket['id']} {cell(ticket['subject'], 200)}")
     for key in ("status", "requester", "mailbox", "mailbox_from", "organization", "priority",
-                "tags", "assignee",
-                "reply_address", "sla", "created_at", "updated_at"):
+                "tags", "team", "assignee", "participants", "reply_address", "sla", "created_at",
+                "updated_at"):
         click.echo(f"  {key}: {cell(ticket[key], 200)}")
     for m in ticket["messages"]:
         flag = " [internal]" if m["internal"] else ""
@@ -215,3 +224,42 @@ def tickets_assign(state: State, ticket_id: int, agent_email: str) -> None:
     note = f"notification outbound #{q.outbound_id} {q.status}"
     click.echo(f"ticket #{ticket_id} assigned to {agent_email.lower()}; {note}"
                + (f" ({q.reason})" if q.reason else ""))
+
+
+@tickets_group.group("participants")
+def participants_group() -> None:
+    """Who besides the requester takes part in a ticket (copied on agent replies)."""
+
+
+_PARTICIPANT_COLUMNS = ["email", "role", "added_at"]
+
+
+@participants_group.command("list")
+@click.argument("ticket_id", type=int)
+@json_option
+@pass_state
+def participants_list(state: State, ticket_id: int, as_json: bool) -> None:
+    """The ticket's participants with their role (requester, cc, removed)."""
+    emit(app.desk(state.config, state.db()).participants(ticket_id), as_json,
+         _PARTICIPANT_COLUMNS)
+
+
+@participants_group.command("add")
+@click.argument("ticket_id", type=int)
+@click.argument("email")
+@pass_state
+def participants_add(state: State, ticket_id: int, email: str) -> None:
+    """Copy EMAIL on the agents' replies to the ticket."""
+    app.desk(state.config, state.db()).add_participant(ticket_id, email)
+    click.echo(f"ticket #{ticket_id}: {email.strip().lower()} is a participant (copied on"
+               " agent replies)")
+
+
+@participants_group.command("remove")
+@click.argument("ticket_id", type=int)
+@click.argument("email")
+@pass_state
+def participants_remove(state: State, ticket_id: int, email: str) -> None:
+    """Stop copying EMAIL; its later mail to the ticket is kept as an internal note."""
+    app.desk(state.config, state.db()).remove_participant(ticket_id, email)
+    click.echo(f"ticket #{ticket_id}: {email.strip().lower()} removed (no longer copied)")

@@ -9,6 +9,7 @@ from mailgate.config.load import find_config_path, is_loopback, load_config, par
 from mailgate.config.schema import PRIORITIES, ROUTE_KEYS
 from mailgate.config.settings import (
     DEFAULT_CONFIG_NAME,
+    NOTIFICATION_KINDS,
     REPLY_AUTH_METHODS,
     TEMPLATE_KINDS,
     Agent,
@@ -18,11 +19,13 @@ from mailgate.config.settings import (
     Mailbox,
     Relay,
     Spam,
+    Team,
     TemplateSettings,
 )
 
 __all__ = [
-    "DEFAULT_CONFIG_NAME", "PRIORITIES", "REPLY_AUTH_METHODS", "ROUTE_KEYS", "TEMPLATE_KINDS",
-    "Agent", "Branding", "Config", "Dkim", "Mailbox", "Relay", "Spam", "TemplateSettings",
+    "DEFAULT_CONFIG_NAME", "NOTIFICATION_KINDS", "PRIORITIES", "REPLY_AUTH_METHODS", "ROUTE_KEYS",
+    "TEMPLATE_KINDS",
+    "Agent", "Branding", "Config", "Dkim", "Mailbox", "Relay", "Spam", "Team", "TemplateSettings",
     "find_config_path", "is_loopback", "load_config", "parse_config",
 ]

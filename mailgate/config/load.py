@@ -30,6 +30,7 @@ from mailgate.config.sections import (
     read_reply_auth,
     read_spam,
     read_strings,
+    read_teams,
 )
 from mailgate.config.settings import (
     DEFAULT_CONFIG_NAME,
@@ -262,7 +263,8 @@ def parse_config(doc: dict[str, Any], path: Path) -> Config:
         template_settings.append(
             (kind, TemplateSettings(body.get("enabled", True), body.get("subject")))
         )
-    organizations = read_organizations(doc.get("organizations", []), agents, fail)
+    teams = read_teams(doc.get("teams", []), agents, tuple(mailboxes), fail)
+    organizations = read_organizations(doc.get("organizations", []), agents, fail, teams)
     customers = values.get("customers", {})
     free_mail = tuple(d.lower() for d in read_strings(
         customers.get("free_mail_domains", []), lambda m: fail("[customers] free_mail_domains", m)))
@@ -346,6 +348,7 @@ def parse_config(doc: dict[str, Any], path: Path) -> Config:
         auto_replies_per_hour=limits["auto_replies_per_hour"],
         agent_replies_by_email_per_hour=limits["agent_replies_by_email_per_hour"],
         agents=tuple(agents),
+        teams=teams,
         organizations=organizations,
         auto_create_organizations=customers.get("auto_create_organizations", False),
         free_mail_domains=free_mail,

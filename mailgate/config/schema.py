@@ -2,8 +2,9 @@
 uses for it.
 
 Input: none (tables). Output: `SCHEMA` (section → key → (type, description)), the keys of the
-arrays of tables (agents, organizations and their routing) and the priorities. `load` checks a
-file against these; an unknown key is an error naming the file and the key. Stdlib only.
+arrays of tables (agents, teams, organizations and their routing) and the priorities. `load`
+checks a file against these; an unknown key is an error naming the file and the key. Stdlib
+only.
 """
 
 from __future__ import annotations
@@ -112,7 +113,7 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], str]]] = {
 }
 AGENT_KEYS: dict[str, type | tuple[type, ...]] = {
     "name": str, "email": str, "reply_auth": (str, list)}
-ARRAYS = ("agents", "organizations", "automations", "sla", "forwarders",
+ARRAYS = ("agents", "teams", "organizations", "automations", "sla", "forwarders",
           "mailboxes")  # arrays of tables ([[dkim]] may be one too: see load)
 # [[mailboxes]]: one support address each (its relay is a [mailboxes.relay] table of [relay]'s
 # keys).
@@ -127,7 +128,9 @@ MAILBOX_KEYS: dict[str, tuple[type | tuple[type, ...], str]] = {
     "relay": (dict, "a [mailboxes.relay] table"),
 }
 ORG_KEYS = {"name": str, "domains": list, "notes": str, "on_new_ticket": dict}
+TEAM_KEYS = {"name": str, "members": list, "mailboxes": list}
 ROUTE_KEYS = {"assign": str, "round_robin": list, "priority": str, "add_tags": list,
-              "status": str, "send_template": str}
+              "status": str, "send_template": str, "assign_team": str, "round_robin_team": str,
+              "notify_team": str}
 PRIORITIES = ("low", "normal", "high", "urgent")
 

@@ -1,5 +1,5 @@
-"""Readers for the sections with more than flat keys: organizations and their routing, the
-relay, spam, DKIM keys ([dkim] or [[dkim]]), branding and [brands.NAME], [[mailboxes]], an
+"""Readers for the sections with more than flat keys: teams, organizations and their routing,
+the relay, spam, DKIM keys ([dkim] or [[dkim]]), branding and [brands.NAME], [[mailboxes]], an
 agent's reply authentication, host:port values.
 
 Input: one section of the TOML document as parsed (untrusted form), the config file's directory
@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from mailgate.config.schema import MAILBOX_KEYS, ORG_KEYS, PRIORITIES, ROUTE_KEYS, SCHEMA
+from mailgate.config.schema import (
+    MAILBOX_KEYS,
+    ORG_KEYS,
+    PRIORITIES,
+    ROUTE_KEYS,
+    SCHEMA,
+    TEAM_KEYS,
+)
 from mailgate.config.settings import (
     REPLY_AUTH_METHODS,
     REPLY_TO_MODES,
@@ -24,11 +31,50 @@ from mailgate.config.settings import (
     Mailbox,
     Relay,
     Spam,
+    Team,
 )
 
 
-def read_organizations(entries: list[Any], agents: list[Agent], fail: Any
-                   ) -> tuple[dict[str, Any], ...]:
+def read_teams(entries: list[Any], agents: list[Agent], mailboxes: tuple[str, ...], fail: Any
+               ) -> tuple[Team, ...]:
+    """`[[teams]]`: a unique name, members who are configured agents, mailboxes of ours."""
+    agent_emails = {a.email for a in agents}
+    seen: set[str] = set()
+    out = []
+    for i, entry in enumerate(entries):
+        where = f"[[teams]] #{i + 1}"
+        if not isinstance(entry, dict):
+            raise fail(where, "must be a table")
+        for key, value in entry.items():
+            if key not in TEAM_KEYS:
+                raise fail(f"{where} {key}", "unknown key (name, members, mailboxes)")
+            if not isinstance(value, TEAM_KEYS[key]):
+                wanted = "a string" if TEAM_KEYS[key] is str else "a list of addresses"
+                raise fail(f"{where} {key}", f"expected {wanted}, got {value!r}")
+        name = entry.get("name", "").strip()
+        if not name:
+            raise fail(f"{where} name", "a team needs a name")
+        where = f"[[teams]] {name!r}"
+        if name.lower() in seen:
+            raise fail(f"{where} name", "two teams with this name")
+        seen.add(name.lower())
+        members = [m.strip().lower() for m in read_strings(
+            entry.get("members", []), lambda m, w=where: fail(f"{w} members", m))]
+        for m in members:
+            if m not in agent_emails:
+                raise fail(f"{where} members", f"{m} is not an agent ([[agents]])")
+        boxes = [b.strip().lower() for b in read_strings(
+            entry.get("mailboxes", []), lambda m, w=where: fail(f"{w} mailboxes", m))]
+        for b in boxes:
+            if b not in mailboxes:
+                raise fail(f"{where} mailboxes", f"{b} is not one of our mailboxes"
+                                                 " ([mail] mailboxes or a [[mailboxes]] address)")
+        out.append(Team(name, tuple(dict.fromkeys(members)), tuple(dict.fromkeys(boxes))))
+    return tuple(out)
+
+
+def read_organizations(entries: list[Any], agents: list[Agent], fail: Any,
+                       teams: tuple[Team, ...] = ()) -> tuple[dict[str, Any], ...]:
     seen_names: set[str] = set()
     owner: dict[str, str] = {}
     agent_emails = {a.email for a in agents}
@@ -70,6 +116,16 @@ def read_organizations(entries: list[Any], agents: list[Agent], fail: Any
         for a in route.get("round_robin", []):
             if not isinstance(a, str) or a.lower() not in agent_emails:
                 raise fail(f"{where} on_new_ticket.round_robin", f"{a!r} is not an agent")
+        team_names = {t.name.lower(): t.name for t in teams}
+        for key in ("assign_team", "round_robin_team", "notify_team"):
+            if key in route:
+                if route[key].strip().lower() not in team_names:
+                    raise fail(f"{where} on_new_ticket.{key}",
+                               f"{route[key]!r} is not a team ([[teams]])")
+                route = {**route, key: team_names[route[key].strip().lower()]}
+        if "round_robin_team" in route and ("assign" in route or "round_robin" in route):
+            raise fail(f"{where} on_new_ticket.round_robin_team",
+                       "cannot be combined with assign or round_robin")
         if "priority" in route and route["priority"] not in PRIORITIES:
             raise fail(f"{where} on_new_ticket.priority", f"one of {', '.join(PRIORITIES)}")
         statuses = ("open", "pending_customer", "pending_agent", "resolved", "closed")

@@ -1,8 +1,8 @@
 """The validated configuration: frozen dataclasses, one per section that has a shape of its own.
 
-Input: none (definitions). Output: `Config` and its parts (`Agent`, `Relay`, `Dkim`, `Branding`,
-`Mailbox`, `TemplateSettings`, `Spam`), built only by `mailgate.config.load`, so every value
-has been checked. Stdlib only.
+Input: none (definitions). Output: `Config` and its parts (`Agent`, `Team`, `Relay`, `Dkim`,
+`Branding`, `Mailbox`, `TemplateSettings`, `Spam`), built only by `mailgate.config.load`, so
+every value has been checked. Stdlib only.
 """
 
 from __future__ import annotations
@@ -26,6 +26,16 @@ class Agent:
     # "dkim": a passing DKIM signature aligned with the agent's domain; "token": the agent's
     # personal reply address (sent only to the agent). Empty: never by email.
     reply_auth: tuple[str, ...] = ("dkim",)
+
+
+@dataclass(frozen=True)
+class Team:
+    """`[[teams]]`: agents who share a queue. `mailboxes`: new tickets that came to one of
+    these addresses belong to the team."""
+
+    name: str
+    members: tuple[str, ...] = ()  # agents' addresses, lower-cased, in the order written
+    mailboxes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -99,7 +109,12 @@ class TemplateSettings:
     subject: str | None = None  # a jinja2 template; None: the kind's built-in subject
 
 
-TEMPLATE_KINDS = ("new_ticket_ack", "agent_reply", "assignee_notification")
+TEMPLATE_KINDS = ("new_ticket_ack", "agent_reply", "assignee_notification",
+                  "customer_replied_notification", "team_notification")
+# The kinds that go to agents (never to a customer): marked Auto-Submitted: auto-generated,
+# with the ticket's internal-note address as their Reply-To.
+NOTIFICATION_KINDS = ("assignee_notification", "customer_replied_notification",
+                      "team_notification")
 
 
 @dataclass(frozen=True)
@@ -157,6 +172,7 @@ class Config:
     auto_replies_per_hour: int = 500
     agent_replies_by_email_per_hour: int = 60  # per agent
     agents: tuple[Agent, ...] = ()
+    teams: tuple[Team, ...] = ()
     organizations: tuple[dict[str, Any], ...] = ()  # validated [[organizations]] entries
     auto_create_organizations: bool = False
     free_mail_domains: tuple[str, ...] = ()
@@ -189,6 +205,9 @@ class Config:
     def agent(self, email: str) -> Agent | None:
         email = email.lower()
         return next((a for a in self.agents if a.email == email), None)
+
+    def team(self, name: str) -> Team | None:
+        return next((t for t in self.teams if t.name.lower() == name.strip().lower()), None)
 
     def status_label(self, status: str) -> str:
         """The name people see for a status ([statuses] in the config)."""

@@ -75,6 +75,8 @@ def policy(config: Config) -> Policy:
         agent_reply_auth=tuple((a.email, a.reply_auth) for a in config.agents),
         agent_replies_by_email_per_hour=config.agent_replies_by_email_per_hour,
         mailboxes=config.support_mailboxes,
+        team_mailboxes=tuple((box, t.name) for t in config.teams for box in t.mailboxes) + tuple(
+            (m.address, m.team) for m in config.support_mailboxes if m.team),
     )
 
 
@@ -117,10 +119,12 @@ def ruleset(config: Config) -> RuleSet:
     rules = load_rules(list(config.automations), str(config.path), source,
                        file_required=config.rules_file_explicit or source == BUILTIN_RULES,
                        agents=agents,
-                       template_kinds=kinds, hours=hours, mailboxes=frozenset(config.mailboxes))
+                       template_kinds=kinds, hours=hours, mailboxes=frozenset(config.mailboxes),
+                       teams=frozenset(t.name for t in config.teams))
     slas = load_slas(list(config.slas), str(config.path), hours, agents=agents,
                      mailboxes=frozenset(config.mailboxes))
-    return RuleSet(rules=rules, hours=hours, agents=agents, slas=slas)
+    return RuleSet(rules=rules, hours=hours, agents=agents, slas=slas,
+                   teams=tuple((t.name, t.members) for t in config.teams))
 
 
 def automation(config: Config, mail: MailContext | None) -> Automation:
@@ -163,6 +167,8 @@ def mail_context(config: Config) -> MailContext:
         limits=RateLimits(per_mailbox=config.auto_replies_per_address_per_hour,
                           per_domain=config.auto_replies_per_domain_per_hour,
                           total=config.auto_replies_per_hour),
+        agent_names=tuple((a.email, a.name) for a in config.agents),
+        status_labels=config.status_labels,
     )
 
 

@@ -7,7 +7,9 @@ is not a plain addr-spec (CR, LF, spaces, angle brackets) is refused, so nothing
 inject a header or an SMTP command. Display names are cut to one short line (`display_name`);
 Message-IDs from mail are cleaned (`clean_message_id`: folding and control characters removed,
 left out when no usable id remains) and written one per line, never encoded, so a malformed id
-never makes a mail fail to compose. Output: the message as bytes with CRLF line endings:
+never makes a mail fail to compose. Notifications (`generated`) are marked `Auto-Submitted:
+auto-generated`, other automatic mail `auto-replied`; `Thread-Index` / `Thread-Topic` are
+written when given. Output: the message as bytes with CRLF line endings:
 multipart/alternative (text + HTML), the HTML inside multipart/related when images are inline.
 """
 
@@ -94,6 +96,10 @@ class Headers:
     references: tuple[str, ...] = ()
     automatic: bool = False
     ticket_id: int | None = None
+    cc: tuple[tuple[str, str], ...] = ()  # (name, address) copied in Cc
+    generated: bool = False  # a notification: Auto-Submitted: auto-generated (RFC 3834)
+    thread_index: str = ""  # Outlook's Thread-Index (base64), "" for none
+    thread_topic: str = ""
 
 
 def compose(subject: str, text: str, html: str, images: tuple, headers: Headers) -> bytes:  # type: ignore[type-arg]
@@ -102,6 +108,8 @@ def compose(subject: str, text: str, html: str, images: tuple, headers: Headers)
     msg["Message-ID"] = f"<{headers.message_id}>"
     msg["From"] = _mailbox(headers.from_name, headers.from_addr)
     msg["To"] = _mailbox(headers.to_name, headers.to_addr)
+    if headers.cc:
+        msg["Cc"] = [_mailbox(name, addr) for name, addr in headers.cc]
     msg["Reply-To"] = _mailbox(headers.from_name, headers.reply_to)
     msg["Subject"] = re.sub(r"[\x00-\x1f\x7f]+", " ", subject).strip()
     in_reply_to = clean_message_id(headers.in_reply_to)
@@ -112,9 +120,14 @@ def compose(subject: str, text: str, html: str, images: tuple, headers: Headers)
         refs = [r for r in refs if r != in_reply_to] + [in_reply_to]
     if refs:
         msg.set_raw("References", "\n ".join(f"<{r}>" for r in refs[-MAX_REFERENCES:]))
-    if headers.automatic:
-        msg["Auto-Submitted"] = "auto-replied"
+    if headers.automatic or headers.generated:
+        msg["Auto-Submitted"] = "auto-generated" if headers.generated else "auto-replied"
         msg["X-Auto-Response-Suppress"] = "All"
+    if headers.thread_index:
+        msg["Thread-Index"] = headers.thread_index
+        topic = re.sub(r"[\x00-\x1f\x7f]+", " ", headers.thread_topic).strip()
+        if topic:
+            msg["Thread-Topic"] = topic
     if headers.ticket_id is not None:
         msg["X-Mailgate-Ticket"] = str(headers.ticket_id)
     msg.set_content(text)

@@ -1,7 +1,8 @@
 """Rendering outgoing mail from jinja2 templates: one kind + a context → subject, text and HTML.
 
-Input: a template kind (``new_ticket_ack``, ``agent_reply``, ``assignee_notification`` or an extra
-kind an administrator added) and a context whose values come from customer mail and agents —
+Input: a template kind (``new_ticket_ack``, ``agent_reply``, the notifications to agents
+``assignee_notification``, ``customer_replied_notification`` and ``team_notification``, or an
+extra kind an administrator added) and a context whose values come from customer mail and agents —
 untrusted text. The templates themselves (``<kind>.html`` / ``<kind>.txt`` extending
 ``base.html`` / ``base.txt``, searched in ``[templates] dir`` first, then the built-in
 ``builtin/templates``), the ``[branding]`` section and ``[templates.<kind>] subject`` are written
@@ -38,7 +39,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from markupsafe import Markup, escape
 
 from mailgate import builtin
-from mailgate.config import TEMPLATE_KINDS, Branding, TemplateSettings
+from mailgate.config import NOTIFICATION_KINDS, TEMPLATE_KINDS, Branding, TemplateSettings
 from mailgate.errors import PermanentFailure
 
 # The built-in templates: package data (mailgate/builtin/templates), wherever mailgate is installed.
@@ -52,6 +53,9 @@ DEFAULT_SUBJECTS = {
     "new_ticket_ack": "[#{{ ticket.id }}] Re: {{ ticket.subject }}",
     "agent_reply": "[#{{ ticket.id }}] Re: {{ ticket.subject }}",
     "assignee_notification": "[#{{ ticket.id }}] Assigned to you: {{ ticket.subject }}",
+    "customer_replied_notification":
+        "[#{{ ticket.id }}] Customer replied: {{ ticket.subject }}",
+    "team_notification": "[#{{ ticket.id }}] New for team {{ team }}: {{ ticket.subject }}",
 }
 # Kinds not listed above (extra kinds an administrator added) answer in the ticket's thread.
 FALLBACK_SUBJECT = "[#{{ ticket.id }}] Re: {{ ticket.subject }}"
@@ -355,6 +359,10 @@ class Renderer:
             "requester": "jane.doe@customer.example",
             "requester_name": "Jane Doe",
             "reply_address": "support+t1042.sample@example.com",
+            "status_label": "open",
+            "assignee": None,
+            "team": "billing",
+            "agent_reply_address": "support+a1042-sample@example.com",
         }
         customer_message = {
             "subject": ticket["subject"],
@@ -375,7 +383,8 @@ class Renderer:
                 "Hi Jane,\n\nplease unplug the printer and keep the window open. A technician "
                 "will come by tomorrow between 9 and 11.\n\nBest regards,\nAlice"
             ),
-            "recipient": agent if kind == "assignee_notification" else customer,
+            "recipient": agent if kind in NOTIFICATION_KINDS else customer,
+            "team": "billing",
             "branding": self.branding,
         }
 

@@ -1,4 +1,5 @@
-"""What people do to tickets (from the CLI and the admin endpoint): reply, assign, set status.
+"""What people do to tickets (from the CLI and the admin endpoint): reply, assign, set status,
+add and remove participants.
 
 Input: a ticket id, an agent's address and text typed by that agent (trusted as the agent's
 words, still untrusted markup: templates escape it). Output: the change and the mail it causes,
@@ -17,16 +18,20 @@ import sqlite_utils
 from mailgate.config import Agent
 from mailgate.errors import NotFound, UserError
 from mailgate.model import Address
+from mailgate.outbound.compose import BadAddress, checked_address
 from mailgate.outbound.mailer import MailContext, Queued, queue_agent_reply, queue_ticket_mail
 from mailgate.pipeline.automation import Automation, RuleSet, Trigger
 from mailgate.store.db import now_iso, transaction
 from mailgate.store.tickets import (
+    REMOVED,
     STATUSES,
     add_outgoing_message,
     latest_customer_message,
     link_outbound,
     mark_first_response,
+    participants,
     set_assignee,
+    set_participant_role,
     set_status,
     ticket_row,
 )
@@ -75,7 +80,7 @@ class Desk:
                 conn, ticket_id, from_addr=agent.email, from_name=agent.name,
                 to_addr=ticket["requester"], subject=queued.subject or ticket["subject"],
                 text=body, message_id=queued.message_id,
-                in_reply_to=latest["message_id"] if latest else "", now=now,
+                in_reply_to=latest["message_id"] if latest else "", now=now, cc_addrs=queued.cc,
             )
             link_outbound(conn, row, queued.outbound_id)
             set_status(conn, ticket_id, "pending_customer", now)
@@ -109,8 +114,46 @@ class Desk:
                 conn, self.mail, kind="assignee_notification", ticket=ticket,
                 to=Address(agent.email, agent.name),
                 context={"agent": {"name": agent.name, "email": agent.email},
-                         "customer_message": latest},
+                         "customer_message": latest, "team": ticket["team"]},
                 automatic=True, envelope_sender=None,
             )
             self.automation.fire(conn, "assigned", ticket_id, Trigger())
             return queued
+
+    # --- participants (copied on agent replies) ----------------------------------------------
+
+    def participants(self, ticket_id: int) -> list[dict[str, str]]:
+        with transaction(self.db) as conn:
+            self._ticket(conn, ticket_id)
+            return participants(conn, ticket_id)
+
+    def add_participant(self, ticket_id: int, email: str) -> list[dict[str, str]]:
+        """Copy `email` on the agents' replies from now on (again, after a removal)."""
+        address = email.strip().lower()
+        try:
+            checked_address(address)
+        except BadAddress:
+            raise UserError(f"not a plain email address: {email!r}") from None
+        if address in self.agents or address.rpartition("@")[2] in self.mail.domains:
+            raise UserError(f"{address} is an agent or one of our addresses, not a participant")
+        with transaction(self.db) as conn:
+            ticket = self._ticket(conn, ticket_id)
+            if address == ticket["requester"]:
+                raise UserError(f"{address} is the requester of ticket #{ticket_id}")
+            set_participant_role(conn, ticket_id, address, "cc", now_iso())
+            return participants(conn, ticket_id)
+
+    def remove_participant(self, ticket_id: int, email: str) -> list[dict[str, str]]:
+        """Stop copying `email`: kept with the role `removed`, so a later Cc does not bring it
+        back; its mail to the ticket is a stranger's from now on (an internal note)."""
+        address = email.strip().lower()
+        with transaction(self.db) as conn:
+            ticket = self._ticket(conn, ticket_id)
+            if address == ticket["requester"]:
+                raise UserError(f"{address} is the requester of ticket #{ticket_id}; the"
+                                " requester cannot be removed")
+            known = {p["email"]: p["role"] for p in participants(conn, ticket_id)}
+            if known.get(address) in (None, REMOVED):
+                raise UserError(f"{address} is not a participant of ticket #{ticket_id}")
+            set_participant_role(conn, ticket_id, address, REMOVED, now_iso())
+            return participants(conn, ticket_id)

@@ -2,8 +2,9 @@
 
 Input: a connection in the pipeline's (or an agent action's, or the scheduler's) transaction,
 an event on a ticket and what triggered it (message text and headers are untrusted), the loaded
-rules, and the organization's routing. Output: the actions applied (assignee, status, priority,
-tags, templates sent through the outbox with the robot suppression, internal notes), one
+rules, the teams, and the organization's routing. Output: the actions applied (team, assignee
+— in turn within a team too —, status, priority, tags, templates sent through the outbox with
+the robot suppression, notifications to a team's members, internal notes), one
 `rule_evaluations` row per rule considered (hit or miss and the deciding condition), and further
 events (`assigned`, `status_changed`) evaluated in turn up to a depth of 5. An orchestrator: it
 calls the rules stage and the store; the rules stage itself stays pure.
@@ -38,6 +39,7 @@ from mailgate.store.tickets import (
     set_priority,
     set_status,
     set_tags,
+    set_team,
     ticket_row,
 )
 
@@ -52,6 +54,12 @@ class RuleSet:
     hours: BusinessHours | None = None
     agents: frozenset[str] = frozenset()
     slas: tuple[SlaPolicy, ...] = ()
+    teams: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (name, members) of [[teams]]
+
+    def team(self, name: str) -> tuple[str, tuple[str, ...]] | None:
+        """(name as configured, members) of a team, None when there is no such team."""
+        wanted = name.strip().lower()
+        return next((t for t in self.teams if t[0].lower() == wanted), None)
 
 
 @dataclass(frozen=True)
@@ -183,6 +191,16 @@ class Automation:
         assignee = actions.get("assign")
         if actions.get("round_robin"):
             assignee = next_round_robin(conn, source, list(actions["round_robin"]))
+        team_name = actions.get("round_robin_team") or actions.get("assign_team")
+        if team_name:
+            team = self.ruleset.team(team_name)
+            if team is None:  # a routing stored in the database names a team no longer there
+                run.log.append(f"{source}: no team {team_name!r} in [[teams]]: not applied")
+            else:
+                if team[0] != ticket["team"]:
+                    set_team(conn, ticket_id, team[0], now)
+                if actions.get("round_robin_team") and team[1]:
+                    assignee = next_round_robin(conn, f"team:{team[0].lower()}", list(team[1]))
         if assignee and assignee.lower() != (ticket["assignee"] or ""):
             set_assignee(conn, ticket_id, assignee.lower(), now)
             self._notify_assignee(conn, ticket_id, assignee.lower(), trigger, run)
@@ -198,6 +216,8 @@ class Automation:
             events.append("status_changed")
         if actions.get("send_template"):
             self._send_template(conn, ticket_id, actions["send_template"], trigger, run, source)
+        if actions.get("notify_team"):
+            self._notify_team(conn, ticket_id, str(actions["notify_team"]), trigger, run, source)
         if actions.get("internal_note"):
             self._internal_note(conn, ticket_id, str(actions["internal_note"]), source, now)
         for event in events:
@@ -227,15 +247,17 @@ class Automation:
             if not ticket["assignee"]:
                 run.log.append(f"{source}: {kind} to the assignee skipped: unassigned")
                 return
-            recipient = Address(ticket["assignee"], "")
+            recipient = Address(ticket["assignee"], self.mail.agent_name(ticket["assignee"]))
         else:
-            recipient = Address(str(to).lower(), "")
+            recipient = Address(str(to).lower(), self.mail.agent_name(str(to)))
         parsed = trigger.parsed
         latest = latest_customer_message(conn, ticket_id)
         context: dict[str, Any] = {
             "customer_message": latest,
             "agent": {"name": recipient.name or recipient.email, "email": recipient.email},
             "body": trigger.body,
+            "team": spec.get("team", ticket["team"]) if isinstance(spec, Mapping)
+            else ticket["team"],
         }
         queued = queue_ticket_mail(
             conn, self.mail, kind=kind, ticket=ticket, to=recipient, context=context,
@@ -255,6 +277,18 @@ class Automation:
             return
         self._send_template(conn, ticket_id, {"kind": "assignee_notification", "to": agent},
                             trigger, run, "assignment")
+
+    def _notify_team(self, conn: sqlite3.Connection, ticket_id: int, team_name: str,
+                     trigger: Trigger, run: Run, source: str) -> None:
+        """A `team_notification` to each member of the team."""
+        team = self.ruleset.team(team_name)
+        if team is None:
+            run.log.append(f"{source}: no team {team_name!r} in [[teams]]: nobody notified")
+            return
+        for member in team[1]:
+            self._send_template(conn, ticket_id,
+                                {"kind": "team_notification", "to": member, "team": team[0]},
+                                trigger, run, source)
 
     def _internal_note(self, conn: sqlite3.Connection, ticket_id: int, text: str, source: str,
                        now: str) -> None:

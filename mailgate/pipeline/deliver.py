@@ -6,7 +6,9 @@ written, its authentication result). Output: the rows that record what happened 
 matched to our outgoing mail, a forwarding confirmation, an ignored robot, a duplicate (the same
 Message-ID, content digest and sender), or a ticket message with its workflow consequences
 (status, internal note, acknowledgement, an agent's emailed reply relayed to the customer when
-it is authenticated as that agent, else an outgoing row saying why not) — and the
+it is authenticated as that agent, else an outgoing row saying why not; mail to a ticket's
+internal-note address kept as a note and sent to nobody; the Cc of a conversation joining it as
+participants; the team of the mailbox it came to; its Outlook Thread-Index) — and the
 incoming-audit row saying why. Part of the pipeline (an orchestrator): it calls the stages
 (threading, workflow, outbound) with look-ups bound to this transaction.
 """
@@ -24,6 +26,7 @@ from typing import Any
 from mailgate.classify import Classification
 from mailgate.config import Mailbox
 from mailgate.model import Address, ParsedMail, SpoolEntry, base_mailbox
+from mailgate.outbound import thread_index
 from mailgate.outbound.mailer import MailContext, queue_agent_reply
 from mailgate.parsing.digest import content_digest
 from mailgate.pipeline import quarantine
@@ -61,6 +64,9 @@ from mailgate.store.tickets import (
     link_outbound,
     mark_first_response,
     set_status,
+    set_team,
+    set_thread_index,
+    thread_index_of,
     ticket_exists,
     ticket_for_message_id,
     ticket_row,
@@ -85,6 +91,8 @@ class Policy:
     free_mail_domains: frozenset[str] = frozenset()
     agent_reply_auth: tuple[tuple[str, tuple[str, ...]], ...] = ()  # ([[agents]] reply_auth)
     agent_replies_by_email_per_hour: int = 60
+    # (mailbox, team) of [[teams]] mailboxes and of [[mailboxes]] with a team
+    team_mailboxes: tuple[tuple[str, str], ...] = ()
     mailboxes: tuple[Mailbox, ...] = ()  # [[mailboxes]] (or the implicit one), default first
 
     @property
@@ -261,6 +269,8 @@ class Deliverer:
             if tokens is None:
                 return None
             found = tokens.ticket_from_address(address)
+            if found is None:
+                found = tokens.ticket_from_note_address(address)
             if found is None and sender in agents:
                 found = tokens.ticket_from_agent_address(address, sender)
             return found
@@ -306,15 +316,25 @@ class Deliverer:
                             f" this hour ([limits] agent_replies_by_email_per_hour = {limit})")
         return proof.detail, ""
 
+    def _to_note_address(self, inc: Incoming, ticket_id: int | None) -> bool:
+        """Was the mail sent to the matched ticket's internal-note address (the Reply-To of
+        our notifications to agents)? Any of our recipient addresses counts."""
+        if ticket_id is None or self.tokens is None:
+            return False
+        ours = our_addresses(inc.parsed, inc.entry.envelope.rcpt_to,
+                             lambda a: a.rpartition("@")[2].rstrip(".") in self.policy.domains)
+        return any(self.tokens.ticket_from_note_address(a) == ticket_id for a in ours)
+
     def _thread(self, conn: sqlite3.Connection, inc: Incoming, base: IncomingAudit,
                 digest: str) -> Outcome:
         env, parsed = inc.entry.envelope, inc.parsed
         sender = parsed.from_.email
         match = find_ticket(parsed, env.rcpt_to, self._lookups(conn, sender))
         ticket = ticket_row(conn, match.ticket_id) if match.ticket_id is not None else None
+        to_note = self._to_note_address(inc, match.ticket_id if ticket else None)
         role = self._role(conn, match.ticket_id if ticket else None, sender)
         agent_auth = agent_refused = ""
-        if role == AGENT and inc.classification.kind == "normal":
+        if role == AGENT and inc.classification.kind == "normal" and not to_note:
             agent_auth, agent_refused = self._agent_check(
                 conn, inc, match.ticket_id if ticket else None)
         situation = Situation(
@@ -329,6 +349,7 @@ class Deliverer:
             unauthenticated=inc.unauthenticated,
             agent_auth=agent_auth,
             agent_refused=agent_refused,
+            note_address=to_note,
         )
         decision = decide(situation)
         notes = "; ".join(match.notes)
@@ -345,12 +366,15 @@ class Deliverer:
         else:
             assert match.ticket_id is not None
             ticket_id, action, matched_by = match.ticket_id, "appended", match.method
+        index = self._thread_index(conn, parsed, ticket_id)
         row = add_incoming_message(
             conn, ticket_id, env.queue_id, parsed, inc.raw_path, matched_by, now,
             internal_reason=decision.internal_reason, reply_text=inc.reply_text,
             classification=inc.classification.kind, direction=decision.direction, auth=inc.auth,
-            digest=digest,
+            digest=digest, thread_index=index,
         )
+        if decision.action == "append" and role == PARTICIPANT and not decision.internal_reason:
+            self._add_copied(conn, parsed, ticket_id, sender, now)
         for att, sha in zip(parsed.attachments, inc.blobs, strict=True):
             add_attachment(conn, row, sha, att.filename, att.content_type, len(att.payload),
                            att.content_id, att.inline, att.details)
@@ -366,7 +390,7 @@ class Deliverer:
         record_incoming(conn, replace(
             base, action=action, ticket_id=ticket_id, message_row=row, matched_by=matched_by,
             reason=reason, details=details or None))
-        if self.mail is not None and (decision.relay_agent_reply or (
+        if self.mail is not None and not to_note and (decision.relay_agent_reply or (
                 role == AGENT and decision.action == "append"
                 and inc.classification.kind == "normal")):
             # an agent's reply goes to the customer, or its outgoing-audit row says why not
@@ -377,6 +401,35 @@ class Deliverer:
                       else f"mail from agent {sender}, {agent_refused}")
         self._run_rules(conn, inc, decision, ticket_id, status_before, why_silent)
         return Outcome(env.queue_id, action, ticket_id, reason)
+
+    def _thread_index(self, conn: sqlite3.Connection, parsed: ParsedMail, ticket_id: int
+                      ) -> str | None:
+        """The message's Thread-Index when it is well-formed (stored with the message). It
+        becomes the ticket's latest — what our next mail answers — when the ticket has none
+        yet or it continues the ticket's conversation."""
+        values = parsed.headers.get("thread-index") or ()
+        found = thread_index.parse(values[0]) if values else None
+        if found is None:
+            return None
+        latest = thread_index.parse(thread_index_of(conn, ticket_id))
+        if latest is None or (thread_index.same_conversation(latest, found)
+                              and len(found) >= len(latest)):
+            set_thread_index(conn, ticket_id, thread_index.encode(found))
+        return thread_index.encode(found)
+
+    def _is_customer_address(self, email: str) -> bool:
+        domain = email.rpartition("@")[2].rstrip(".")
+        return bool(email) and email not in self.policy.agents and domain not in \
+            self.policy.domains
+
+    def _add_copied(self, conn: sqlite3.Connection, parsed: ParsedMail, ticket_id: int,
+                    sender: str, now: str) -> None:
+        """A customer's reply-all: whoever it copied (Cc, To) joins the ticket as a participant
+        (not our addresses, not agents; someone an agent removed stays removed)."""
+        for addr in (*parsed.cc, *parsed.to):
+            email = addr.email.lower()
+            if email != sender and self._is_customer_address(email):
+                add_participant(conn, ticket_id, email, "cc", now)
 
     def _run_rules(self, conn: sqlite3.Connection, inc: Incoming, decision: Decision,
                    ticket_id: int, status_before: str | None, why_silent: str) -> None:
@@ -429,6 +482,9 @@ class Deliverer:
             log.info("queue_id=%s mailbox %s (%s)", env.queue_id, mailbox, how)
         ticket_id = create_ticket(conn, subject or "(no subject)", customer_id, now,
                                   decision.linked_ticket_id, mailbox=mailbox)
+        team = self._team_of(env.rcpt_to, mailbox)
+        if team:
+            set_team(conn, ticket_id, team, now)
         add_participant(conn, ticket_id, requester.email, "requester", now)
         own = self.policy.own_addresses
         for cc in (*parsed.cc, *parsed.to):
@@ -437,6 +493,16 @@ class Deliverer:
                     and domain not in self.policy.domains and base_mailbox(cc.email) not in own:
                 add_participant(conn, ticket_id, cc.email, "cc", now)
         return ticket_id, requester
+
+    def _team_of(self, rcpts: tuple[str, ...], mailbox: str | None = None) -> str:
+        """The team of the first envelope recipient that is a team's mailbox, else of the
+        mailbox `mailbox_of` found (a forwarded mail's public address); "" for none."""
+        teams = dict(self.policy.team_mailboxes)
+        for rcpt in (*rcpts, mailbox or ""):
+            team = teams.get(base_mailbox(rcpt))
+            if team:
+                return team
+        return ""
 
     def _join_organization(self, conn: sqlite3.Connection, customer_id: int, email: str
                            ) -> None:

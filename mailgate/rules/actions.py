@@ -1,9 +1,10 @@
 """Actions: the `then = {...}` table of a rule → validated, normalised data.
 
 Input: the table as written in the configuration (trusted to mean what it says, not to be
-well-formed), the agents' addresses and the template kinds that exist. Output: a read-only
-mapping in the order written, or a `ConfigError` naming the file, the rule and the key. Nothing
-is applied here: the orchestrator applies the actions to the ticket. Normalised forms:
+well-formed), the agents' addresses, the teams' names and the template kinds that exist.
+Output: a read-only mapping in the order written, or a `ConfigError` naming the file, the rule
+and the key. Nothing is applied here: the orchestrator applies the actions to the ticket.
+Normalised forms:
 
     assign         "bob@example.com"                        (lower-cased; a configured agent)
     round_robin    ("a@example.com", "b@example.com")       (agents, no repeats)
@@ -14,6 +15,9 @@ is applied here: the orchestrator applies the actions to the ticket. Normalised 
     send_template  {"kind": "new_ticket_ack", "to": "requester"}   (to: requester, assignee or
                                                                      an agent's address)
     internal_note  "Escalated by rule."
+    assign_team    "billing"          (a [[teams]] name, as configured: the ticket's team)
+    round_robin_team "billing"        (the ticket's team, and its next member in turn assigned)
+    notify_team    "billing"          (each member gets a team_notification)
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ from mailgate.rules.conditions import Fail, one_of, parse_address, show_value, s
 from mailgate.rules.model import PRIORITIES, STATUSES, TEMPLATE_RECIPIENTS
 
 ACTIONS = ("assign", "round_robin", "status", "priority", "add_tags", "remove_tags",
-           "send_template", "internal_note")
+           "send_template", "internal_note", "assign_team", "round_robin_team", "notify_team")
+TEAM_ACTIONS = ("assign_team", "round_robin_team", "notify_team")
 _TEMPLATE_KEYS = ("kind", "to")
 
 
@@ -67,8 +72,19 @@ def _template(value: Any, key: str, fail: Fail, agents: frozenset[str],
     return MappingProxyType({"kind": kind, "to": to})
 
 
+def _team(value: Any, key: str, fail: Fail, teams: frozenset[str]) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise fail(key, f"expected a team's name, got {show_value(value)}")
+    found = {t.lower(): t for t in teams}.get(value.strip().lower())
+    if found is None:
+        known = f" (one of {', '.join(sorted(teams))})" if teams else ""
+        raise fail(key, f"{show_value(value)} is not a team ([[teams]]){known}")
+    return found
+
+
 def compile_actions(table: Any, prefix: str, fail: Fail, *, agents: frozenset[str],
-                    template_kinds: frozenset[str]) -> Mapping[str, Any]:
+                    template_kinds: frozenset[str], teams: frozenset[str] = frozenset()
+                    ) -> Mapping[str, Any]:
     """`{priority = "urgent", add_tags = ["urgent"]}` → a read-only mapping of normalised
     actions. At least one action; `assign` and `round_robin` exclude each other."""
     if table is None:
@@ -96,6 +112,8 @@ def compile_actions(table: Any, prefix: str, fail: Fail, *, agents: frozenset[st
             out[name] = tuple(dict.fromkeys(string_list(value, key, fail, "a tag")))
         elif name == "send_template":
             out[name] = _template(value, key, fail, agents, template_kinds)
+        elif name in TEAM_ACTIONS:
+            out[name] = _team(value, key, fail, teams)
         elif name == "internal_note":
             if not isinstance(value, str) or not value.strip():
                 raise fail(key, f"expected a non-empty text, got {show_value(value)}")
@@ -104,6 +122,8 @@ def compile_actions(table: Any, prefix: str, fail: Fail, *, agents: frozenset[st
             raise fail(key, f"unknown action (one of {', '.join(ACTIONS)})")
     if "assign" in out and "round_robin" in out:
         raise fail(f"{prefix}.round_robin", "cannot be combined with assign")
+    if "round_robin_team" in out and ("assign" in out or "round_robin" in out):
+        raise fail(f"{prefix}.round_robin_team", "cannot be combined with assign or round_robin")
     both = set(out.get("add_tags", ())) & set(out.get("remove_tags", ()))
     if both:
         raise fail(f"{prefix}.remove_tags", f"{show_value(sorted(both)[0])} is also in add_tags")

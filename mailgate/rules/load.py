@@ -75,7 +75,8 @@ def open_entry(entry: Any, source: str, index: int, kind: str, table: str,
 
 def compile_rule(entry: Any, source: str, index: int, *, agents: frozenset[str],
                  template_kinds: frozenset[str], hours: BusinessHours | None = None,
-                 mailboxes: frozenset[str] | None = None) -> Rule:
+                 mailboxes: frozenset[str] | None = None,
+                 teams: frozenset[str] = frozenset()) -> Rule:
     """One `[[automations]]` entry (index: 1-based within its source) → a Rule."""
     name, fail = open_entry(entry, source, index, "rule", "automations", RULE_KEYS)
     when = entry.get("when")
@@ -105,7 +106,7 @@ def compile_rule(entry: Any, source: str, index: int, *, agents: frozenset[str],
     checks = compile_conditions(conditions, "if", fail, agents=agents, mailboxes=mailboxes,
                                 hours=hours)
     actions = compile_actions(entry.get("then"), "then", fail, agents=agents,
-                              template_kinds=template_kinds)
+                              template_kinds=template_kinds, teams=teams)
     return Rule(name=name, when=when, conditions=MappingProxyType(dict(conditions or {})),
                 actions=actions, after=after, source=source, enabled=enabled, checks=checks)
 
@@ -139,7 +140,8 @@ def read_rules_file(path: Path, required: bool) -> list[Any]:
 def load_rules(inline: Sequence[Any], inline_source: str, file: Path | None, *,
                agents: frozenset[str], template_kinds: frozenset[str],
                file_required: bool = False, hours: BusinessHours | None = None,
-               mailboxes: frozenset[str] | None = None) -> tuple[Rule, ...]:
+               mailboxes: frozenset[str] | None = None,
+               teams: frozenset[str] = frozenset()) -> tuple[Rule, ...]:
     """Inline `[[automations]]` (from the config at `inline_source`), then the rules file.
 
     `file` None: no rules file. `file_required`: a missing file is an error (set it when
@@ -147,7 +149,8 @@ def load_rules(inline: Sequence[Any], inline_source: str, file: Path | None, *,
     `agents`: the configured agents' addresses (assign, round_robin, assignee, send_template.to).
     `template_kinds`: the kinds send_template may name. `hours`: the `[business_hours]`, needed by
     any `business_hours` condition. `mailboxes`: our mailboxes, checked for `mailbox` (None:
-    not checked). Rule names are unique across both sources.
+    not checked). `teams`: the `[[teams]]` names (assign_team, round_robin_team,
+    notify_team). Rule names are unique across both sources.
     """
     agents = frozenset(a.lower() for a in agents)
     if mailboxes is not None:
@@ -161,7 +164,7 @@ def load_rules(inline: Sequence[Any], inline_source: str, file: Path | None, *,
         for index, entry in enumerate(entries, start=1):
             rule = compile_rule(entry, source, index, agents=agents,
                                 template_kinds=frozenset(template_kinds), hours=hours,
-                                mailboxes=mailboxes)
+                                mailboxes=mailboxes, teams=teams)
             if rule.name in seen:
                 raise ConfigError(f"{source}: {entry_label('rule', entry, index)}: name: "
                                   f"duplicate rule name (also in {seen[rule.name]})")

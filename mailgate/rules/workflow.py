@@ -9,8 +9,9 @@ pipeline looks things up and applies the decision.
 
 Statuses: open (new, unassigned) → pending_customer (an agent replied) → pending_agent (the
 customer replied); a customer reply to a resolved ticket reopens it; a reply to a ticket closed
-more than `reopen_closed_days` ago opens a new ticket linked to the old one. Automatic replies
-and strangers never change a status and never cause mail to the customer. Nor does mail from an
+more than `reopen_closed_days` ago opens a new ticket linked to the old one. Automatic replies,
+strangers and mail to a ticket's internal-note address (where notifications to agents take
+replies) never change a status and never cause mail to the customer. Nor does mail from an
 agent's address unless it is authenticated as that agent (`agent_proof`): a From line is
 anyone's to write, and an agent's words are sent on to the customer in our name.
 """
@@ -39,6 +40,7 @@ class Situation:
     unauthenticated: str = ""  # why the sender could not be trusted, "" when it could
     agent_auth: str = ""  # how an agent's mail was authenticated as that agent
     agent_refused: str = ""  # why an agent's mail may not reach the customer, "" when it may
+    note_address: bool = False  # sent to the ticket's internal-note address (notifications)
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,10 @@ def decide(s: Situation) -> Decision:
         return Decision("append", internal_reason="automatic reply (out-of-office or similar):"
                         " no status change, not answered",
                         reason="automatic reply stored as an internal note")
+    if s.note_address and s.ticket_id is not None:
+        return Decision("append", internal_reason="sent to the ticket's internal-note address"
+                        " (a reply to a notification): for the team only, sent to nobody",
+                        reason="stored as an internal note: sent to the internal-note address")
     silent = ""  # why nothing may be sent to the customer of a new ticket
     if s.unauthenticated:
         silent = f"unauthenticated sender ({s.unauthenticated})"

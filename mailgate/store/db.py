@@ -253,8 +253,19 @@ def _v10(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX IF NOT EXISTS idx_tickets_mailbox ON tickets (mailbox, updated_at)")
 
 
+def _v11(db: sqlite_utils.Database) -> None:
+    """Teams and Outlook threading: the team a ticket belongs to (its name; indexed with the
+    assignee for a team's unassigned tickets), the ticket's latest Thread-Index (base64; the
+    next mail about it appends a child block), and the Thread-Index an incoming message
+    carried."""
+    db["tickets"].add_column("team", str)
+    db["tickets"].add_column("thread_index", str)
+    db["messages"].add_column("thread_index", str)
+    db.execute("CREATE INDEX idx_tickets_team ON tickets (team, assignee, updated_at)")
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
-    _v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8, _v9, _v10]
+    _v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8, _v9, _v10, _v11]
 
 
 def open_db(path: Path) -> sqlite_utils.Database:

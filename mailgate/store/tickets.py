@@ -55,10 +55,50 @@ def add_participant(conn: sqlite3.Connection, ticket_id: int, email: str, role: 
     )
 
 
+REMOVED = "removed"  # the role of a participant an agent took off the ticket
+
+
 def is_participant(conn: sqlite3.Connection, ticket_id: int, email: str) -> bool:
-    row = conn.execute("SELECT 1 FROM participants WHERE ticket_id=? AND email=?",
-                       (ticket_id, email.lower())).fetchone()
+    row = conn.execute("SELECT 1 FROM participants WHERE ticket_id=? AND email=? AND role!=?",
+                       (ticket_id, email.lower(), REMOVED)).fetchone()
     return row is not None
+
+
+def participants(conn: sqlite3.Connection, ticket_id: int) -> list[dict[str, str]]:
+    """Everyone on the ticket, removed ones included (role `removed`), in the order added."""
+    rows = conn.execute("SELECT email, role, added_at FROM participants WHERE ticket_id=?"
+                        " ORDER BY added_at, rowid", (ticket_id,)).fetchall()
+    return [{"email": r[0], "role": r[1], "added_at": r[2]} for r in rows]
+
+
+def copied_participants(conn: sqlite3.Connection, ticket_id: int) -> list[str]:
+    """Who an agent's reply is copied to (Cc): the participants but the requester and the
+    removed ones."""
+    return [p["email"] for p in participants(conn, ticket_id)
+            if p["role"] not in ("requester", REMOVED)]
+
+
+def set_participant_role(conn: sqlite3.Connection, ticket_id: int, email: str, role: str,
+                         now: str) -> None:
+    """Add `email` with `role`, or change the role it has (`removed` takes it off)."""
+    conn.execute(
+        "INSERT INTO participants (ticket_id, email, role, added_at) VALUES (?, ?, ?, ?)"
+        " ON CONFLICT(ticket_id, email) DO UPDATE SET role=excluded.role",
+        (ticket_id, email.lower(), role, now))
+
+
+def set_team(conn: sqlite3.Connection, ticket_id: int, team: str | None, now: str) -> None:
+    conn.execute("UPDATE tickets SET team=?, updated_at=? WHERE id=?", (team, now, ticket_id))
+
+
+def thread_index_of(conn: sqlite3.Connection, ticket_id: int) -> str | None:
+    """The ticket's latest Thread-Index (base64), None before the first."""
+    row = conn.execute("SELECT thread_index FROM tickets WHERE id=?", (ticket_id,)).fetchone()
+    return row[0] if row and row[0] else None
+
+
+def set_thread_index(conn: sqlite3.Connection, ticket_id: int, value: str) -> None:
+    conn.execute("UPDATE tickets SET thread_index=? WHERE id=?", (value, ticket_id))
 
 
 def ticket_exists(conn: sqlite3.Connection, ticket_id: int) -> bool:
@@ -105,20 +145,21 @@ def add_incoming_message(
     direction: str = "in",
     auth: dict[str, Any] | None = None,
     digest: str | None = None,
+    thread_index: str | None = None,
 ) -> int:
     cur = conn.execute(
         "INSERT INTO messages (ticket_id, direction, queue_id, message_id, in_reply_to,"
         " references_, from_addr, from_name, to_addrs, cc_addrs, subject, date, text, html,"
         " raw_path, defects, matched_by, internal, internal_reason, created_at, reply_text,"
-        " classification, auth, digest)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " classification, auth, digest, thread_index)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             ticket_id, direction, queue_id, parsed.message_id, " ".join(parsed.in_reply_to),
             json.dumps(list(parsed.references)), parsed.from_.email, parsed.from_.name,
             _addr_json(parsed.to), _addr_json(parsed.cc), parsed.subject, parsed.date,
             parsed.text, parsed.html, raw_path, json.dumps(list(parsed.defects)), matched_by,
             1 if internal_reason else 0, internal_reason, now, reply_text or parsed.text,
-            classification, json.dumps(auth) if auth else None, digest,
+            classification, json.dumps(auth) if auth else None, digest, thread_index,
         ),
     )
     row = int(cur.lastrowid or 0)
@@ -188,7 +229,7 @@ def duplicate_of(conn: sqlite3.Connection, message_id: str, digest: str, from_ad
 _TICKET_COLUMNS = (
     "t.id, t.subject, c.email AS requester, c.name AS requester_name, t.status, t.assignee,"
     " o.name AS organization, t.priority, t.tags, t.created_at, t.updated_at, t.closed_at,"
-    " t.linked_ticket_id, t.first_response_at, t.resolved_at, t.mailbox"
+    " t.linked_ticket_id, t.first_response_at, t.resolved_at, t.mailbox, t.team"
 )
 _TICKET_FROM = (
     "tickets t JOIN customers c ON c.id = t.requester_id"
@@ -199,6 +240,7 @@ _TICKET_FROM = (
 def _decode(row: dict[str, Any]) -> dict[str, Any]:
     row["tags"] = json.loads(row.get("tags") or "[]")
     row["organization"] = row.get("organization") or ""
+    row["team"] = row.get("team") or ""
     return row
 
 
@@ -213,6 +255,7 @@ def list_tickets(
     statuses: tuple[str, ...] = (),
     mailbox: str | None = None,
     default_mailbox: str = "",
+    team: str | None = None,
 ) -> list[dict[str, Any]]:
     """Tickets, most recently updated first; `statuses` matches any of several; `mailbox`: only
     that mailbox's (tickets older than mailboxes count as `default_mailbox`'s)."""
@@ -224,6 +267,9 @@ def list_tickets(
         else:
             where.append("t.mailbox = ?")
         params.append(mailbox)
+    if team:
+        where.append("t.team = ?")
+        params.append(team)
     if statuses:
         where.append(f"t.status IN ({','.join('?' * len(statuses))})")
         params.extend(statuses)
@@ -264,7 +310,7 @@ def get_ticket(db: sqlite_utils.Database, ticket_id: int) -> dict[str, Any]:
             "SELECT id, direction, from_addr AS 'from', from_name, to_addrs AS 'to',"
             " cc_addrs AS cc, subject, message_id, date, created_at, text, reply_text,"
             " matched_by, internal, internal_reason, classification, queue_id, raw_path,"
-            " defects, outbound_id, auth, " + verdict_field("messages") +
+            " defects, outbound_id, auth, thread_index, " + verdict_field("messages") +
             " FROM messages WHERE ticket_id = ? ORDER BY id",
             [ticket_id],
         )
@@ -284,8 +330,8 @@ def get_ticket(db: sqlite_utils.Database, ticket_id: int) -> dict[str, Any]:
     ticket["messages"] = messages
     ticket["participants"] = [
         r[0] for r in db.execute(
-            "SELECT email FROM participants WHERE ticket_id=? ORDER BY added_at, email",
-            [ticket_id]).fetchall()
+            "SELECT email FROM participants WHERE ticket_id=? AND role!=?"
+            " ORDER BY added_at, email", [ticket_id, REMOVED]).fetchall()
     ]
     return ticket
 
@@ -344,7 +390,7 @@ def ticket_row(conn: sqlite3.Connection, ticket_id: int) -> dict[str, Any] | Non
         "SELECT t.id, t.subject, t.status, t.assignee, c.email, c.name, t.created_at,"
         " t.updated_at, t.closed_at, t.linked_ticket_id, t.priority, t.tags, o.name,"
         " t.organization_id, t.first_response_at, t.resolved_at, t.last_activity_at,"
-        f" t.mailbox FROM {_TICKET_FROM} WHERE t.id=?",
+        f" t.mailbox, t.team FROM {_TICKET_FROM} WHERE t.id=?",
         (ticket_id,),
     ).fetchone()
     if row is None:
@@ -352,10 +398,11 @@ def ticket_row(conn: sqlite3.Connection, ticket_id: int) -> dict[str, Any] | Non
     keys = ("id", "subject", "status", "assignee", "requester", "requester_name", "created_at",
             "updated_at", "closed_at", "linked_ticket_id", "priority", "tags", "organization",
             "organization_id", "first_response_at", "resolved_at", "last_activity_at",
-            "mailbox")
+            "mailbox", "team")
     ticket = dict(zip(keys, row, strict=True))
     ticket["tags"] = json.loads(ticket["tags"] or "[]")
     ticket["organization"] = ticket["organization"] or ""
+    ticket["team"] = ticket["team"] or ""
     return ticket
 
 
@@ -377,14 +424,15 @@ def latest_customer_message(conn: sqlite3.Connection, ticket_id: int) -> dict[st
 def add_outgoing_message(
     conn: sqlite3.Connection, ticket_id: int, *, from_addr: str, from_name: str, to_addr: str,
     subject: str, text: str, message_id: str, in_reply_to: str, now: str,
+    cc_addrs: tuple[str, ...] = (),
 ) -> int:
     cur = conn.execute(
         "INSERT INTO messages (ticket_id, direction, message_id, in_reply_to, references_,"
         " from_addr, from_name, to_addrs, cc_addrs, subject, text, html, defects, matched_by,"
         " internal, internal_reason, created_at)"
-        " VALUES (?, 'out', ?, ?, '[]', ?, ?, ?, '[]', ?, ?, '', '[]', 'agent', 0, '', ?)",
+        " VALUES (?, 'out', ?, ?, '[]', ?, ?, ?, ?, ?, ?, '', '[]', 'agent', 0, '', ?)",
         (ticket_id, message_id, in_reply_to, from_addr, from_name, json.dumps([to_addr]),
-         subject, text, now),
+         json.dumps(list(cc_addrs)), subject, text, now),
     )
     row = int(cur.lastrowid or 0)
     index_message_id(conn, message_id, ticket_id, row)
@@ -427,12 +475,15 @@ def message_html(db: sqlite_utils.Database, ticket_id: int) -> dict[int, str]:
 
 
 def count_tickets(db: sqlite_utils.Database, *, statuses: tuple[str, ...] = (),
-                  unassigned: bool = False) -> int:
+                  unassigned: bool = False, team: str | None = None) -> int:
     """How many tickets `list_tickets` would find with these filters and no limit."""
     where: list[str] = []
     params: list[Any] = list(statuses)
     if statuses:
         where.append(f"status IN ({','.join('?' * len(statuses))})")
+    if team:
+        where.append("team = ?")
+        params.append(team)
     if unassigned:
         where.append("assignee IS NULL")
     sql = "SELECT COUNT(*) FROM tickets" + (" WHERE " + " AND ".join(where) if where else "")

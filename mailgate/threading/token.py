@@ -9,6 +9,9 @@ MTAs that fold the case of local parts; verification is constant-time and return
 - an agent's personal reply address for a ticket: `support+a<token>@example.com`, the mac over
   the agent's address too (`"agent:<email>:<ticket id>"`), sent only to that agent: it proves the
   agent only together with the From address it was made for
+- a ticket's internal-note address: `support+n<token>@example.com` (purpose "note"), the
+  Reply-To of mail to agents: what is sent to it is stored as an internal note and goes to
+  nobody, so an agent answering a notification never mails the customer
 - our Message-IDs: `<token>.<random>@example.com`, so a reply decodes even if the index lost it
 - VERP envelope sender: `bounces+o<token>@example.com`, naming the outbound mail that failed
 """
@@ -71,6 +74,19 @@ class Signer:
         if not plus or not tag.lower().startswith("a") or not agent:
             return None
         return self.verify(_agent_purpose(agent), tag[1:])
+
+    def note_address(self, mailbox: str, ticket_id: int) -> str:
+        """The ticket's internal-note address: `local+n<id>-<mac>@domain`."""
+        local, _, domain = mailbox.rpartition("@")
+        return f"{local}+n{self.sign('note', ticket_id)}@{domain}"
+
+    def ticket_from_note_address(self, address: str) -> int | None:
+        """The ticket id in an internal-note address, or None (not one, or forged)."""
+        local = address.rpartition("@")[0]
+        _, plus, tag = local.partition("+")
+        if not plus or not tag.lower().startswith("n"):
+            return None
+        return self.verify("note", tag[1:])
 
     def message_id(self, ticket_id: int, domain: str) -> str:
         """A new Message-ID (without angle brackets) for mail about `ticket_id`."""
