@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -293,9 +294,12 @@ def test_api_and_panels_show_and_filter_by_mailbox_and_notifications_speak_as_it
     assert note.rcpt_tos == ("alice@example.com",)
     msg = assert_speaks_as(note.data, dnsfunc, name="Globex Help", address="help@globex.test",
                            color=GLOBEX_COLOR, signature="Globex Customer Happiness")
-    # an agent's personal reply address is always ours (its token proves the agent)
-    assert msg["Reply-To"].addresses[0].addr_spec.startswith("help+a")
+    # a notification's Reply-To is the ticket's internal-note address, always at our own
+    # address (never the public one), and so is the agent's personal reply address it offers
+    assert msg["Reply-To"].addresses[0].addr_spec.startswith("help+n")
     assert msg["Reply-To"].addresses[0].addr_spec.endswith("@help.example.org")
+    text = msg.get_body(("plain",)).get_content()
+    assert re.search(r"help\+a[\w-]+@help\.example\.org", text), text
 
 
 def confirmation(public: str, ours: str) -> str:
