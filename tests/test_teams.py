@@ -491,3 +491,29 @@ def test_thread_index_blocks_follow_outlooks_layout() -> None:
         assert ti.parse(bad) is None, bad
     full = header + b"\x00" * (ti.MAX_BYTES - 22)
     assert ti.reply_index(full, start) == full
+
+
+def test_a_mailboxs_team_takes_its_mail_forwarded_or_direct(start, relay: RelayStub) -> None:
+    """`[[mailboxes]] team` (issue 12's mailboxes) gives the mailbox's new tickets that team,
+    also when the company's forwarding left only its public address in To."""
+    d = start(TEAMS + '''
+[[mailboxes]]
+address = "support@example.com"
+name = "Example Support"
+
+[[mailboxes]]
+address = "help@example.com"
+public_address = "help@acme.test"
+name = "Acme Help"
+team = "tier2"
+''')
+    direct = deliver(d, mail("Direct", "mt1@customer.test", JANE, "Hi.", to="help@example.com"),
+                     rcpts=("help@example.com",))
+    forwarded = deliver(d, mail("Forwarded", "mt2@customer.test", JANE, "Hi.",
+                                to="help@acme.test", extra="X-Forwarded-To: help@acme.test\r\n"),
+                        rcpts=("help@help.example.org",))  # an MTA rewrote the envelope
+    other = deliver(d, mail("Support", "mt3@customer.test", JANE, "Hi."))
+    team = {k: d.json("tickets", "show", str(r["ticket_id"]))["team"]
+            for k, r in (("direct", direct), ("forwarded", forwarded), ("other", other))}
+    assert team["direct"] == team["forwarded"] == "tier2" and not team["other"]
+    assert d.json("tickets", "show", str(forwarded["ticket_id"]))["mailbox"] == "help@example.com"
