@@ -395,6 +395,8 @@ brand = "acme"
     ('[[mailboxes]]\naddress = "help@example.com"\n[mailboxes.relay]\nport = 0\n',
      "[[mailboxes]] 'help@example.com' relay.port: must be between 1 and 65535"),
     ('[brands.globex]\nprimary_colour = "red"\n', "[brands.globex] primary_colour: unknown key"),
+    ('[[mailboxes]]\naddress = "help@example.com"\nteam = "Nobody"\n',
+     "[[mailboxes]] 'help@example.com' team: no [[teams]] entry named 'Nobody'"),
     ('[[dkim]]\ndomain = "acme.test"\nselector = "s1"\nkey_file = "nope.private"\n',
      "[[dkim]] #1 key_file: file not found"),
 ])

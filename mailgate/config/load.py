@@ -89,13 +89,12 @@ def _is_type(value: Any, expected: type | tuple[type, ...]) -> bool:
 
 
 def check_teams(mailboxes: tuple[Mailbox, ...], teams: Any, fail: Any) -> None:
-    """A mailbox's `team` must name one of `[[teams]]` once the config has any (the teams
-    themselves are read elsewhere); without `[[teams]]` the name is kept as written."""
-    if not isinstance(teams, list) or not teams:
-        return
-    names = {str(t.get("name", "")).strip() for t in teams if isinstance(t, dict)}
+    """A mailbox's `team` must name one of `[[teams]]` (the teams themselves are read
+    elsewhere; names match whatever their case)."""
+    names = {str(t.get("name", "")).strip().lower()
+             for t in (teams if isinstance(teams, list) else []) if isinstance(t, dict)}
     for box in mailboxes:
-        if box.team and box.team not in names:
+        if box.team and box.team.strip().lower() not in names:
             raise fail(f"[[mailboxes]] {box.address!r} team",
                        f"no [[teams]] entry named {box.team!r}")
 

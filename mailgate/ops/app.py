@@ -76,7 +76,8 @@ def policy(config: Config) -> Policy:
         agent_replies_by_email_per_hour=config.agent_replies_by_email_per_hour,
         mailboxes=config.support_mailboxes,
         team_mailboxes=tuple((box, t.name) for t in config.teams for box in t.mailboxes) + tuple(
-            (m.address, m.team) for m in config.support_mailboxes if m.team),
+            (m.address, team.name) for m in config.support_mailboxes
+            if m.team and (team := config.team(m.team)) is not None),
     )
 
 
