@@ -81,6 +81,9 @@ domain = "globex.test"
 selector = "s1"
 key_file = "{globex_key}"
 
+[[teams]]
+name = "globex-team"
+
 [[mailboxes]]
 address = "support@example.com"
 public_address = "support@acme.test"
