@@ -23,6 +23,7 @@ import pytest
 from conftest import Daemon, free_port, queue_id_of, relay_section, send, wait_outgoing
 from relay_stub import RelayStub
 from test_admin import Client, admin_section, wait_http
+from test_outbound import parts
 
 from mailgate.outbound.dkim_sign import keygen
 
@@ -118,16 +119,6 @@ def mail(subject: str, mid: str, to: str, sender: str = "jane@customer.test",
          extra: str = "") -> str:
     return (f"From: Jane Doe <{sender}>\r\nTo: {to}\r\nSubject: {subject}\r\n"
             f"Message-ID: <{mid}>\r\n{extra}\r\nHello, I need help with {subject}.\r\n")
-
-
-def parts(msg: email.message.Message) -> tuple[str, str]:
-    text = html = ""
-    for part in msg.walk():
-        if part.get_content_type() == "text/plain":
-            text = part.get_content()
-        elif part.get_content_type() == "text/html":
-            html = part.get_content()
-    return text, html
 
 
 def parsed(data: bytes) -> email.message.EmailMessage:

@@ -20,6 +20,7 @@ from typing import Any
 
 from mailgate.config.schema import AGENT_KEYS, ARRAYS, SCHEMA
 from mailgate.config.sections import (
+    check_table,
     parse_hostport,
     read_branding,
     read_brands,
@@ -184,14 +185,8 @@ def parse_config(doc: dict[str, Any], path: Path) -> Config:
         raise fail("[[agents]]", "must be an array of tables")
     for i, entry in enumerate(raw_agents):
         where = f"[[agents]] #{i + 1}"
-        if not isinstance(entry, dict):
-            raise fail(where, "must be a table")
-        for key, value in entry.items():
-            if key not in AGENT_KEYS:
-                raise fail(f"{where} {key}", "unknown key")
-            if not isinstance(value, AGENT_KEYS[key]):
-                wanted = "a string or a list of strings" if key == "reply_auth" else "a string"
-                raise fail(f"{where} {key}", f"expected {wanted}, got {value!r}")
+        check_table(entry, where, AGENT_KEYS, fail, lambda k: "a string or a list of strings"
+                    if k == "reply_auth" else "a string")
         if "email" not in entry or "@" not in entry["email"]:
             raise fail(f"{where} email", "an agent needs an email address")
         agents.append(Agent(name=entry.get("name", entry["email"]), email=entry["email"].lower(),

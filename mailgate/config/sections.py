@@ -10,6 +10,7 @@ section's frozen settings. Stdlib only.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -35,6 +36,24 @@ from mailgate.config.settings import (
 )
 
 
+def check_table(entry: Any, where: str, keys: dict[str, Any], fail: Any,
+                wanted: Callable[[str], str], unknown: str = "unknown key") -> dict[str, Any]:
+    """One table of an array of tables, as written: a table, holding only `keys`, each value of
+    the type `keys[key]` names (a type, a tuple of types, or a (type, description) pair);
+    `wanted(key)` words that type in the error. Returns the table."""
+    if not isinstance(entry, dict):
+        raise fail(where, "must be a table")
+    for key, value in entry.items():
+        if key not in keys:
+            raise fail(f"{where} {key}", unknown)
+        expected = keys[key]
+        if isinstance(expected, tuple) and len(expected) == 2 and isinstance(expected[1], str):
+            expected = expected[0]
+        if not isinstance(value, expected):
+            raise fail(f"{where} {key}", f"expected {wanted(key)}, got {value!r}")
+    return entry
+
+
 def read_teams(entries: list[Any], agents: list[Agent], mailboxes: tuple[str, ...], fail: Any
                ) -> tuple[Team, ...]:
     """`[[teams]]`: a unique name, members who are configured agents, mailboxes of ours."""
@@ -43,14 +62,9 @@ def read_teams(entries: list[Any], agents: list[Agent], mailboxes: tuple[str, ..
     out = []
     for i, entry in enumerate(entries):
         where = f"[[teams]] #{i + 1}"
-        if not isinstance(entry, dict):
-            raise fail(where, "must be a table")
-        for key, value in entry.items():
-            if key not in TEAM_KEYS:
-                raise fail(f"{where} {key}", "unknown key (name, members, mailboxes)")
-            if not isinstance(value, TEAM_KEYS[key]):
-                wanted = "a string" if TEAM_KEYS[key] is str else "a list of addresses"
-                raise fail(f"{where} {key}", f"expected {wanted}, got {value!r}")
+        check_table(entry, where, TEAM_KEYS, fail,
+                    lambda k: "a string" if TEAM_KEYS[k] is str else "a list of addresses",
+                    unknown="unknown key (name, members, mailboxes)")
         name = entry.get("name", "").strip()
         if not name:
             raise fail(f"{where} name", "a team needs a name")
@@ -81,13 +95,7 @@ def read_organizations(entries: list[Any], agents: list[Agent], fail: Any,
     out = []
     for i, entry in enumerate(entries):
         where = f"[[organizations]] #{i + 1}"
-        if not isinstance(entry, dict):
-            raise fail(where, "must be a table")
-        for key, value in entry.items():
-            if key not in ORG_KEYS:
-                raise fail(f"{where} {key}", "unknown key")
-            if not isinstance(value, ORG_KEYS[key]):
-                raise fail(f"{where} {key}", f"expected {ORG_KEYS[key].__name__}, got {value!r}")
+        check_table(entry, where, ORG_KEYS, fail, lambda k: ORG_KEYS[k].__name__)
         name = entry.get("name", "").strip()
         if not name:
             raise fail(f"{where} name", "an organization needs a name")
@@ -223,14 +231,7 @@ def read_dkim_keys(value: Any, base: Path, fail: Any) -> tuple[Dkim, ...]:
     keys: list[Dkim] = []
     for i, entry in enumerate(entries):
         where = label(i)
-        if not isinstance(entry, dict):
-            raise fail(where, "must be a table")
-        for key, item in entry.items():
-            if key not in SCHEMA["dkim"]:
-                raise fail(f"{where} {key}", "unknown key")
-            expected, description = SCHEMA["dkim"][key]
-            if not isinstance(item, expected):
-                raise fail(f"{where} {key}", f"expected {description}, got {item!r}")
+        check_table(entry, where, SCHEMA["dkim"], fail, lambda k: SCHEMA["dkim"][k][1])
         dkim = read_dkim(entry, base, fail, where)
         if dkim is None:
             continue
@@ -288,14 +289,7 @@ def read_mailboxes(entries: list[Any], domains: tuple[str, ...], brands: set[str
     seen: dict[str, str] = {}
     for i, entry in enumerate(entries):
         where = f"[[mailboxes]] #{i + 1}"
-        if not isinstance(entry, dict):
-            raise fail(where, "must be a table")
-        for key, item in entry.items():
-            if key not in MAILBOX_KEYS:
-                raise fail(f"{where} {key}", "unknown key")
-            expected, description = MAILBOX_KEYS[key]
-            if not isinstance(item, expected):
-                raise fail(f"{where} {key}", f"expected {description}, got {item!r}")
+        check_table(entry, where, MAILBOX_KEYS, fail, lambda k: MAILBOX_KEYS[k][1])
         if "address" not in entry:
             raise fail(f"{where} address", "a mailbox needs its address (ours, in [mail] domains)")
         address = _plain_address(entry["address"])
