@@ -1,9 +1,9 @@
-"""The pipeline in its own process (`[pipeline] process = "separate"`, the default).
+"""The pipeline in its own process (`[pipeline] process = "separate"`).
 
 A running daemon, real SMTP over loopback: killing the pipeline process mid-stream loses and
 repeats nothing (the daemon starts another, what the dead one had claimed goes back to the
-spool); the pipeline process dies with the daemon, however the daemon dies; `"inline"` keeps
-everything in one process; a bad value is one line naming the file and the key.
+spool); the pipeline process dies with the daemon, however the daemon dies; `"inline"` (the
+default) keeps everything in one process; a bad value is one line naming the file and the key.
 """
 
 from __future__ import annotations
@@ -45,9 +45,12 @@ def message(n: int) -> str:
             f"Subject: help {n}\r\nMessage-ID: <pp-{n}@client.test>\r\n\r\nPlease help.\r\n")
 
 
+SEPARATE = '\n[pipeline]\nprocess = "separate"\n'
+
+
 def test_a_killed_pipeline_process_loses_and_repeats_nothing(
         make_daemon: Callable[..., Daemon]) -> None:
-    d = make_daemon()
+    d = make_daemon(extra=SEPARATE)
     first = pipeline_pid(d)
     queue_ids: list[str] = []
     lock = threading.Lock()
@@ -78,7 +81,7 @@ def test_a_killed_pipeline_process_loses_and_repeats_nothing(
 
 
 def test_the_pipeline_process_dies_with_the_daemon(make_daemon: Callable[..., Daemon]) -> None:
-    d = make_daemon()
+    d = make_daemon(extra=SEPARATE)
     child = pipeline_pid(d)
     assert d.proc is not None
     d.proc.kill()
@@ -97,7 +100,7 @@ def test_the_pipeline_process_dies_with_the_daemon(make_daemon: Callable[..., Da
 
 
 def test_inline_keeps_one_process(make_daemon: Callable[..., Daemon]) -> None:
-    d = make_daemon(extra='\n[pipeline]\nprocess = "inline"\n')
+    d = make_daemon()  # the default
     code, reply = send(d.port, message(1))
     assert code == 250, reply
     assert d.audit_for(queue_id_of(reply))["action"] == "created_ticket"

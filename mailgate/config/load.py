@@ -228,7 +228,7 @@ def parse_config(doc: dict[str, Any], path: Path) -> Config:
     attempts = values.get("pipeline", {}).get("max_attempts", 3)
     if attempts < 1:
         raise fail("[pipeline] max_attempts", "must be at least 1")
-    pipeline_process = values.get("pipeline", {}).get("process", "separate")
+    pipeline_process = values.get("pipeline", {}).get("process", "inline")
     if pipeline_process not in ("separate", "inline"):
         raise fail("[pipeline] process", f'expected "separate" or "inline", got'
                    f" {pipeline_process!r}")

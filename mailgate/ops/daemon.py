@@ -1,5 +1,6 @@
 """The daemon: one asyncio process wiring the SMTP server, the spool writer, the pipeline
-worker (by default in a child process of its own: `mailgate.ops.pipeline_process`) and the
+worker (with `[pipeline] process = "separate"` in a child process of its own:
+`mailgate.ops.pipeline_process`) and the
 relay worker together, with an orderly stop on SIGTERM/SIGINT and a reload of the
 configuration on SIGHUP.
 

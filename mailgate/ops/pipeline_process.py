@@ -1,4 +1,5 @@
-"""The pipeline in a process of its own, so the SMTP side and the pipeline each have a core.
+"""The pipeline in a process of its own (`[pipeline] process = "separate"`), so the SMTP side
+and the pipeline each have a core.
 
 Input: the config file's path (trusted: the daemon validated it) and, from the daemon, one
 byte per event over a pipe: `w` (mail was spooled: look at the spool), `r` (the config file was
