@@ -223,6 +223,10 @@ def parse_config(doc: dict[str, Any], path: Path) -> Config:
     attempts = values.get("pipeline", {}).get("max_attempts", 3)
     if attempts < 1:
         raise fail("[pipeline] max_attempts", "must be at least 1")
+    pipeline_process = values.get("pipeline", {}).get("process", "inline")
+    if pipeline_process not in ("separate", "inline"):
+        raise fail("[pipeline] process", f'expected "separate" or "inline", got'
+                   f" {pipeline_process!r}")
 
     relay_cfg = read_relay(values.get("relay", {}), base, fail)
     dkim_keys = read_dkim_keys(doc.get("dkim", {}), base, fail)
@@ -358,6 +362,7 @@ def parse_config(doc: dict[str, Any], path: Path) -> Config:
         unauthenticated=unauth,
         forwarders=tuple(forwarders),
         pipeline_max_attempts=attempts,
+        pipeline_process=pipeline_process,
         log_level=level,
         log_format=log_format,
         strangers=strangers,

@@ -68,7 +68,8 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], str]]] = {
         "auto_replies_per_hour": (int, "an integer"),
         "agent_replies_by_email_per_hour": (int, "an integer"),
     },
-    "pipeline": {"max_attempts": (int, "an integer")},
+    "pipeline": {"max_attempts": (int, "an integer"),
+                 "process": (str, '"separate" or "inline"')},
     "threading": {
         "strangers": (str, "\"internal\" or \"new_ticket\""),
         "reopen_closed_days": ((int, float), "a number of days"),

@@ -188,6 +188,7 @@ class Config:
     unauthenticated: str = "flag"
     forwarders: tuple[str, ...] = ()
     pipeline_max_attempts: int = 3
+    pipeline_process: str = "inline"  # or "separate": in a process of its own
     log_level: str = "INFO"
     log_format: str = "text"
     strangers: str = "internal"

@@ -1,5 +1,7 @@
 """The daemon: one asyncio process wiring the SMTP server, the spool writer, the pipeline
-worker and the relay worker together, with an orderly stop on SIGTERM/SIGINT and a reload of the
+worker (with `[pipeline] process = "separate"` in a child process of its own:
+`mailgate.ops.pipeline_process`) and the
+relay worker together, with an orderly stop on SIGTERM/SIGINT and a reload of the
 configuration on SIGHUP.
 
 Input: a validated `Config`, the signals, and systemd's environment (see `mailgate.ops.sdnotify`).
@@ -35,6 +37,7 @@ from mailgate.errors import UserError
 from mailgate.ops import app, sdnotify
 from mailgate.ops.lockfile import DataDirLock
 from mailgate.ops.logsetup import setup_logging
+from mailgate.ops.pipeline_process import PipelineProcess
 from mailgate.outbound.mailer import MailContext
 from mailgate.outbound.relay import RelayWorker
 from mailgate.pipeline.process import Pipeline, PipelineWorker
@@ -56,6 +59,7 @@ RESTART_ONLY = {
     "hostname": "[server] hostname", "max_message_size": "[server] max_message_size",
     "tls_cert": "[server] tls_cert", "tls_key": "[server] tls_key",
     "data_dir": "[storage] data_dir", "admin_host": "[admin] listen",
+    "pipeline_process": "[pipeline] process",
     "admin_port": "[admin] listen", "admin_tls_cert": "[admin] tls_cert",
     "admin_tls_key": "[admin] tls_key",
     **{key: f"[server] {key}" for key in (
@@ -133,11 +137,22 @@ async def _serve(config: Config) -> None:
 
         admin = AdminServer(config, relay)
     writer = SpoolWriter(config.spool_path)
-    pipeline = Pipeline(db, spool, config.data_dir, config.pipeline_max_attempts, mail=mail,
-                        tokens=tokens, policy=app.policy(config),
-                        automation=app.automation(config, mail), auth=app.authenticator(config),
-                        hold_unauthenticated=config.unauthenticated == "hold")
-    worker = PipelineWorker(pipeline, on_processed=relay.wake)
+    pipeline: Pipeline | None = None
+    worker: PipelineWorker | PipelineProcess
+    if config.pipeline_process == "separate":  # its own core: see mailgate.ops.pipeline_process
+        worker = PipelineProcess(
+            config, db, recover=lambda: _recover(spool, live.config.pipeline_max_attempts),
+            on_processed=relay.wake)
+        database_problem = worker.database_problem
+    else:
+        pipeline = Pipeline(db, spool, config.data_dir, config.pipeline_max_attempts,
+                            mail=mail, tokens=tokens, policy=app.policy(config),
+                            automation=app.automation(config, mail),
+                            auth=app.authenticator(config),
+                            hold_unauthenticated=config.unauthenticated == "hold")
+        worker = PipelineWorker(pipeline, on_processed=relay.wake)
+        database_problem = pipeline.database_problem
+    automation = [pipeline.automation if pipeline else app.automation(config, mail)]
     scanner = Scanner(config.spam, config.hostname)
     handler = MailgateHandler(
         RecipientPolicy.for_config(config),
@@ -146,7 +161,7 @@ async def _serve(config: Config) -> None:
         data_dir=config.data_dir,
         min_free_bytes=config.min_free_bytes,
         notify=worker.wake,
-        refusal=lambda: writer.problem or pipeline.database_problem(),
+        refusal=lambda: writer.problem or database_problem(),
         scanner=scanner,
     )
     sessions = Sessions()
@@ -171,8 +186,7 @@ async def _serve(config: Config) -> None:
         where = f"{_address(sock)} (socket from systemd; [server] listen not used)"
     worker_task = asyncio.create_task(worker.run(), name="pipeline-worker")
     relay_task = asyncio.create_task(relay.run(), name="relay-worker")
-    scheduler = Scheduler(config.db_path, lambda: pipeline.automation or app.automation(
-        live.config, live.mail), config.tick_seconds)
+    scheduler = Scheduler(config.db_path, lambda: automation[0], config.tick_seconds)
     scheduler_task = asyncio.create_task(scheduler.run(), name="scheduler")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -181,18 +195,22 @@ async def _serve(config: Config) -> None:
 
     def apply(new: Config, mail: MailContext) -> None:
         live.config, live.mail = new, mail
-        pipeline.mail, pipeline.policy = live.mail, app.policy(new)
-        pipeline.automation = app.automation(new, mail)
-        old_auth, pipeline.auth = pipeline.auth, app.authenticator(new)
-        pipeline.hold_unauthenticated = new.unauthenticated == "hold"
-        if old_auth is not None:
-            old_auth.close()
+        automation[0] = app.automation(new, mail)
+        if pipeline is not None:
+            pipeline.mail, pipeline.policy = live.mail, app.policy(new)
+            pipeline.automation = automation[0]
+            old_auth, pipeline.auth = pipeline.auth, app.authenticator(new)
+            pipeline.hold_unauthenticated = new.unauthenticated == "hold"
+            pipeline.max_attempts = new.pipeline_max_attempts
+            if old_auth is not None:
+                old_auth.close()
         own = open_db(new.db_path)  # not `db`: the pipeline's thread may be inside a transaction
         try:
             app.sync_organizations(new, own)
         finally:
             own.close()
-        pipeline.max_attempts = new.pipeline_max_attempts
+        if isinstance(worker, PipelineProcess):
+            worker.reload(new)
         handler.policy = RecipientPolicy.for_config(new)
         handler.max_recipients, handler.min_free_bytes = new.max_recipients, new.min_free_bytes
         scanner.settings = new.spam
@@ -238,7 +256,17 @@ async def _serve(config: Config) -> None:
         scheduler.stop()
         await scheduler_task
         worker.stop()
-        await worker_task  # finishes the batch in hand: claimed entries are never left behind
+        if isinstance(worker, PipelineProcess):  # finishes what it claimed, within the grace
+            try:
+                await asyncio.wait_for(asyncio.shield(worker_task),
+                                       max(5.0, deadline - loop.time()))
+            except TimeoutError:  # what it still had claimed is requeued at the next start
+                log.warning("pipeline process still busy after %.0fs; stopping it", grace)
+                worker.kill()
+                await worker_task
+        else:
+            await worker_task  # finishes the batch in hand: claimed entries are never left
+
         relay.stop()
         try:
             await asyncio.wait_for(relay_task, max(1.0, deadline - loop.time()))
@@ -250,12 +278,21 @@ async def _serve(config: Config) -> None:
             await admin.stop()
         relay.close()
         await scanner.close()
-        if pipeline.auth is not None:
+        if pipeline is not None and pipeline.auth is not None:
             pipeline.auth.close()
         writer.close()
         spool.close()
         db.close()
         log.info("stopped")
+
+
+def _recover(spool: Spool, max_attempts: int) -> None:
+    """What a pipeline process that died had claimed goes back to `incoming` (or to `hold`
+    after `max_attempts` crashes: a message that kills the pipeline every time)."""
+    requeued, held = spool.recover(max_attempts)
+    if requeued or held:
+        log.warning("recovered spool: %d entries requeued, %d held after repeated crashes",
+                    requeued, held)
 
 
 def _address(sock: socket.socket) -> str:

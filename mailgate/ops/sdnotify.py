@@ -49,6 +49,8 @@ class Notifier:
         payload = "\n".join(f.replace("\n", " ") for f in fields).encode("utf-8", "replace")
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+                # never wait on the event loop: a manager that is not reading misses a ping
+                sock.setblocking(False)
                 sock.sendto(payload, target)
         except OSError as exc:
             if not self._warned:
