@@ -11,7 +11,9 @@ command modules import this one; it imports none of them.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -50,6 +52,10 @@ class _Cli(click.Group):
             ctx.exit(1)
         except click.UsageError as exc:  # the command, its options and arguments
             _usage_line(exc)
+            ctx.exit(1)
+        except BrokenPipeError:  # `mailgate … | head`: the reader has all it wanted
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())  # nothing more to flush at exit
             ctx.exit(1)
         except (OSError, sqlite3.Error) as exc:
             click.echo(f"mailgate: {type(exc).__name__}: {exc}", err=True)
