@@ -40,6 +40,11 @@ def run(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.
         (GOOD.replace("[mail]", "[mail"), "invalid TOML"),
         (GOOD + "\n[relay]\ndata_timeout = 0\n", "[relay] data_timeout"),
         (GOOD + '\n[relay]\ntimeout = "30s"\n', "[relay] timeout"),
+        (GOOD.replace("[server]", '[server]\ntls_cert = "cert.pem"'), "[server] tls_cert"),
+        (GOOD.replace("[server]", '[server]\ntls_cert = "c.pem"\ntls_key = "k.pem"'),
+         "[server] tls_cert: file not found"),
+        (GOOD + '\n[admin]\nlisten = "127.0.0.1:8099"\ntls_key = "k.pem"\n',
+         "[admin] tls_cert: tls_cert and tls_key must be set together"),
     ],
 )
 def test_bad_config_names_key_and_file(tmp_path: Path, text: str, key: str) -> None:

@@ -144,6 +144,16 @@ def parse_config(doc: dict[str, Any], path: Path) -> Config:
             return None
         return (base / v).resolve()
 
+    def tls_pair(section: str) -> tuple[Path | None, Path | None]:
+        """`tls_cert` and `tls_key` of a section: both or neither, each an existing file."""
+        cert, key = opt_path(section, "tls_cert"), opt_path(section, "tls_key")
+        if (cert is None) != (key is None):
+            raise fail(f"[{section}] tls_cert", "tls_cert and tls_key must be set together")
+        for name, found in (("tls_cert", cert), ("tls_key", key)):
+            if found is not None and not found.is_file():
+                raise fail(f"[{section}] {name}", f"file not found: {found}")
+        return cert, key
+
     for key in ("max_message_size", "max_recipients", "hard_error_limit",
                 "unknown_recipient_limit", "junk_command_limit", "idle_timeout"):
         if key in server and server[key] < 1:
@@ -157,12 +167,7 @@ def parse_config(doc: dict[str, Any], path: Path) -> Config:
                    f'expected "normalize" or "reject", got {bare_newline!r}')
     if "min_free_bytes" in server and server["min_free_bytes"] < 0:
         raise fail("[server] min_free_bytes", "must not be negative")
-    tls_cert, tls_key = opt_path("server", "tls_cert"), opt_path("server", "tls_key")
-    if (tls_cert is None) != (tls_key is None):
-        raise fail("[server] tls_cert", "tls_cert and tls_key must be set together")
-    for key, p in (("tls_cert", tls_cert), ("tls_key", tls_key)):
-        if p is not None and not p.is_file():
-            raise fail(f"[server] {key}", f"file not found: {p}")
+    tls_cert, tls_key = tls_pair("server")
 
     mail = values.get("mail", {})
     domains = tuple(read_strings(mail.get("domains", []), lambda m: fail("[mail] domains", m)))
@@ -202,12 +207,7 @@ def parse_config(doc: dict[str, Any], path: Path) -> Config:
     if admin.get("listen"):
         admin_host, admin_port = parse_hostport(
             admin["listen"], lambda m: fail("[admin] listen", m))
-    admin_cert, admin_key = opt_path("admin", "tls_cert"), opt_path("admin", "tls_key")
-    if (admin_cert is None) != (admin_key is None):
-        raise fail("[admin] tls_cert", "tls_cert and tls_key must be set together")
-    for key, p in (("tls_cert", admin_cert), ("tls_key", admin_key)):
-        if p is not None and not p.is_file():
-            raise fail(f"[admin] {key}", f"file not found: {p}")
+    admin_cert, admin_key = tls_pair("admin")
     threading_cfg = values.get("threading", {})
     strangers = threading_cfg.get("strangers", "internal")
     if strangers not in ("internal", "new_ticket"):
