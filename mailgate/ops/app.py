@@ -27,7 +27,9 @@ from mailgate.outbound.suppress import RateLimits
 from mailgate.pipeline.agent_actions import Desk
 from mailgate.pipeline.automation import Automation, RuleSet
 from mailgate.pipeline.deliver import Policy
+from mailgate.pipeline.process import Pipeline
 from mailgate.rules import load_business_hours, load_rules, load_slas
+from mailgate.spool import Spool
 from mailgate.store.db import transaction
 from mailgate.store.files import load_or_create_secret
 from mailgate.store.orgs import sync_configured
@@ -149,6 +151,27 @@ def authenticator(config: Config) -> Authenticator:
            if config.trusted_arc_sealers is not None else {}),
     )
     return Authenticator(settings)
+
+
+def pipeline(config: Config, db: sqlite_utils.Database, spool: Spool,
+             mail: MailContext) -> Pipeline:
+    """The pipeline as the daemon runs it (in its own process or inline)."""
+    built = Pipeline(db, spool, config.data_dir, config.pipeline_max_attempts, mail=mail,
+                     tokens=signer(config))
+    reconfigure(built, config, mail)
+    return built
+
+
+def reconfigure(running: Pipeline, config: Config, mail: MailContext) -> None:
+    """What a reload changes in a running pipeline: mail context, workflow policy, rules,
+    authentication (the old authenticator is closed), attempts before hold."""
+    running.mail, running.policy = mail, policy(config)
+    running.automation = automation(config, mail)
+    old_auth, running.auth = running.auth, authenticator(config)
+    running.hold_unauthenticated = config.unauthenticated == "hold"
+    running.max_attempts = config.pipeline_max_attempts
+    if old_auth is not None:
+        old_auth.close()
 
 
 def signer(config: Config) -> Signer:

@@ -125,7 +125,6 @@ async def _serve(config: Config) -> None:
                     requeued, held)
     mail = app.mail_context(config)
     live = _Live(config, mail)
-    tokens = app.signer(config)
     relay = RelayWorker(
         config.db_path, config.relay, envelope_from=lambda m: live.route()[1](m),
         signer=app.dkim_signer(config), hostname=config.hostname,
@@ -145,11 +144,7 @@ async def _serve(config: Config) -> None:
             on_processed=relay.wake)
         database_problem = worker.database_problem
     else:
-        pipeline = Pipeline(db, spool, config.data_dir, config.pipeline_max_attempts,
-                            mail=mail, tokens=tokens, policy=app.policy(config),
-                            automation=app.automation(config, mail),
-                            auth=app.authenticator(config),
-                            hold_unauthenticated=config.unauthenticated == "hold")
+        pipeline = app.pipeline(config, db, spool, mail)
         worker = PipelineWorker(pipeline, on_processed=relay.wake)
         database_problem = pipeline.database_problem
     automation = [pipeline.automation if pipeline else app.automation(config, mail)]
@@ -195,15 +190,11 @@ async def _serve(config: Config) -> None:
 
     def apply(new: Config, mail: MailContext) -> None:
         live.config, live.mail = new, mail
-        automation[0] = app.automation(new, mail)
-        if pipeline is not None:
-            pipeline.mail, pipeline.policy = live.mail, app.policy(new)
-            pipeline.automation = automation[0]
-            old_auth, pipeline.auth = pipeline.auth, app.authenticator(new)
-            pipeline.hold_unauthenticated = new.unauthenticated == "hold"
-            pipeline.max_attempts = new.pipeline_max_attempts
-            if old_auth is not None:
-                old_auth.close()
+        if pipeline is not None:  # the scheduler shares the pipeline's rules
+            app.reconfigure(pipeline, new, mail)
+            automation[0] = pipeline.automation
+        else:
+            automation[0] = app.automation(new, mail)
         own = open_db(new.db_path)  # not `db`: the pipeline's thread may be inside a transaction
         try:
             app.sync_organizations(new, own)

@@ -32,6 +32,8 @@ from collections.abc import Callable
 from mailgate.config import Config, load_config
 from mailgate.errors import DatabaseGone
 from mailgate.ops import metrics
+from mailgate.pipeline.process import Pipeline
+from mailgate.spool import Spool
 from mailgate.store.db import check_same_file
 
 log = logging.getLogger("mailgate.pipeline")
@@ -64,35 +66,26 @@ def child_main(config_path: str, conn: multiprocessing.connection.Connection) ->
 
 def _histogram_sum(histogram: object) -> float:
     """The running sum of a prometheus Histogram, read through its public `collect()`."""
-    for family in histogram.collect():  # type: ignore[attr-defined]
+    for family in histogram.collect():
         for sample in family.samples:
             if sample.name.endswith("_sum"):
                 return float(sample.value)
     return 0.0
 
 
-def _build(config: Config) -> tuple[object, object]:
+def _build(config: Config) -> tuple[Pipeline, Spool]:
     from mailgate.ops import app
-    from mailgate.pipeline.process import Pipeline
-    from mailgate.spool import Spool
     from mailgate.store.db import open_db
 
-    db = open_db(config.db_path)
     spool = Spool(config.spool_path)
-    mail = app.mail_context(config)
-    pipeline = Pipeline(db, spool, config.data_dir, config.pipeline_max_attempts, mail=mail,
-                        tokens=app.signer(config), policy=app.policy(config),
-                        automation=app.automation(config, mail),
-                        auth=app.authenticator(config),
-                        hold_unauthenticated=config.unauthenticated == "hold")
-    return pipeline, (db, spool)
+    return app.pipeline(config, open_db(config.db_path), spool, app.mail_context(config)), spool
 
 
 async def _child(config: Config, conn: multiprocessing.connection.Connection) -> None:
     from mailgate.ops import app
     from mailgate.pipeline.process import PipelineWorker
 
-    pipeline, (db, spool) = _build(config)
+    pipeline, spool = _build(config)
     loop = asyncio.get_running_loop()
     said_gone = False
 
@@ -104,11 +97,11 @@ async def _child(config: Config, conn: multiprocessing.connection.Connection) ->
         seconds, last_sum = max(0.0, total - last_sum), total
         with contextlib.suppress(OSError):
             conn.send_bytes(f"p {seconds:.6f}".encode())
-            if pipeline.problem and not said_gone:  # type: ignore[attr-defined]
+            if pipeline.problem and not said_gone:
                 said_gone = True
-                conn.send_bytes(f"g {pipeline.problem}".encode())  # type: ignore[attr-defined]
+                conn.send_bytes(f"g {pipeline.problem}".encode())
 
-    worker = PipelineWorker(pipeline, on_processed=processed)  # type: ignore[arg-type]
+    worker = PipelineWorker(pipeline, on_processed=processed)
 
     def reload() -> None:
         from mailgate.ops.daemon import reloadable
@@ -121,15 +114,7 @@ async def _child(config: Config, conn: multiprocessing.connection.Connection) ->
             log.error("pipeline process: reload failed, keeping the running configuration:"
                       " %s", exc)
             return
-        mail = app.mail_context(new)
-        p = pipeline
-        p.mail, p.policy = mail, app.policy(new)  # type: ignore[attr-defined]
-        p.automation = app.automation(new, mail)  # type: ignore[attr-defined]
-        old_auth, p.auth = p.auth, app.authenticator(new)  # type: ignore[attr-defined]
-        p.hold_unauthenticated = new.unauthenticated == "hold"  # type: ignore[attr-defined]
-        p.max_attempts = new.pipeline_max_attempts  # type: ignore[attr-defined]
-        if old_auth is not None:
-            old_auth.close()
+        app.reconfigure(pipeline, new, app.mail_context(new))
         setup_logging(new.log_level, new.log_format)
         config = new
 
@@ -155,10 +140,10 @@ async def _child(config: Config, conn: multiprocessing.connection.Connection) ->
     finally:
         with contextlib.suppress(Exception):
             loop.remove_reader(conn.fileno())
-        if pipeline.auth is not None:  # type: ignore[attr-defined]
-            pipeline.auth.close()  # type: ignore[attr-defined]
-        spool.close()  # type: ignore[attr-defined]
-        db.close()  # type: ignore[attr-defined]
+        if pipeline.auth is not None:
+            pipeline.auth.close()
+        spool.close()
+        pipeline.db.close()
 
 
 # --- the daemon's side -------------------------------------------------------------------------
@@ -187,7 +172,7 @@ class PipelineProcess:
     def database_problem(self) -> str | None:
         if self.problem is None:
             try:
-                check_same_file(self.db.conn)  # type: ignore[attr-defined]
+                check_same_file(self.db.conn)
             except DatabaseGone as exc:
                 self.problem = str(exc)
                 log.error("%s", exc)
