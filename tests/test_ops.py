@@ -292,11 +292,15 @@ def rewrite(d: Daemon, old: str, new: str) -> None:
     d.config.write_text(text.replace(old, new))
 
 
+@pytest.mark.parametrize("process", ["inline", "separate"])
 def test_sighup_reloads_signature_and_keeps_old_config_when_broken(
-    env_daemon: Callable[..., EnvDaemon], notify: NotifySocket, relay_stub: RelayStub
+    env_daemon: Callable[..., EnvDaemon], notify: NotifySocket, relay_stub: RelayStub,
+    process: str,
 ) -> None:
+    """The reload reaches the pipeline, in the daemon's process or in its own."""
     d = env_daemon(relay_section(relay_stub.port)
-                   + RELOAD_CONFIG.format(signature='"Signature one"'),
+                   + RELOAD_CONFIG.format(signature='"Signature one"')
+                   + f'\n[pipeline]\nprocess = "{process}"\n',
                    env={"NOTIFY_SOCKET": notify.address})
     notify.wait_for("READY=1")
     assert d.proc is not None
