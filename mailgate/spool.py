@@ -355,17 +355,23 @@ class Spool:
 
     def mark_done(self, queue_id: str) -> None:
         """The result is committed elsewhere: drop the bytes, keep the row as a record."""
+        self.mark_done_many([queue_id])
+
+    def mark_done_many(self, queue_ids: list[str]) -> None:
+        """`mark_done` for several entries in one transaction."""
+        now = time.time()
         with self._tx() as c:
-            row = c.execute("SELECT content_path FROM spool WHERE queue_id=?",
-                            (queue_id,)).fetchone()
-            c.execute(
+            paths = [row[0] for q in queue_ids for row in c.execute(
+                "SELECT content_path FROM spool WHERE queue_id=? AND content_path IS NOT NULL",
+                (q,))]
+            c.executemany(
                 "UPDATE spool SET state=?, content=NULL, content_path=NULL, updated_at=?"
                 " WHERE queue_id=?",
-                (DONE, time.time(), queue_id),
+                [(DONE, now, q) for q in queue_ids],
             )
-        if row is not None and row[0]:
+        for name in paths:
             with suppress(FileNotFoundError):
-                (self.directory / row[0]).unlink()
+                (self.directory / name).unlink()
 
     def read_content(self, entry: SpoolEntry) -> bytes:
         """The bytes of an entry whose message was received into a file."""

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import sqlite3
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -112,54 +113,114 @@ class Pipeline:
         except Exception:
             return None
 
-    @metrics.PIPELINE_SECONDS.time()
     def handle(self, entry: SpoolEntry, prepared: Prepared | None = None) -> Outcome:
-        """Process one claimed entry and move it to its next spool state. Never raises for a
-        bad message: failures become deferred retries, then a held message with its error."""
-        qid = entry.queue_id
-        try:
-            outcome = self.process(entry, prepared)
-        except Exception as exc:
-            temporary = temporary_cause(exc)
-            if temporary is not None:  # the machine, not the message: never counts toward hold
-                if isinstance(exc, DatabaseGone) and self.problem is None:
-                    self.problem = str(exc)
-                    log.error("%s", exc)
-                delay = temporary_delay(entry.deferrals)
-                log.warning("queue_id=%s deferred for %.0fs (not counted as an attempt): %s",
-                            qid, delay, temporary)
-                self.spool.defer(qid, temporary, delay, count_attempt=False)
-                return Outcome(qid, "deferred", reason=temporary)
-            reason = f"{type(exc).__name__}: {exc}"
-            if isinstance(exc, PermanentFailure) or entry.attempts >= self.max_attempts:
-                log.error("queue_id=%s held after %d attempts: %s", qid, entry.attempts, reason,
-                          exc_info=not isinstance(exc, PermanentFailure))
-                self._record_held(entry, reason)
-                self.spool.hold(qid, reason)
-                return Outcome(qid, "held", reason=reason)
-            log.warning("queue_id=%s attempt %d failed, will retry: %s", qid, entry.attempts,
-                        reason, exc_info=True)
-            self.spool.defer(qid, reason, 1.0 * entry.attempts)
-            return Outcome(qid, "deferred", reason=reason)
-        self.spool.mark_done(qid)
-        log.info("queue_id=%s action=%s ticket=%s%s", qid, outcome.action, outcome.ticket_id,
-                 f" reason={outcome.reason!r}" if outcome.reason else "")
-        return outcome
+        """Process one claimed entry and move it to its next spool state (`handle_batch` of
+        one)."""
+        return self.handle_batch([(entry, prepared)])[0]
 
-    def process(self, entry: SpoolEntry, prepared: Prepared | None = None) -> Outcome:
+    def handle_batch(self, items: list[tuple[SpoolEntry, Prepared | None]]) -> list[Outcome]:
+        """Process claimed entries together and move each to its next spool state; one outcome
+        per entry, in order. Never raises for a bad message: failures become deferred retries,
+        then a held message with its error. Raises only when the spool cannot record a result
+        (the entries stay claimed; handling them again changes nothing).
+
+        Group commit: each message is parsed and authenticated and its raw mail and attachments
+        written; then all those files are made durable in one round of fsyncs, and all the
+        messages' rows commit in one database transaction — each message inside a savepoint, so
+        one that fails is rolled back alone — and then the spool marks them all done in one
+        update. A failure of the batch as a whole (the commit, the disk, the database gone)
+        stores nothing of it: a shortage of the machine defers every entry without counting an
+        attempt; anything else makes each entry go through on its own."""
+        started = time.perf_counter()
+        outcomes: dict[str, Outcome] = {}
+        failed: list[tuple[SpoolEntry, BaseException]] = []
+        staged: list[tuple[SpoolEntry, Prepared | None, Incoming | None]] = []
+        settled: set[str] = set()  # handled on their own: their spool state is recorded
+        batch = files.DurableBatch()
+        for entry, prepared in items:
+            try:
+                done = self._already_done(entry)
+                if done is not None:
+                    outcomes[entry.queue_id] = done
+                else:
+                    staged.append((entry, prepared, self._stage(entry, prepared, batch)))
+            except Exception as exc:
+                failed.append((entry, exc))
+        if staged:
+            try:
+                self._commit(staged, batch, outcomes, failed)
+            except Exception as exc:
+                batch.discard()
+                for entry, _, _ in staged:
+                    outcomes.pop(entry.queue_id, None)
+                failed = [(e, x) for e, x in failed if e.queue_id not in
+                          {s[0].queue_id for s in staged}]
+                if temporary_cause(exc) is not None or len(staged) == 1:
+                    failed += [(entry, exc) for entry, _, _ in staged]
+                else:  # one message broke the batch: each on its own finds which
+                    log.warning("a batch of %d messages failed to commit (%s: %s); processing"
+                                " them one at a time", len(staged), type(exc).__name__, exc)
+                    for entry, prepared, _ in staged:
+                        outcomes[entry.queue_id] = self.handle(entry, prepared)
+                        settled.add(entry.queue_id)
+        done_ids = [q for q, o in outcomes.items()
+                    if q not in settled and o.action not in ("deferred", "held")]
+        if done_ids:
+            self.spool.mark_done_many(done_ids)
+        for entry, exc in failed:
+            outcomes[entry.queue_id] = self._fail(entry, exc)
+        each = (time.perf_counter() - started) / max(1, len(items))
+        for entry, _ in items:
+            outcome = outcomes[entry.queue_id]
+            if outcome.queue_id not in settled and outcome.action not in ("deferred", "held"):
+                metrics.PIPELINE_SECONDS.observe(each)
+                log.info("queue_id=%s action=%s ticket=%s%s", outcome.queue_id, outcome.action,
+                         outcome.ticket_id,
+                         f" reason={outcome.reason!r}" if outcome.reason else "")
+        return [outcomes[entry.queue_id] for entry, _ in items]
+
+    def _fail(self, entry: SpoolEntry, exc: BaseException) -> Outcome:
+        """Record why an entry was not processed: deferred (a shortage of the machine: not
+        counted as an attempt; otherwise counted), or held after `max_attempts`."""
+        qid = entry.queue_id
+        temporary = temporary_cause(exc)
+        if temporary is not None:  # the machine, not the message: never counts toward hold
+            if isinstance(exc, DatabaseGone) and self.problem is None:
+                self.problem = str(exc)
+                log.error("%s", exc)
+            delay = temporary_delay(entry.deferrals)
+            log.warning("queue_id=%s deferred for %.0fs (not counted as an attempt): %s",
+                        qid, delay, temporary)
+            self.spool.defer(qid, temporary, delay, count_attempt=False)
+            return Outcome(qid, "deferred", reason=temporary)
+        reason = f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, PermanentFailure) or entry.attempts >= self.max_attempts:
+            log.error("queue_id=%s held after %d attempts: %s", qid, entry.attempts, reason,
+                      exc_info=(type(exc), exc, exc.__traceback__)
+                      if not isinstance(exc, PermanentFailure) else None)
+            self._record_held(entry, reason)
+            self.spool.hold(qid, reason)
+            return Outcome(qid, "held", reason=reason)
+        log.warning("queue_id=%s attempt %d failed, will retry: %s", qid, entry.attempts,
+                    reason, exc_info=(type(exc), exc, exc.__traceback__))
+        self.spool.defer(qid, reason, 1.0 * entry.attempts)
+        return Outcome(qid, "deferred", reason=reason)
+
+    def _already_done(self, entry: SpoolEntry) -> Outcome | None:
+        """An entry tried before may have committed already (a crash after the commit)."""
+        if entry.kind != KIND_REJECTION and (entry.attempts > 1 or entry.deferrals):
+            with transaction(self.db) as conn:
+                if audited(conn, entry.queue_id):
+                    return Outcome(entry.queue_id, "already_done")
+        return None
+
+    def _stage(self, entry: SpoolEntry, prepared: Prepared | None, batch: files.DurableBatch
+               ) -> Incoming | None:
+        """Everything before the database: parse, classify, reply text, authenticate, and the
+        raw mail and attachments written into `batch`. None for a refusal record."""
         env = entry.envelope
         if entry.kind == KIND_REJECTION:
-            with transaction(self.db) as conn:
-                if not audited(conn, env.queue_id):
-                    record_incoming(conn, IncomingAudit(
-                        env, "rejected", reason=entry.reason or "refused at DATA",
-                        details=spam_details(env)))
-                    quarantine.record_verdict(conn, env)
-            return Outcome(env.queue_id, "rejected", reason=entry.reason or "")
-        if entry.attempts > 1 or entry.deferrals:  # tried before: maybe committed already
-            with transaction(self.db) as conn:
-                if audited(conn, env.queue_id):
-                    return Outcome(env.queue_id, "already_done")
+            return None
         if entry.content is None and not entry.content_path:
             raise PermanentFailure("spool entry has no message content")
         try:
@@ -178,20 +239,52 @@ class Pipeline:
             stored = auth.header_bytes() + strip_forged_results(
                 content, self.auth.settings.authserv_id if self.auth else "")
         raw_path = files.raw_relpath(env.queue_id, env.received_at)
-        files.write_durable(self.data_dir / raw_path, stored)
-        blobs = [files.store_blob(self.data_dir, a.payload) for a in parsed.attachments]
-        incoming = Incoming(entry, parsed, content, raw_path, blobs, classification, reply,
-                            auth.as_dict() if auth is not None else None)
-        deliverer = Deliverer(self.policy, self.mail, self.tokens, self.automation)
+        batch.add(self.data_dir / raw_path, stored)
+        blobs = [batch.add_blob(self.data_dir, a.payload) for a in parsed.attachments]
+        return Incoming(entry, parsed, content, raw_path, blobs, classification, reply,
+                        auth.as_dict() if auth is not None else None)
+
+    def _commit(self, staged: list[tuple[SpoolEntry, Prepared | None, Incoming | None]],
+                batch: files.DurableBatch, outcomes: dict[str, Outcome],
+                failed: list[tuple[SpoolEntry, BaseException]]) -> None:
+        """The files made durable, then every staged message's rows in one transaction, each
+        in a savepoint: a message that raises is rolled back alone and joins `failed`. A
+        shortage of the machine inside any message aborts the whole transaction (raised)."""
+        batch.commit()
         with transaction(self.db) as conn:
-            if audited(conn, env.queue_id):  # committed before a crash: nothing more to do
-                return Outcome(env.queue_id, "already_done")
-            conn.execute(
-                "DELETE FROM audit_incoming WHERE queue_id=? AND action='held'", (env.queue_id,)
-            )
-            outcome = deliverer.deliver(conn, incoming)
-            quarantine.record_verdict(conn, env)
-            return outcome
+            for entry, _, incoming in staged:
+                conn.execute("SAVEPOINT message")
+                try:
+                    outcome = self._store(conn, entry, incoming)
+                except Exception as exc:
+                    if temporary_cause(exc) is not None or not conn.in_transaction:
+                        raise
+                    conn.execute("ROLLBACK TO message")
+                    conn.execute("RELEASE message")
+                    failed.append((entry, exc))
+                    continue
+                conn.execute("RELEASE message")
+                outcomes[entry.queue_id] = outcome
+
+    def _store(self, conn: sqlite3.Connection, entry: SpoolEntry, incoming: Incoming | None
+               ) -> Outcome:
+        """One message's rows, inside the batch's transaction."""
+        env = entry.envelope
+        if incoming is None:  # refused at DATA: the record of the refusal
+            if not audited(conn, env.queue_id):
+                record_incoming(conn, IncomingAudit(
+                    env, "rejected", reason=entry.reason or "refused at DATA",
+                    details=spam_details(env)))
+                quarantine.record_verdict(conn, env)
+            return Outcome(env.queue_id, "rejected", reason=entry.reason or "")
+        if audited(conn, env.queue_id):  # committed before a crash: nothing more to do
+            return Outcome(env.queue_id, "already_done")
+        conn.execute("DELETE FROM audit_incoming WHERE queue_id=? AND action='held'",
+                     (env.queue_id,))
+        outcome = Deliverer(self.policy, self.mail, self.tokens, self.automation).deliver(
+            conn, incoming)
+        quarantine.record_verdict(conn, env)
+        return outcome
 
     def _authenticate(self, entry: SpoolEntry, content: bytes, parsed: ParsedMail
                       ) -> AuthResult | None:
@@ -216,7 +309,7 @@ class Pipeline:
     # --- the worker ---------------------------------------------------------------------------
 
     def run_once(self, limit: int = 32) -> list[Outcome]:
-        return [self.handle(entry) for entry in self.spool.claim(limit)]
+        return self.handle_batch([(entry, None) for entry in self.spool.claim(limit)])
 
 
 def sender_domain(entry: SpoolEntry) -> str:
@@ -226,14 +319,16 @@ def sender_domain(entry: SpoolEntry) -> str:
 
 class PipelineWorker:
     """Feeds the pipeline from the spool. Claimed messages are prepared concurrently
-    (authentication waits on DNS) and processed one at a time in a thread, in the order they
-    arrived — except that a message still preparing `HEAD_WAIT` seconds after it was claimed
-    (a slow resolver) lets the ready ones behind it go first. Messages from one sender domain
+    (authentication waits on DNS) and processed in a thread in the order they arrived, the
+    prepared ones at the head of the queue together as one batch (`handle_batch`) — except
+    that a message still preparing `HEAD_WAIT` seconds after it was claimed (a slow
+    resolver) lets the ready ones behind it go first. Messages from one sender domain
     are prepared one at a time, so a domain whose DNS never answers takes one preparing
     thread, never all of them: it delays its own mail only. On stop, everything already
     claimed is finished first."""
 
     MAX_IN_FLIGHT = 64
+    BATCH_MAX = 32  # messages committed together (one round of fsyncs, one transaction)
     PREPARE_THREADS = 4
     HEAD_WAIT = 1.0
     MAINTAIN_SECONDS = 60.0  # spool upkeep (WAL checkpoint, vacuum) when idle, this often ...
@@ -361,41 +456,60 @@ class PipelineWorker:
         except Exception as exc:
             log.warning("spool maintenance failed (%s); trying again later", exc)
 
+    def _ready_behind(self) -> list[tuple[SpoolEntry, Prepared | None]]:
+        """The claimed entries at the head of the queue that are prepared already, oldest first,
+        up to BATCH_MAX - 1: they join the batch of the entry `_next` returned."""
+        batch: list[tuple[SpoolEntry, Prepared | None]] = []
+        while self._pending and len(batch) < self.BATCH_MAX - 1:
+            entry, fut, _ = self._pending[0]
+            if not fut.done():
+                break
+            self._pending.pop(0)
+            try:
+                batch.append((entry, fut.result()))
+            except Exception:  # prepare() never raises; a broken pool: handle() does it
+                batch.append((entry, None))
+        return batch
+
     async def _process(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            entry, prepared = await self._next()
-            await self._handle_until_recorded(loop, entry, prepared)
+            first = await self._next()
+            batch = [first, *self._ready_behind()]
+            await self._handle_until_recorded(loop, batch)
             self._wake.set()
 
-    async def _handle_until_recorded(self, loop: asyncio.AbstractEventLoop, entry: SpoolEntry,
-                                     prepared: Prepared | None) -> None:
-        """handle() never raises for a message; when it raises, the spool itself could not
-        record the result (disk full, database locked). Try again with backoff until it can —
-        handling an entry twice changes nothing (the audit's unique queue id) — so no
-        acknowledged message stays `active` once the machine recovers. Stopping leaves it
-        `active`, and the next start requeues it."""
+    async def _handle_until_recorded(self, loop: asyncio.AbstractEventLoop,
+                                     batch: list[tuple[SpoolEntry, Prepared | None]]) -> None:
+        """handle_batch() never raises for a message; when it raises, the spool itself could
+        not record the result (disk full, database locked). Try again with backoff until it
+        can — handling an entry twice changes nothing (the audit's unique queue id) — so no
+        acknowledged message stays `active` once the machine recovers. Stopping leaves the
+        entries `active`, and the next start requeues them."""
         wait = 1.0
         while True:
             self._busy = True
             try:
-                await loop.run_in_executor(None, self.pipeline.handle, entry, prepared)
+                await loop.run_in_executor(None, self.pipeline.handle_batch, batch)
             except Exception as exc:
                 self._busy = False
+                ids = " ".join(entry.queue_id for entry, _ in batch)
                 if self._stopping:
-                    log.error("queue_id=%s could not be recorded in the spool (%s); it is"
-                              " requeued at the next start", entry.queue_id, exc)
+                    log.error("queue_id=%s could not be recorded in the spool (%s); requeued at"
+                              " the next start", ids, exc)
                     return
                 log.error("queue_id=%s could not be recorded in the spool (%s); trying again"
-                          " in %.0fs", entry.queue_id, exc, wait)
+                          " in %.0fs", ids, exc, wait)
                 await asyncio.sleep(wait)
                 wait = min(self.RETRY_MAX, wait * 2)
-                prepared = None  # and the result may be committed already: handle() looks
-                entry = dataclasses.replace(entry, deferrals=entry.deferrals + 1)
+                # and the results may be committed already: handle_batch() looks
+                batch = [(dataclasses.replace(entry, deferrals=entry.deferrals + 1), None)
+                         for entry, _ in batch]
                 continue
             self._busy = False
-            self.processed += 1
-            self._since_maintained += entry.envelope.size
-            if self.on_processed is not None:
-                self.on_processed()
+            for entry, _ in batch:
+                self.processed += 1
+                self._since_maintained += entry.envelope.size
+                if self.on_processed is not None:
+                    self.on_processed()
             return
