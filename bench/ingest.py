@@ -3,6 +3,7 @@
 Usage: python bench/ingest.py [--messages N] [--rounds R] [--sessions S]
                               [--size BYTES] [--drain-timeout SECS]
                               [--no-settle] [--baseline-only] [--rspamd]
+                              [--process inline|separate]
 
 Input:  command-line options only. Needs Postfix's smtp-source (on PATH or in
         /usr/sbin) and, unless --baseline-only, the mailgate package in this
@@ -144,6 +145,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--baseline-only",
         action="store_true",
         help="run only the bare aiosmtpd baseline (no mailgate)",
+    )
+    parser.add_argument(
+        "--process",
+        choices=("inline", "separate"),
+        default=None,
+        help="mailgate's [pipeline] process (default: mailgate's own default)",
     )
     parser.add_argument(
         "--rspamd",
@@ -376,7 +383,8 @@ class Target:
 
 
 def start_mailgate(name: str, workdir: Path, extra: str = "") -> Target:
-    """A mailgate daemon with its own config and data under `workdir`."""
+    """A mailgate daemon with its own config and data under `workdir`. `extra` must name the
+    relay (`relay_section`): every new ticket's acknowledgement goes out through it."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     config = write_mailgate_config(workdir, port, MAIL_DOMAIN, RECIPIENT, extra=extra)
@@ -416,12 +424,24 @@ def run_bench(args: argparse.Namespace, smtp_source: str, workdir: Path) -> None
             workdir / "baseline.log",
         )
         servers.append(baseline)
+        # The relay the acknowledgements go to: a second bare aiosmtpd server (discards).
+        relay_port = free_port()
+        relay = start_server(
+            "relay",
+            [sys.executable, str(BARE_SERVER), str(relay_port)],
+            relay_port,
+            workdir / "relay.log",
+        )
+        wait_for_smtp(relay, STARTUP_TIMEOUT, interval=0.1)
+        servers.append(relay)
+        extra = (f'\n[relay]\nhost = "{HOST}"\nport = {relay_port}\n'
+                 + (f'\n[pipeline]\nprocess = "{args.process}"\n' if args.process else ""))
         if not args.baseline_only:
-            targets.append(start_mailgate("mailgate", workdir))
+            targets.append(start_mailgate("mailgate", workdir, extra))
         if args.rspamd:
             rspamd = start_rspamd(workdir / "rspamd")
             spam = f'\n[spam]\nrspamd = "{rspamd.url}"\n'
-            targets.append(start_mailgate("+rspamd", workdir / "with-rspamd", spam))
+            targets.append(start_mailgate("+rspamd", workdir / "with-rspamd", extra + spam))
         servers += [t.server for t in targets]
         for server in servers:
             wait_for_smtp(server, STARTUP_TIMEOUT, interval=0.1)
