@@ -149,8 +149,8 @@ class Automation:
             if not ev.hit:
                 continue
             cur = conn.execute(
-                "INSERT OR IGNORE INTO rule_firings (ticket_id, rule, key, fired_at)"
-                " VALUES (?, ?, ?, ?)", (ticket_id, ev.rule, key, now_iso()))
+                "INSERT INTO rule_firings (ticket_id, rule, key, fired_at)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING", (ticket_id, ev.rule, key, now_iso()))
             if cur.rowcount == 0:
                 continue  # fired before
             self._record(conn, ticket_id, event, ev.rule, True, ev.why, 0)

@@ -520,7 +520,7 @@ class Deliverer:
         if why_no_auto_organization(domain, self.policy.free_mail_domains,
                                     self.policy.domains) is not None:
             return
-        existing = conn.execute("SELECT id FROM organizations WHERE name=? COLLATE NOCASE",
+        existing = conn.execute("SELECT id FROM organizations WHERE lower(name)=lower(?)",
                                 (domain,)).fetchone()
         if existing is not None:
             org_id = int(existing[0])

@@ -102,8 +102,9 @@ class Scheduler:
                         continue
                     key = f"sla:{state['policy']}:{target}"
                     new = conn.execute(
-                        "INSERT OR IGNORE INTO rule_firings (ticket_id, rule, key, fired_at)"
-                        " VALUES (?, '(sla)', ?, ?)", (ticket_id, key, _iso(datetime.now(UTC))),
+                        "INSERT INTO rule_firings (ticket_id, rule, key, fired_at)"
+                        " VALUES (?, '(sla)', ?, ?) ON CONFLICT DO NOTHING",
+                        (ticket_id, key, _iso(datetime.now(UTC))),
                     ).rowcount
                     if not new:
                         continue

@@ -99,10 +99,11 @@ def search_incoming(
         params.append(queue_id)
     if q and q.strip():
         text = q.strip()
-        pattern = like_pattern(text.strip("<>") or text)
+        pattern = like_pattern((text.strip("<>") or text).lower())
         where.append(
-            "(mail_from LIKE ? ESCAPE '\\' OR rcpt_to LIKE ? ESCAPE '\\' OR from_addr LIKE ?"
-            " ESCAPE '\\' OR subject LIKE ? ESCAPE '\\' OR message_id LIKE ? ESCAPE '\\'"
+            "(lower(mail_from) LIKE ? ESCAPE '\\' OR lower(rcpt_to) LIKE ? ESCAPE '\\'"
+            " OR lower(from_addr) LIKE ? ESCAPE '\\' OR lower(subject) LIKE ? ESCAPE '\\'"
+            " OR lower(message_id) LIKE ? ESCAPE '\\'"
             " OR queue_id = ?)"
         )
         params += [pattern] * 5 + [text]

@@ -26,7 +26,7 @@ def _clean_domain(domain: str) -> str:
 
 
 def org_id_by_name(conn: sqlite3.Connection, name: str) -> int:
-    row = conn.execute("SELECT id FROM organizations WHERE name=? COLLATE NOCASE",
+    row = conn.execute("SELECT id FROM organizations WHERE lower(name)=lower(?)",
                        (name,)).fetchone()
     if row is None:
         raise NotFound(f"no organization named {name!r}")
@@ -51,14 +51,15 @@ def create_org(conn: sqlite3.Connection, name: str, domains: list[str], notes: s
     name = name.strip()
     if not name:
         raise UserError("an organization needs a name")
-    if conn.execute("SELECT 1 FROM organizations WHERE name=? COLLATE NOCASE",
+    if conn.execute("SELECT 1 FROM organizations WHERE lower(name)=lower(?)",
                     (name,)).fetchone():
         raise UserError(f"an organization named {name!r} already exists")
     cur = conn.execute(
-        "INSERT INTO organizations (name, notes, created_at, auto_created) VALUES (?,?,?,?)",
+        "INSERT INTO organizations (name, notes, created_at, auto_created) VALUES (?,?,?,?)"
+        " RETURNING id",
         (name, notes, now_iso(), int(auto_created)),
     )
-    org_id = int(cur.lastrowid or 0)
+    org_id = int(cur.fetchone()[0])
     for d in domains:
         add_domain(conn, org_id, d)
     return org_id
@@ -69,7 +70,8 @@ def add_domain(conn: sqlite3.Connection, org_id: int, domain: str) -> str:
     owner = org_for_domain(conn, d)
     if owner is not None and owner != org_id:
         raise UserError(f"domain {d} already belongs to organization {org_name(conn, owner)!r}")
-    conn.execute("INSERT OR IGNORE INTO org_domains (domain, organization_id) VALUES (?, ?)",
+    conn.execute("INSERT INTO org_domains (domain, organization_id) VALUES (?, ?)"
+                 " ON CONFLICT DO NOTHING",
                  (d, org_id))
     return d
 
@@ -87,8 +89,8 @@ def join_existing(conn: sqlite3.Connection, org_id: int, domain: str) -> int:
     d = _clean_domain(domain)
     cur = conn.execute(
         "UPDATE customers SET organization_id=? WHERE organization_id IS NULL"
-        " AND (email LIKE ? ESCAPE '\\' OR email LIKE ? ESCAPE '\\')",
-        (org_id, "%@" + like_escape(d), "%@%." + like_escape(d)),
+        " AND (lower(email) LIKE ? ESCAPE '\\' OR lower(email) LIKE ? ESCAPE '\\')",
+        (org_id, "%@" + like_escape(d.lower()), "%@%." + like_escape(d.lower())),
     )
     conn.execute(
         "UPDATE tickets SET organization_id=? WHERE organization_id IS NULL AND requester_id IN"
@@ -128,7 +130,7 @@ def customer_org(conn: sqlite3.Connection, customer_id: int) -> int | None:
 def sync_configured(conn: sqlite3.Connection, entries: list[dict[str, Any]]) -> None:
     """Create or update the `[[organizations]]` of the config (domains, notes, routing)."""
     for entry in entries:
-        row = conn.execute("SELECT id FROM organizations WHERE name=? COLLATE NOCASE",
+        row = conn.execute("SELECT id FROM organizations WHERE lower(name)=lower(?)",
                            (entry["name"],)).fetchone()
         if row is None:
             org_id = create_org(conn, entry["name"], [], entry.get("notes", ""))
@@ -149,7 +151,7 @@ def list_orgs(db: sqlite_utils.Database) -> list[dict[str, Any]]:
         "SELECT o.id, o.name, o.notes, o.created_at, o.auto_created, o.on_new_ticket,"
         " (SELECT COUNT(*) FROM customers c WHERE c.organization_id=o.id) AS customers,"
         " (SELECT COUNT(*) FROM tickets t WHERE t.organization_id=o.id) AS tickets"
-        " FROM organizations o ORDER BY o.name COLLATE NOCASE"))
+        " FROM organizations o ORDER BY lower(o.name), o.name"))
     for r in rows:
         r["domains"] = [d[0] for d in db.execute(
             "SELECT domain FROM org_domains WHERE organization_id=? ORDER BY domain",

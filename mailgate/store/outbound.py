@@ -56,11 +56,11 @@ def enqueue(
         "INSERT INTO outbound (ticket_id, kind, automatic, to_addr, subject, message_id, raw,"
         " status, attempts, last_error, created_at, created_ts, next_attempt, updated_at,"
         " queue_id, to_mailbox, to_domain, sender)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, 0, ?, ?, ?, ?, ?)",
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, 0, ?, ?, ?, ?, ?) RETURNING id",
         (ticket_id, kind, int(automatic), to_addr, subject, message_id, raw, status, reason,
          now_iso(ts), ts, now_iso(ts), queue_id, mailbox, domain, sender.lower()),
     )
-    return int(cur.lastrowid or 0)
+    return int(cur.fetchone()[0])
 
 
 _COUNTED = "automatic=1 AND created_ts>=? AND status NOT IN ('suppressed', 'failed')"
@@ -261,9 +261,9 @@ def search_outgoing(
         params.append(ticket_id)
     if q and q.strip():
         text = q.strip()
-        pattern = like_pattern(text.strip("<>") or text)
-        where.append("(to_addr LIKE ? ESCAPE '\\' OR subject LIKE ? ESCAPE '\\'"
-                     " OR message_id LIKE ? ESCAPE '\\')")
+        pattern = like_pattern((text.strip("<>") or text).lower())
+        where.append("(lower(to_addr) LIKE ? ESCAPE '\\' OR lower(subject) LIKE ? ESCAPE '\\'"
+                     " OR lower(message_id) LIKE ? ESCAPE '\\')")
         params += [pattern] * 3
     if day:
         start, end = day_range(day)

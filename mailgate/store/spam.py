@@ -58,9 +58,14 @@ def record(conn: sqlite3.Connection, env: Envelope, *, action: str | None = None
     if verdict is None:
         raise ValueError(f"queue id {env.queue_id} has no spam verdict")
     conn.execute(
-        "INSERT OR REPLACE INTO spam (queue_id, received_at, action, score, symbols,"
+        "INSERT INTO spam (queue_id, received_at, action, score, symbols,"
         " rspamd_action, reason, note, state, raw_path, envelope)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (queue_id) DO UPDATE SET"
+        " received_at=excluded.received_at, action=excluded.action, score=excluded.score,"
+        " symbols=excluded.symbols, rspamd_action=excluded.rspamd_action,"
+        " reason=excluded.reason, note=excluded.note, state=excluded.state,"
+        " raw_path=excluded.raw_path, envelope=excluded.envelope, released_at=NULL,"
+        " released_by=NULL, released_as=NULL",
         (env.queue_id, now_iso(env.received_at), action or verdict.action, verdict.score,
          json.dumps(dict(verdict.symbols)), verdict.rspamd_action, verdict.reason, note,
          state, raw_path, env.to_json() if state is not None else None),

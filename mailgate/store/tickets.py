@@ -30,10 +30,10 @@ def get_or_create_customer(conn: sqlite3.Connection, addr: Address, now: str) ->
             conn.execute("UPDATE customers SET name=? WHERE id=?", (addr.name, row[0]))
         return int(row[0])
     cur = conn.execute(
-        "INSERT INTO customers (email, name, created_at) VALUES (?, ?, ?)",
+        "INSERT INTO customers (email, name, created_at) VALUES (?, ?, ?) RETURNING id",
         (addr.email, addr.name, now),
     )
-    return int(cur.lastrowid or 0)
+    return int(cur.fetchone()[0])
 
 
 def create_ticket(conn: sqlite3.Connection, subject: str, requester_id: int, now: str,
@@ -41,16 +41,17 @@ def create_ticket(conn: sqlite3.Connection, subject: str, requester_id: int, now
     cur = conn.execute(
         "INSERT INTO tickets (subject, requester_id, status, assignee, created_at, updated_at,"
         " linked_ticket_id, last_activity_at, organization_id, mailbox) VALUES (?, ?, 'open',"
-        " NULL, ?, ?, ?, ?, (SELECT organization_id FROM customers WHERE id=?), ?)",
+        " NULL, ?, ?, ?, ?, (SELECT organization_id FROM customers WHERE id=?), ?) RETURNING id",
         (subject, requester_id, now, now, linked_ticket_id, now, requester_id, mailbox),
     )
-    return int(cur.lastrowid or 0)
+    return int(cur.fetchone()[0])
 
 
 def add_participant(conn: sqlite3.Connection, ticket_id: int, email: str, role: str, now: str
                     ) -> None:
     conn.execute(
-        "INSERT OR IGNORE INTO participants (ticket_id, email, role, added_at) VALUES (?,?,?,?)",
+        "INSERT INTO participants (ticket_id, email, role, added_at) VALUES (?,?,?,?)"
+        " ON CONFLICT DO NOTHING",
         (ticket_id, email.lower(), role, now),
     )
 
@@ -152,7 +153,8 @@ def add_incoming_message(
         " references_, from_addr, from_name, to_addrs, cc_addrs, subject, date, text, html,"
         " raw_path, defects, matched_by, internal, internal_reason, created_at, reply_text,"
         " classification, auth, digest, thread_index)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        " RETURNING id",
         (
             ticket_id, direction, queue_id, parsed.message_id, " ".join(parsed.in_reply_to),
             json.dumps(list(parsed.references)), parsed.from_.email, parsed.from_.name,
@@ -162,7 +164,7 @@ def add_incoming_message(
             classification, json.dumps(auth) if auth else None, digest, thread_index,
         ),
     )
-    row = int(cur.lastrowid or 0)
+    row = int(cur.fetchone()[0])
     if parsed.message_id:
         index_message_id(conn, parsed.message_id, ticket_id, row)
     return row
@@ -174,7 +176,8 @@ def index_message_id(
     """Record that `ticket_id` sent or received `message_id` (one row per id and ticket: the
     same id may be on several tickets, when a sender reused it or a stranger used it first)."""
     conn.execute(
-        "INSERT OR IGNORE INTO message_ids (message_id, ticket_id, message_row) VALUES (?, ?, ?)",
+        "INSERT INTO message_ids (message_id, ticket_id, message_row) VALUES (?, ?, ?)"
+        " ON CONFLICT DO NOTHING",
         (message_id, ticket_id, row),
     )
 
@@ -274,7 +277,7 @@ def list_tickets(
         where.append(f"t.status IN ({','.join('?' * len(statuses))})")
         params.extend(statuses)
     if org:
-        where.append("o.name = ? COLLATE NOCASE")
+        where.append("lower(o.name) = lower(?)")
         params.append(org)
     if ids is not None:
         where.append(f"t.id IN ({','.join('?' * len(ids))})")
@@ -430,11 +433,12 @@ def add_outgoing_message(
         "INSERT INTO messages (ticket_id, direction, message_id, in_reply_to, references_,"
         " from_addr, from_name, to_addrs, cc_addrs, subject, text, html, defects, matched_by,"
         " internal, internal_reason, created_at)"
-        " VALUES (?, 'out', ?, ?, '[]', ?, ?, ?, ?, ?, ?, '', '[]', 'agent', 0, '', ?)",
+        " VALUES (?, 'out', ?, ?, '[]', ?, ?, ?, ?, ?, ?, '', '[]', 'agent', 0, '', ?)"
+        " RETURNING id",
         (ticket_id, message_id, in_reply_to, from_addr, from_name, json.dumps([to_addr]),
          json.dumps(list(cc_addrs)), subject, text, now),
     )
-    row = int(cur.lastrowid or 0)
+    row = int(cur.fetchone()[0])
     index_message_id(conn, message_id, ticket_id, row)
     return row
 
