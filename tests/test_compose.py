@@ -249,6 +249,7 @@ BODIES = {
     "trailing spaces": ("trailing   \nand a tab\t\nend  ", None),
     "dot line": ("before\n.\nafter\n", None),
     "from line": ("From me to you\nFrom\nFrom here\n", None),
+    "long from line": ("From " + "é" * 10 + "x" * 150 + "\n" + "y" * 75 + "From z\n", None),
     "non-ascii": ("Grüße, 中文, 🎉\n", None),
     "mostly cjk": ("中文字符" * 400 + "\n", "base64"),
     "crlf input": ("a\r\nb\rc\n", "7bit"),
@@ -273,9 +274,9 @@ def test_text_and_html_bodies_decode_to_exactly_the_input(key: str) -> None:
             assert encoding in ("quoted-printable", "base64")
     assert max(len(line) for line in lines_of(raw)) <= 998
     # nothing an mbox or an SMTP server would change: no line starting "From ", no lone "."
-    if key in ("from line", "dot line"):
-        for line in lines_of(raw.split(b"\r\n\r\n", 1)[1]):
-            assert not line.startswith(b"From ") and line != b"."
+    for line in lines_of(raw.split(b"\r\n\r\n", 1)[1]):
+        assert not line.startswith(b"From ") and line != b"."
+        assert len(line) <= 78
 
 
 def test_structure_alternative_with_related_images() -> None:
@@ -393,6 +394,11 @@ def test_round_trip_of_arbitrary_text_subjects_and_names(
         thread_index="AQHZ", thread_topic=subject))
     assert max(len(line) for line in lines_of(raw)) <= 998
     assert b"\n" not in raw.replace(b"\r\n", b"")
+    field = b""
+    for line in lines_of(raw):  # at most 78 but in a Subject or Thread-Topic with long spaces
+        field = field if line[:1] in (b" ", b"\t") else line.partition(b":")[0]
+        assert len(line) <= 78 or field in (b"Subject", b"Thread-Topic"), line
+        assert not line.startswith(b"From ") and line != b"."
     msg = parse(raw)
     assert str(msg["Subject"]) == CONTROLS.sub(" ", subject).strip()
     assert str(msg.get("Thread-Topic") or "") == CONTROLS.sub(" ", subject).strip()

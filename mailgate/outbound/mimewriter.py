@@ -10,10 +10,10 @@ Output: header fields folded at 78 characters wherever a fold is possible (never
 998), non-ASCII (and anything a reader would mistake for an encoded word) as RFC 2047 UTF-8
 encoded words, display names quoted when they carry specials; body parts in 7bit only when that
 is safe (ASCII, lines of at most 78 characters, no trailing white space, no control character,
-no line starting "From " or
-that is only "."), else quoted-printable or base64, whichever is shorter; inline images
-base64 in lines of 76. Every value parses back (stdlib `email`, `policy.default`) to exactly what
-was given. Lone surrogates, which UTF-8 cannot carry, become U+FFFD.
+no line starting "From " or that is only "."), else quoted-printable or base64, whichever is
+shorter; inline images base64 in lines of 76. Every value reads back (RFC 2047 §6.2; the stdlib
+`email` with `policy.default`) as exactly what was given. Lone surrogates, which UTF-8 cannot
+carry, become U+FFFD.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ _WORDS = re.compile(r"( *)([^ ]+)")
 _LINE_END = re.compile(r"\r\n?")
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
 _UNSAFE_7BIT = re.compile(r"[^\t\n\x20-\x7e]|[ \t]$|^From |^\.$|[^\n]{79}", re.MULTILINE)
-_FROM_LINE = re.compile(r"^From ", re.MULTILINE)
+_FROM_LINE = re.compile(r"^(From [^\n]*)", re.MULTILINE)
 # RFC 2231 attribute-char: what an extended parameter value may carry unescaped.
 _ATTR_CHAR = frozenset(string.ascii_letters + string.digits + "!#$&+-.^_`|~")
 _TOKEN = re.compile(r"[A-Za-z0-9!#$&^_.+-]+\Z")  # RFC 2045 token, for a media type's parts
@@ -173,6 +173,8 @@ def _phrase(name: str) -> list[tuple[str, str, bool]]:
     if all(c in _ATEXT for _sep, word in words for c in word):
         return [(" " if i == 0 else sep, word, False) for i, (sep, word) in enumerate(words)]
     quoted = [word.replace("\\", "\\\\").replace('"', '\\"') for _sep, word in words]
+    if any(len(word) > MAX_WORD - 2 for word in quoted):  # too long to fold once escaped
+        return [(" ", name.lstrip(" "), True)]
     quoted[0] = '"' + quoted[0]
     quoted[-1] += '"'
     return [(" " if i == 0 else words[i][0], word, False) for i, word in enumerate(quoted)]
@@ -237,8 +239,20 @@ def _qp(data: bytes) -> str:
     """Quoted-printable of LF-ended text, with CRLF line ends; a line-start "From " is written
     `=46rom ` (mbox readers would otherwise change it); binascii already encodes a lone "."."""
     encoded = binascii.b2a_qp(data, quotetabs=False, istext=True, header=False).decode("ascii")
-    encoded = _FROM_LINE.sub("=46rom ", encoded)
+    if "From " in encoded:
+        encoded = _FROM_LINE.sub(_escaped_from, encoded)
     return encoded.replace("\n", CRLF)
+
+
+def _escaped_from(match: re.Match[str]) -> str:
+    """`=46rom ` for a line's "From "; a line that grows past 76 gets a soft break."""
+    line = "=46rom " + match.group(1)[len("From "):]
+    if len(line) <= 76:
+        return line
+    soft = line.endswith("=")
+    content = line[:-1] if soft else line
+    cut = 75 if "=" not in content[73:75] else content.rindex("=", 0, 75)
+    return content[:cut] + "=\n" + content[cut:] + ("=" if soft else "")
 
 
 def _base64_lines(data: bytes) -> str:
