@@ -15,16 +15,14 @@ multipart/alternative (text + HTML), the HTML inside multipart/related when imag
 
 from __future__ import annotations
 
-import email.policy
 import email.utils
 import re
 import time
 import unicodedata
 from dataclasses import dataclass
-from email.headerregistry import Address as HeaderAddress
-from email.message import EmailMessage
 
 from mailgate.errors import PermanentFailure
+from mailgate.outbound import mimewriter
 
 _ADDR = re.compile(r"^[^\s<>()\[\]\\,;:\"@]+@[A-Za-z0-9.-]+$")
 MAX_REFERENCES = 20
@@ -33,8 +31,7 @@ MAX_ID = 250  # characters of a Message-ID we copy into In-Reply-To / References
 # Format characters (category Cf) are dropped from names — bidi controls among them can reorder
 # what a reader sees (U+202E shows text backwards) — except the joiners scripts and emoji need.
 _JOINERS = frozenset("\u200c\u200d")
-# Threading headers are written as we fold them (one id per line), never re-encoded.
-_POLICY = email.policy.SMTP.clone(refold_source="none")
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f]+")
 
 
 class BadAddress(PermanentFailure):
@@ -79,9 +76,8 @@ def clean_message_id(value: str) -> str:
     return text
 
 
-def _mailbox(name: str, address: str) -> HeaderAddress:
-    local, _, domain = checked_address(address).rpartition("@")
-    return HeaderAddress(display_name=display_name(name), username=local, domain=domain)
+def _mailbox(name: str, address: str) -> tuple[str, str]:
+    return display_name(name), checked_address(address)
 
 
 @dataclass(frozen=True)
@@ -103,40 +99,42 @@ class Headers:
 
 
 def compose(subject: str, text: str, html: str, images: tuple, headers: Headers) -> bytes:  # type: ignore[type-arg]
-    msg = EmailMessage(policy=_POLICY)
-    msg["Date"] = email.utils.formatdate(time.time(), localtime=False)
-    msg["Message-ID"] = f"<{headers.message_id}>"
-    msg["From"] = _mailbox(headers.from_name, headers.from_addr)
-    msg["To"] = _mailbox(headers.to_name, headers.to_addr)
+    fields = [
+        mimewriter.raw_field("Date", email.utils.formatdate(time.time(), localtime=False)),
+        mimewriter.raw_field("Message-ID", f"<{headers.message_id}>"),
+        mimewriter.address_list("From", [_mailbox(headers.from_name, headers.from_addr)]),
+        mimewriter.address_list("To", [_mailbox(headers.to_name, headers.to_addr)]),
+    ]
     if headers.cc:
-        msg["Cc"] = [_mailbox(name, addr) for name, addr in headers.cc]
-    msg["Reply-To"] = _mailbox(headers.from_name, headers.reply_to)
-    msg["Subject"] = re.sub(r"[\x00-\x1f\x7f]+", " ", subject).strip()
+        fields.append(mimewriter.address_list(
+            "Cc", [_mailbox(name, addr) for name, addr in headers.cc]))
+    fields.append(mimewriter.address_list(
+        "Reply-To", [_mailbox(headers.from_name, headers.reply_to)]))
+    fields.append(mimewriter.unstructured("Subject", _CONTROLS.sub(" ", subject).strip()))
     in_reply_to = clean_message_id(headers.in_reply_to)
     if in_reply_to:
-        msg.set_raw("In-Reply-To", f"<{in_reply_to}>")
+        fields.append(mimewriter.raw_field("In-Reply-To", f"<{in_reply_to}>"))
     refs = [r for r in dict.fromkeys(clean_message_id(r) for r in headers.references) if r]
     if in_reply_to:
         refs = [r for r in refs if r != in_reply_to] + [in_reply_to]
     if refs:
-        msg.set_raw("References", "\n ".join(f"<{r}>" for r in refs[-MAX_REFERENCES:]))
+        fields.append(mimewriter.raw_field(
+            "References", "\r\n ".join(f"<{r}>" for r in refs[-MAX_REFERENCES:])))
     if headers.automatic or headers.generated:
-        msg["Auto-Submitted"] = "auto-generated" if headers.generated else "auto-replied"
-        msg["X-Auto-Response-Suppress"] = "All"
+        fields.append(mimewriter.raw_field(
+            "Auto-Submitted", "auto-generated" if headers.generated else "auto-replied"))
+        fields.append(mimewriter.raw_field("X-Auto-Response-Suppress", "All"))
     if headers.thread_index:
-        msg["Thread-Index"] = headers.thread_index
-        topic = re.sub(r"[\x00-\x1f\x7f]+", " ", headers.thread_topic).strip()
+        fields.append(mimewriter.unstructured("Thread-Index", headers.thread_index))
+        topic = _CONTROLS.sub(" ", headers.thread_topic).strip()
         if topic:
-            msg["Thread-Topic"] = topic
+            fields.append(mimewriter.unstructured("Thread-Topic", topic))
     if headers.ticket_id is not None:
-        msg["X-Mailgate-Ticket"] = str(headers.ticket_id)
-    msg.set_content(text)
-    msg.add_alternative(html, subtype="html")
+        fields.append(mimewriter.raw_field("X-Mailgate-Ticket", str(int(headers.ticket_id))))
+    body = mimewriter.text_part("html", html)
     if images:
-        html_part = msg.get_payload()[1]
-        for image in images:
-            maintype, _, subtype = image.content_type.partition("/")
-            html_part.add_related(image.data, maintype=maintype, subtype=subtype or "octet-stream",
-                                  cid=f"<{image.cid}>", filename=image.filename,
-                                  disposition="inline")
-    return msg.as_bytes()
+        body = mimewriter.multipart("related", [body, *(
+            mimewriter.image_part(image.content_type, image.data, image.cid, image.filename)
+            for image in images)])
+    alternative = mimewriter.multipart("alternative", [mimewriter.text_part("plain", text), body])
+    return mimewriter.message(fields, alternative)
