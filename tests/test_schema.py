@@ -10,6 +10,7 @@ Alembic's own autogenerate comparison.
 from __future__ import annotations
 
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -31,7 +32,14 @@ from mailgate.errors import UserError
 from mailgate.store.db import MIGRATIONS, open_db, transaction
 from mailgate.store.engine import make_engine
 from mailgate.store.schema import metadata
-from mailgate.store.upgrade import BASELINE, LEGACY_HEAD, head, schema_state, upgrade
+from mailgate.store.upgrade import (
+    BASELINE,
+    LEGACY_HEAD,
+    MIGRATIONS_DIR,
+    head,
+    schema_state,
+    upgrade,
+)
 
 SQLITE = sqlite_dialect.dialect()
 
@@ -280,6 +288,122 @@ def test_make_engine_takes_the_two_engines_and_names_a_wrong_url(tmp_path: Path)
         message = str(caught.value)
         assert why in message and "\n" not in message and "secret" not in message, message
         assert "sqlite:///" in message and "postgresql://" in message, message
+
+
+_LATER_REVISION = '''"""A later revision, as a developer would write one: {what}."""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0002"
+down_revision = "0001"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+{body}
+'''
+# An ALTER that SQLite cannot do in place: batch mode rebuilds `tickets` (copy, drop, rename)
+# on SQLite while PostgreSQL alters it; `messages` and its rows refer to `tickets`.
+_REBUILD = """\
+    with op.batch_alter_table("tickets") as batch:
+        batch.alter_column("subject", existing_type=sa.Text, nullable=False,
+                           server_default=sa.text("''"))
+        batch.add_column(sa.Column("sla_due", sa.Text))
+"""
+
+
+def _migrations_with(tmp_path: Path, what: str, body: str) -> Path:
+    """A copy of the packaged migrations with one more revision, 0002."""
+    migrations = tmp_path / "migrations"
+    shutil.copytree(MIGRATIONS_DIR, migrations,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    (migrations / "versions" / "0002_later.py").write_text(
+        _LATER_REVISION.format(what=what, body=body))
+    return migrations
+
+
+# A customer, their ticket, and a message on it: rows that refer to each other.
+_REFERRING_ROWS = (
+    "INSERT INTO customers (id, email) VALUES (7, 'jane@customer.test')",
+    "INSERT INTO tickets (id, subject, requester_id, status)"
+    " VALUES (3, 'Printer on fire', 7, 'open')",
+    "INSERT INTO messages (id, ticket_id, subject) VALUES (11, 3, 'Printer on fire')",
+)
+
+
+def _after_rebuild(engine: Engine) -> None:
+    columns = {c["name"]: c for c in sa.inspect(engine).get_columns("tickets")}
+    assert "sla_due" in columns and not columns["subject"]["nullable"]
+    fks = sa.inspect(engine).get_foreign_keys("messages")
+    assert [(f["referred_table"], f["referred_columns"]) for f in fks] == [("tickets", ["id"])]
+    assert {i["name"] for i in sa.inspect(engine).get_indexes("tickets")} >= {
+        "idx_tickets_team", "idx_tickets_mailbox", "idx_tickets_status_updated_at"}
+    with engine.connect() as conn:
+        joined = conn.execute(sa.text("SELECT t.subject, m.id FROM tickets t"
+                                      " JOIN messages m ON m.ticket_id = t.id")).all()
+    assert [tuple(r) for r in joined] == [("Printer on fire", 11)]
+
+
+def test_a_later_revision_rebuilding_a_referenced_table_runs_on_a_sqlite_file(
+        tmp_path: Path) -> None:
+    migrations = _migrations_with(tmp_path, "tickets.subject NOT NULL, tickets.sla_due",
+                                  _REBUILD)
+    path = tmp_path / "v11.db"  # as the legacy migrations left it, with rows that refer
+    db = open_db(path)
+    with transaction(db) as conn:
+        for sql in _REFERRING_ROWS:
+            conn.execute(sql)
+    db.conn.close()
+    engine = make_engine(sqlite_url(path))
+    try:
+        assert upgrade(engine, migrations).revision == "0002" == head(migrations)
+        _after_rebuild(engine)
+        with engine.connect() as conn:  # foreign keys are on again for the pool's connection
+            assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar_one() == 1
+    finally:
+        engine.dispose()
+
+
+def test_a_later_revision_that_leaves_a_dangling_reference_changes_nothing(
+        tmp_path: Path) -> None:
+    migrations = _migrations_with(tmp_path, "drops a customer that a ticket refers to",
+                                  "    op.execute(\"DELETE FROM customers WHERE id = 7\")\n")
+    path = tmp_path / "new.db"
+    engine = make_engine(sqlite_url(path))
+    try:
+        upgrade(engine)  # to 0001
+        with engine.begin() as conn:
+            for sql in _REFERRING_ROWS:
+                conn.execute(sa.text(sql))
+        with pytest.raises(UserError) as caught:
+            upgrade(engine, migrations)
+        message = str(caught.value)
+        assert "\n" not in message and "tickets row 3 refers to a missing customers row" in (
+            message), message
+        assert schema_state(engine, migrations).revision == "0001"
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("SELECT count(*) FROM customers").scalar_one() == 1
+    finally:
+        engine.dispose()
+
+
+def test_a_later_revision_rebuilding_a_referenced_table_runs_on_postgres(
+        tmp_path: Path, pg_database: str) -> None:
+    migrations = _migrations_with(tmp_path, "tickets.subject NOT NULL, tickets.sla_due",
+                                  _REBUILD)
+    engine = make_engine(pg_database)
+    try:
+        upgrade(engine)
+        with engine.begin() as conn:
+            for sql in _REFERRING_ROWS:
+                conn.execute(sa.text(sql))
+        state = upgrade(engine, migrations)
+        assert state.current and state.revision == "0002"
+        _after_rebuild(engine)
+    finally:
+        engine.dispose()
 
 
 def _pg_snapshot(engine: Engine) -> str:

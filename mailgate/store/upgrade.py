@@ -12,7 +12,9 @@ the operator's; what is in it is looked at before anything is changed). Output: 
 - A SQLite file from before Alembic (`PRAGMA user_version` 1 … 10): the legacy migrations of
   `mailgate.store.db` bring it to v11 (each in its own transaction, as `open_db` runs them),
   then it is stamped with the baseline revision and upgraded to head; at v11 it is only
-  stamped (and upgraded past the baseline when later revisions exist).
+  stamped (and upgraded past the baseline when later revisions exist). On SQLite the
+  revisions run with foreign keys off (SQLite's rule for rebuilding a table, which Alembic's
+  batch mode does) and the references are checked before the commit.
 Later schema changes are Alembic revisions that run on both engines (see the migrations
 package); the legacy numbered migrations stay frozen at v11.
 """
@@ -72,28 +74,33 @@ class SchemaState:
         return f"tables without a mailgate schema revision (head is {self.head})"
 
 
-def alembic_config(connection: Connection | None = None) -> Config:
-    """Alembic's configuration, built in code (no alembic.ini): the packaged migrations, and
-    the connection env.py runs them on."""
+def alembic_config(connection: Connection | None = None,
+                   migrations: Path = MIGRATIONS_DIR) -> Config:
+    """Alembic's configuration, built in code (no alembic.ini): the migrations (the packaged
+    ones unless told), and the connection env.py runs them on."""
     config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS_DIR).replace("%", "%%"))
+    config.set_main_option("script_location", str(migrations).replace("%", "%%"))
     config.set_main_option("path_separator", "os")
     config.attributes["connection"] = connection
     return config
 
 
-def head() -> str:
-    found = ScriptDirectory.from_config(alembic_config()).get_current_head()
-    assert found is not None, "mailgate/store/migrations/versions has no revision"
+def head(migrations: Path = MIGRATIONS_DIR) -> str:
+    found = ScriptDirectory.from_config(alembic_config(None, migrations)).get_current_head()
+    assert found is not None, f"{migrations}/versions has no revision"
     return found
 
 
-def schema_state(engine: Engine) -> SchemaState:
+def schema_state(engine: Engine, migrations: Path = MIGRATIONS_DIR) -> SchemaState:
+    """Where the database stands. Changes nothing (a SQLite file that is not there is not
+    made: it is empty)."""
+    if engine.dialect.name == "sqlite" and not Path(str(engine.url.database)).exists():
+        return SchemaState(None, head(migrations), 0, True)
     with engine.connect() as conn:
-        return _state(conn)
+        return _state(conn, migrations)
 
 
-def _state(conn: Connection) -> SchemaState:
+def _state(conn: Connection, migrations: Path) -> SchemaState:
     tables = set(sa.inspect(conn).get_table_names())
     revision = None
     if "alembic_version" in tables:
@@ -102,37 +109,54 @@ def _state(conn: Connection) -> SchemaState:
     if conn.dialect.name == "sqlite" and revision is None:
         user_version = conn.exec_driver_sql("PRAGMA user_version").scalar_one()
     empty = not (tables & set(metadata.tables)) and revision is None
-    return SchemaState(revision, head(), user_version, empty)
+    return SchemaState(revision, head(migrations), user_version, empty)
 
 
-def upgrade(engine: Engine) -> SchemaState:
-    """Bring the database to the head revision; its state afterwards."""
+def upgrade(engine: Engine, migrations: Path = MIGRATIONS_DIR) -> SchemaState:
+    """Bring the database to the head revision; its state afterwards. `migrations`: another
+    script directory (tests only)."""
     with _ALEMBIC:
-        _upgrade(engine)
-    return schema_state(engine)
+        if engine.dialect.name == "sqlite":
+            _legacy_to_v11(engine)
+            _sqlite_to_head(engine, migrations)
+        else:
+            with engine.begin() as conn:
+                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(PG_MIGRATION_LOCK)))
+                _to_head(conn, engine, migrations)
+    return schema_state(engine, migrations)
 
 
-def _upgrade(engine: Engine) -> None:
-    if engine.dialect.name == "sqlite":
-        _legacy_to_v11(engine)
-        with engine.connect() as conn:
+def _sqlite_to_head(engine: Engine, migrations: Path) -> None:
+    """The revisions in one BEGIN IMMEDIATE transaction, with foreign keys off, as SQLite
+    wants it for a table rebuilt by batch mode (copy, drop, rename: with foreign keys on,
+    dropping a referenced table fails or cascades); `PRAGMA foreign_key_check` before the
+    commit refuses a migration that left a dangling reference."""
+    with engine.connect() as conn:
+        raw = conn.connection.driver_connection  # outside any transaction: the pragma works
+        assert raw is not None
+        raw.execute("PRAGMA foreign_keys=OFF")
+        try:
             conn.execution_options(**{IMMEDIATE: True})
             with conn.begin():
-                _to_head(conn, engine)
-    else:
-        with engine.begin() as conn:
-            conn.execute(sa.select(sa.func.pg_advisory_xact_lock(PG_MIGRATION_LOCK)))
-            _to_head(conn, engine)
+                _to_head(conn, engine, migrations)
+                dangling = conn.exec_driver_sql("PRAGMA foreign_key_check").all()
+                if dangling:
+                    table, rowid, parent, _ = dangling[0]
+                    raise UserError(f"database {shown(engine.url)}: after the migrations,"
+                                    f" {table} row {rowid} refers to a missing {parent} row"
+                                    f" ({len(dangling)} such rows); nothing was changed")
+        finally:
+            raw.execute("PRAGMA foreign_keys=ON")
 
 
-def _to_head(conn: Connection, engine: Engine) -> None:
-    state = _state(conn)
+def _to_head(conn: Connection, engine: Engine, migrations: Path) -> None:
+    state = _state(conn, migrations)
     if state.revision is None and not state.empty:
         if state.legacy != LEGACY_HEAD:
             raise UserError(f"database {shown(engine.url)}: {state}, which mailgate cannot"
                             " upgrade (it did not make it, or a newer mailgate did)")
-        command.stamp(alembic_config(conn), BASELINE)
-    command.upgrade(alembic_config(conn), "head")
+        command.stamp(alembic_config(conn, migrations), BASELINE)
+    command.upgrade(alembic_config(conn, migrations), "head")
 
 
 def _legacy_to_v11(engine: Engine) -> None:

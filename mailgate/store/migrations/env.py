@@ -17,7 +17,8 @@ connection = context.config.attributes.get("connection")
 if connection is None:
     raise RuntimeError("mailgate's migrations run through mailgate.store.engine.upgrade(),"
                        " which hands them a connection")
-# Batch mode on SQLite: a later revision's ALTER that SQLite lacks becomes copy-and-rename.
+# On SQLite, autogenerate writes batch operations (an ALTER that SQLite lacks becomes a copy of
+# the table); upgrade() runs them with foreign keys off, as SQLite requires for that.
 context.configure(connection=connection, target_metadata=metadata,
                   render_as_batch=connection.dialect.name == "sqlite")
 with context.begin_transaction():  # inside the caller's transaction: nothing begins here
