@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 from dns_server import DnsTestServer
+from pgserver import NOT_INSTALLED, PgServer, find_bindir
 from relay_stub import RelayStub
 
 from mailgate.cli import cli
@@ -303,3 +304,45 @@ def wait_outgoing(d: Daemon, predicate: Callable[[list[dict]], bool], timeout: f
         time.sleep(0.1)
 
 
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PgServer]:
+    """One PostgreSQL for the whole session (tests/pgserver.py), started on first use. Without
+    PostgreSQL's binaries every test that uses it is skipped, all under one summary line (see
+    pytest_runtest_makereport below)."""
+    bindir = find_bindir()
+    if bindir is None:
+        pytest.skip(NOT_INSTALLED)
+    server = PgServer(bindir)
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_server: PgServer) -> str:
+    """The session's PostgreSQL: the URL of its maintenance database (`postgres`)."""
+    return postgres_server.url()
+
+
+@pytest.fixture
+def pg_database(postgres_server: PgServer) -> Iterator[str]:
+    """A fresh empty database for one test: its URL (postgresql://postgres@127.0.0.1:…/…)."""
+    url = postgres_server.create_database()
+    yield url
+    postgres_server.drop_database(url)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
+                              ) -> Iterator[None]:
+    """A test skipped for want of PostgreSQL is reported at this file rather than at the test
+    (pytest's default for a skip raised by a fixture), so that pytest's summary folds all of
+    them into one line: 'SKIPPED [N] tests/conftest.py: PostgreSQL not installed …'."""
+    report = yield
+    longrepr = report.longrepr
+    if report.skipped and isinstance(longrepr, tuple) and NOT_INSTALLED in str(longrepr[2]):
+        report.longrepr = (__file__, None, longrepr[2])
+    return report

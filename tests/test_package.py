@@ -25,7 +25,8 @@ import pytest
 from conftest import ROOT, Daemon, free_port, queue_id_of, shared_dns
 from relay_stub import RelayStub
 
-# What the wheel must carry besides the code (mailgate/builtin, read with importlib.resources).
+# What the wheel must carry besides the code (mailgate/builtin, read with importlib.resources;
+# the migrations, which Alembic finds by path).
 PACKAGE_DATA = [
     *(f"mailgate/builtin/templates/{kind}.{ext}"
       for kind in ("base", "new_ticket_ack", "agent_reply", "assignee_notification")
@@ -33,6 +34,10 @@ PACKAGE_DATA = [
     "mailgate/builtin/automations.toml",
     "mailgate/builtin/systemd/mailgate.service",
     "mailgate/builtin/systemd/mailgate.socket",
+    # The store's Alembic migrations, run from the installed package.
+    "mailgate/store/migrations/env.py",
+    "mailgate/store/migrations/script.py.mako",
+    "mailgate/store/migrations/versions/0001_baseline_v11.py",
 ]
 # Not part of a source tree that pip should see: runtime state, venvs, caches, old builds.
 NOT_SOURCE = {".git", ".venv", "data", "build", "dist", ".pytest_cache", ".ruff_cache"}
@@ -98,6 +103,11 @@ def test_wheel_in_a_fresh_venv_acknowledges_the_first_mail(tmp_path: Path,
     home.mkdir()
     where = _run([python, "-c", "import mailgate; print(mailgate.__file__)"], home, env).stdout
     assert where.startswith(str(venv)) and not where.startswith(str(ROOT)), where
+    # The packaged Alembic migrations run from the installed package (no alembic.ini).
+    migrated = _run([python, "-c", "from mailgate.store.engine import make_engine;"
+                     " from mailgate.store.upgrade import upgrade;"
+                     " print(upgrade(make_engine('sqlite:///schema.db')))"], home, env).stdout
+    assert migrated.strip() == "revision 0001 (head)", migrated
     port = free_port()
     _run([program, "init", "--non-interactive", "--domain", "example.com",
           "--listen", f"127.0.0.1:{port}", "--relay-host", "127.0.0.1",

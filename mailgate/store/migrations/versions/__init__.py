@@ -1,0 +1,1 @@
+"""Alembic revisions of the store, one module each (see mailgate/store/migrations)."""
