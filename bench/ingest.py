@@ -434,7 +434,11 @@ def run_bench(args: argparse.Namespace, smtp_source: str, workdir: Path) -> None
         )
         wait_for_smtp(relay, STARTUP_TIMEOUT, interval=0.1)
         servers.append(relay)
+        # Limits high enough that every ticket's acknowledgement is really sent (smtp-source
+        # writes from one address; the defaults would suppress all but the first ten).
         extra = (f'\n[relay]\nhost = "{HOST}"\nport = {relay_port}\n'
+                 "\n[limits]\nauto_replies_per_address_per_hour = 1000000\n"
+                 "auto_replies_per_domain_per_hour = 1000000\nauto_replies_per_hour = 1000000\n"
                  + (f'\n[pipeline]\nprocess = "{args.process}"\n' if args.process else ""))
         if not args.baseline_only:
             targets.append(start_mailgate("mailgate", workdir, extra))

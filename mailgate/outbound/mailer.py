@@ -204,8 +204,9 @@ def queue_ticket_mail(
             envelope_sender=envelope_sender,
             to_addr=to.email,
             our_domains=ctx.domains,
-            sent=SentLastHour(*outbox.automatic_counts(conn, to.email, time.time() - 3600,
-                                                       exclude=ctx.agents)),
+            sent=SentLastHour(*outbox.automatic_counts(
+                conn, to.email, time.time() - 3600, exclude=ctx.agents,
+                caps=(ctx.limits.per_mailbox, ctx.limits.per_domain, ctx.limits.total))),
             limits=ctx.limits,
             recipient_is_agent=to.email in ctx.agents,
         )

@@ -68,6 +68,8 @@ class RateLimits:
 
 @dataclass(frozen=True)
 class SentLastHour:
+    """Automatic mails of the last hour, each counted no further than its limit."""
+
     mailbox: int = 0
     domain: int = 0
     total: int = 0
@@ -96,16 +98,16 @@ def suppression_reason(
     if _local(to_addr) in ROBOT_LOCAL_PARTS:
         return f"recipient is a robot address ({_local(to_addr)})"
     if sent.mailbox >= limits.per_mailbox:
-        return (f"rate limit: the mailbox {canonical_mailbox(to_addr)} already got"
-                f" {sent.mailbox} automatic mails this hour (plus-addresses count as one;"
+        return (f"rate limit: the mailbox {canonical_mailbox(to_addr)} already got its"
+                f" {limits.per_mailbox} automatic mails this hour (plus-addresses count as one;"
                 f" [limits] auto_replies_per_address_per_hour = {limits.per_mailbox})")
     if recipient_is_agent:
         return None
     if sent.domain >= limits.per_domain:
         return (f"rate limit: the domain {_domain(canonical_mailbox(to_addr))} already got"
-                f" {sent.domain} automatic mails this hour"
+                f" its {limits.per_domain} automatic mails this hour"
                 f" ([limits] auto_replies_per_domain_per_hour = {limits.per_domain})")
     if sent.total >= limits.total:
-        return (f"rate limit: {sent.total} automatic mails went out this hour in all"
+        return (f"rate limit: {limits.total} automatic mails went out this hour in all"
                 f" ([limits] auto_replies_per_hour = {limits.total})")
     return None

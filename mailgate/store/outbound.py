@@ -67,21 +67,26 @@ _COUNTED = "automatic=1 AND created_ts>=? AND status NOT IN ('suppressed', 'fail
 
 
 def automatic_counts(conn: sqlite3.Connection, to_addr: str, since_ts: float,
-                     exclude: frozenset[str] = frozenset()) -> tuple[int, int, int]:
+                     exclude: frozenset[str] = frozenset(),
+                     caps: tuple[int, int, int] | None = None) -> tuple[int, int, int]:
     """Automatic mails queued or sent since `since_ts`: to the mailbox of `to_addr` (plus-part
     removed), to its domain and in all — the last two without the mail to `exclude`d addresses
-    (agents). Each count is one index range."""
+    (agents). Each count is one index range, read no further than its cap (a rate limit needs
+    to know only whether it was reached), so its cost does not grow with the hour's mail."""
     mailbox, domain = recipient_keys(to_addr)
     skip = sorted(exclude)
     not_excluded = f" AND to_addr NOT IN ({','.join('?' * len(skip))})" if skip else ""
+    mailbox_cap, domain_cap, total_cap = caps or (-1, -1, -1)  # LIMIT -1: no cap
 
-    def count(where: str, *params: Any) -> int:
-        return int(conn.execute(f"SELECT COUNT(*) FROM outbound WHERE {where}",
-                                params).fetchone()[0])
+    def count(cap: int, where: str, *params: Any) -> int:
+        return int(conn.execute(
+            f"SELECT COUNT(*) FROM (SELECT 1 FROM outbound WHERE {where} LIMIT ?)",
+            (*params, cap)).fetchone()[0])
 
-    return (count(f"to_mailbox=? AND {_COUNTED}", mailbox, since_ts),
-            count(f"to_domain=? AND {_COUNTED}{not_excluded}", domain, since_ts, *skip),
-            count(f"{_COUNTED}{not_excluded}", since_ts, *skip))
+    return (count(mailbox_cap, f"to_mailbox=? AND {_COUNTED}", mailbox, since_ts),
+            count(domain_cap, f"to_domain=? AND {_COUNTED}{not_excluded}", domain, since_ts,
+                  *skip),
+            count(total_cap, f"{_COUNTED}{not_excluded}", since_ts, *skip))
 
 
 def agent_replies_by_email_since(conn: sqlite3.Connection, agent: str, since_ts: float) -> int:
