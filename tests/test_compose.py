@@ -21,7 +21,7 @@ from typing import Any
 
 import dkim as dkimpy
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from mailgate.config import Dkim
@@ -384,6 +384,10 @@ NAME = st.lists(st.one_of(st.text(PRINTABLE, max_size=20),
 
 
 @settings(max_examples=300, deadline=None, database=None)
+# found by this test: the comma after an address took a folded Cc line to 79 characters
+@example(subject="", text="", html="", to_name="", to_addr="0@0.0", from_name="",
+         cc=[("\u00a1000" + "\u00a1" * 8 + "\U00010000", "000000000000@0.00.00000"),
+             ("", "0@0.0")])
 @given(subject=st.text(PRINTABLE, max_size=300), text=TEXT, html=TEXT, to_name=NAME,
        to_addr=ADDRESS, cc=st.lists(st.tuples(NAME, ADDRESS), max_size=3), from_name=NAME)
 def test_round_trip_of_arbitrary_text_subjects_and_names(

@@ -195,14 +195,14 @@ def address_list(name: str, mailboxes: Sequence[tuple[str, str]]) -> str:
     already cut to one line, the addresses already checked."""
     chunks: list[tuple[str, str, bool]] = []
     for i, (display, address) in enumerate(mailboxes):
-        if i:
-            chunks.append(("", ",", False))
         spec = addr_spec(address)
+        # the comma goes with the address before it, so the fold that address gets counts it
+        comma = "," if i < len(mailboxes) - 1 else ""
         if display:
             chunks.extend(_phrase(display))
-            chunks.append((" ", f"<{spec}>", False))
+            chunks.append((" ", f"<{spec}>{comma}", False))
         else:
-            chunks.append((" ", spec, False))
+            chunks.append((" ", spec + comma, False))
     return _fold(name, chunks)
 
 
