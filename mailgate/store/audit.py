@@ -113,7 +113,7 @@ def search_incoming(
         params += [start, end]
     sql = (
         "SELECT id, received_at, queue_id, client_ip, helo, mail_from, rcpt_to, message_id,"
-        " from_addr AS 'from', subject, size, action, ticket_id, matched_by, reason, defects,"
+        " from_addr AS \"from\", subject, size, action, ticket_id, matched_by, reason, defects,"
         " classification, details, auth, " + verdict_field("audit_incoming") +
         " FROM audit_incoming"
     )
@@ -129,7 +129,7 @@ def search_incoming(
                 r[key] = json.loads(r[key]) if r[key] else None
             except ValueError:
                 r[key] = {"unreadable": r[key]}
-        r["spam"] = decode_verdict(r["spam"])
+        r["spam"] = decode_verdict(r)
     return rows
 
 

@@ -63,6 +63,7 @@ def enqueue(
     return int(cur.fetchone()[0])
 
 
+_NO_CAP = 2**62
 _COUNTED = "automatic=1 AND created_ts>=? AND status NOT IN ('suppressed', 'failed')"
 
 
@@ -76,11 +77,11 @@ def automatic_counts(conn: sqlite3.Connection, to_addr: str, since_ts: float,
     mailbox, domain = recipient_keys(to_addr)
     skip = sorted(exclude)
     not_excluded = f" AND to_addr NOT IN ({','.join('?' * len(skip))})" if skip else ""
-    mailbox_cap, domain_cap, total_cap = caps or (-1, -1, -1)  # LIMIT -1: no cap
+    mailbox_cap, domain_cap, total_cap = caps or (_NO_CAP, _NO_CAP, _NO_CAP)
 
     def count(cap: int, where: str, *params: Any) -> int:
         return int(conn.execute(
-            f"SELECT COUNT(*) FROM (SELECT 1 FROM outbound WHERE {where} LIMIT ?)",
+            f"SELECT COUNT(*) FROM (SELECT 1 FROM outbound WHERE {where} LIMIT ?) AS capped",
             (*params, cap)).fetchone()[0])
 
     return (count(mailbox_cap, f"to_mailbox=? AND {_COUNTED}", mailbox, since_ts),
@@ -226,7 +227,7 @@ def next_due_in(db: sqlite_utils.Database) -> float | None:
 
 
 _COLUMNS = (
-    "id, ticket_id, kind, to_addr AS 'to', subject, message_id, status, attempts, last_error,"
+    "id, ticket_id, kind, to_addr AS \"to\", subject, message_id, status, attempts, last_error,"
     " maybe_sent, dsn_status, created_at, sent_at"
 )
 

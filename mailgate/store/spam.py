@@ -27,27 +27,28 @@ RELEASED = "released"
 STATES = (QUARANTINED, RELEASED)
 FLAGGED = "flagged"
 
-# A `spam` field for queries on a table with a `queue_id` column: the verdict as JSON, or NULL.
-VERDICT_FIELD = (
-    "(SELECT json_object('action', s.action, 'score', s.score, 'symbols', json(s.symbols),"
-    " 'rspamd_action', s.rspamd_action, 'reason', s.reason, 'note', s.note)"
-    " FROM spam s WHERE s.queue_id = {table}.queue_id) AS spam"
-)
+# The verdict's columns, read for a row of a table with a `queue_id` column (one scalar
+# subquery each: plain SQL both engines run, and no column name clashes with the table's own).
+VERDICT_COLUMNS = ("action", "score", "symbols", "rspamd_action", "reason", "note")
 
 
 def verdict_field(table: str) -> str:
-    return VERDICT_FIELD.format(table=table)
+    """Select-list items `spam_<column>` with the verdict on `table`'s row (NULLs without)."""
+    return ", ".join(f"(SELECT s.{c} FROM spam s WHERE s.queue_id = {table}.queue_id)"
+                     f" AS spam_{c}" for c in VERDICT_COLUMNS)
 
 
-def decode_verdict(value: str | None) -> dict[str, Any] | None:
-    """The JSON of `verdict_field` as a dict (symbols: name → score, weightiest first)."""
-    if not value:
+def decode_verdict(row: dict[str, Any]) -> dict[str, Any] | None:
+    """The verdict of `verdict_field` as a dict (symbols: name → score, weightiest first),
+    None without one; the `spam_*` items are taken out of `row`."""
+    values = {c: row.pop(f"spam_{c}", None) for c in VERDICT_COLUMNS}
+    if values["action"] is None:
         return None
     try:
-        data = json.loads(value)
+        values["symbols"] = json.loads(values["symbols"] or "{}")
     except ValueError:
-        return {"unreadable": value}
-    return data if isinstance(data, dict) else None
+        values["symbols"] = {"unreadable": values["symbols"]}
+    return values
 
 
 def record(conn: sqlite3.Connection, env: Envelope, *, action: str | None = None,
@@ -86,7 +87,7 @@ def known_customer(conn: sqlite3.Connection, email: str) -> bool:
 
 _LIST_COLUMNS = (
     "s.queue_id, s.received_at, s.state, s.score, s.symbols, s.rspamd_action, s.reason,"
-    " s.released_at, s.released_by, s.released_as, a.from_addr AS 'from', a.subject,"
+    " s.released_at, s.released_by, s.released_as, a.from_addr AS \"from\", a.subject,"
     " a.mail_from, a.rcpt_to, a.client_ip, a.message_id, a.size"
 )
 

@@ -310,7 +310,7 @@ def get_ticket(db: sqlite_utils.Database, ticket_id: int) -> dict[str, Any]:
     ticket = _decode(rows[0])
     messages = list(
         db.query(
-            "SELECT id, direction, from_addr AS 'from', from_name, to_addrs AS 'to',"
+            "SELECT id, direction, from_addr AS \"from\", from_name, to_addrs AS \"to\","
             " cc_addrs AS cc, subject, message_id, date, created_at, text, reply_text,"
             " matched_by, internal, internal_reason, classification, queue_id, raw_path,"
             " defects, outbound_id, auth, thread_index, " + verdict_field("messages") +
@@ -323,7 +323,7 @@ def get_ticket(db: sqlite_utils.Database, ticket_id: int) -> dict[str, Any]:
         m["cc"] = json.loads(m["cc"] or "[]")
         m["defects"] = json.loads(m["defects"] or "[]")
         m["auth"] = json.loads(m["auth"]) if m.get("auth") else None
-        m["spam"] = decode_verdict(m["spam"])
+        m["spam"] = decode_verdict(m)
         m["internal"] = bool(m["internal"])
         m["attachments"] = [
             _attachment(a) for a in db.query(
