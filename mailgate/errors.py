@@ -9,6 +9,7 @@ fault of the message. Stdlib only.
 
 import errno
 import sqlite3
+import sys
 
 
 class MailgateError(Exception):
@@ -60,8 +61,18 @@ def temporary_cause(exc: BaseException) -> str | None:
         return "out of memory"
     if isinstance(exc, OSError) and exc.errno in _TEMPORARY_ERRNOS:
         return f"{errno.errorcode.get(exc.errno or 0, 'OSError')}: {exc.strerror or exc}"
+    if _postgres_unavailable(exc):
+        return f"database: {str(exc).strip() or type(exc).__name__}"
     if isinstance(exc, sqlite3.OperationalError):
         text = str(exc).lower()
         if any(marker in text for marker in _TEMPORARY_SQLITE):
             return f"database: {exc}"
     return None
+
+
+def _postgres_unavailable(exc: BaseException) -> bool:
+    """PostgreSQL is down or unreachable, the connection was lost, or a transaction lost a
+    deadlock or serialization race (psycopg's OperationalError and its subclasses): all go away
+    by themselves and are retried."""
+    psycopg = sys.modules.get("psycopg")  # never imported here: only where PostgreSQL is used
+    return psycopg is not None and isinstance(exc, psycopg.OperationalError)

@@ -115,3 +115,43 @@ def test_a_failing_message_is_rolled_back_alone_on_postgresql(pg_pipeline  # typ
     assert db.execute("SELECT COUNT(*) FROM customers WHERE email='dana2@client2.test'"
                       ).fetchone()[0] == 0
     assert spool.get(ids[2]).state == "deferred"
+
+
+def test_the_daemon_runs_on_postgresql(tmp_path: Path, pg_database: str) -> None:
+    """`[storage] database = "postgresql://…"`: `mailgate serve` creates the schema on the empty
+    database, takes mail over SMTP into its local spool, stores tickets in PostgreSQL, and the
+    CLI reads them from there (no SQLite store file is made)."""
+    from conftest import Daemon, free_port, queue_id_of, send
+
+    port = free_port()
+    cfg = write_config(tmp_path / "pgnode", port, "", "")
+    cfg.write_text(cfg.read_text().replace(
+        'data_dir = "data"', f'data_dir = "data"\ndatabase = "{pg_database}"', 1))
+    daemon = Daemon(cfg, port)
+    daemon.start()
+    try:
+        code, reply = send(port, _mail(1))
+        assert code == 250
+        assert daemon.audit_for(queue_id_of(reply))["action"] == "created_ticket"
+        code, reply = send(port, _mail(2, "In-Reply-To: <pg-1@client.test>\r\n", "Re: pg 1",
+                                       "dana1@client1.test"))
+        assert daemon.audit_for(queue_id_of(reply))["action"] == "appended"
+        (ticket,) = daemon.json("tickets", "list")
+        assert ticket["subject"] == "pg 1" and ticket["requester"] == "dana1@client1.test"
+        assert not (daemon.data_dir / "mailgate.db").exists()
+        assert (daemon.data_dir / "spool.db").exists()  # the spool stays local to the node
+    finally:
+        daemon.stop()
+    db = PgDatabase(pg_database)
+    assert db.execute("SELECT COUNT(*) FROM messages").fetchone()[0] == 2
+    db.close()
+
+
+def test_a_database_url_that_is_not_postgresql_is_a_config_error(tmp_path: Path) -> None:
+    from mailgate.errors import ConfigError
+
+    cfg = write_config(tmp_path / "bad", 2525, "", "")
+    cfg.write_text(cfg.read_text().replace(
+        'data_dir = "data"', 'data_dir = "data"\ndatabase = "mysql://x@y/z"', 1))
+    with pytest.raises(ConfigError, match=r"\[storage\] database: must be a postgresql:// URL"):
+        load_config(cfg)

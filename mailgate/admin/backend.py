@@ -33,7 +33,8 @@ from mailgate.spool import Spool
 from mailgate.store import audit, downloads, orgs, tickets
 from mailgate.store import outbound as outbox
 from mailgate.store import spam as spam_store
-from mailgate.store.db import now_iso, open_db
+from mailgate.store.connect import open_store
+from mailgate.store.db import now_iso
 
 log = logging.getLogger("mailgate.admin")
 
@@ -75,7 +76,7 @@ def _iso(ts: float | None) -> str | None:
 class Backend:
     def __init__(self, config: Config, relay: RelayHealth | None = None) -> None:
         self.relay = relay
-        self.db = open_db(config.db_path)
+        self.db = open_store(config.database)
         self.spool = Spool(config.spool_path)
         self.stores = (StoreCheck("spool", config.spool_path),
                        StoreCheck("database", config.db_path))

@@ -22,7 +22,7 @@ import click
 from mailgate.config import Config, load_config
 from mailgate.errors import UserError
 from mailgate.spool import Spool
-from mailgate.store.db import open_db
+from mailgate.store.connect import open_store
 
 
 def _usage_line(exc: click.UsageError) -> None:
@@ -74,7 +74,7 @@ class State:
         return self._config
 
     def db(self) -> Any:
-        return open_db(self.config.db_path)
+        return open_store(self.config.database)
 
     def spool(self) -> Spool:
         return Spool(self.config.spool_path)

@@ -20,7 +20,7 @@ from mailgate.cli.base import State, emit, json_option, pass_state
 from mailgate.errors import UserError
 from mailgate.model import Envelope, SpoolEntry, new_queue_id
 from mailgate.ops import app
-from mailgate.store.db import open_db
+from mailgate.store.connect import open_store
 from mailgate.store.tickets import ticket_row
 
 
@@ -83,7 +83,7 @@ def rules_test(state: State, eml: Path, mail_from: str | None, rcpt: str | None)
     incoming = Incoming(SpoolEntry(env, "message", "active", 1, raw), parsed, raw, "(not stored)",
                         ["0" * 64] * len(parsed.attachments), classification,
                         reply_text(parsed.text, parsed.html))
-    db = open_db(cfg.db_path)
+    db = open_store(cfg.database)
     mail = app.mail_context(cfg)
     deliverer = Deliverer(app.policy(cfg), mail, app.signer(cfg), app.automation(cfg, mail))
     conn = db.conn

@@ -100,6 +100,17 @@ def check_teams(mailboxes: tuple[Mailbox, ...], teams: Any, fail: Any) -> None:
                        f"no [[teams]] entry named {box.team!r}")
 
 
+def _database_url(value: str | None, fail: Any) -> str | None:
+    """`[storage] database`: a PostgreSQL URL (postgresql:// or postgres://), or unset."""
+    if value is None:
+        return None
+    scheme = value.partition("://")[0].lower()
+    if scheme not in ("postgresql", "postgres", "postgresql+psycopg") or "://" not in value:
+        raise fail("[storage] database", "must be a postgresql:// URL (leave it out for SQLite"
+                    " under data_dir)")
+    return value
+
+
 def parse_config(doc: dict[str, Any], path: Path) -> Config:
     """Validate a parsed TOML document; raise ConfigError naming file and key on the first fault."""
 
@@ -331,6 +342,7 @@ def parse_config(doc: dict[str, Any], path: Path) -> Config:
         junk_command_limit=server.get("junk_command_limit", 100),
         proxy_protocol=server.get("proxy_protocol", False),
         data_dir=(base / values.get("storage", {}).get("data_dir", "data")).resolve(),
+        database_url=_database_url(values.get("storage", {}).get("database"), fail),
         domains=domains,
         mailboxes=tuple(mailboxes),
         relay=relay_cfg,

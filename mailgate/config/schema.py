@@ -29,7 +29,8 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], str]]] = {
         "junk_command_limit": (int, "an integer"),
         "proxy_protocol": (bool, "true or false"),
     },
-    "storage": {"data_dir": (str, "a directory path")},
+    "storage": {"data_dir": (str, "a directory path"),
+                "database": (str, "a postgresql:// URL (default: SQLite under data_dir)")},
     "mail": {
         "domains": (list, "a list of domain names"),
         "mailboxes": (list, "a list of email addresses"),

@@ -157,6 +157,7 @@ class Config:
     junk_command_limit: int = 100
     proxy_protocol: bool = False
     data_dir: Path = Path("data")
+    database_url: str | None = None  # [storage] database: PostgreSQL; None: SQLite in data_dir
     domains: tuple[str, ...] = ()
     mailboxes: tuple[str, ...] = ()
     relay: Relay = Relay()
@@ -248,6 +249,11 @@ class Config:
     @property
     def db_path(self) -> Path:
         return self.data_dir / "mailgate.db"
+
+    @property
+    def database(self) -> Path | str:
+        """Where the store is: the PostgreSQL URL, or the SQLite file under data_dir."""
+        return self.database_url or self.db_path
 
 
 

@@ -47,7 +47,7 @@ from mailgate.smtp.recipients import RecipientPolicy
 from mailgate.smtp.server import Sessions, start_server
 from mailgate.smtp.spamscan import Scanner
 from mailgate.spool import Spool, SpoolWriter
-from mailgate.store.db import open_db
+from mailgate.store.connect import open_store
 from mailgate.store.outbound import OutboundMail
 
 log = logging.getLogger("mailgate.daemon")
@@ -116,7 +116,7 @@ async def serve(config: Config) -> None:
 async def _serve(config: Config) -> None:
     notifier = sdnotify.Notifier.from_env()
     config.data_dir.mkdir(parents=True, exist_ok=True)
-    db = open_db(config.db_path)
+    db = open_store(config.database)
     app.sync_organizations(config, db)
     spool = Spool(config.spool_path)
     requeued, held = spool.recover(config.pipeline_max_attempts)
@@ -126,7 +126,7 @@ async def _serve(config: Config) -> None:
     mail = app.mail_context(config)
     live = _Live(config, mail)
     relay = RelayWorker(
-        config.db_path, config.relay, envelope_from=lambda m: live.route()[1](m),
+        config.database, config.relay, envelope_from=lambda m: live.route()[1](m),
         signer=app.dkim_signer(config), hostname=config.hostname,
         relay_for=lambda m: live.route()[0](m),
     )
@@ -181,7 +181,7 @@ async def _serve(config: Config) -> None:
         where = f"{_address(sock)} (socket from systemd; [server] listen not used)"
     worker_task = asyncio.create_task(worker.run(), name="pipeline-worker")
     relay_task = asyncio.create_task(relay.run(), name="relay-worker")
-    scheduler = Scheduler(config.db_path, lambda: automation[0], config.tick_seconds)
+    scheduler = Scheduler(config.database, lambda: automation[0], config.tick_seconds)
     scheduler_task = asyncio.create_task(scheduler.run(), name="scheduler")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -195,7 +195,7 @@ async def _serve(config: Config) -> None:
             automation[0] = pipeline.automation
         else:
             automation[0] = app.automation(new, mail)
-        own = open_db(new.db_path)  # not `db`: the pipeline's thread may be inside a transaction
+        own = open_store(new.database)  # not `db`: the pipeline thread may be in a transaction
         try:
             app.sync_organizations(new, own)
         finally:

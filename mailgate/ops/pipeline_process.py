@@ -75,10 +75,10 @@ def _histogram_sum(histogram: object) -> float:
 
 def _build(config: Config) -> tuple[Pipeline, Spool]:
     from mailgate.ops import app
-    from mailgate.store.db import open_db
+    from mailgate.store.connect import open_store
 
     spool = Spool(config.spool_path)
-    return app.pipeline(config, open_db(config.db_path), spool, app.mail_context(config)), spool
+    return app.pipeline(config, open_store(config.database), spool, app.mail_context(config)), spool
 
 
 async def _child(config: Config, conn: multiprocessing.connection.Connection) -> None:

@@ -47,7 +47,7 @@ import aiosmtplib
 from mailgate.config import Relay
 from mailgate.errors import PermanentFailure, TemporaryFailure
 from mailgate.ops import metrics
-from mailgate.store.db import open_db
+from mailgate.store.connect import open_store
 from mailgate.store.outbound import (
     OutboundMail,
     claim_due,
@@ -116,7 +116,7 @@ class RelayWorker:
 
     def __init__(
         self,
-        db_path: Path,
+        database: Path | str,
         relay: Relay,
         envelope_from: Callable[[OutboundMail], str],
         signer: Callable[[bytes], bytes] | None,
@@ -134,7 +134,7 @@ class RelayWorker:
         self.hostname = hostname
         self.concurrency = max(1, min(MAX_CONCURRENCY, concurrency))
         self.idle_poll = max(0.05, min(1.0, idle_poll))
-        self.db = open_db(db_path)
+        self.db = open_store(database)
         self._db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="relay-db")
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None

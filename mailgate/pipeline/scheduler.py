@@ -18,7 +18,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from mailgate.pipeline.automation import Automation
-from mailgate.store.db import open_db, transaction
+from mailgate.store.connect import open_store
+from mailgate.store.db import transaction
 from mailgate.store.tickets import ticket_row
 
 log = logging.getLogger("mailgate.scheduler")
@@ -30,9 +31,9 @@ def _iso(dt: datetime) -> str:
 
 
 class Scheduler:
-    def __init__(self, db_path: Path, automation: Callable[[], Automation],
+    def __init__(self, database: Path | str, automation: Callable[[], Automation],
                  tick_seconds: float) -> None:
-        self.db_path = db_path
+        self.database = database
         self.automation = automation  # read at each tick: a reload swaps the rules
         self.tick_seconds = tick_seconds
         self._stop = asyncio.Event()
@@ -44,7 +45,7 @@ class Scheduler:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        db = await loop.run_in_executor(None, open_db, self.db_path)
+        db = await loop.run_in_executor(None, open_store, self.database)
         try:
             while not self._stop.is_set():
                 try:

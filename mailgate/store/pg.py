@@ -87,23 +87,34 @@ class PgCursor:
 
 
 class PgConnection:
-    """A psycopg connection with sqlite3's calling conventions (see the module docstring)."""
+    """A psycopg connection with sqlite3's calling conventions (see the module docstring).
+    A connection that was lost (the server restarted, the network failed) is made again by the
+    next statement outside a transaction; inside one, the error reaches the caller, whose
+    transaction is retried (`errors.temporary_cause` counts it as a shortage)."""
 
-    def __init__(self, conn: psycopg.Connection[Any]) -> None:
-        self._conn = conn
+    def __init__(self, conninfo: str) -> None:
+        self._conninfo = conninfo
+        self._conn = psycopg.connect(conninfo, autocommit=True)
+
+    def _live(self) -> psycopg.Connection[Any]:
+        if self._conn.closed or self._conn.broken:
+            self._conn = psycopg.connect(self._conninfo, autocommit=True)
+        return self._conn
 
     def execute(self, sql: str, params: Sequence[Any] | None = None) -> PgCursor:
-        cursor = self._conn.cursor()
+        cursor = self._live().cursor()
         cursor.execute(translate(sql), tuple(params or ()))
         return PgCursor(cursor)
 
     def executemany(self, sql: str, seq: Iterable[Sequence[Any]]) -> PgCursor:
-        cursor = self._conn.cursor()
+        cursor = self._live().cursor()
         cursor.executemany(translate(sql), [tuple(p) for p in seq])
         return PgCursor(cursor)
 
     @property
     def in_transaction(self) -> bool:
+        if self._conn.closed or self._conn.broken:
+            return False
         return self._conn.info.transaction_status != pq.TransactionStatus.IDLE
 
     def close(self) -> None:
@@ -119,11 +130,10 @@ class PgDatabase:
             raise UserError(f"not a PostgreSQL URL: {shown(url)}")
         conninfo = parsed.set(drivername="postgresql").render_as_string(hide_password=False)
         try:
-            raw = psycopg.connect(conninfo, autocommit=True)
+            self.conn = PgConnection(conninfo)
         except psycopg.Error as exc:
             raise UserError(f"cannot connect to {shown(url)}: {exc}".strip()) from None
         self.url = url
-        self.conn = PgConnection(raw)
 
     def execute(self, sql: str, params: Sequence[Any] | None = None) -> PgCursor:
         return self.conn.execute(sql, params)
