@@ -45,7 +45,7 @@ from typing import Any, TypeVar
 import aiosmtplib
 
 from mailgate.config import Relay
-from mailgate.errors import PermanentFailure, TemporaryFailure
+from mailgate.errors import PermanentFailure, TemporaryFailure, temporary_cause
 from mailgate.ops import metrics
 from mailgate.store.connect import open_store
 from mailgate.store.outbound import (
@@ -402,17 +402,17 @@ class RelayWorker:
         while True:
             try:
                 await self._in_db(fn, *args)
-            except sqlite3.OperationalError as exc:
+            except Exception as exc:
+                if not isinstance(exc, sqlite3.OperationalError) and temporary_cause(exc) is None:
+                    log.exception("outbound_id=%d could not record %r; the row stays 'sending'"
+                                  " until the next start", mail.id, status, extra=ids)
+                    return
                 failures += 1
                 log.warning("outbound_id=%d cannot record %r yet (%s); retry %d in %.1fs",
                             mail.id, status, _one_line(str(exc)), failures, wait, extra=ids)
                 await asyncio.sleep(wait)
                 wait = min(RECORD_RETRY_MAX, wait * 2)
                 continue
-            except Exception:
-                log.exception("outbound_id=%d could not record %r; the row stays 'sending' until"
-                              " the next start", mail.id, status, extra=ids)
-                return
             if failures:
                 log.warning("outbound_id=%d %r recorded after %d failed attempt(s) to write it",
                             mail.id, status, failures, extra=ids)
