@@ -1,12 +1,7 @@
 """Threading look-up benchmark: does finding a reply's ticket stay fast as the database grows?
 
-<<<<<<<< HEAD:bench/threading_lookups.py
-Usage: python bench/threading_lookups.py [--sizes 1000,1000000] [--lookups 5000]
-                                         [--warmup 1000] [--seed 1] [--keep DIR]
-========
 Usage: python bench/thread_lookup.py [--sizes 1000,1000000] [--lookups 5000] [--warmup 1000]
                                  [--seed 1] [--keep DIR]
->>>>>>>> main:bench/thread_lookup.py
 
 Input:  command-line options only. For each size it creates a real mailgate database with
         `mailgate.store.db.open_db` (the real schema, indexes and migrations) and fills it with
