@@ -89,11 +89,11 @@ class CopyReport:
 
 
 class _Refused(Exception):
-    """A value the target would refuse: the column and why (caught, reported as UserError)."""
+    """A value the target would refuse, and why (caught, reported as UserError with the row
+    and the column)."""
 
-    def __init__(self, column: str, why: str) -> None:
-        super().__init__(column, why)
-        self.column = column
+    def __init__(self, why: str) -> None:
+        super().__init__(why)
         self.why = why
 
 
@@ -130,28 +130,28 @@ def _checked(kind: str, value: Any) -> Any:
         value = bytes(value)
     if kind in ("int32", "int64"):
         if isinstance(value, bool) or not isinstance(value, int):
-            raise _Refused("", f"holds {_what(value)} where an integer belongs")
+            raise _Refused(f"holds {_what(value)} where an integer belongs")
         low, high = INT32 if kind == "int32" else INT64
         if not low <= value <= high:
-            raise _Refused("", f"holds {value}, outside the column's range {low}…{high}")
+            raise _Refused(f"holds {value}, outside the column's range {low}…{high}")
         return value
     if kind == "float":
         if isinstance(value, int) and not isinstance(value, bool):
             if abs(value) > EXACT_FLOAT:
-                raise _Refused("", f"holds the integer {value}, not exact as a real number")
+                raise _Refused(f"holds the integer {value}, not exact as a real number")
             return float(value)
         if not isinstance(value, float):
-            raise _Refused("", f"holds {_what(value)} where a real number belongs")
+            raise _Refused(f"holds {_what(value)} where a real number belongs")
         return value
     if kind == "text":
         if not isinstance(value, str):
-            raise _Refused("", f"holds {_what(value)} where text belongs")
+            raise _Refused(f"holds {_what(value)} where text belongs")
         if "\x00" in value:
-            raise _Refused("", "holds text with a NUL character, which PostgreSQL text"
+            raise _Refused("holds text with a NUL character, which PostgreSQL text"
                                " cannot store")
         return value
     if not isinstance(value, bytes):
-        raise _Refused("", f"holds {_what(value)} where bytes belong")
+        raise _Refused(f"holds {_what(value)} where bytes belong")
     return value
 
 
@@ -340,7 +340,7 @@ def _checked_row(table: sa.Table, names: list[str], kinds: list[str], required: 
     for name, kind, needed, value in zip(names, kinds, required, row, strict=True):
         try:
             if value is None and needed:
-                raise _Refused("", "is NULL, which its primary key or NOT NULL forbids")
+                raise _Refused("is NULL, which its primary key or NOT NULL forbids")
             out[name] = _checked(kind, value)
         except _Refused as refused:
             raise UserError(f"cannot copy table {table.name}, row {_key_of(table, row)}:"
