@@ -105,10 +105,13 @@ def _schema_finding(state: SchemaState) -> Finding:
 
 
 def _integrity(conn: Connection) -> Finding:
-    rows = [r for (r,) in conn.exec_driver_sql("PRAGMA integrity_check")]
+    try:
+        rows = [str(r) for (r,) in conn.exec_driver_sql("PRAGMA integrity_check")]
+    except sa.exc.DBAPIError as exc:  # damage that stops the check itself
+        rows = [f"{type(exc.orig).__name__}: {exc.orig}"]
     if rows == ["ok"]:
         return Finding("integrity", True, "PRAGMA integrity_check: ok")
-    named = "; ".join(" ".join(str(r).split()) for r in rows[:SHOWN_PROBLEMS])
+    named = "; ".join(" ".join(r.split()) for r in rows[:SHOWN_PROBLEMS])
     more = f" (and {len(rows) - SHOWN_PROBLEMS} more)" if len(rows) > SHOWN_PROBLEMS else ""
     return Finding("integrity", False, f"PRAGMA integrity_check: {named}{more}; restore the"
                    " backup, or recover what is readable with sqlite3's .recover")
