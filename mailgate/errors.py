@@ -24,6 +24,11 @@ class ConfigError(UserError):
     """The configuration is invalid; the message names the file and the key."""
 
 
+class SchemaMismatch(UserError):
+    """The database's schema is not the one this mailgate needs (older: `mailgate db upgrade`;
+    newer, or not a mailgate database: nothing this mailgate may change)."""
+
+
 class NotFound(UserError):
     """A ticket, message or spool entry named by the user does not exist."""
 

@@ -13,8 +13,11 @@ import pytest
 from conftest import Daemon, queue_id_of, send
 from relay_stub import RelayStub
 
+from mailgate.errors import SchemaMismatch
 from mailgate.parsing.digest import content_digest
 from mailgate.store.db import MIGRATIONS, open_db, transaction
+from mailgate.store.engine import make_engine, sqlite_url
+from mailgate.store.upgrade import upgrade
 
 JANE = "jane@customer.test"
 MALLORY = "mallory@evil.test"
@@ -132,6 +135,11 @@ def test_migration_keeps_the_message_index(tmp_path: Path) -> None:
     db.execute("INSERT INTO outbound (to_addr, automatic, created_ts, status, kind)"
                " VALUES ('Target+9@Victim.test', 1, 0, 'sent', 'new_ticket_ack')")
     conn.close()
+    with pytest.raises(SchemaMismatch):  # an old file is upgraded only when told to
+        open_db(path)
+    engine = make_engine(sqlite_url(path))
+    upgrade(engine)  # what `mailgate db upgrade` does
+    engine.dispose()
     db = open_db(path)
     assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
     with transaction(db) as c:

@@ -20,6 +20,7 @@ import os
 import shutil
 import smtplib
 import socket
+import sqlite3
 import ssl
 import tempfile
 import urllib.request
@@ -42,6 +43,7 @@ from mailgate.errors import UserError
 from mailgate.ops import app
 from mailgate.outbound.dkim_sign import dns_record, dns_txt_value
 from mailgate.outbound.render import TemplateError
+from mailgate.store.db import LEGACY_HEAD, REVISIONS, read_schema, schema_problem
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
 ADMIN_TOKEN_FILE = "admin.token"  # mailgate.admin.token.TOKEN_FILE
@@ -163,6 +165,30 @@ def check_data_dir(cfg: Config) -> Check:
         return Check("data_dir", WARN, f"{d}: only {_size(free)} free (mail is refused below"
                      f" {_size(cfg.min_free_bytes)})", "free disk space")
     return Check("data_dir", OK, f"{d} writable, {_size(free)} free")
+
+
+def check_schema(cfg: Config) -> Check:
+    """The database's schema is the one this mailgate needs (read only: nothing is made)."""
+    path = cfg.db_path
+    if not path.exists():
+        return Check("schema", OK, f"no database yet: the first start makes {path} at"
+                     f" revision {REVISIONS[-1]}")
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
+        try:
+            found = read_schema(conn)
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        return Check("schema", FAIL, f"cannot read {path}: {_one_line(exc)}",
+                     f"`mailgate --config {cfg.path} db check` tells what is wrong")
+    problem = schema_problem(found, path)
+    if problem is None:
+        return Check("schema", OK, f"{path}: {found}, what this mailgate needs")
+    fix = ""
+    if found.effective in REVISIONS or 0 < found.legacy < LEGACY_HEAD:
+        fix = f"back up {path}, then `mailgate --config {cfg.path} db upgrade`"
+    return Check("schema", FAIL, problem, fix or "see the line itself")
 
 
 def _smtp_banner(host: str, port: int, timeout: float) -> tuple[str, str]:
@@ -453,6 +479,7 @@ class Doctor:
             ("templates", lambda: check_templates(cfg)),
             ("rules", lambda: check_rules(cfg)),
             ("data_dir", lambda: check_data_dir(cfg)),
+            ("schema", lambda: check_schema(cfg)),
             ("smtp", lambda: check_smtp_port(cfg, min(self.timeout, 5.0))),
             ("tls", lambda: check_tls(cfg)),
             ("relay", lambda: check_relay(cfg, self.timeout)),

@@ -1,23 +1,36 @@
-"""Opening the database and migrating its schema.
+"""Opening the database, and the schema gate at start-up.
 
-Input: a path under `data_dir`. Output: a sqlite-utils `Database` in WAL mode with the schema at
-the newest version. Migrations are numbered functions applied in order inside one transaction
-each, tracked with `PRAGMA user_version`; they add, except that v6 rebuilds `message_ids` under
-a wider key (keeping every row).
+Input: a path under `data_dir` (the file is trusted to be the operator's, not to be at the
+schema this mailgate needs). Output: a sqlite-utils `Database` in WAL mode whose schema is the
+one this mailgate needs (the head revision of mailgate/store/migrations), or SchemaMismatch
+(one line) when it is not:
+- a new, empty file gets the schema at head: the frozen legacy steps below build v11, which is
+  the Alembic baseline revision 0001 (tests/test_schema.py proves them the same), and any
+  later revision runs through `mailgate.store.upgrade.upgrade()`;
+- a file at head is used as it is (an unstamped legacy v11 file is at revision 0001);
+- an older schema (legacy `PRAGMA user_version` 1 … 10, or an older revision) is refused:
+  `mailgate db upgrade` moves it on, after the operator has backed it up;
+- a schema newer than this mailgate knows, or tables that no mailgate made, are refused.
+The decision reads `PRAGMA user_version` and the `alembic_version` row, and compares them with
+REVISIONS: neither SQLAlchemy nor Alembic is imported on this path.
+
+The legacy migrations are numbered functions tracked with `PRAGMA user_version`, frozen at v11;
+later schema changes are Alembic revisions (see mailgate/store/upgrade.py).
 """
 
 from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import sqlite_utils
 
-from mailgate.errors import DatabaseGone
+from mailgate.errors import DatabaseGone, SchemaMismatch
 from mailgate.model import canonical_mailbox
 
 
@@ -268,20 +281,131 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8, _v9, _v10, _v11]
 
 
-def open_db(path: Path) -> sqlite_utils.Database:
+# The Alembic revisions in mailgate/store/migrations/versions, oldest first: kept here so that
+# opening the database needs no Alembic import (tests/test_db_cli.py checks them against the
+# directory). A new revision is added here too.
+REVISIONS: tuple[str, ...] = ("0001",)
+BASELINE = REVISIONS[0]  # the schema of legacy v11
+LEGACY_HEAD = 11  # len(MIGRATIONS): the legacy migrations are frozen here
+UPGRADE_HINT = "run 'mailgate db upgrade' (back the file up first)"
+
+
+@dataclass(frozen=True)
+class FoundSchema:
+    """What a SQLite file holds: the Alembic revision stamped in it (None: none), its
+    `PRAGMA user_version`, and whether it has no table at all."""
+
+    revision: str | None
+    legacy: int
+    empty: bool
+
+    @property
+    def effective(self) -> str | None:
+        """The revision whose schema the file has: the stamped one, or the baseline for an
+        unstamped legacy v11 file; None when it has none this mailgate can name."""
+        if self.revision is not None:
+            return self.revision
+        return BASELINE if self.legacy == LEGACY_HEAD else None
+
+    def __str__(self) -> str:
+        if self.revision is not None:
+            return f"revision {self.revision}"
+        if self.empty:
+            return "empty"
+        if self.legacy == LEGACY_HEAD:
+            return f"legacy v{self.legacy} (revision {BASELINE})"
+        if self.legacy:
+            return f"legacy v{self.legacy}"
+        return "no mailgate schema version"
+
+
+def read_schema(conn: sqlite3.Connection) -> FoundSchema:
+    """What `conn`'s file holds (reads two pragmas-worth of rows; changes nothing)."""
+    tables = {name for (name,) in conn.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%'"
+        " ESCAPE '\\'")}
+    revision = None
+    if "alembic_version" in tables:
+        row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
+        revision = row[0] if row else None
+    legacy = conn.execute("PRAGMA user_version").fetchone()[0]
+    return FoundSchema(revision, legacy, not tables)
+
+
+def schema_problem(found: FoundSchema, where: object,
+                   revisions: Sequence[str] = REVISIONS) -> str | None:
+    """Why a file holding `found` may not be used by a mailgate whose revisions are
+    `revisions` (one line naming `where`), None when it is at their head or empty."""
+    head = revisions[-1]
+    effective = found.effective
+    if found.empty or effective == head:
+        return None
+    if effective in revisions:
+        return (f"the database {where} has schema {found}, this mailgate needs revision"
+                f" {head}: {UPGRADE_HINT}")
+    if found.legacy and 0 < found.legacy < LEGACY_HEAD and found.revision is None:
+        return (f"the database {where} has schema {found}, this mailgate needs revision"
+                f" {head}: {UPGRADE_HINT}")
+    if found.revision is not None or found.legacy > LEGACY_HEAD:
+        return (f"the database {where} has schema {found}, newer than this mailgate knows (its"
+                f" newest is revision {head}): run the mailgate that upgraded it, or restore"
+                " the backup taken before the upgrade")
+    return (f"the database {where} has tables but {found}: it is not a mailgate database"
+            " (check [storage] data_dir), or it was damaged ('mailgate db check')")
+
+
+def open_db(path: Path, migrations: Path | None = None) -> sqlite_utils.Database:
+    """The database at `path`, its schema at head (see the module docstring); SchemaMismatch
+    when it is not and may not be changed here. `migrations`: another Alembic script
+    directory than the packaged one (tests of a revision not shipped yet)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False,
                            factory=FileConnection)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")
-    conn.execute("PRAGMA foreign_keys=ON")
-    conn.execute("PRAGMA busy_timeout=30000")
-    identity = file_identity(path)
-    if identity is not None:
-        conn.opened = (path, *identity)
-    db = sqlite_utils.Database(conn)
-    migrate(db)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("PRAGMA busy_timeout=30000")
+        identity = file_identity(path)
+        if identity is not None:
+            conn.opened = (path, *identity)
+        db = sqlite_utils.Database(conn)
+        _gate(db, path, migrations)
+    except BaseException:
+        conn.close()
+        raise
     return db
+
+
+def _gate(db: sqlite_utils.Database, path: Path, migrations: Path | None) -> None:
+    revisions = REVISIONS if migrations is None else _revisions_in(migrations)
+    found = read_schema(db.conn)
+    if found.empty:
+        migrate(db)  # v1 … v11: the baseline revision's schema
+        if revisions[-1] != BASELINE:  # and the revisions after it, through Alembic
+            from mailgate.store import upgrade
+            from mailgate.store.engine import make_engine, sqlite_url
+
+            engine = make_engine(sqlite_url(path))
+            try:
+                upgrade.upgrade(engine, migrations or upgrade.MIGRATIONS_DIR)
+            finally:
+                engine.dispose()
+        found = read_schema(db.conn)
+    problem = schema_problem(found, path, revisions)
+    if problem is not None:
+        raise SchemaMismatch(problem)
+
+
+def _revisions_in(migrations: Path) -> tuple[str, ...]:
+    """The revisions of another script directory, oldest first (imports Alembic)."""
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    config = Config()
+    config.set_main_option("script_location", str(migrations).replace("%", "%%"))
+    found = [s.revision for s in ScriptDirectory.from_config(config).walk_revisions()]
+    return tuple(reversed(found))
 
 
 def migrate(db: sqlite_utils.Database) -> None:

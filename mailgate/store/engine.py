@@ -44,6 +44,11 @@ def shown(url: str | URL) -> str:
         return repr(url)
 
 
+def sqlite_url(path: Path) -> str:
+    """The URL of the SQLite file at `path` (made absolute)."""
+    return f"sqlite:///{Path(path).absolute()}"
+
+
 def make_engine(url: str, **engine_options: Any) -> Engine:
     """An engine for `url`. Nothing is connected yet (a SQLite file's directory is made)."""
     try:

@@ -40,7 +40,7 @@ from mailgate.store.engine import IMMEDIATE, shown
 from mailgate.store.schema import metadata
 
 MIGRATIONS_DIR = Path(__file__).resolve().with_name("migrations")
-BASELINE = "0001"  # versions/0001_baseline_v11.py: the schema of legacy v11
+BASELINE = legacy.BASELINE  # versions/0001_baseline_v11.py: the schema of legacy v11
 LEGACY_HEAD = len(legacy.MIGRATIONS)
 # pg_advisory_xact_lock key held while migrating: b"mailgate" as a big-endian integer.
 PG_MIGRATION_LOCK = int.from_bytes(b"mailgate", "big")
@@ -63,6 +63,22 @@ class SchemaState:
     def current(self) -> bool:
         return self.revision == self.head
 
+    @property
+    def at_head(self) -> bool:
+        """The schema is the head revision's: stamped so, or an unstamped legacy v11 file while
+        the head is the baseline (whose schema it is) — what `open_db` accepts."""
+        return self.current or (self.revision is None and self.legacy == LEGACY_HEAD
+                                and self.head == BASELINE)
+
+    @property
+    def label(self) -> str:
+        """Where it stands, without the head: `revision 0001`, `legacy v6`, `empty`."""
+        if self.revision is not None:
+            return f"revision {self.revision}"
+        if self.empty:
+            return "empty"
+        return f"legacy v{self.legacy}" if self.legacy else "no mailgate schema revision"
+
     def __str__(self) -> str:
         if self.revision is not None:
             return (f"revision {self.revision} (head)" if self.current
@@ -75,23 +91,24 @@ class SchemaState:
 
 
 def alembic_config(connection: Connection | None = None,
-                   migrations: Path = MIGRATIONS_DIR) -> Config:
+                   migrations: Path | None = None) -> Config:
     """Alembic's configuration, built in code (no alembic.ini): the migrations (the packaged
     ones unless told), and the connection env.py runs them on."""
     config = Config()
+    migrations = migrations or MIGRATIONS_DIR
     config.set_main_option("script_location", str(migrations).replace("%", "%%"))
     config.set_main_option("path_separator", "os")
     config.attributes["connection"] = connection
     return config
 
 
-def head(migrations: Path = MIGRATIONS_DIR) -> str:
+def head(migrations: Path | None = None) -> str:
     found = ScriptDirectory.from_config(alembic_config(None, migrations)).get_current_head()
     assert found is not None, f"{migrations}/versions has no revision"
     return found
 
 
-def schema_state(engine: Engine, migrations: Path = MIGRATIONS_DIR) -> SchemaState:
+def schema_state(engine: Engine, migrations: Path | None = None) -> SchemaState:
     """Where the database stands. Changes nothing (a SQLite file that is not there is not
     made: it is empty)."""
     if engine.dialect.name == "sqlite" and not Path(str(engine.url.database)).exists():
@@ -100,7 +117,7 @@ def schema_state(engine: Engine, migrations: Path = MIGRATIONS_DIR) -> SchemaSta
         return _state(conn, migrations)
 
 
-def _state(conn: Connection, migrations: Path) -> SchemaState:
+def _state(conn: Connection, migrations: Path | None) -> SchemaState:
     tables = set(sa.inspect(conn).get_table_names())
     revision = None
     if "alembic_version" in tables:
@@ -112,9 +129,9 @@ def _state(conn: Connection, migrations: Path) -> SchemaState:
     return SchemaState(revision, head(migrations), user_version, empty)
 
 
-def upgrade(engine: Engine, migrations: Path = MIGRATIONS_DIR) -> SchemaState:
+def upgrade(engine: Engine, migrations: Path | None = None) -> SchemaState:
     """Bring the database to the head revision; its state afterwards. `migrations`: another
-    script directory (tests only)."""
+    script directory than the packaged one (default: MIGRATIONS_DIR, read at the call)."""
     with _ALEMBIC:
         if engine.dialect.name == "sqlite":
             _legacy_to_v11(engine)
@@ -126,7 +143,7 @@ def upgrade(engine: Engine, migrations: Path = MIGRATIONS_DIR) -> SchemaState:
     return schema_state(engine, migrations)
 
 
-def _sqlite_to_head(engine: Engine, migrations: Path) -> None:
+def _sqlite_to_head(engine: Engine, migrations: Path | None) -> None:
     """The revisions in one BEGIN IMMEDIATE transaction, with foreign keys off, as SQLite
     wants it for a table rebuilt by batch mode (copy, drop, rename: with foreign keys on,
     dropping a referenced table fails or cascades); `PRAGMA foreign_key_check` before the
@@ -149,7 +166,7 @@ def _sqlite_to_head(engine: Engine, migrations: Path) -> None:
             raw.execute("PRAGMA foreign_keys=ON")
 
 
-def _to_head(conn: Connection, engine: Engine, migrations: Path) -> None:
+def _to_head(conn: Connection, engine: Engine, migrations: Path | None) -> None:
     state = _state(conn, migrations)
     if state.revision is None and not state.empty:
         if state.legacy != LEGACY_HEAD:
