@@ -30,7 +30,6 @@ from relay_stub import RelayStub
 
 from mailgate.errors import UserError
 from mailgate.store.copy import copy_database
-from mailgate.store.db import open_db
 from mailgate.store.engine import make_engine
 from mailgate.store.schema import metadata
 from mailgate.store.upgrade import upgrade
@@ -229,11 +228,19 @@ def test_a_second_copy_into_the_same_target_is_refused(installation: Path, tmp_p
 
 def test_a_source_at_an_old_schema_is_refused_and_the_target_untouched(
         tmp_path: Path, pg_database: str) -> None:
-    open_db(tmp_path / "old.db").conn.close()  # legacy v11, never upgraded to a revision
+    import sqlite_utils
+
+    from mailgate.store.db import MIGRATIONS
+
+    old = sqlite_utils.Database(tmp_path / "old.db")  # legacy v6: older than the baseline
+    for number, step in enumerate(MIGRATIONS[:6], start=1):
+        step(old)
+        old.execute(f"PRAGMA user_version={number}")
+    old.conn.close()
     with pytest.raises(UserError) as refused:
         copy_database(f"sqlite:///{tmp_path / 'old.db'}", pg_database)
     message = str(refused.value)
-    assert "legacy sqlite v11" in message and message.endswith(
+    assert "legacy sqlite v6" in message and message.endswith(
         "upgrade it first: mailgate db upgrade")
     assert _rows(pg_database, "SELECT tablename FROM pg_tables WHERE schemaname='public'") == []
 

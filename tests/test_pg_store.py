@@ -155,3 +155,42 @@ def test_a_database_url_that_is_not_postgresql_is_a_config_error(tmp_path: Path)
         'data_dir = "data"', 'data_dir = "data"\ndatabase = "mysql://x@y/z"', 1))
     with pytest.raises(ConfigError, match=r"\[storage\] database: must be a postgresql:// URL"):
         load_config(cfg)
+
+
+def test_db_copy_moves_an_installation_and_the_cli_reads_it_there(
+        tmp_path: Path, pg_database: str) -> None:
+    """`mailgate db copy --to URL` from the configured SQLite file into an empty PostgreSQL,
+    then the same CLI with `[storage] database` set to that URL lists the same tickets; a
+    second copy into it is refused in one line."""
+    from click.testing import CliRunner
+
+    from mailgate.cli import cli
+
+    cfg_path = write_config(tmp_path / "node", 2525, "", "")
+    cfg = load_config(cfg_path)
+    db = open_db(cfg.db_path)
+    spool = Spool(tmp_path / "spool.db")
+    writer = SpoolWriter(tmp_path / "spool.db")
+    pipe = app.pipeline(cfg, db, spool, app.mail_context(cfg))
+    pipe.auth = None
+    for n in range(3):
+        raw = _mail(n)
+        env = Envelope(new_queue_id(), time.time(), "127.0.0.1", "t", "d@client.test",
+                       ("support@example.com",), len(raw))
+        writer.submit(env, raw).result()
+    assert [o.action for o in pipe.run_once(32)] == ["created_ticket"] * 3
+    writer.close()
+    db.close()
+
+    runner = CliRunner()
+    before = runner.invoke(cli, ["--config", str(cfg_path), "tickets", "list", "--json"])
+    copied = runner.invoke(cli, ["--config", str(cfg_path), "db", "copy", "--to", pg_database])
+    assert copied.exit_code == 0, copied.output
+    assert "verified by counts and checksums" in copied.output
+    again = runner.invoke(cli, ["--config", str(cfg_path), "db", "copy", "--to", pg_database])
+    assert again.exit_code != 0 and "not empty" in again.output.lower() + str(again.exception)
+    cfg_path.write_text(cfg_path.read_text().replace(
+        'data_dir = "data"', f'data_dir = "data"\ndatabase = "{pg_database}"', 1))
+    after = runner.invoke(cli, ["--config", str(cfg_path), "tickets", "list", "--json"])
+    assert after.exit_code == 0, after.output
+    assert after.output == before.output

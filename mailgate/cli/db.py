@@ -1,12 +1,13 @@
-"""`mailgate db upgrade` and `mailgate db check`: the database's schema and health.
+"""`mailgate db upgrade`, `db check` and `db copy`: the database's schema, health and moves.
 
-Input: `--database URL` (sqlite:///… or postgresql://…; default: the configured SQLite file,
-data_dir/mailgate.db), typed by an administrator (trusted intent, untrusted form). Output:
-`upgrade` prints where the schema was and where it is now; `check` prints one line per check
-(or JSON with `--json`) and exits 1 when the schema is not at head or a check fails. A URL that
-is not one is one line and exit status 2; a database that cannot be reached is one line and
-exit status 1. Passwords are never printed. SQLAlchemy and Alembic are imported here only when
-a `db` command runs, so every other command starts without them.
+Input: `--database URL` (sqlite:///… or postgresql://…; default: the configured database —
+`[storage] database`, else data_dir/mailgate.db) and `--to URL`, typed by an administrator
+(trusted intent, untrusted form). Output: `upgrade` prints where the schema was and where it is
+now; `check` prints one line per check (or JSON with `--json`) and exits 1 when the schema is
+not at head or a check fails; `copy` prints each table's rows and checksum and the totals.
+A URL that is not one is one line and exit status 2; a database that cannot be reached is one
+line and exit status 1. Passwords are never printed. SQLAlchemy and Alembic are imported here
+only when a `db` command runs, so every other command starts without them.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from mailgate.errors import UserError
 database_option = click.option(
     "--database", "url", metavar="URL",
     help="sqlite:///path/to/file.db or postgresql://user@host/dbname (default: the"
-    " configured SQLite file, data_dir/mailgate.db).")
+    " configured database: [storage] database, else data_dir/mailgate.db).")
 
 
 @click.group("db")
@@ -35,7 +36,7 @@ def _engine(ctx: click.Context, state: State, url: str | None) -> Any:
     from mailgate.store.engine import make_engine, sqlite_url
 
     if url is None:
-        url = sqlite_url(state.config.db_path)
+        url = state.config.database_url or sqlite_url(state.config.db_path)
     try:
         return make_engine(url)
     except UserError as exc:
@@ -101,3 +102,24 @@ def db_check(state: State, ctx: click.Context, url: str | None, as_json: bool) -
         ctx.exit(1)
     if not as_json:
         click.echo("db check: ok")
+
+
+@db_group.command("copy")
+@database_option
+@click.option("--to", "target", metavar="URL", required=True,
+              help="The empty PostgreSQL (or SQLite) database to copy into.")
+@click.option("--batch-rows", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Rows read and written at a time.")
+@click.pass_context
+@pass_state
+def db_copy(state: State, ctx: click.Context, url: str | None, target: str,
+            batch_rows: int) -> None:
+    """Copy every row of the database (stop the daemon first) into an empty one, in one
+    transaction, verified by row counts and checksums before it commits."""
+    from mailgate.store.copy import copy_database
+    from mailgate.store.engine import sqlite_url
+
+    source = url or state.config.database_url or sqlite_url(state.config.db_path)
+    report = copy_database(source, target, batch_rows=batch_rows)
+    for line in report.lines():
+        click.echo(line)

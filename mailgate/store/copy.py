@@ -223,7 +223,7 @@ def _open_source(url: str) -> Engine:
     except DBAPIError as e:
         engine.dispose()
         raise UserError(f"source database {where}: {_first_line(e)}") from None
-    if not state.current:
+    if not state.at_head:  # an unstamped legacy v11 file is the baseline's schema
         engine.dispose()
         raise UserError(f"source database {where} is at {state}; upgrade it first:"
                         " mailgate db upgrade")
