@@ -13,8 +13,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import exc as sa_exc
-
 from mailgate.errors import UserError
 from mailgate.store.db import open_db
 
@@ -26,6 +24,9 @@ def is_postgres(database: Path | str) -> bool:
 def open_store(database: Path | str) -> Any:
     if not is_postgres(database):
         return open_db(Path(database))
+    # SQLAlchemy, Alembic and psycopg only where PostgreSQL is used: SQLite starts without them
+    from sqlalchemy import exc as sa_exc
+
     from mailgate.store.engine import make_engine, shown
     from mailgate.store.pg import PgDatabase
     from mailgate.store.upgrade import schema_state, upgrade
