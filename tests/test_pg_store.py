@@ -194,3 +194,22 @@ def test_db_copy_moves_an_installation_and_the_cli_reads_it_there(
     after = runner.invoke(cli, ["--config", str(cfg_path), "tickets", "list", "--json"])
     assert after.exit_code == 0, after.output
     assert after.output == before.output
+
+
+def test_a_postgresql_database_at_another_schema_is_refused_as_a_sqlite_file_is(
+        pg_database: str) -> None:
+    """The same rule and words as for a SQLite file: a newer revision is never to be
+    'upgraded' by an older mailgate, and tables of something else are not a mailgate
+    database."""
+    from mailgate.errors import SchemaMismatch
+    from mailgate.store.connect import open_store
+
+    upgrade(make_engine(pg_database))
+    db = PgDatabase(pg_database)
+    db.execute("UPDATE alembic_version SET version_num='9999'")
+    with pytest.raises(SchemaMismatch, match="newer than this mailgate knows"):
+        open_store(pg_database)
+    db.execute("DROP TABLE alembic_version")
+    with pytest.raises(SchemaMismatch, match="it is not a mailgate database"):
+        open_store(pg_database)
+    db.close()

@@ -5,7 +5,7 @@ Input: `Config.database` — the SQLite file under `data_dir` (the embedded defa
 the rest of mailgate uses the same way on both engines (`execute`, `query`, `conn`, `close`):
 sqlite-utils' `Database` from `store.db.open_db`, or `store.pg.PgDatabase`. A PostgreSQL
 database with no tables gets the schema (Alembic, `store.upgrade`); one at another revision is
-refused with one line saying what to run.
+refused with the one line a SQLite file gets (`store.db.schema_problem`).
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mailgate.errors import UserError
-from mailgate.store.db import open_db
+from mailgate.errors import SchemaMismatch, UserError
+from mailgate.store.db import FoundSchema, open_db, schema_problem
 
 
 def is_postgres(database: Path | str) -> bool:
@@ -39,11 +39,13 @@ def open_store(database: Path | str) -> Any:
         except sa_exc.OperationalError as exc:
             raise UserError(f"cannot connect to the database {shown(url)}:"
                             f" {str(exc.orig).strip()}") from None
+        # the same rule and words as for a SQLite file (store.db.schema_problem)
+        problem = schema_problem(FoundSchema(state.revision, state.legacy or 0, state.empty),
+                                 shown(url))
+        if problem:
+            raise SchemaMismatch(problem)
         if state.empty:
             upgrade(engine)
-        elif state.revision != state.head:
-            raise UserError(f"the database {shown(url)} has schema {state.revision or 'none'},"
-                            f" this mailgate needs {state.head}: run 'mailgate db upgrade'")
     finally:
         engine.dispose()
     return PgDatabase(url)
