@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from mailgate.config import Dkim
 from mailgate.errors import PermanentFailure, TemporaryFailure, UserError
+from mailgate.store.files import fsync_dir
 
 # Signed when present, in this order (RFC 6376 §5.4.1 and what replies need to thread).
 SIGNED_HEADERS: tuple[str, ...] = (
@@ -153,12 +154,6 @@ def dns_txt_value(key_path: Path) -> str:
     return _txt_value(key.public_key())
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _write_private(path: Path, pem: bytes, force: bool) -> None:
@@ -179,7 +174,7 @@ def _write_private(path: Path, pem: bytes, force: bool) -> None:
                 os.link(tmp, path)  # fails if the file appeared meanwhile
             except FileExistsError:
                 raise UserError(f"{path} already exists; refusing to overwrite it") from None
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
 

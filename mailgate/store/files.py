@@ -109,11 +109,7 @@ class DurableBatch:
 
 
 def fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    _fsync_path(directory)
 
 
 def load_or_create_secret(data_dir: Path, name: str = "secret.key") -> bytes:
