@@ -153,8 +153,8 @@ class Pipeline:
                 batch.discard()
                 for entry, _, _ in staged:
                     outcomes.pop(entry.queue_id, None)
-                failed = [(e, x) for e, x in failed if e.queue_id not in
-                          {s[0].queue_id for s in staged}]
+                staged_ids = {entry.queue_id for entry, _, _ in staged}
+                failed = [(e, x) for e, x in failed if e.queue_id not in staged_ids]
                 if temporary_cause(exc) is not None or len(staged) == 1:
                     failed += [(entry, exc) for entry, _, _ in staged]
                 else:  # one message broke the batch: each on its own finds which
