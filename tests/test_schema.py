@@ -34,7 +34,6 @@ from mailgate.store.db import MIGRATIONS, open_db, transaction
 from mailgate.store.engine import make_engine
 from mailgate.store.schema import metadata
 from mailgate.store.upgrade import (
-    BASELINE,
     LEGACY_HEAD,
     MIGRATIONS_DIR,
     head,
@@ -231,9 +230,10 @@ def test_upgrade_brings_a_v6_sqlite_file_to_head_and_keeps_its_rows(tmp_path: Pa
     assert user_version(path) == LEGACY_HEAD
 
 
-def test_upgrade_only_stamps_a_v11_sqlite_file(tmp_path: Path) -> None:
+def test_upgrade_stamps_a_v11_sqlite_file_and_adds_only_the_later_revisions(
+        tmp_path: Path) -> None:
     path = tmp_path / "v11.db"
-    db = open_db(path)
+    db = _legacy_file_at(path, LEGACY_HEAD)
     with transaction(db) as conn:
         conn.execute("INSERT INTO customers (email) VALUES ('jane@customer.test')")
         conn.execute("INSERT INTO tickets (subject, requester_id) VALUES ('Hello', 1)")
@@ -242,17 +242,66 @@ def test_upgrade_only_stamps_a_v11_sqlite_file(tmp_path: Path) -> None:
     engine = make_engine(sqlite_url(path))
     try:
         assert str(schema_state(engine)) == f"legacy sqlite v{LEGACY_HEAD} (head is {head()})"
-        assert upgrade(engine).revision == BASELINE == head()
+        assert upgrade(engine).revision == head() == "0002"
         with engine.connect() as conn:
             rows = conn.execute(sa.text("SELECT id, subject, priority FROM tickets")).all()
         assert upgrade(engine).revision == head()  # again: nothing to do
+        assert_same_schema(describe_database(engine), describe_metadata())
     finally:
         engine.dispose()
     after = schema_sql(path)
     assert after.pop("alembic_version").startswith("CREATE TABLE alembic_version")
-    assert after == before  # not one table or index rebuilt: the same SQL text
+    added = {name for name in after if name not in before}
+    assert added == {"stored_files", "shared_secrets", "nodes", "uq_messages_incoming"}
+    changed = {name for name in before if after[name] != before[name]}
+    assert changed == {"outbound"}  # two columns added in place; nothing else rebuilt
     assert [tuple(r) for r in rows] == [(1, "Hello", "normal")]
     assert user_version(path) == LEGACY_HEAD
+
+
+def test_a_new_file_opened_without_alembic_is_the_file_alembic_builds(tmp_path: Path) -> None:
+    fresh, built = tmp_path / "fresh.db", tmp_path / "built.db"
+    open_db(fresh).conn.close()
+    engine = make_engine(sqlite_url(built))
+    try:
+        upgrade(engine)
+    finally:
+        engine.dispose()
+
+    def shape(path: Path) -> dict[str, str]:
+        with sqlite3.connect(path) as conn:
+            return {name: re.sub(r"\s+", " ", sql.replace('"', "")).replace("( ", "(")
+                    .replace(" )", ")").strip() for name, sql in conn.execute(
+                        "SELECT name, sql FROM sqlite_master WHERE type = 'index'"
+                        " AND sql IS NOT NULL")}
+
+    assert shape(fresh)["uq_messages_incoming"].endswith(
+        "WHERE queue_id IS NOT NULL AND digest IS NOT NULL AND message_id IS NOT NULL"
+        " AND message_id <> ''")
+    assert shape(fresh) == shape(built)
+    for path in (fresh, built):
+        engine = make_engine(sqlite_url(path))
+        try:
+            assert_same_schema(describe_database(engine), describe_metadata())
+            assert schema_state(engine).revision == head()
+        finally:
+            engine.dispose()
+
+
+def test_the_incoming_copy_of_a_message_is_stored_once(tmp_path: Path) -> None:
+    db = open_db(tmp_path / "m.db")
+    insert = ("INSERT INTO messages (queue_id, message_id, from_addr, digest)"
+              " VALUES (?, ?, ?, ?)")
+    with transaction(db) as conn:
+        conn.execute(insert, ("Q1", "a@x", "jane@x.test", "d1"))
+        conn.execute(insert, ("Q2", "a@x", "jane@x.test", "d2"))  # other content
+        conn.execute(insert, ("Q3", "a@x", "eve@x.test", "d1"))  # another sender
+        conn.execute(insert, ("Q4", "", "jane@x.test", "d1"))  # no Message-ID: not compared
+        conn.execute(insert, ("Q5", "", "jane@x.test", "d1"))
+        conn.execute(insert, (None, "a@x", "jane@x.test", "d1"))  # sent by us, not received
+    with pytest.raises(sqlite3.IntegrityError), transaction(db) as conn:
+        conn.execute(insert, ("Q6", "a@x", "jane@x.test", "d1"))
+    db.conn.close()
 
 
 def test_upgrade_refuses_a_sqlite_file_mailgate_did_not_make(tmp_path: Path) -> None:
@@ -296,8 +345,8 @@ _LATER_REVISION = '''"""A later revision, as a developer would write one: {what}
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0002"
-down_revision = "0001"
+revision = "0003"
+down_revision = "0002"
 branch_labels = None
 depends_on = None
 
@@ -316,11 +365,11 @@ _REBUILD = """\
 
 
 def _migrations_with(tmp_path: Path, what: str, body: str) -> Path:
-    """A copy of the packaged migrations with one more revision, 0002."""
+    """A copy of the packaged migrations with one more revision, 0003."""
     migrations = tmp_path / "migrations"
     shutil.copytree(MIGRATIONS_DIR, migrations,
                     ignore=shutil.ignore_patterns("__pycache__"))
-    (migrations / "versions" / "0002_later.py").write_text(
+    (migrations / "versions" / "0003_later.py").write_text(
         _LATER_REVISION.format(what=what, body=body))
     return migrations
 
@@ -359,7 +408,7 @@ def test_a_later_revision_rebuilding_a_referenced_table_runs_on_a_sqlite_file(
     db.conn.close()
     engine = make_engine(sqlite_url(path))
     try:
-        assert upgrade(engine, migrations).revision == "0002" == head(migrations)
+        assert upgrade(engine, migrations).revision == "0003" == head(migrations)
         _after_rebuild(engine)
         with engine.connect() as conn:  # foreign keys are on again for the pool's connection
             assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar_one() == 1
@@ -374,7 +423,7 @@ def test_a_later_revision_that_leaves_a_dangling_reference_changes_nothing(
     path = tmp_path / "new.db"
     engine = make_engine(sqlite_url(path))
     try:
-        upgrade(engine)  # to 0001
+        upgrade(engine)  # to the packaged head, 0002
         with engine.begin() as conn:
             for sql in _REFERRING_ROWS:
                 conn.execute(sa.text(sql))
@@ -383,7 +432,7 @@ def test_a_later_revision_that_leaves_a_dangling_reference_changes_nothing(
         message = str(caught.value)
         assert "\n" not in message and "tickets row 3 refers to a missing customers row" in (
             message), message
-        assert schema_state(engine, migrations).revision == "0001"
+        assert schema_state(engine, migrations).revision == "0002"
         with engine.connect() as conn:
             assert conn.exec_driver_sql("SELECT count(*) FROM customers").scalar_one() == 1
     finally:
@@ -401,7 +450,7 @@ def test_a_later_revision_rebuilding_a_referenced_table_runs_on_postgres(
             for sql in _REFERRING_ROWS:
                 conn.execute(sa.text(sql))
         state = upgrade(engine, migrations)
-        assert state.current and state.revision == "0002"
+        assert state.current and state.revision == "0003"
         _after_rebuild(engine)
     finally:
         engine.dispose()

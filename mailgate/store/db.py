@@ -5,8 +5,9 @@ schema this mailgate needs). Output: a sqlite-utils `Database` in WAL mode whose
 one this mailgate needs (the head revision of mailgate/store/migrations), or SchemaMismatch
 (one line) when it is not:
 - a new, empty file gets the schema at head: the frozen legacy steps below build v11, which is
-  the Alembic baseline revision 0001 (tests/test_schema.py proves them the same), and any
-  later revision runs through `mailgate.store.upgrade.upgrade()`;
+  the Alembic baseline revision 0001, then FRESH_STEPS add each later revision in plain SQL
+  and stamp the file (tests/test_schema.py proves all three the same: these steps, Alembic's
+  revisions, and mailgate/store/schema.py);
 - a file at head is used as it is (an unstamped legacy v11 file is at revision 0001);
 - an older schema (legacy `PRAGMA user_version` 1 … 10, or an older revision) is refused:
   `mailgate db upgrade` moves it on, after the operator has backed it up;
@@ -284,7 +285,7 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
 # The Alembic revisions in mailgate/store/migrations/versions, oldest first: kept here so that
 # opening the database needs no Alembic import (tests/test_db_cli.py checks them against the
 # directory). A new revision is added here too.
-REVISIONS: tuple[str, ...] = ("0001",)
+REVISIONS: tuple[str, ...] = ("0001", "0002")
 BASELINE = REVISIONS[0]  # the schema of legacy v11
 LEGACY_HEAD = 11  # len(MIGRATIONS): the legacy migrations are frozen here
 UPGRADE_HINT = "run 'mailgate db upgrade' (back the file up first)"
@@ -377,12 +378,51 @@ def open_db(path: Path, migrations: Path | None = None) -> sqlite_utils.Database
     return db
 
 
+# A new, empty SQLite file gets each revision after the baseline from these plain statements
+# (no Alembic import: a new data_dir opens in milliseconds); tests/test_schema.py proves the
+# file they build the same as the one Alembic builds and as mailgate/store/schema.py.
+_INCOMING = ("queue_id IS NOT NULL AND digest IS NOT NULL AND message_id IS NOT NULL"
+             " AND message_id <> ''")
+FRESH_STEPS: dict[str, tuple[str, ...]] = {
+    "0002": (
+        "CREATE TABLE stored_files (path TEXT NOT NULL, data BLOB NOT NULL, size BIGINT,"
+        " created_at TEXT, PRIMARY KEY (path))",
+        "CREATE TABLE shared_secrets (name TEXT NOT NULL, value BLOB NOT NULL,"
+        " created_at TEXT, PRIMARY KEY (name))",
+        "CREATE TABLE nodes (node_id TEXT NOT NULL, hostname TEXT, version TEXT,"
+        " started_at TEXT, seen_at TEXT, PRIMARY KEY (node_id))",
+        "ALTER TABLE outbound ADD COLUMN claimed_by TEXT",
+        "ALTER TABLE outbound ADD COLUMN lease_until FLOAT",
+        "CREATE UNIQUE INDEX uq_messages_incoming ON messages (message_id, from_addr, digest)"
+        f" WHERE {_INCOMING}",
+    ),
+}
+
+
+def _fresh(db: sqlite_utils.Database) -> None:
+    """An empty file brought to head: the legacy steps (v11 = the baseline), then each later
+    revision's statements, and the Alembic stamp — all in one transaction after v11."""
+    migrate(db)
+    with transaction(db) as conn:
+        if read_schema(conn).revision is not None:  # another process got here first
+            return
+        for revision in REVISIONS[1:]:
+            for statement in FRESH_STEPS[revision]:
+                conn.execute(statement)
+        conn.execute("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL,"
+                     " CONSTRAINT alembic_version_pkc PRIMARY KEY (version_num))")
+        conn.execute("INSERT INTO alembic_version (version_num) VALUES (?)", (REVISIONS[-1],))
+
+
 def _gate(db: sqlite_utils.Database, path: Path, migrations: Path | None) -> None:
     revisions = REVISIONS if migrations is None else _revisions_in(migrations)
     found = read_schema(db.conn)
-    if found.empty:
+    if found.empty and migrations is None:
+        _fresh(db)
+        found = read_schema(db.conn)
+    elif found.empty:
         migrate(db)  # v1 … v11: the baseline revision's schema
-        if revisions[-1] != BASELINE:  # and the revisions after it, through Alembic
+        if revisions[-1] != BASELINE:  # and the other directory's later revisions, by Alembic
             from mailgate.store import upgrade
             from mailgate.store.engine import make_engine, sqlite_url
 

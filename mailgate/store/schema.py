@@ -9,8 +9,9 @@ LargeBinary for the raw bytes of outgoing mail. Timestamps stay ISO-8601 text, a
 compare them as text.
 
 This is the head of the schema. The Alembic baseline revision (migrations/versions/0001_*)
-is a frozen copy of it at v11; a later change to the schema is a change here plus a new
-revision, and tests/test_schema.py checks that the two agree on both engines.
+is a frozen copy of it at v11, revision 0002 adds what several nodes share; a later change to
+the schema is a change here plus a new revision, and tests/test_schema.py checks that the two
+agree on both engines.
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ def _pk() -> Column:
 
 
 ZERO = text("0")
+INCOMING = ("queue_id IS NOT NULL AND digest IS NOT NULL AND message_id IS NOT NULL"
+            " AND message_id <> ''")
 
 customers = Table(
     "customers", metadata,
@@ -122,6 +125,10 @@ messages = Table(
     Column("thread_index", Text),
     Index("idx_messages_ticket_id_id", "ticket_id", "id"),
     Index("idx_messages_message_id", "message_id"),
+    # one stored copy of a message received by mail (revision 0002: the backstop under the
+    # thread lock when several nodes take the same message)
+    Index("uq_messages_incoming", "message_id", "from_addr", "digest", unique=True,
+          sqlite_where=text(INCOMING), postgresql_where=text(INCOMING)),
 )
 
 # Keyed by (Message-ID, ticket) since v7: a stranger who used a Message-ID first does not own it.
@@ -198,6 +205,8 @@ outbound = Table(
     Column("to_mailbox", Text),
     Column("to_domain", Text),
     Column("sender", Text),
+    Column("claimed_by", Text),  # revision 0002: the node sending it, until lease_until
+    Column("lease_until", Float),
     Index("idx_outbound_status_next_attempt", "status", "next_attempt"),
     Index("idx_outbound_ticket_id", "ticket_id"),
     Index("idx_outbound_to_addr_automatic_created_ts", "to_addr", "automatic", "created_ts"),
@@ -280,4 +289,30 @@ spam = Table(
     Column("released_by", Text),
     Column("released_as", Text),
     Index("idx_spam_state_received_at", "state", "received_at"),
+)
+
+# --- revision 0002: several nodes on one database ------------------------------------------
+
+stored_files = Table(  # raw mail and attachments on PostgreSQL (by their data_dir path)
+    "stored_files", metadata,
+    Column("path", Text, primary_key=True),
+    Column("data", LargeBinary, nullable=False),
+    Column("size", BigInteger),
+    Column("created_at", Text),
+)
+
+shared_secrets = Table(  # what every node signs and verifies with alike
+    "shared_secrets", metadata,
+    Column("name", Text, primary_key=True),
+    Column("value", LargeBinary, nullable=False),
+    Column("created_at", Text),
+)
+
+nodes = Table(  # the daemons that run on this database
+    "nodes", metadata,
+    Column("node_id", Text, primary_key=True),
+    Column("hostname", Text),
+    Column("version", Text),
+    Column("started_at", Text),
+    Column("seen_at", Text),
 )
