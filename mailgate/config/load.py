@@ -14,6 +14,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import socket
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -98,6 +99,21 @@ def check_teams(mailboxes: tuple[Mailbox, ...], teams: Any, fail: Any) -> None:
         if box.team and box.team.strip().lower() not in names:
             raise fail(f"[[mailboxes]] {box.address!r} team",
                        f"no [[teams]] entry named {box.team!r}")
+
+
+NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+
+
+def _node_id(value: str | None, fail: Any) -> str:
+    """`[storage] node_id`: this daemon's name among the nodes on one database (default: the
+    host's name, cut at its first dot)."""
+    if value is None:
+        host = socket.gethostname().split(".")[0]
+        return host if NODE_ID.fullmatch(host) else "mailgate"
+    if not NODE_ID.fullmatch(value):
+        raise fail("[storage] node_id", "must be 1-63 letters, digits, '.', '_' or '-',"
+                   " starting with a letter or digit")
+    return value
 
 
 def _database_url(value: str | None, fail: Any) -> str | None:
@@ -343,6 +359,7 @@ def parse_config(doc: dict[str, Any], path: Path) -> Config:
         proxy_protocol=server.get("proxy_protocol", False),
         data_dir=(base / values.get("storage", {}).get("data_dir", "data")).resolve(),
         database_url=_database_url(values.get("storage", {}).get("database"), fail),
+        node_id=_node_id(values.get("storage", {}).get("node_id"), fail),
         domains=domains,
         mailboxes=tuple(mailboxes),
         relay=relay_cfg,

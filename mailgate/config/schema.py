@@ -30,7 +30,9 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], str]]] = {
         "proxy_protocol": (bool, "true or false"),
     },
     "storage": {"data_dir": (str, "a directory path"),
-                "database": (str, "a postgresql:// URL (default: SQLite under data_dir)")},
+                "database": (str, "a postgresql:// URL (default: SQLite under data_dir)"),
+                "node_id": (str, "a name of letters, digits, '.', '_' or '-' (default: the"
+                            " host name)")},
     "mail": {
         "domains": (list, "a list of domain names"),
         "mailboxes": (list, "a list of email addresses"),

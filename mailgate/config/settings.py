@@ -158,6 +158,7 @@ class Config:
     proxy_protocol: bool = False
     data_dir: Path = Path("data")
     database_url: str | None = None  # [storage] database: PostgreSQL; None: SQLite in data_dir
+    node_id: str = "mailgate"  # [storage] node_id: this daemon among those on one database
     domains: tuple[str, ...] = ()
     mailboxes: tuple[str, ...] = ()
     relay: Relay = Relay()
