@@ -7,6 +7,8 @@ inside a batch rolled back alone. Each test runs on both engines and expects the
 
 from __future__ import annotations
 
+import base64
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -38,6 +40,20 @@ def _mail(n: int, extra: str = "", subject: str = "", sender: str = "") -> bytes
     return (f"From: Dana <{sender}>\r\nTo: support@example.com\r\n"
             f"Subject: {subject or f'pg {n}'}\r\nMessage-ID: <pg-{n}@client.test>\r\n{extra}"
             f"\r\nMessage number {n}, \u00e9t\u00e9 \u2603.\r\n").encode()
+
+
+ATTACHMENT = bytes(range(256)) * 40
+
+
+def _with_attachment(raw: bytes, payload: bytes) -> bytes:
+    """`raw` (a one-part text mail) as multipart/mixed with `payload` attached."""
+    head, body = raw.split(b"\r\n\r\n", 1)
+    b64 = base64.encodebytes(payload).replace(b"\n", b"\r\n")
+    return (head + b"\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=XX\r\n"
+            b"\r\n--XX\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n" + body
+            + b"\r\n--XX\r\nContent-Type: application/octet-stream\r\n"
+            b"Content-Disposition: attachment; filename=data.bin\r\n"
+            b"Content-Transfer-Encoding: base64\r\n\r\n" + b64 + b"--XX--\r\n")
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -174,13 +190,14 @@ def test_db_copy_moves_an_installation_and_the_cli_reads_it_there(
     pipe = app.pipeline(cfg, db, spool, app.mail_context(cfg))
     pipe.auth = None
     for n in range(3):
-        raw = _mail(n)
+        raw = _mail(n) if n else _with_attachment(_mail(n), ATTACHMENT)
         env = Envelope(new_queue_id(), time.time(), "127.0.0.1", "t", "d@client.test",
                        ("support@example.com",), len(raw))
         writer.submit(env, raw).result()
     assert [o.action for o in pipe.run_once(32)] == ["created_ticket"] * 3
     writer.close()
     db.close()
+    token_before = app.signer(cfg).sign("ticket", 1)
 
     runner = CliRunner()
     before = runner.invoke(cli, ["--config", str(cfg_path), "tickets", "list", "--json"])
@@ -194,6 +211,26 @@ def test_db_copy_moves_an_installation_and_the_cli_reads_it_there(
     after = runner.invoke(cli, ["--config", str(cfg_path), "tickets", "list", "--json"])
     assert after.exit_code == 0, after.output
     assert after.output == before.output
+    # the raw mail and the attachment moved into the database with the rows: the files under
+    # data_dir are gone and the CLI on PostgreSQL still hands out the same bytes
+    assert "copied into the database (stored_files)" in copied.output, copied.output
+    assert "reply addresses sent before keep working" in copied.output, copied.output
+    raw_before = sorted((cfg.data_dir / "raw").rglob("*.eml"))[0].read_bytes()
+    shutil.rmtree(cfg.data_dir / "raw")
+    shutil.rmtree(cfg.data_dir / "attachments")
+    (cfg.data_dir / "secret.key").unlink()
+    out = tmp_path / "a.bin"
+    got = runner.invoke(cli, ["--config", str(cfg_path), "tickets", "attachment", "1", "--out",
+                              str(out)])
+    assert got.exit_code == 0, got.output
+    assert out.read_bytes() == ATTACHMENT
+    got = runner.invoke(cli, ["--config", str(cfg_path), "tickets", "raw", "1", "--out",
+                              str(tmp_path / "m.eml")])
+    assert got.exit_code == 0, got.output
+    assert (tmp_path / "m.eml").read_bytes() == raw_before
+    # the reply-token secret is the database's now, the same as the file's was
+    pg_cfg = load_config(cfg_path)
+    assert app.signer(pg_cfg).sign("ticket", 1) == token_before
 
 
 def test_a_postgresql_database_at_another_schema_is_refused_as_a_sqlite_file_is(

@@ -120,6 +120,7 @@ def db_copy(state: State, ctx: click.Context, url: str | None, target: str,
     from mailgate.store.engine import sqlite_url
 
     source = url or state.config.database_url or sqlite_url(state.config.db_path)
-    report = copy_database(source, target, batch_rows=batch_rows)
+    report = copy_database(source, target, batch_rows=batch_rows,
+                           data_dir=state.config.data_dir)
     for line in report.lines():
         click.echo(line)

@@ -3,7 +3,8 @@
 Input: a validated `Config`. Output: the mail context (renderer, token signer, addresses, and
 each mailbox's voice: From, brand, templates, Reply-To), the agent-action desk, the DKIM signer
 (the key of each mail's From domain), the relay and envelope sender of each outgoing mail.
-Reads the server secret from `data_dir` (creating it once).
+Reads the server secret from `data_dir` (creating it once), or on PostgreSQL the one every node
+shares in the database (`store.shared`).
 """
 
 from __future__ import annotations
@@ -174,8 +175,25 @@ def reconfigure(running: Pipeline, config: Config, mail: MailContext) -> None:
         old_auth.close()
 
 
+_shared_secrets: dict[str, bytes] = {}  # database URL → its reply-token secret (never changes)
+
+
 def signer(config: Config) -> Signer:
-    return Signer(load_or_create_secret(config.data_dir))
+    """The reply-token signer: the secret file in data_dir (SQLite, one node), or the secret
+    every node shares in the database (PostgreSQL; read once per process)."""
+    url = config.database_url
+    if url is None:
+        return Signer(load_or_create_secret(config.data_dir))
+    if url not in _shared_secrets:
+        from mailgate.store import shared
+        from mailgate.store.connect import open_store
+
+        db = open_store(url)
+        try:
+            _shared_secrets[url] = shared.reply_secret(db, config.data_dir)
+        finally:
+            db.close()
+    return Signer(_shared_secrets[url])
 
 
 def mail_context(config: Config) -> MailContext:

@@ -41,9 +41,11 @@ from mailgate.pipeline import quarantine
 from mailgate.pipeline.automation import Automation
 from mailgate.pipeline.deliver import Deliverer, Incoming, Outcome, Policy
 from mailgate.spool import Spool
-from mailgate.store import files
+from mailgate.store import files, filestore
 from mailgate.store.audit import IncomingAudit, audited, record_incoming
 from mailgate.store.db import check_same_file, transaction
+from mailgate.store.locks import lock_keys
+from mailgate.threading.keys import conversation_keys
 from mailgate.threading.token import Signer
 
 log = logging.getLogger("mailgate.pipeline")
@@ -136,7 +138,7 @@ class Pipeline:
         failed: list[tuple[SpoolEntry, BaseException]] = []
         staged: list[tuple[SpoolEntry, Prepared | None, Incoming | None]] = []
         settled: set[str] = set()  # handled on their own: their spool state is recorded
-        batch = files.DurableBatch()
+        batch = filestore.batch_for(self.db, self.data_dir)
         for entry, prepared in items:
             try:
                 done = self._already_done(entry)
@@ -214,7 +216,7 @@ class Pipeline:
                     return Outcome(entry.queue_id, "already_done")
         return None
 
-    def _stage(self, entry: SpoolEntry, prepared: Prepared | None, batch: files.DurableBatch
+    def _stage(self, entry: SpoolEntry, prepared: Prepared | None, batch: filestore.FileBatch
                ) -> Incoming | None:
         """Everything before the database: parse, classify, reply text, authenticate, and the
         raw mail and attachments written into `batch`. None for a refusal record."""
@@ -239,19 +241,23 @@ class Pipeline:
             stored = auth.header_bytes() + strip_forged_results(
                 content, self.auth.settings.authserv_id if self.auth else "")
         raw_path = files.raw_relpath(env.queue_id, env.received_at)
-        batch.add(self.data_dir / raw_path, stored)
-        blobs = [batch.add_blob(self.data_dir, a.payload) for a in parsed.attachments]
+        batch.add(raw_path, stored)
+        blobs = [batch.add_blob(a.payload) for a in parsed.attachments]
         return Incoming(entry, parsed, content, raw_path, blobs, classification, reply,
                         auth.as_dict() if auth is not None else None)
 
     def _commit(self, staged: list[tuple[SpoolEntry, Prepared | None, Incoming | None]],
-                batch: files.DurableBatch, outcomes: dict[str, Outcome],
+                batch: filestore.FileBatch, outcomes: dict[str, Outcome],
                 failed: list[tuple[SpoolEntry, BaseException]]) -> None:
         """The files made durable, then every staged message's rows in one transaction, each
         in a savepoint: a message that raises is rolled back alone and joins `failed`. A
         shortage of the machine inside any message aborts the whole transaction (raised)."""
         batch.commit()
         with transaction(self.db) as conn:
+            # several nodes on one database: one at a time per conversation (store.locks)
+            lock_keys(conn, {key for _, _, inc in staged if inc is not None
+                             for key in conversation_keys(inc.parsed, inc.parsed.from_.email)})
+            batch.write(conn)
             for entry, _, incoming in staged:
                 conn.execute("SAVEPOINT message")
                 try:

@@ -33,6 +33,7 @@ from mailgate.errors import UserError
 from mailgate.model import SPAM_QUARANTINE, SPAM_RELEASED, Envelope, ParsedMail, new_queue_id
 from mailgate.parsing.parse import parse
 from mailgate.spool import Spool
+from mailgate.store import filestore
 from mailgate.store import spam as spam_store
 from mailgate.store.audit import IncomingAudit, record_incoming
 from mailgate.store.db import transaction
@@ -102,7 +103,7 @@ def show(db: sqlite_utils.Database, data_dir: Path, queue_id: str) -> dict[str, 
     row = spam_store.get_quarantined(db, queue_id)
     row["headers"], row["text"] = "", ""
     try:
-        raw = (data_dir / row["raw_path"]).read_bytes()
+        raw = filestore.read(db, data_dir, row["raw_path"])
     except OSError as exc:
         row["text"] = f"(the stored message cannot be read: {exc.strerror or exc})"
         return row
@@ -119,9 +120,10 @@ def release(db: sqlite_utils.Database, spool: Spool, data_dir: Path, queue_id: s
     with transaction(db) as conn:  # holds the write lock: two releases cannot both go through
         env, raw_path = spam_store.take_for_release(conn, queue_id)
         try:
-            content = (data_dir / raw_path).read_bytes()
+            content = filestore.read(conn, data_dir, raw_path)
         except OSError as exc:
-            raise UserError(f"cannot read the quarantined message {data_dir / raw_path}:"
+            raise UserError(f"cannot read the quarantined message"
+                            f" {filestore.where(conn, data_dir, raw_path)}:"
                             f" {exc.strerror or exc}") from None
         assert env.spam is not None
         new_id = new_queue_id()

@@ -8,7 +8,9 @@ against its column's type before it is inserted. The target is upgraded to the h
 and must hold no row in any table of the store.
 
 Output: a `CopyReport` (per table: rows copied, checksum, seconds; totals; how many raw-mail
-and attachment files the rows refer to, which stay on disk), or UserError with one line —
+and attachment files the rows refer to — copied from `data_dir` into the target's
+`stored_files` when a SQLite installation moves to PostgreSQL, with its reply-token secret —),
+or UserError with one line —
 naming the table (and the row and column, for a value the target would refuse). The copy is
 one transaction on the target: after any failure the target holds no row.
 
@@ -65,6 +67,9 @@ class CopyReport:
     seconds: float
     raw_files: int  # distinct raw-mail files (messages, quarantine) the rows refer to
     attachment_files: int  # distinct attachment files (by sha256) the rows refer to
+    files_copied: int = 0  # of those, copied from data_dir into the target's stored_files
+    files_missing: tuple[str, ...] = ()  # paths the rows name that data_dir does not hold
+    secret_copied: bool = False  # data_dir/secret.key became the shared reply-token secret
 
     @property
     def rows(self) -> int:
@@ -83,8 +88,17 @@ class CopyReport:
         out.append(f"copied {self.rows} rows in {len(self.tables)} tables from {self.source}"
                    f" to {self.target} in {self.seconds:.2f} s ({self.rows_per_second:.0f}"
                    " rows/s), verified by counts and checksums")
+        where = ("copied into the database (stored_files)" if self.files_copied
+                 or self.files_missing else "which stay on disk")
         out.append(f"the rows refer to {self.raw_files} raw mail files and"
-                   f" {self.attachment_files} attachment files, which stay on disk")
+                   f" {self.attachment_files} attachment files, {where}")
+        if self.files_missing:
+            out.append(f"{len(self.files_missing)} of them were not in data_dir (their rows"
+                       f" are copied; downloading them says the file is missing), first:"
+                       f" {self.files_missing[0]}")
+        if self.secret_copied:
+            out.append("data_dir/secret.key is now the reply-token secret every node shares:"
+                       " the reply addresses sent before keep working")
         return out
 
 
@@ -196,16 +210,22 @@ class _Checksum:
 # --- the copy --------------------------------------------------------------------------------
 
 def copy_database(source_url: str, target_url: str, *, batch_rows: int = 1000,
-                  progress: Progress | None = None) -> CopyReport:
-    """Copy every row of the store at `source_url` into the empty store at `target_url`."""
+                  progress: Progress | None = None, data_dir: Path | None = None
+                  ) -> CopyReport:
+    """Copy every row of the store at `source_url` into the empty store at `target_url`.
+    `data_dir`: the source installation's (SQLite → PostgreSQL): its raw mail and attachment
+    files go into the target's `stored_files` (an attachment checked against its sha256) and
+    its `secret.key` becomes the target's shared reply-token secret, in the same transaction."""
     if batch_rows < 1:
         raise UserError(f"batch_rows must be at least 1, not {batch_rows}")
     source = _open_source(source_url)
     try:
         target = _open_target(target_url, source)
         try:
+            files_dir = (data_dir if data_dir is not None and source.dialect.name == "sqlite"
+                         and target.dialect.name == "postgresql" else None)
             return _copy(source, target, (shown(source_url), shown(target_url)), batch_rows,
-                         progress)
+                         progress, files_dir)
         finally:
             target.dispose()
     finally:
@@ -247,7 +267,7 @@ def _open_target(url: str, source: Engine) -> Engine:
 
 
 def _copy(source: Engine, target: Engine, names: tuple[str, str], batch_rows: int,
-          progress: Progress | None) -> CopyReport:
+          progress: Progress | None, data_dir: Path | None) -> CopyReport:
     started = time.monotonic()
     copied: list[TableCopy] = []
     with source.connect() as sconn, target.connect() as tconn:
@@ -266,8 +286,12 @@ def _copy(source: Engine, target: Engine, names: tuple[str, str], batch_rows: in
                 _advance_sequences(tconn)
             _verify(tconn, target, sums, batch_rows)
             raw_files, attachment_files = _file_references(sconn)
-    return CopyReport(names[0], names[1], tuple(copied),
-                      time.monotonic() - started, raw_files, attachment_files)
+            copied_files, missing, secret = 0, (), False
+            if data_dir is not None:
+                copied_files, missing = _copy_files(sconn, tconn, data_dir)
+                secret = _copy_secret(tconn, data_dir)
+    return CopyReport(names[0], names[1], tuple(copied), time.monotonic() - started,
+                      raw_files, attachment_files, copied_files, missing, secret)
 
 
 def _refuse_unless_empty(conn: Connection, target: str) -> None:
@@ -366,13 +390,13 @@ def _verify(conn: Connection, engine: Engine, sums: dict[str, tuple[int, str]],
             batch_rows: int) -> None:
     """Read every table back from the target: counts and checksums equal the source's, or
     UserError (raised inside the transaction: nothing is committed)."""
-    streamed = conn.execution_options(yield_per=batch_rows)
     for table in metadata.sorted_tables:
         rows, digest = sums[table.name]
         count = conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
         checksum = _Checksum([_kind(c) for c in table.columns])
-        result = streamed.execute(sa.select(*table.columns)
-                                  .order_by(*_order(table, engine.dialect.name)))
+        result = conn.execute(sa.select(*table.columns)  # streamed: this statement only
+                              .order_by(*_order(table, engine.dialect.name))
+                              .execution_options(yield_per=batch_rows))
         for part in result.partitions():
             for row in part:
                 checksum.add(row)
@@ -398,6 +422,62 @@ def _file_references(conn: Connection) -> tuple[int, int]:
     attachment_files = conn.execute(
         sa.select(sa.func.count(sa.distinct(sha))).where(sha.is_not(None))).scalar_one()
     return int(raw_files), int(attachment_files)
+
+
+def _referenced_paths(conn: Connection) -> list[str]:
+    """Every file the rows name, as its path under data_dir (files.raw_relpath/blob_relpath)."""
+    from mailgate.store.files import blob_relpath
+
+    tables = metadata.tables
+    raw = sa.union(
+        sa.select(tables["messages"].c.raw_path.label("path"))
+        .where(tables["messages"].c.raw_path.is_not(None)),
+        sa.select(tables["spam"].c.raw_path.label("path"))
+        .where(tables["spam"].c.raw_path.is_not(None)),
+    )
+    paths = [row[0] for row in conn.execute(raw)]
+    sha = tables["attachments"].c.sha256
+    paths += [blob_relpath(row[0]) for row in conn.execute(
+        sa.select(sha).where(sha.is_not(None)).distinct())]
+    return paths
+
+
+def _copy_files(sconn: Connection, tconn: Connection, data_dir: Path
+                ) -> tuple[int, tuple[str, ...]]:
+    """The source's files into the target's stored_files, one at a time (a raw message can be
+    tens of megabytes). An attachment whose bytes no longer match its sha256 stops the copy."""
+    stored = metadata.tables["stored_files"]
+    copied, missing = 0, []
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    for relpath in _referenced_paths(sconn):
+        try:
+            data = (data_dir / relpath).read_bytes()
+        except FileNotFoundError:
+            missing.append(relpath)
+            continue
+        if relpath.startswith("attachments/") and hashlib.sha256(data).hexdigest() != (
+                relpath.rsplit("/", 1)[1]):
+            raise UserError(f"the attachment file {data_dir / relpath} is damaged (its sha256"
+                            " no longer matches); the target was left empty")
+        tconn.execute(stored.insert().values(path=relpath, data=data, size=len(data),
+                                             created_at=now))
+        copied += 1
+    return copied, tuple(missing)
+
+
+def _copy_secret(tconn: Connection, data_dir: Path) -> bool:
+    try:
+        secret = (data_dir / "secret.key").read_bytes()
+    except FileNotFoundError:
+        return False
+    if len(secret) < 16:
+        raise UserError(f"{data_dir / 'secret.key'}: secret file is truncated; restore it"
+                        " from backup (the target was left empty)")
+    secrets = metadata.tables["shared_secrets"]
+    tconn.execute(secrets.insert().values(
+        name="reply-tokens", value=secret,
+        created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())))
+    return True
 
 
 def _first_line(error: DBAPIError) -> str:

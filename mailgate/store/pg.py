@@ -92,6 +92,8 @@ class PgConnection:
     next statement outside a transaction; inside one, the error reaches the caller, whose
     transaction is retried (`errors.temporary_cause` counts it as a shortage)."""
 
+    dialect = "postgresql"  # what store.filestore and the pipeline's locks ask
+
     def __init__(self, conninfo: str) -> None:
         self._conninfo = conninfo
         self._conn = psycopg.connect(conninfo, autocommit=True)
@@ -123,6 +125,8 @@ class PgConnection:
 
 class PgDatabase:
     """What the rest of mailgate uses of a sqlite-utils `Database`, on PostgreSQL."""
+
+    dialect = "postgresql"
 
     def __init__(self, url: str) -> None:
         parsed = make_url(url)
