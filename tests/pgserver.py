@@ -113,6 +113,19 @@ class PgServer:
             conn.execute(f"CREATE DATABASE {TEMPLATE}")
         return self
 
+    def pause(self) -> None:
+        """Stop the server (fast: clients are cut off) keeping its data: the database is down."""
+        self._run(self.bindir / "pg_ctl", "-D", self.data, "-m", "fast", "-w", "stop",
+                  timeout=60)
+
+    def resume(self) -> None:
+        """Start the paused server again on the same port."""
+        options = (f"-c listen_addresses=127.0.0.1 -c unix_socket_directories={self.dir}"
+                   " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+                   f" -c max_connections=200 -c shared_buffers=32MB -p {self.port}")
+        self._run(self.bindir / "pg_ctl", "-D", self.data, "-l", self.log_path, "-w", "-t",
+                  "60", "-o", options, "start")
+
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
 

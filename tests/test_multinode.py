@@ -188,3 +188,75 @@ def test_a_reply_address_from_one_node_threads_on_another_and_its_raw_mail_opens
     b.cli("tickets", "raw", "1", "--out", str(out))
     assert out.read_bytes().endswith(first)
     assert not list((b.data_dir).rglob("*.eml")), "node B kept no file of its own"
+
+
+def test_while_the_database_is_down_smtp_accepts_health_says_so_and_nothing_is_lost(
+        tmp_path: Path) -> None:
+    """A PostgreSQL of this test's own, stopped mid-run: SMTP still says 250 (into the local
+    spool), `/api/health` answers 503 down (the full report names the database), the metrics
+    say `mailgate_database_up 0` and `doctor` says the database is down; once it is back,
+    every acknowledged message becomes its ticket."""
+    from pgserver import PgServer, find_bindir
+    from test_admin import Client, admin_section, wait_for, wait_http
+
+    bindir = find_bindir()
+    if bindir is None:
+        pytest.skip("PostgreSQL binaries not installed")
+    server = PgServer(bindir).start()
+    node = None
+    try:
+        url = server.create_database()
+        port, admin_port = free_port(), free_port()
+        cfg = write_config(tmp_path / "mx1", port, admin_section(admin_port))
+        cfg.write_text(cfg.read_text().replace(
+            'data_dir = "data"', f'data_dir = "data"\ndatabase = "{url}"', 1))
+        node = Daemon(cfg, port)
+        node.start()
+        http = Client(f"http://127.0.0.1:{admin_port}", node.data_dir / "admin.token")
+        wait_http(http, node)
+        code, reply = send(port, _mail("before@client.test", "jane@client.test", "Before"))
+        assert node.audit_for(queue_id_of(reply))["action"] == "created_ticket"
+
+        server.pause()
+        for n in range(5):
+            code, _ = send(port, _mail(f"down-{n}@client.test", "jane@client.test",
+                                       f"While down {n}"))
+            assert code == 250
+        r = http.get("/api/health", auth=False)
+        assert (r.status, r.json()) == (503, {"status": "down"})
+        report = http.get("/api/health").json()
+        assert "down or unreachable" in report["storage"]["database"], report
+        assert "mailgate_database_up 0.0" in http.get("/metrics").text
+        doctor = node.cli("doctor", expect=1)
+        assert "is down or unreachable" in doctor, doctor
+
+        server.resume()
+        want = {"Before", *(f"While down {n}" for n in range(5))}
+        wait_for(lambda: {t["subject"] for t in node.json("tickets", "list")},
+                 lambda subjects: subjects == want, "the tickets of the deferred mail", 60)
+        assert http.get("/api/health", auth=False).status == 200
+        assert node.json("stats")["spool"]["hold"] == 0
+    finally:
+        if node is not None:
+            node.stop()
+        server.stop()
+
+
+def test_two_nodes_under_one_node_id_are_refused_and_doctor_lists_the_nodes(
+        nodes: NodeFactory, tmp_path: Path, pg_database: str) -> None:
+    a = nodes("mx1")
+    nodes("mx2")
+    port = free_port()
+    cfg = write_config(tmp_path / "impostor", port)
+    cfg.write_text(cfg.read_text().replace(
+        'data_dir = "data"', f'data_dir = "data"\ndatabase = "{pg_database}"\nnode_id = "mx1"',
+        1))
+    impostor = Daemon(cfg, port)
+    with pytest.raises(RuntimeError, match="daemon exited early"):
+        impostor.start()
+    assert ("[storage] node_id 'mx1' is in use by another node" in impostor.log()
+            and "give each node its own node_id" in impostor.log()), impostor.log()
+    doctor = a.cli("doctor", expect=1)  # (the relay is unreachable here: one FAIL)
+    assert "nodes: mx1 (up, seen" in doctor and "mx2 (up, seen" in doctor, doctor
+    a.stop()
+    a.start()  # the same node coming back under its name is welcome

@@ -23,7 +23,7 @@ from aiohttp import web
 
 from mailgate.admin import inline_images
 from mailgate.admin.params import BadInput
-from mailgate.admin.storecheck import StoreCheck
+from mailgate.admin.storecheck import DatabaseCheck, StoreCheck
 from mailgate.config import Config
 from mailgate.errors import NotFound, UserError
 from mailgate.ops import app, metrics
@@ -78,8 +78,10 @@ class Backend:
         self.relay = relay
         self.db = open_store(config.database)
         self.spool = Spool(config.spool_path)
-        self.stores = (StoreCheck("spool", config.spool_path),
-                       StoreCheck("database", config.db_path))
+        self.stores: tuple[StoreCheck | DatabaseCheck, ...] = (
+            StoreCheck("spool", config.spool_path),
+            DatabaseCheck(config.database_url) if config.database_url
+            else StoreCheck("database", config.db_path))
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="admin-db")
         self.reload(config)
 

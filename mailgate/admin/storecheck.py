@@ -12,6 +12,9 @@ read-only connection in a thread of its own, at most once per `every` seconds, a
 waits at most `wait` seconds for it (a check still running then is reported by a later call;
 until then the previous finding stands). A check that runs longer than `budget` seconds is
 interrupted and finds nothing. `problem()` is called from one thread at a time.
+
+On PostgreSQL (`DatabaseCheck`) the question is whether the database answers at all: a new
+connection and `SELECT 1` per call, bounded by a connect timeout.
 """
 
 from __future__ import annotations
@@ -102,3 +105,33 @@ class StoreCheck:
         detail = " ".join(detail.split())[:300]
         return (f"the {self.name} {self.path} is damaged or unreadable (PRAGMA quick_check:"
                 f" {detail}); stop mailgate and restore it from a backup")
+
+
+class DatabaseCheck:
+    """Is the PostgreSQL database reachable? `problem()` opens a connection of its own (at
+    most `timeout` seconds) and runs `SELECT 1`: None when it answers, else one line naming
+    the database (never its password) and what went wrong."""
+
+    def __init__(self, url: str, timeout: float = 3.0) -> None:
+        self.name = "database"
+        self.url = url
+        self.timeout = timeout
+
+    def close(self) -> None:
+        """Nothing held between checks."""
+
+    def problem(self) -> str | None:
+        import psycopg
+        from sqlalchemy.engine import make_url
+
+        from mailgate.store.engine import shown
+
+        conninfo = make_url(self.url).set(drivername="postgresql").render_as_string(
+            hide_password=False)
+        try:
+            with psycopg.connect(conninfo, connect_timeout=max(1, round(self.timeout))) as c:
+                c.execute("SELECT 1")
+        except psycopg.Error as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            return f"the database {shown(self.url)} is down or unreachable: {first}"
+        return None

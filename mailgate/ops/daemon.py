@@ -8,7 +8,9 @@ Input: a validated `Config`, the signals, and systemd's environment (see `mailga
 Output: a running server until a stop signal. On start-up, work that a crash left `active` in
 the spool goes back to `incoming` (or to `hold` once it has been tried `[pipeline] max_attempts`
 times); the SMTP socket is the one systemd passes (socket activation) or `[server] listen`;
-`READY=1` goes to systemd once everything is up.
+`READY=1` goes to systemd once everything is up. On PostgreSQL the node registers in the
+`nodes` table under `[storage] node_id` (refused in one line when another node uses that name)
+and says it is alive every 30 s.
 
 SIGTERM/SIGINT: `STOPPING=1`; new sessions and new transactions get `421 4.3.2`, transactions
 under way run to their reply (a 250 only ever follows the spool commit, so nothing acknowledged
@@ -26,12 +28,14 @@ and the running configuration stays.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import signal
 import socket
 from collections.abc import Callable
 
+from mailgate import __version__
 from mailgate.config import Config, Relay, load_config
 from mailgate.errors import UserError
 from mailgate.ops import app, sdnotify
@@ -47,7 +51,8 @@ from mailgate.smtp.recipients import RecipientPolicy
 from mailgate.smtp.server import Sessions, start_server
 from mailgate.smtp.spamscan import Scanner
 from mailgate.spool import Spool, SpoolWriter
-from mailgate.store.connect import open_store
+from mailgate.store import nodes
+from mailgate.store.connect import is_postgres, open_store
 from mailgate.store.outbound import OutboundMail
 
 log = logging.getLogger("mailgate.daemon")
@@ -117,6 +122,9 @@ async def _serve(config: Config) -> None:
     notifier = sdnotify.Notifier.from_env()
     config.data_dir.mkdir(parents=True, exist_ok=True)
     db = open_store(config.database)
+    several = is_postgres(config.database)  # other nodes may share this database
+    if several:
+        nodes.register(db, config.node_id, node_where(config), __version__)
     app.sync_organizations(config, db)
     spool = Spool(config.spool_path)
     requeued, held = spool.recover(config.pipeline_max_attempts)
@@ -183,6 +191,8 @@ async def _serve(config: Config) -> None:
     relay_task = asyncio.create_task(relay.run(), name="relay-worker")
     scheduler = Scheduler(config.database, lambda: automation[0], config.tick_seconds)
     scheduler_task = asyncio.create_task(scheduler.run(), name="scheduler")
+    node_beat = (asyncio.create_task(_node_beat(config), name="node-beat") if several
+                 else None)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -265,6 +275,10 @@ async def _serve(config: Config) -> None:
             log.warning("relay attempts still in flight after %.0fs; stopping anyway", grace)
         if beat is not None:
             beat.cancel()
+        if node_beat is not None:
+            node_beat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await node_beat
         if admin is not None:
             await admin.stop()
         relay.close()
@@ -275,6 +289,36 @@ async def _serve(config: Config) -> None:
         spool.close()
         db.close()
         log.info("stopped")
+
+
+def node_where(config: Config) -> str:
+    """Where this node runs, as the nodes table shows it: host and spool."""
+    return f"{socket.gethostname()} {config.spool_path}"
+
+
+async def _node_beat(config: Config) -> None:
+    """Tell the other nodes this one is alive, every `nodes.BEAT_SECONDS`, on a connection of
+    its own (the pipeline's may be inside a transaction)."""
+    loop = asyncio.get_running_loop()
+    own = None
+    down = False
+    while True:
+        await asyncio.sleep(nodes.BEAT_SECONDS)
+        try:
+            if own is None:
+                own = await loop.run_in_executor(None, open_store, config.database)
+            await loop.run_in_executor(None, nodes.beat, own, config.node_id)
+            if down:
+                log.info("the database answers again")
+            down = False
+        except asyncio.CancelledError:
+            break
+        except Exception as exc:
+            if not down:
+                log.warning("the database is down (node heartbeat): %s", exc)
+            down = True
+    if own is not None:
+        own.close()
 
 
 def _recover(spool: Spool, max_attempts: int) -> None:

@@ -43,7 +43,13 @@ from mailgate.errors import UserError
 from mailgate.ops import app
 from mailgate.outbound.dkim_sign import dns_record, dns_txt_value
 from mailgate.outbound.render import TemplateError
-from mailgate.store.db import LEGACY_HEAD, REVISIONS, read_schema, schema_problem
+from mailgate.store.db import (
+    LEGACY_HEAD,
+    REVISIONS,
+    FoundSchema,
+    read_schema,
+    schema_problem,
+)
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
 ADMIN_TOKEN_FILE = "admin.token"  # mailgate.admin.token.TOKEN_FILE
@@ -169,6 +175,8 @@ def check_data_dir(cfg: Config) -> Check:
 
 def check_schema(cfg: Config) -> Check:
     """The database's schema is the one this mailgate needs (read only: nothing is made)."""
+    if cfg.database_url:
+        return _check_pg_schema(cfg, cfg.database_url)
     path = cfg.db_path
     if not path.exists():
         return Check("schema", OK, f"no database yet: the first start makes {path} at"
@@ -189,6 +197,51 @@ def check_schema(cfg: Config) -> Check:
     if found.effective in REVISIONS or 0 < found.legacy < LEGACY_HEAD:
         fix = f"back up {path}, then `mailgate --config {cfg.path} db upgrade`"
     return Check("schema", FAIL, problem, fix or "see the line itself")
+
+
+def _check_pg_schema(cfg: Config, url: str) -> Check:
+    """PostgreSQL: reachable, at the schema this mailgate needs, and the nodes it has seen."""
+    from sqlalchemy import exc as sa_exc
+
+    from mailgate.store.engine import make_engine, shown
+    from mailgate.store.upgrade import schema_state
+
+    engine = make_engine(url, connect_args={"connect_timeout": 5})
+    try:
+        state = schema_state(engine)
+    except sa_exc.DBAPIError as exc:
+        return Check("schema", FAIL, f"the database {shown(url)} is down or unreachable:"
+                     f" {_one_line(exc.orig)}",
+                     f"start PostgreSQL, or correct [storage] database in {cfg.path}")
+    finally:
+        engine.dispose()
+    found = FoundSchema(state.revision, state.legacy or 0, state.empty)
+    if state.empty:
+        return Check("schema", OK, f"{shown(url)}: empty; the first start makes the schema at"
+                     f" revision {REVISIONS[-1]}")
+    problem = schema_problem(found, shown(url))
+    if problem is not None:
+        fix = (f"back it up, then `mailgate --config {cfg.path} db upgrade`"
+               if found.effective in REVISIONS else "see the line itself")
+        return Check("schema", FAIL, problem, fix)
+    return Check("schema", OK, f"{shown(url)}: {found}, what this mailgate needs;"
+                 f" {_nodes_line(url)}")
+
+
+def _nodes_line(url: str) -> str:
+    from mailgate.store import nodes
+    from mailgate.store.pg import PgDatabase
+
+    db = PgDatabase(url)
+    try:
+        seen = nodes.recent(db)
+    finally:
+        db.close()
+    if not seen:
+        return "no node has run on it yet"
+    parts = [f"{n.node_id} ({'up' if n.up else 'down'}, seen {n.seen_seconds_ago():.0f} s ago)"
+             for n in seen]
+    return "nodes: " + ", ".join(parts)
 
 
 def _smtp_banner(host: str, port: int, timeout: float) -> tuple[str, str]:
