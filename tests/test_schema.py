@@ -237,6 +237,10 @@ def test_upgrade_stamps_a_v11_sqlite_file_and_adds_only_the_later_revisions(
     with transaction(db) as conn:
         conn.execute("INSERT INTO customers (email) VALUES ('jane@customer.test')")
         conn.execute("INSERT INTO tickets (subject, requester_id) VALUES ('Hello', 1)")
+        for status in ("sent", "queued", "suppressed"):  # the last hour's automatic mail
+            conn.execute("INSERT INTO outbound (automatic, to_mailbox, to_domain, created_ts,"
+                         " status) VALUES (1, 'jane@customer.test', 'customer.test', ?, ?)",
+                         (time.time() - 60, status))
     db.conn.close()
     before = schema_sql(path)
     engine = make_engine(sqlite_url(path))
@@ -247,12 +251,17 @@ def test_upgrade_stamps_a_v11_sqlite_file_and_adds_only_the_later_revisions(
             rows = conn.execute(sa.text("SELECT id, subject, priority FROM tickets")).all()
         assert upgrade(engine).revision == head()  # again: nothing to do
         assert_same_schema(describe_database(engine), describe_metadata())
+        with engine.connect() as conn:  # the rate limits' counters, filled from the outbox
+            counted = dict(conn.execute(sa.text(
+                "SELECT key, SUM(n) FROM auto_mail_counts GROUP BY key")).all())
+        assert counted == {"m:jane@customer.test": 2, "d:customer.test": 2, "*": 2}
     finally:
         engine.dispose()
     after = schema_sql(path)
     assert after.pop("alembic_version").startswith("CREATE TABLE alembic_version")
     added = {name for name in after if name not in before}
-    assert added == {"stored_files", "shared_secrets", "nodes", "uq_messages_incoming"}
+    assert added == {"stored_files", "shared_secrets", "nodes", "auto_mail_counts",
+                     "uq_messages_incoming"}
     changed = {name for name in before if after[name] != before[name]}
     assert changed == {"outbound"}  # two columns added in place; nothing else rebuilt
     assert [tuple(r) for r in rows] == [(1, "Hello", "normal")]

@@ -185,7 +185,7 @@ def queue_ticket_mail(
             row = outbox.enqueue(
                 conn, ticket_id=ticket_id, kind=kind, automatic=automatic, to_addr=rcpt.email,
                 subject=subject, message_id=message_id, raw=raw, status=status, reason=reason,
-                queue_id=queue_id, sender=sender,
+                queue_id=queue_id, sender=sender, to_agent=rcpt.email in ctx.agents,
             )
             oid = row if i == 0 else oid
         return Queued(oid, status, message_id, subject, reason, tuple(c.email for c in cc))
@@ -204,9 +204,7 @@ def queue_ticket_mail(
             envelope_sender=envelope_sender,
             to_addr=to.email,
             our_domains=ctx.domains,
-            sent=SentLastHour(*outbox.automatic_counts(
-                conn, to.email, time.time() - 3600, exclude=ctx.agents,
-                caps=(ctx.limits.per_mailbox, ctx.limits.per_domain, ctx.limits.total))),
+            sent=SentLastHour(*outbox.automatic_counts(conn, to.email, time.time() - 3600)),
             limits=ctx.limits,
             recipient_is_agent=to.email in ctx.agents,
         )

@@ -391,6 +391,8 @@ FRESH_STEPS: dict[str, tuple[str, ...]] = {
         " created_at TEXT, PRIMARY KEY (name))",
         "CREATE TABLE nodes (node_id TEXT NOT NULL, hostname TEXT, version TEXT,"
         " started_at TEXT, seen_at TEXT, PRIMARY KEY (node_id))",
+        "CREATE TABLE auto_mail_counts (key TEXT NOT NULL, minute BIGINT NOT NULL,"
+        " shard INTEGER NOT NULL, n BIGINT DEFAULT 0 NOT NULL, PRIMARY KEY (key, minute, shard))",
         "ALTER TABLE outbound ADD COLUMN claimed_by TEXT",
         "ALTER TABLE outbound ADD COLUMN lease_until FLOAT",
         "CREATE UNIQUE INDEX uq_messages_incoming ON messages (message_id, from_addr, digest)"

@@ -14,6 +14,7 @@ copy), `maybe_sent` counts it, and `last_error` says so. Delivery is therefore a
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -43,11 +44,13 @@ class OutboundMail:
 def enqueue(
     conn: sqlite3.Connection, *, ticket_id: int | None, kind: str, automatic: bool, to_addr: str,
     subject: str, message_id: str, raw: bytes | None, status: str = "queued", reason: str = "",
-    queue_id: str = "", sender: str = "",
+    queue_id: str = "", sender: str = "", to_agent: bool = False,
 ) -> int:
     """Write an outbox row inside the caller's transaction. A `suppressed` or `failed` row
     records mail that will not be sent, with `reason`. `sender`: the agent whose words it
-    carries (agent replies)."""
+    carries (agent replies). Automatic mail that is queued is counted for the rate limits
+    (`auto_mail_counts`): to its mailbox, and — unless it goes to an agent (`to_agent`) — to
+    its domain and in all."""
     if status not in ("queued", "suppressed", "failed"):
         raise ValueError(status)
     ts = time.time()
@@ -60,34 +63,46 @@ def enqueue(
         (ticket_id, kind, int(automatic), to_addr, subject, message_id, raw, status, reason,
          now_iso(ts), ts, now_iso(ts), queue_id, mailbox, domain, sender.lower()),
     )
-    return int(cur.fetchone()[0])
+    row = int(cur.fetchone()[0])
+    if automatic and status == "queued":
+        _count(conn, [f"m:{mailbox}"] if to_agent else [f"m:{mailbox}", f"d:{domain}", "*"],
+               ts)
+    return row
 
 
-_NO_CAP = 2**62
-_COUNTED = "automatic=1 AND created_ts>=? AND status NOT IN ('suppressed', 'failed')"
+# Each process adds to rows of its own (nodes on one PostgreSQL never wait on the hot `*` row
+# of a minute); the readers sum over all shards.
+SHARD = os.getpid() % 64
+KEEP_MINUTES = 120  # counters older than this are dropped (the limits look back one hour)
 
 
-def automatic_counts(conn: sqlite3.Connection, to_addr: str, since_ts: float,
-                     exclude: frozenset[str] = frozenset(),
-                     caps: tuple[int, int, int] | None = None) -> tuple[int, int, int]:
-    """Automatic mails queued or sent since `since_ts`: to the mailbox of `to_addr` (plus-part
-    removed), to its domain and in all — the last two without the mail to `exclude`d addresses
-    (agents). Each count is one index range, read no further than its cap (a rate limit needs
-    to know only whether it was reached), so its cost does not grow with the hour's mail."""
+def _count(conn: sqlite3.Connection, keys: list[str], ts: float) -> None:
+    minute = int(ts // 60)
+    total = 0
+    for key in keys:
+        total = int(conn.execute(
+            "INSERT INTO auto_mail_counts (key, minute, shard, n) VALUES (?, ?, ?, 1)"
+            " ON CONFLICT (key, minute, shard) DO UPDATE SET n = auto_mail_counts.n + 1"
+            " RETURNING n", (key, minute, SHARD)).fetchone()[0])
+    if total == 1 and keys[-1] == "*":  # this process's first automatic mail this minute
+        conn.execute("DELETE FROM auto_mail_counts WHERE minute < ?",
+                     (minute - KEEP_MINUTES,))
+
+
+def automatic_counts(conn: sqlite3.Connection, to_addr: str, since_ts: float
+                     ) -> tuple[int, int, int]:
+    """Automatic mails queued since `since_ts` (to the minute: up to 59 s more), as `enqueue`
+    counted them: to the mailbox of `to_addr` (plus-part removed), to its domain and in all
+    (the last two without the mail to agents). Each is a sum over at most an hour of
+    per-minute counters, whatever the hour's mail. A mail that later failed or bounced still
+    counts: the limits are on what was sent out, or tried."""
     mailbox, domain = recipient_keys(to_addr)
-    skip = sorted(exclude)
-    not_excluded = f" AND to_addr NOT IN ({','.join('?' * len(skip))})" if skip else ""
-    mailbox_cap, domain_cap, total_cap = caps or (_NO_CAP, _NO_CAP, _NO_CAP)
-
-    def count(cap: int, where: str, *params: Any) -> int:
-        return int(conn.execute(
-            f"SELECT COUNT(*) FROM (SELECT 1 FROM outbound WHERE {where} LIMIT ?) AS capped",
-            (*params, cap)).fetchone()[0])
-
-    return (count(mailbox_cap, f"to_mailbox=? AND {_COUNTED}", mailbox, since_ts),
-            count(domain_cap, f"to_domain=? AND {_COUNTED}{not_excluded}", domain, since_ts,
-                  *skip),
-            count(total_cap, f"{_COUNTED}{not_excluded}", since_ts, *skip))
+    minute = int(since_ts // 60)
+    found = dict(conn.execute(
+        "SELECT key, SUM(n) FROM auto_mail_counts WHERE key IN (?, ?, ?) AND minute >= ?"
+        " GROUP BY key", (f"m:{mailbox}", f"d:{domain}", "*", minute)).fetchall())
+    return (int(found.get(f"m:{mailbox}") or 0), int(found.get(f"d:{domain}") or 0),
+            int(found.get("*") or 0))
 
 
 def agent_replies_by_email_since(conn: sqlite3.Connection, agent: str, since_ts: float) -> int:

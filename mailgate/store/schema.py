@@ -316,3 +316,11 @@ nodes = Table(  # the daemons that run on this database
     Column("started_at", Text),
     Column("seen_at", Text),
 )
+
+auto_mail_counts = Table(  # automatic mail per minute and key (m:mailbox, d:domain, *)
+    "auto_mail_counts", metadata,
+    Column("key", Text, primary_key=True),
+    Column("minute", BigInteger, primary_key=True, autoincrement=False),
+    Column("shard", Integer, primary_key=True, autoincrement=False),  # the writing process's
+    Column("n", BigInteger, nullable=False, server_default=ZERO),
+)

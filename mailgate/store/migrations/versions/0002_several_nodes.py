@@ -13,6 +13,10 @@ Revises: 0001
 - `outbound.claimed_by` / `outbound.lease_until`: the node sending an outgoing mail and until
   when its claim holds; a node that dies mid-send leaves a lease that runs out, and another
   node retries the mail.
+- `auto_mail_counts`: automatic mail queued per minute, by recipient mailbox (`m:…`), domain
+  (`d:…`) and in all (`*`), each node writing its own `shard` so nodes never wait on one hot
+  row: the rate limits read at most an hour of minutes instead of counting the outbox. Filled
+  from the last hour of the outbox here.
 - `uq_messages_incoming`: one stored copy of a message (the same Message-ID, sender and
   content digest, received by mail) — the backstop under the thread lock, so that two nodes
   taking the same message never both store it. Rows that already repeat an earlier one (none
@@ -23,6 +27,8 @@ On SQLite a new file gets the same changes from `mailgate.store.db` without Alem
 """
 
 from __future__ import annotations
+
+import time
 
 import sqlalchemy as sa
 from alembic import op
@@ -58,6 +64,14 @@ def upgrade() -> None:
         sa.Column("started_at", sa.Text),
         sa.Column("seen_at", sa.Text),
     )
+    counts = op.create_table(
+        "auto_mail_counts",
+        sa.Column("key", sa.Text, primary_key=True),
+        sa.Column("minute", sa.BigInteger, primary_key=True, autoincrement=False),
+        sa.Column("shard", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("n", sa.BigInteger, nullable=False, server_default=sa.text("0")),
+    )
+    _backfill(counts)
     with op.batch_alter_table("outbound") as batch:
         batch.add_column(sa.Column("claimed_by", sa.Text))
         batch.add_column(sa.Column("lease_until", sa.Float))
@@ -71,11 +85,30 @@ def upgrade() -> None:
                     postgresql_where=sa.text(INCOMING))
 
 
+def _backfill(counts: sa.Table) -> None:
+    """The last hour's automatic mail from the outbox, as the rate limits counted it (mail to
+    agents included in the domain and total counts: for this one hour, a little more)."""
+    since = time.time() - 3600
+    rows = op.get_bind().execute(sa.text(
+        "SELECT to_mailbox, to_domain, created_ts FROM outbound WHERE automatic = 1"
+        " AND created_ts >= :since AND status NOT IN ('suppressed', 'failed')"),
+        {"since": since}).fetchall()
+    found: dict[tuple[str, int], int] = {}
+    for mailbox, domain, ts in rows:
+        minute = int(ts // 60)
+        for key in (f"m:{mailbox or ''}", f"d:{domain or ''}", "*"):
+            found[(key, minute)] = found.get((key, minute), 0) + 1
+    if found:
+        op.bulk_insert(counts, [{"key": k, "minute": m, "shard": 0, "n": n}
+                                for (k, m), n in found.items()])
+
+
 def downgrade() -> None:
     op.drop_index("uq_messages_incoming", "messages")
     with op.batch_alter_table("outbound") as batch:
         batch.drop_column("lease_until")
         batch.drop_column("claimed_by")
+    op.drop_table("auto_mail_counts")
     op.drop_table("nodes")
     op.drop_table("shared_secrets")
     op.drop_table("stored_files")
