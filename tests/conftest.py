@@ -138,6 +138,14 @@ class Daemon:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def store(self) -> Any:
+        """The daemon's store, wherever its config puts it (SQLite or PostgreSQL); each
+        `execute` commits on its own. The caller closes it."""
+        from mailgate.config import load_config
+        from mailgate.store.connect import open_store
+
+        return open_store(load_config(self.config).database)
+
     def cli(self, *args: str, expect: int = 0) -> str:
         result = CliRunner().invoke(cli, ["--config", str(self.config), *args])
         assert result.exit_code == expect, (result.output, result.exception)
@@ -169,13 +177,44 @@ class Daemon:
             time.sleep(0.05)
 
 
+# Test modules whose daemons run on both engines: each test that starts a daemon runs once on
+# the embedded SQLite and once with `[storage] database` naming a fresh database of the
+# suite's PostgreSQL (skipped under one line without its binaries).
+BOTH_ENGINES = {"test_threading", "test_orgs_rules", "test_outbound"}
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "backend" in metafunc.fixturenames and metafunc.module.__name__ in BOTH_ENGINES:
+        metafunc.parametrize("backend", ["sqlite", "postgresql"], indirect=True)
+
+
 @pytest.fixture
-def make_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
+def backend(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """None for the embedded SQLite; else the URL of a fresh PostgreSQL database."""
+    if getattr(request, "param", "sqlite") == "sqlite":
+        yield None
+        return
+    server = request.getfixturevalue("postgres_server")
+    url = server.create_database()
+    yield url
+    server.drop_database(url)
+
+
+def on_backend(cfg: Path, url: str | None) -> Path:
+    """The config at `cfg` with its store in the database at `url` (None: SQLite)."""
+    if url is not None:
+        cfg.write_text(cfg.read_text().replace(
+            'data_dir = "data"', f'data_dir = "data"\ndatabase = "{url}"', 1))
+    return cfg
+
+
+@pytest.fixture
+def make_daemon(tmp_path: Path, backend: str | None) -> Iterator[Callable[..., Daemon]]:
     started: list[Daemon] = []
 
     def factory(extra: str = "", server_extra: str = "", name: str = "d") -> Daemon:
         port = free_port()
-        cfg = write_config(tmp_path / name, port, extra, server_extra)
+        cfg = on_backend(write_config(tmp_path / name, port, extra, server_extra), backend)
         d = Daemon(cfg, port)
         d.start()
         started.append(d)

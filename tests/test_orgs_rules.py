@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import email
 import email.policy
-import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -270,9 +269,10 @@ def test_idle_rule_fires_once_also_across_a_restart(out_daemon) -> None:
     notes = [m for m in d.json("tickets", "show", str(t["id"]))["messages"]
              if m["text"] == "nobody touched this ticket"]
     assert len(notes) == 1
-    db = sqlite3.connect(d.data_dir / "mailgate.db")
+    db = d.store()
     assert db.execute("SELECT COUNT(*) FROM rule_firings WHERE ticket_id=? AND rule='reminder'",
                       (t["id"],)).fetchone()[0] == 1
+    db.close()
 
 
 def test_sla_breach(out_daemon) -> None:

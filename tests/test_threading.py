@@ -6,7 +6,6 @@ mail makes no tickets and moves no statuses; nothing is answered that should not
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Callable
 
@@ -201,9 +200,9 @@ def test_reopen_resolved_and_new_ticket_after_long_closed(desk: Daemon) -> None:
     assert row["ticket_id"] == t["id"]
     # closed ten days ago (older than reopen_closed_days = 7): a new ticket, linked
     desk.cli("tickets", "status", str(t["id"]), "closed")
-    db = sqlite3.connect(desk.data_dir / "mailgate.db")
+    db = desk.store()
     db.execute("UPDATE tickets SET closed_at='2026-01-01T00:00:00Z' WHERE id=?", (t["id"],))
-    db.commit()
+    db.close()
     row = deliver(desk, mail("Re: Reopen me", "ro4@customer.test",
                              extra="In-Reply-To: <ro1@customer.test>\r\n"))
     assert row["action"] == "created_ticket" and row["ticket_id"] != t["id"]
