@@ -133,14 +133,16 @@ def test_a_failing_message_is_rolled_back_alone_on_postgresql(pg_pipeline  # typ
     assert spool.get(ids[2]).state == "deferred"
 
 
-def test_the_daemon_runs_on_postgresql(tmp_path: Path, pg_database: str) -> None:
+@pytest.mark.parametrize("process", ["inline", "separate"])
+def test_the_daemon_runs_on_postgresql(tmp_path: Path, pg_database: str, process: str) -> None:
     """`[storage] database = "postgresql://…"`: `mailgate serve` creates the schema on the empty
     database, takes mail over SMTP into its local spool, stores tickets in PostgreSQL, and the
-    CLI reads them from there (no SQLite store file is made)."""
+    CLI reads them from there (no SQLite store file is made) — with the pipeline in the daemon
+    and in a process of its own."""
     from conftest import Daemon, free_port, queue_id_of, send
 
     port = free_port()
-    cfg = write_config(tmp_path / "pgnode", port, "", "")
+    cfg = write_config(tmp_path / "pgnode", port, f'[pipeline]\nprocess = "{process}"\n', "")
     cfg.write_text(cfg.read_text().replace(
         'data_dir = "data"', f'data_dir = "data"\ndatabase = "{pg_database}"', 1))
     daemon = Daemon(cfg, port)
@@ -160,6 +162,10 @@ def test_the_daemon_runs_on_postgresql(tmp_path: Path, pg_database: str) -> None
         daemon.stop()
     db = PgDatabase(pg_database)
     assert db.execute("SELECT COUNT(*) FROM messages").fetchone()[0] == 2
+    # the raw mail is in the database, where every node reads it, not under data_dir
+    paths = [r[0] for r in db.execute("SELECT path FROM stored_files").fetchall()]
+    assert len(paths) == 2 and all(p.startswith("raw/") for p in paths), paths
+    assert not (daemon.data_dir / "raw").exists()
     db.close()
 
 
