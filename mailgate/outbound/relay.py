@@ -27,6 +27,13 @@ database calls stay off the event loop and never interleave. It claims at most `
 (≤ 4) mails at a time and delivers them concurrently, one SMTP connection each, so `stop()` only
 ever waits for mails that are actually in flight; no claimed row is left behind `sending`
 unless the task is cancelled or the process dies (`recover()` at the next start settles those).
+
+Several nodes on one database (`node_id`): each claim holds a lease long enough for one attempt
+(`lease_before_data`, extended at DATA to `lease_for_data`, both from the relay's timeouts);
+start-up settles only this node's rows, and every `settle_every` seconds the worker settles
+the rows other nodes left `sending` past their lease (they died). An attempt whose claim was
+taken over by another node meanwhile sends no DATA, and its outcome is not written (the other
+node's attempt decides; see `mailgate.store.outbound`).
 """
 
 from __future__ import annotations
