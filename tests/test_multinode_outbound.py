@@ -306,6 +306,8 @@ def test_two_schedulers_one_leader_each_rule_fires_once_and_leadership_passes_on
             assert (leader.fired, other.fired) == (6, 0)
             assert f"scheduler: node {leader.node_id!r} leads" in caplog.text
             assert f"node {other.node_id!r} leads" not in caplog.text
+            assert "lost the leadership" not in caplog.text  # held, tick after tick
+            assert caplog.text.count("leads") == 1
             # the leader stops: the other leads from its next tick on, and does the work
             leader.stop()
             await asyncio.wait_for(tasks.pop(leader), 10)
