@@ -136,7 +136,7 @@ async def _serve(config: Config) -> None:
     relay = RelayWorker(
         config.database, config.relay, envelope_from=lambda m: live.route()[1](m),
         signer=app.dkim_signer(config), hostname=config.hostname,
-        relay_for=lambda m: live.route()[0](m),
+        relay_for=lambda m: live.route()[0](m), node_id=config.node_id,
     )
     admin = None
     if config.admin_host is not None:  # an unsafe [admin] listen is refused here, before binding
@@ -189,7 +189,8 @@ async def _serve(config: Config) -> None:
         where = f"{_address(sock)} (socket from systemd; [server] listen not used)"
     worker_task = asyncio.create_task(worker.run(), name="pipeline-worker")
     relay_task = asyncio.create_task(relay.run(), name="relay-worker")
-    scheduler = Scheduler(config.database, lambda: automation[0], config.tick_seconds)
+    scheduler = Scheduler(config.database, lambda: automation[0], config.tick_seconds,
+                          node_id=config.node_id)
     scheduler_task = asyncio.create_task(scheduler.run(), name="scheduler")
     node_beat = (asyncio.create_task(_node_beat(config), name="node-beat") if several
                  else None)

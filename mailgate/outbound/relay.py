@@ -27,12 +27,20 @@ database calls stay off the event loop and never interleave. It claims at most `
 (≤ 4) mails at a time and delivers them concurrently, one SMTP connection each, so `stop()` only
 ever waits for mails that are actually in flight; no claimed row is left behind `sending`
 unless the task is cancelled or the process dies (`recover()` at the next start settles those).
+
+Several nodes on one database (`node_id`): each claim holds a lease long enough for one attempt
+(`lease_before_data`, extended at DATA to `lease_for_data`, both from the relay's timeouts);
+start-up settles only this node's rows, and every `settle_every` seconds the worker settles
+the rows other nodes left `sending` past their lease (they died). An attempt whose claim was
+taken over by another node meanwhile sends no DATA, and its outcome is not written (the other
+node's attempt decides; see `mailgate.store.outbound`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import re
 import sqlite3
@@ -51,12 +59,14 @@ from mailgate.store.connect import open_store
 from mailgate.store.outbound import (
     OutboundMail,
     claim_due,
+    extend_lease,
     mark_data_started,
     mark_deferred,
     mark_failed,
     mark_sent,
     next_due_in,
     recover,
+    settle_expired,
 )
 
 log = logging.getLogger("mailgate.outbound.relay")
@@ -66,6 +76,11 @@ T = TypeVar("T")
 MAX_CONCURRENCY = 4
 RECORD_RETRY_FIRST = 0.1  # seconds before writing an outcome again after the database said no
 RECORD_RETRY_MAX = 10.0
+# Replies the relay may owe before DATA, each within `[relay] timeout`: the greeting, EHLO,
+# STARTTLS, EHLO again, AUTH (two round trips), MAIL and RCPT.
+REPLIES_BEFORE_DATA = 8
+LEASE_MARGIN = 60.0  # seconds on top: signing, the database writes, a slow event loop
+SETTLE_EVERY = 30.0  # seconds between looks for rows a dead node left `sending`
 # An address we are willing to put after MAIL FROM:/RCPT TO: — no controls, spaces, <, > or ,.
 _ADDRESS = re.compile(r"[^\x00-\x20\x7f<>,;]+@[^\x00-\x20\x7f<>,;@]+\Z")
 
@@ -80,6 +95,10 @@ class _Permanent(Exception):
 
 class _Temporary(Exception):
     """A 4xx at MAIL, RCPT or DATA: defer."""
+
+
+class _ClaimLost(Exception):
+    """Before DATA: this attempt's lease ran out and another node took the row."""
 
 
 class _MaybeSent(Exception):
@@ -106,6 +125,17 @@ def check_address(address: str) -> str:
     return address
 
 
+def lease_before_data(relay: Relay) -> float:
+    """How long a claim must hold for an attempt to reach DATA through `relay`."""
+    return REPLIES_BEFORE_DATA * relay.timeout + LEASE_MARGIN
+
+
+def lease_for_data(relay: Relay) -> float:
+    """How long a claim must hold from the start of DATA: the DATA command's own time, then
+    the QUIT-free recording of the outcome."""
+    return relay.data_timeout + relay.timeout + LEASE_MARGIN
+
+
 def backoff(relay: Relay, attempts: int) -> float:
     """Seconds to wait after failed attempt number `attempts` (1-based)."""
     return min(relay.retry_max_seconds, relay.retry_base_seconds * 2 ** max(0, attempts - 1))
@@ -125,7 +155,12 @@ class RelayWorker:
         concurrency: int = MAX_CONCURRENCY,
         idle_poll: float = 1.0,
         relay_for: Callable[[OutboundMail], Relay] | None = None,
+        node_id: str = "mailgate",
+        settle_every: float = SETTLE_EVERY,
     ) -> None:
+        # This node among those on one database: the name its claims carry.
+        self.node_id = node_id
+        self.settle_every = settle_every
         self.relay = relay
         # A mailbox's own relay ([mailboxes.relay]); None: every mail through `relay`.
         self.relay_for = relay_for
@@ -174,9 +209,10 @@ class RelayWorker:
 
     # --- the loop -----------------------------------------------------------------------------
 
-    async def _in_db(self, fn: Callable[..., T], *args: Any) -> T:
+    async def _in_db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._db_thread, fn, self.db, *args)
+        return await loop.run_in_executor(self._db_thread,
+                                          functools.partial(fn, self.db, *args, **kwargs))
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -186,15 +222,22 @@ class RelayWorker:
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()  # bound to this loop
         recovered = False
+        settled_at = -float("inf")
         while not self._stopping:
             self._wake.clear()
             try:
                 if not recovered:
-                    settled = await self._in_db(recover)
+                    settled = await self._in_db(recover, self.node_id)
                     recovered = True
                     for oid, _maybe, note in settled:
                         log.warning("outbound_id=%d %s", oid, note)
-                batch = await self._in_db(claim_due, self.concurrency)
+                if time.monotonic() - settled_at >= self.settle_every:
+                    settled = await self._in_db(settle_expired, self.node_id)
+                    settled_at = time.monotonic()
+                    for oid, _maybe, note in settled:
+                        log.warning("outbound_id=%d %s", oid, note)
+                batch = await self._in_db(claim_due, self.concurrency, self.node_id,
+                                          lease_before_data(self.relay))
             except Exception:
                 log.exception("relay: cannot read the outbox; retrying in 1s")
                 await self._sleep(1.0)
@@ -220,6 +263,10 @@ class RelayWorker:
             # A 5xx means the relay is up and answering; a bad address or message says nothing.
             await self._finish(mail, "failed", str(exc),
                                relay_ok=True if exc.relay_answered else None)
+        except _ClaimLost:
+            log.warning("outbound_id=%d not sent by node %r: its claim (attempt %d) ran out"
+                        " before DATA and another node has the mail now", mail.id,
+                        self.node_id, mail.attempts)
         except _MaybeSent as exc:
             await self._retry_or_give_up(mail, str(exc), maybe_sent=True)
         except Exception as exc:
@@ -274,6 +321,10 @@ class RelayWorker:
                 raise _Permanent(str(exc)) from None
         utf8 = not (sender.isascii() and recipient.isascii())
         relay = self._relay_of(mail)
+        slower = lease_before_data(relay) > lease_before_data(self.relay)  # a mailbox's relay
+        if slower and not await self._in_db(extend_lease, mail.id, self.node_id, mail.attempts,
+                                            lease_before_data(relay)):
+            raise _ClaimLost()
         smtp = aiosmtplib.SMTP(
             hostname=relay.host,
             port=relay.port,
@@ -306,10 +357,13 @@ class RelayWorker:
             except (aiosmtplib.SMTPSenderRefused, aiosmtplib.SMTPRecipientRefused) as exc:
                 raise _refusal(exc.code, exc.message) from None
             try:
-                await self._in_db(mark_data_started, mail.id)
+                held = await self._in_db(mark_data_started, mail.id, self.node_id,
+                                         mail.attempts, lease_for_data(relay))
             except Exception as exc:
                 raise _Temporary(_one_line(f"cannot record the start of DATA ({exc}); nothing"
                                            " was sent")) from None
+            if not held:
+                raise _ClaimLost()
             try:
                 response = await smtp.data(data, timeout=relay.data_timeout)
             except aiosmtplib.SMTPDataError as exc:  # a reply: the relay did not take it
@@ -390,7 +444,7 @@ class RelayWorker:
                         oid, delay, mail.attempts, to, text, extra=ids)
             await self._record(mail, status, mark_deferred, oid, text, delay, maybe_sent)
 
-    async def _record(self, mail: OutboundMail, status: str, fn: Callable[..., None],
+    async def _record(self, mail: OutboundMail, status: str, fn: Callable[..., bool],
                       *args: Any) -> None:
         """Write the outcome of an attempt, retrying with backoff while the database says no for
         a reason that passes (locked, disk full, I/O error): the outcome is kept in memory
@@ -401,7 +455,7 @@ class RelayWorker:
         failures = 0
         while True:
             try:
-                await self._in_db(fn, *args)
+                held = await self._in_db(fn, *args, node_id=self.node_id, attempt=mail.attempts)
             except Exception as exc:
                 if not isinstance(exc, sqlite3.OperationalError) and temporary_cause(exc) is None:
                     log.exception("outbound_id=%d could not record %r; the row stays 'sending'"
@@ -413,7 +467,12 @@ class RelayWorker:
                 await asyncio.sleep(wait)
                 wait = min(RECORD_RETRY_MAX, wait * 2)
                 continue
-            if failures:
+            if not held:
+                log.warning("outbound_id=%d %r not recorded: node %r's claim (attempt %d) ran"
+                            " out and another node has taken the mail since; its attempt decides"
+                            " (a mail sent by both arrives twice, with the same Message-ID)",
+                            mail.id, status, self.node_id, mail.attempts, extra=ids)
+            elif failures:
                 log.warning("outbound_id=%d %r recorded after %d failed attempt(s) to write it",
                             mail.id, status, failures, extra=ids)
             return

@@ -5,6 +5,15 @@ tick_seconds` in the daemon. Output: `idle` rules fired once per ticket and rule
 happened on the ticket for `after` while their conditions hold, and `sla_breached` rules fired
 once per ticket, policy and target (first response, resolution); each firing recorded in
 `rule_firings` in the same transaction as its actions, so a restart never fires twice.
+
+Several nodes on one PostgreSQL: the scheduler runs on one node at a time. Before each tick a
+node tries to take (or checks that it still holds) a session-level advisory lock on the
+scheduler's own connection; the node that has it leads and ticks, the others skip the tick
+and try again at the next. The lock goes with the leader's connection — when that node stops
+or its connection dies, another node takes it at its next tick. `leading` says whether this
+node leads now (for `doctor` and the metrics). On SQLite (one host) the scheduler always leads.
+The primary key of `rule_firings` stays the backstop: a firing is recorded once whichever node
+makes it.
 """
 
 from __future__ import annotations
@@ -12,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -24,6 +34,13 @@ from mailgate.store.tickets import ticket_row
 
 log = logging.getLogger("mailgate.scheduler")
 BATCH = 500
+# The advisory lock (two int4 keys) that makes a node the scheduler's leader: "mail", "sche".
+LOCK_KEYS = (0x6D61696C, 0x73636865)
+_TAKE = f"SELECT pg_try_advisory_lock({LOCK_KEYS[0]}, {LOCK_KEYS[1]})"
+_HELD = ("SELECT COUNT(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+         f" AND pid = pg_backend_pid() AND classid = {LOCK_KEYS[0]} AND objid = {LOCK_KEYS[1]}"
+         " AND objsubid = 2")
+_GIVE = f"SELECT pg_advisory_unlock({LOCK_KEYS[0]}, {LOCK_KEYS[1]})"
 
 
 def _iso(dt: datetime) -> str:
@@ -32,8 +49,10 @@ def _iso(dt: datetime) -> str:
 
 class Scheduler:
     def __init__(self, database: Path | str, automation: Callable[[], Automation],
-                 tick_seconds: float) -> None:
+                 tick_seconds: float, node_id: str = "mailgate") -> None:
         self.database = database
+        self.node_id = node_id
+        self.leading = False  # this node runs the ticks now
         self.automation = automation  # read at each tick: a reload swaps the rules
         self.tick_seconds = tick_seconds
         self._stop = asyncio.Event()
@@ -49,13 +68,53 @@ class Scheduler:
         try:
             while not self._stop.is_set():
                 try:
-                    self.fired += await loop.run_in_executor(None, self.tick, db)
+                    if await loop.run_in_executor(None, self.lead, db):
+                        self.fired += await loop.run_in_executor(None, self.tick, db)
                 except Exception:
                     log.exception("scheduler tick failed; trying again at the next tick")
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), self.tick_seconds)
         finally:
-            db.close()
+            await loop.run_in_executor(None, self._step_down, db)
+
+    def lead(self, db: object) -> bool:
+        """Whether this node leads for the next tick: on PostgreSQL it holds the advisory lock
+        on `db`'s session (still, or newly); on SQLite always. Logs every change."""
+        conn = db.conn  # type: ignore[attr-defined]
+        if isinstance(conn, sqlite3.Connection):
+            self.leading = True
+            return True
+        try:
+            if self.leading and conn.execute(_HELD).fetchone()[0]:
+                return True
+            if self.leading:  # the session that held the lock is gone (a lost connection)
+                self.leading = False
+                log.warning("scheduler: node %r lost the leadership (its database session"
+                            " ended); trying to take it again", self.node_id)
+            if conn.execute(_TAKE).fetchone()[0]:
+                self.leading = True
+                log.info("scheduler: node %r leads (runs the idle rules and SLA checks)",
+                         self.node_id)
+        except Exception:
+            if self.leading:
+                log.warning("scheduler: node %r lost the leadership (the database is"
+                            " unreachable)", self.node_id)
+            self.leading = False
+            raise
+        return self.leading
+
+    def _step_down(self, db: object) -> None:
+        """Stopping: give the lock up at once (closing the session would do it too)."""
+        try:
+            if self.leading and not isinstance(db.conn, sqlite3.Connection):  # type: ignore
+                db.execute(_GIVE)  # type: ignore[attr-defined]
+                log.info("scheduler: node %r stops leading (stopping)", self.node_id)
+        except Exception:
+            log.warning("scheduler: node %r could not release the leadership lock; it goes"
+                        " with the connection", self.node_id)
+        finally:
+            self.leading = False
+            db.close()  # type: ignore[attr-defined]
 
     def tick(self, db: object) -> int:
         """One pass over idle rules and SLAs; returns how many rule firings happened."""

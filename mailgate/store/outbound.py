@@ -10,6 +10,16 @@ DATA. A crash leaves the row `sending`, and start-up (`recover`) decides: an att
 before DATA sent nothing and is simply retried; one cut short after DATA began may have been
 delivered ("maybe sent"): it is resent with the same Message-ID (so the receiver can drop the
 copy), `maybe_sent` counts it, and `last_error` says so. Delivery is therefore at-least-once.
+
+Several nodes on one database: a row is claimed by one node (`claimed_by`, its `[storage]
+node_id`) until `lease_until` (the database's clock), the claim taken with FOR UPDATE SKIP
+LOCKED on PostgreSQL so that two nodes never take the same row. Start-up settles only this
+node's rows (and unclaimed ones from before revision 0002); the rows of a node whose lease ran
+out (it died) are settled by whichever node sees them first (`settle_expired`), by the same
+rule. The outcome of an attempt is written only while that attempt (node and attempt number)
+still holds the row; when another node has taken it since, the outcome is dropped and the other
+node's attempt decides (the mail may then arrive twice, with the same Message-ID; it is never
+lost).
 """
 
 from __future__ import annotations
@@ -17,6 +27,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -132,92 +143,190 @@ def sent_with_message_id(conn: sqlite3.Connection, message_id: str
     return (int(row[0]), row[1]) if row else None
 
 
-def recover(db: sqlite_utils.Database) -> list[tuple[int, bool, str]]:
-    """At start-up, attempts cut short by a crash become deferred (due now). Returns one
-    (outbound id, maybe sent, what the audit now says) per row: those cut short before DATA
-    sent nothing and are simply retried; those cut short after DATA began may have been
-    delivered ("maybe sent") and are resent with the same Message-ID."""
+def on_postgres(conn: Any) -> bool:
+    """Whether `conn` (a connection from `transaction()`, or `db.conn`) is PostgreSQL's."""
+    return not isinstance(conn, sqlite3.Connection)
+
+
+def db_clock(conn: Any) -> float:
+    """Now, in seconds since the epoch, by the database's clock on PostgreSQL (so that the
+    leases several nodes stamp and compare do not depend on their clocks agreeing), by this
+    host's on SQLite (one host)."""
+    if on_postgres(conn):
+        return float(conn.execute("SELECT EXTRACT(EPOCH FROM clock_timestamp())").fetchone()[0])
+    return time.time()
+
+
+def _settle_note(attempts: int, data_started_at: str | None, message_id: str, why: str) -> str:
+    if data_started_at is not None:
+        return (f"maybe sent: attempt {attempts} was cut short by {why} after DATA began at"
+                f" {data_started_at}, before the relay's reply was recorded; it is resent with"
+                f" the same Message-ID <{message_id.strip().strip('<>')}>, so the receiver can"
+                " drop the copy")
+    return f"attempt {attempts} was cut short by {why} before DATA (nothing was sent); retried"
+
+
+def _settle(conn: Any, rows: list[tuple[Any, ...]], why: Callable[[str | None], str]
+            ) -> list[tuple[int, bool, str]]:
+    """Rows (id, attempts, data_started_at, message_id, claimed_by) left `sending` become
+    deferred, due now, inside the caller's transaction. `claimed_by` stays (whose attempt it
+    was); the lease is gone."""
     now = now_iso()
-    with transaction(db) as conn:
-        rows = conn.execute(
-            "SELECT id, attempts, data_started_at, message_id FROM outbound"
-            " WHERE status='sending'").fetchall()
-        settled = []
-        for oid, attempts, data_started_at, message_id in rows:
-            maybe = data_started_at is not None
-            if maybe:
-                note = (f"maybe sent: attempt {attempts} was cut short by a restart after DATA"
-                        f" began at {data_started_at}, before the relay's reply was recorded;"
-                        f" it is resent with the same Message-ID"
-                        f" <{message_id.strip().strip('<>')}>, so the receiver can drop the"
-                        " copy")
-            else:
-                note = (f"attempt {attempts} was cut short by a restart before DATA (nothing"
-                        " was sent); retried")
-            conn.execute(
-                "UPDATE outbound SET status='deferred', next_attempt=0, updated_at=?,"
-                " last_error=?, maybe_sent=maybe_sent+?, data_started_at=NULL WHERE id=?",
-                (now, note, int(maybe), oid))
-            settled.append((oid, maybe, note))
+    settled = []
+    for oid, attempts, data_started_at, message_id, claimed_by in rows:
+        maybe = data_started_at is not None
+        note = _settle_note(attempts, data_started_at, message_id, why(claimed_by))
+        conn.execute(
+            "UPDATE outbound SET status='deferred', next_attempt=0, updated_at=?,"
+            " last_error=?, maybe_sent=maybe_sent+?, data_started_at=NULL, lease_until=NULL"
+            " WHERE id=?",
+            (now, note, int(maybe), oid))
+        settled.append((int(oid), maybe, note))
     return settled
 
 
-def claim_due(db: sqlite_utils.Database, limit: int = 20) -> list[OutboundMail]:
-    now = time.time()
+_SENDING = "SELECT id, attempts, data_started_at, message_id, claimed_by FROM outbound"
+
+
+def recover(db: sqlite_utils.Database, node_id: str) -> list[tuple[int, bool, str]]:
+    """At start-up, this node's attempts cut short by a crash become deferred (due now): the
+    rows `sending` under `node_id`'s claim, and those with no claim at all (left by a
+    mailgate from before revision 0002). Another node's rows are never touched here, however
+    old: that node may be sending them right now (`settle_expired` takes them once their lease
+    has run out). Returns one (outbound id, maybe sent, what the audit now says) per row:
+    those cut short before DATA sent nothing and are simply retried; those cut short after
+    DATA began may have been delivered ("maybe sent") and are resent with the same
+    Message-ID."""
     with transaction(db) as conn:
+        lock = " FOR UPDATE" if on_postgres(conn) else ""
+        rows = conn.execute(
+            f"{_SENDING} WHERE status='sending' AND (claimed_by=? OR claimed_by IS NULL)"
+            f" ORDER BY id{lock}", (node_id,)).fetchall()
+        return _settle(conn, rows, lambda _node: "a restart")
+
+
+def settle_expired(db: sqlite_utils.Database, node_id: str, limit: int = 100
+                   ) -> list[tuple[int, bool, str]]:
+    """Rows another node left `sending` whose lease has run out (that node died, or lost the
+    database for longer than one attempt may take) become deferred, due now, with the rule
+    `recover` applies — whichever node sees them first. Returns what `recover` returns."""
+    with transaction(db) as conn:
+        now = db_clock(conn)
+        lock = " FOR UPDATE SKIP LOCKED" if on_postgres(conn) else ""
+        rows = conn.execute(
+            f"{_SENDING} WHERE status='sending' AND lease_until < ? AND claimed_by <> ?"
+            f" ORDER BY id LIMIT ?{lock}", (now, node_id, limit)).fetchall()
+        return _settle(conn, rows, lambda node: f"node {node!r} (its lease ran out)")
+
+
+def claim_due(db: sqlite_utils.Database, limit: int = 20, node_id: str = "mailgate",
+              lease_seconds: float = 3600.0) -> list[OutboundMail]:
+    """Up to `limit` due rows, marked `sending` under `node_id`'s claim until `lease_seconds`
+    from now (the database's clock). On PostgreSQL the due rows are locked with FOR UPDATE
+    SKIP LOCKED inside the claiming transaction, so nodes claiming at the same time never take
+    the same row (each skips the rows the other is claiming); on SQLite the transaction holds
+    the database's write lock, which does the same. `attempts` (counted up here) is the claim's
+    number: the outcome writes below apply only to the attempt that holds it."""
+    with transaction(db) as conn:
+        now = db_clock(conn)
+        lock = " FOR UPDATE SKIP LOCKED" if on_postgres(conn) else ""
         rows = conn.execute(
             "SELECT id, ticket_id, kind, to_addr, message_id, raw, attempts, created_ts,"
             " COALESCE(queue_id, ''), maybe_sent"
             " FROM outbound WHERE status='queued' OR (status='deferred' AND next_attempt<=?)"
-            " ORDER BY id LIMIT ?",
+            f" ORDER BY id LIMIT ?{lock}",
             (now, limit),
         ).fetchall()
-        conn.executemany(
-            "UPDATE outbound SET status='sending', attempts=attempts+1, updated_at=?,"
-            " data_started_at=NULL WHERE id=?",
-            [(now_iso(now), r[0]) for r in rows],
-        )
+        if rows:
+            conn.executemany(
+                "UPDATE outbound SET status='sending', attempts=attempts+1, updated_at=?,"
+                " data_started_at=NULL, claimed_by=?, lease_until=? WHERE id=?",
+                [(now_iso(now), node_id, now + lease_seconds, r[0]) for r in rows],
+            )
     return [OutboundMail(r[0], r[1], r[2], r[3], r[4], r[5], r[6] + 1, r[7], r[8], r[9] or 0)
             for r in rows]
 
 
-def mark_data_started(db: sqlite_utils.Database, outbound_id: int) -> None:
-    """Committed just before DATA: from now on, a crash leaves the mail "maybe sent"."""
-    with transaction(db) as conn:
-        conn.execute(
-            "UPDATE outbound SET data_started_at=?, updated_at=? WHERE id=? AND status='sending'",
-            (now_iso(), now_iso(), outbound_id),
-        )
+# The claim an outcome belongs to: this node's, this attempt's. `sending`: the claim holds.
+# `deferred` with the same attempt number: another node settled it after the lease ran out,
+# and nobody has claimed it since — the outcome of the attempt is still the truest word.
+_HELD = "id=? AND claimed_by=? AND attempts=? AND status IN ('sending', 'deferred')"
 
 
-def mark_sent(db: sqlite_utils.Database, outbound_id: int, reply: str) -> None:
+def extend_lease(db: sqlite_utils.Database, outbound_id: int, node_id: str, attempt: int,
+                 lease_seconds: float) -> bool:
+    """Hold this attempt's claim until `lease_seconds` from now. False: the claim is gone."""
     with transaction(db) as conn:
-        conn.execute(
-            "UPDATE outbound SET status='sent', sent_at=?, updated_at=?, last_error=?,"
-            " data_started_at=NULL WHERE id=?",
-            (now_iso(), now_iso(), reply, outbound_id),
-        )
+        now = db_clock(conn)
+        cur = conn.execute(
+            "UPDATE outbound SET lease_until=? WHERE id=? AND claimed_by=? AND attempts=?"
+            " AND status='sending'", (now + lease_seconds, outbound_id, node_id, attempt))
+        return cur.rowcount == 1
+
+
+def mark_data_started(db: sqlite_utils.Database, outbound_id: int, node_id: str = "mailgate",
+                      attempt: int | None = None, lease_seconds: float | None = None) -> bool:
+    """Committed just before DATA: from now on, a crash leaves the mail "maybe sent". The
+    lease is extended to `lease_seconds` from now (the DATA phase's own time). False: this
+    attempt no longer holds the claim (its lease ran out and another node took the row), and
+    DATA must not be sent."""
+    with transaction(db) as conn:
+        now = db_clock(conn)
+        where = "id=? AND status='sending'"
+        params: list[Any] = [outbound_id]
+        if attempt is not None:
+            where += " AND claimed_by=? AND attempts=?"
+            params += [node_id, attempt]
+        lease = "" if lease_seconds is None else ", lease_until=?"
+        values: list[Any] = [now_iso(now), now_iso(now)]
+        if lease_seconds is not None:
+            values.append(now + lease_seconds)
+        cur = conn.execute(
+            f"UPDATE outbound SET data_started_at=?, updated_at=?{lease} WHERE {where}",
+            (*values, *params))
+        return cur.rowcount == 1
+
+
+def _outcome(db: sqlite_utils.Database, assignments: str, values: tuple[Any, ...],
+             outbound_id: int, node_id: str | None, attempt: int | None) -> bool:
+    where, params = "id=?", (outbound_id,)
+    if node_id is not None and attempt is not None:
+        where, params = _HELD, (outbound_id, node_id, attempt)
+    with transaction(db) as conn:
+        cur = conn.execute(f"UPDATE outbound SET {assignments}, lease_until=NULL WHERE {where}",
+                           (*values, *params))
+        return cur.rowcount == 1
+
+
+def mark_sent(db: sqlite_utils.Database, outbound_id: int, reply: str,
+              node_id: str | None = None, attempt: int | None = None) -> bool:
+    """The relay took it. With `node_id` and `attempt`: only while that attempt holds the claim
+    (or its row waits, settled, for a retry nobody has begun); False when another node has
+    taken the row since — its attempt decides the row, and the mail may arrive twice with the
+    same Message-ID (at-least-once). Without them: unconditionally."""
+    return _outcome(db, "status='sent', sent_at=?, updated_at=?, last_error=?,"
+                    " data_started_at=NULL", (now_iso(), now_iso(), reply), outbound_id,
+                    node_id, attempt)
 
 
 def mark_deferred(db: sqlite_utils.Database, outbound_id: int, error: str, delay: float,
-                  maybe_sent: bool = False) -> None:
-    """`maybe_sent`: the attempt ended without a reply after DATA began (counted)."""
-    with transaction(db) as conn:
-        conn.execute(
-            "UPDATE outbound SET status='deferred', last_error=?, next_attempt=?, updated_at=?,"
-            " data_started_at=NULL, maybe_sent=maybe_sent+? WHERE id=?",
-            (error, time.time() + delay, now_iso(), int(maybe_sent), outbound_id),
-        )
+                  maybe_sent: bool = False, node_id: str | None = None,
+                  attempt: int | None = None) -> bool:
+    """`maybe_sent`: the attempt ended without a reply after DATA began (counted). The claim
+    rule of `mark_sent`."""
+    return _outcome(db, "status='deferred', last_error=?, next_attempt=?, updated_at=?,"
+                    " data_started_at=NULL, maybe_sent=maybe_sent+?",
+                    (error, time.time() + delay, now_iso(), int(maybe_sent)), outbound_id,
+                    node_id, attempt)
 
 
 def mark_failed(db: sqlite_utils.Database, outbound_id: int, error: str,
-                maybe_sent: bool = False) -> None:
-    with transaction(db) as conn:
-        conn.execute(
-            "UPDATE outbound SET status='failed', last_error=?, updated_at=?,"
-            " data_started_at=NULL, maybe_sent=maybe_sent+? WHERE id=?",
-            (error, now_iso(), int(maybe_sent), outbound_id),
-        )
+                maybe_sent: bool = False, node_id: str | None = None,
+                attempt: int | None = None) -> bool:
+    """The claim rule of `mark_sent`."""
+    return _outcome(db, "status='failed', last_error=?, updated_at=?, data_started_at=NULL,"
+                    " maybe_sent=maybe_sent+?", (error, now_iso(), int(maybe_sent)),
+                    outbound_id, node_id, attempt)
 
 
 def mark_bounced(conn: sqlite3.Connection, outbound_id: int, status: str, diagnostic: str
