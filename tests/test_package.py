@@ -25,6 +25,8 @@ import pytest
 from conftest import ROOT, Daemon, free_port, queue_id_of, shared_dns
 from relay_stub import RelayStub
 
+from mailgate.store.db import REVISIONS
+
 # What the wheel must carry besides the code (mailgate/builtin, read with importlib.resources;
 # the migrations, which Alembic finds by path).
 PACKAGE_DATA = [
@@ -38,6 +40,7 @@ PACKAGE_DATA = [
     "mailgate/store/migrations/env.py",
     "mailgate/store/migrations/script.py.mako",
     "mailgate/store/migrations/versions/0001_baseline_v11.py",
+    "mailgate/store/migrations/versions/0002_several_nodes.py",
 ]
 # Not part of a source tree that pip should see: runtime state, venvs, caches, old builds.
 NOT_SOURCE = {".git", ".venv", "data", "build", "dist", ".pytest_cache", ".ruff_cache"}
@@ -107,7 +110,7 @@ def test_wheel_in_a_fresh_venv_acknowledges_the_first_mail(tmp_path: Path,
     migrated = _run([python, "-c", "from mailgate.store.engine import make_engine;"
                      " from mailgate.store.upgrade import upgrade;"
                      " print(upgrade(make_engine('sqlite:///schema.db')))"], home, env).stdout
-    assert migrated.strip() == "revision 0001 (head)", migrated
+    assert migrated.strip() == f"revision {REVISIONS[-1]} (head)", migrated
     port = free_port()
     _run([program, "init", "--non-interactive", "--domain", "example.com",
           "--listen", f"127.0.0.1:{port}", "--relay-host", "127.0.0.1",
