@@ -238,8 +238,9 @@ class RelayWorker:
                         log.warning("outbound_id=%d %s", oid, note)
                 batch = await self._in_db(claim_due, self.concurrency, self.node_id,
                                           lease_before_data(self.relay))
-            except Exception:
-                log.exception("relay: cannot read the outbox; retrying in 1s")
+                self._outbox_down = False
+            except Exception as exc:
+                self._outbox_failed(exc)
                 await self._sleep(1.0)
                 continue
             if batch:
@@ -247,10 +248,22 @@ class RelayWorker:
                 continue
             try:
                 due = await self._in_db(next_due_in)
-            except Exception:
-                log.exception("relay: cannot read the outbox; retrying in 1s")
+            except Exception as exc:
+                self._outbox_failed(exc)
                 due = None
             await self._sleep(self.idle_poll if due is None else min(self.idle_poll, due))
+
+    _outbox_down = False
+
+    def _outbox_failed(self, exc: Exception) -> None:
+        """The outbox could not be read. The database down or gone (a shortage): one warning
+        line per outage, not a traceback a second; anything else: the traceback."""
+        cause = temporary_cause(exc)
+        if cause is None:
+            log.exception("relay: cannot read the outbox; retrying in 1s")
+        elif not self._outbox_down:
+            log.warning("relay: cannot read the outbox (%s); retrying every second", cause)
+        self._outbox_down = cause is not None
 
     # --- one mail -----------------------------------------------------------------------------
 
