@@ -140,6 +140,14 @@ def test_sessions_are_spread_over_both_workers_each_message_one_ticket_and_sigte
     assert set(stats["spool_by_node"]) == {NODE, f"{NODE}-0", f"{NODE}-1"}
     assert stats["spool_by_node"][NODE]["done"] == 0  # data_dir/spool.db is not used
 
+    # SIGHUP reaches every worker; READY=1 again once both have reloaded
+    assert d.proc is not None
+    seen = len(notify.messages)
+    d.proc.send_signal(signal.SIGHUP)
+    reloading = notify.wait_for("RELOADING=1", 10, after=seen)
+    notify.wait_for("READY=1", 20, after=reloading)
+    assert d.log().count("reloaded configuration from") == 2, d.log()
+
     # SIGTERM: every worker drains and stops, then the supervisor, with status 0
     seen = len(notify.messages)
     assert d.stop(signal.SIGTERM, timeout=40) == 0, d.log()
@@ -246,3 +254,50 @@ def test_a_port_in_use_stops_the_supervisor_with_one_line(tmp_path: Path,
     assert result.stderr.splitlines() == [
         f"mailgate: cannot listen on 127.0.0.1:{port} ([server] listen in {cfg}):"
         " Address already in use"], result.stderr
+
+
+def test_changing_the_number_of_workers_moves_unfinished_mail_into_a_spool_that_runs(
+        tmp_path: Path) -> None:
+    """A worker index beyond the new N (or the single daemon's spool when workers start, and
+    back): its unfinished entries move, bytes, kind and hold intact; done ones stay put."""
+    from mailgate.model import KIND_REJECTION, Envelope
+    from mailgate.ops.spools import adopt
+    from mailgate.spool import SPILL_BYTES, Spool, SpoolWriter
+
+    source, target = tmp_path / "workers" / "2" / "spool.db", tmp_path / "spool.db"
+    writer = SpoolWriter(source)
+
+    def env(qid: str) -> Envelope:
+        return Envelope(qid, time.time(), "127.0.0.1", "client.test", "a@client.test",
+                        ("support@example.com",), 10)
+
+    big = b"x" * (SPILL_BYTES + 10)
+    body = writer.new_body("BIG")
+    body.write(big)
+    for qid, content, kind in (("SMALL", b"hello", "message"), ("BIG", body, "message"),
+                               ("HELD", b"broken", "message"), ("DONE", b"old", "message"),
+                               ("REJ", None, KIND_REJECTION)):
+        writer.submit(env(qid), content, kind, "too big" if kind == KIND_REJECTION else None
+                      ).result()
+    writer.close()
+    old = Spool(source)
+    old.hold("HELD", "parse failed 3 times")
+    old.mark_done("DONE")
+    old.close()
+
+    assert adopt(target, source) == 4
+    assert adopt(target, source) == 0  # nothing left to move: no duplicate
+    new, old = Spool(target), Spool(source)
+    try:
+        got = {e.envelope.queue_id: e for e in new.entries(limit=100)}
+        assert set(got) == {"SMALL", "BIG", "HELD", "REJ"}
+        assert got["HELD"].state == "hold" and got["HELD"].reason == "parse failed 3 times"
+        assert got["REJ"].kind == KIND_REJECTION and got["REJ"].reason == "too big"
+        assert {got[q].state for q in ("SMALL", "BIG", "REJ")} == {"incoming"}
+        assert new.get("SMALL").content == b"hello"  # type: ignore[union-attr]
+        assert new.get("BIG").content == big  # type: ignore[union-attr]
+        assert old.entries(limit=100) == []  # all done in the source
+        assert old.counts()["done"] == 5
+    finally:
+        new.close()
+        old.close()

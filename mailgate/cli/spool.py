@@ -2,7 +2,9 @@
 the pipeline.
 
 Input: spool states and a queue id typed by an administrator. Output: counts and spool rows
-(tables or JSON); a held or deferred message put back for the running daemon to retry.
+(tables or JSON) of every spool of the data directory — data_dir/spool.db and, after `serve
+--workers N`, each worker's, with the node that owns each row; a held or deferred message put
+back for the running daemon to retry.
 """
 
 from __future__ import annotations

@@ -4,7 +4,9 @@ worker (with `[pipeline] process = "separate"` in a child process of its own:
 relay worker together, with an orderly stop on SIGTERM/SIGINT and a reload of the
 configuration on SIGHUP.
 
-Input: a validated `Config`, the signals, and systemd's environment (see `mailgate.ops.sdnotify`).
+Input: a validated `Config`, the signals, and systemd's environment (see `mailgate.ops.sdnotify`);
+in a worker of `serve --workers N` (`Config.worker` set), the listening socket its supervisor
+binds (`mailgate.ops.supervisor`) and the supervisor's notify socket in place of systemd's.
 Output: a running server until a stop signal. On start-up, work that a crash left `active` in
 the spool goes back to `incoming` (or to `hold` once it has been tried `[pipeline] max_attempts`
 times); the SMTP socket is the one systemd passes (socket activation) or `[server] listen`;
