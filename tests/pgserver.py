@@ -11,7 +11,7 @@ returns its URL.
 Run as root (CI is), the cluster belongs to the `postgres` user: initdb and pg_ctl run through
 `runuser -u postgres --` (PostgreSQL refuses to run as root) in a directory under /tmp owned by
 that user. Durability is off (fsync, synchronous_commit, full_page_writes): the data is thrown
-away at the end.
+away at the end (`durable=True` keeps PostgreSQL's defaults, for benchmarks).
 """
 
 from __future__ import annotations
@@ -66,8 +66,12 @@ def _free_port() -> int:
 
 
 class PgServer:
-    def __init__(self, bindir: Path) -> None:
+    def __init__(self, bindir: Path, durable: bool = False) -> None:
+        """`durable`: PostgreSQL's own defaults for fsync, synchronous_commit and
+        full_page_writes (as a real installation runs; bench/scaleout.py), and Debian's
+        shared_buffers; otherwise all three off, for the tests' speed."""
         self.bindir = bindir
+        self.durable = durable
         self.port = 0
         self.as_root = os.geteuid() == 0
         self.dir = Path(tempfile.mkdtemp(prefix="mailgate-pg-"))
@@ -98,8 +102,10 @@ class PgServer:
         self._run(self.bindir / "initdb", "-D", self.data, "-U", "postgres", "-A", "trust",
                   "-E", "UTF8", "--locale=C", "--no-sync", "--no-instructions")
         options = (f"-c listen_addresses=127.0.0.1 -c unix_socket_directories={self.dir}"
-                   " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
-                   " -c max_connections=200 -c shared_buffers=32MB")
+                   " -c max_connections=200")
+        options += (" -c shared_buffers=128MB" if self.durable else
+                    " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+                    " -c shared_buffers=32MB")
         for attempt in range(5):  # the free port may be taken between finding and binding
             self.port = _free_port()
             try:

@@ -77,7 +77,10 @@ class State:
         return open_store(self.config.database)
 
     def spool(self) -> Spool:
-        return Spool(self.config.spool_path)
+        """The spool new mail goes into (a running worker's under `serve --workers`)."""
+        from mailgate.ops.spools import live_spool_path
+
+        return Spool(live_spool_path(self.config))
 
 
 pass_state = click.make_pass_decorator(State)

@@ -14,6 +14,8 @@ from mailgate.cli.base import (
     State,
     pass_state,
 )
+from mailgate.config.load import MAX_WORKERS
+from mailgate.errors import UserError
 from mailgate.ops import app
 
 
@@ -28,15 +30,63 @@ def check_config(state: State) -> None:
 
 
 @click.command()
-@pass_state
-def serve(state: State) -> None:
+@click.option("--workers", type=click.IntRange(1, MAX_WORKERS), default=None, metavar="N",
+              help="Processes, each with its own SMTP listener on the one port (SO_REUSEPORT),"
+              " spool, pipeline and relay (default: [server] workers, 1). More than 1 needs"
+              " [storage] database on PostgreSQL.")
+@click.option("--worker-index", type=click.IntRange(0, MAX_WORKERS - 1), default=None,
+              hidden=True)  # started by the supervisor of --workers N: mailgate.ops.supervisor
+@click.option("--listen-fd", type=click.IntRange(3), default=None, hidden=True)
+@click.pass_context
+def serve(ctx: click.Context, workers: int | None, worker_index: int | None,
+          listen_fd: int | None) -> None:
     """Run the daemon: SMTP listener, spool, pipeline, relay, scheduler, admin endpoint."""
-    from mailgate.ops.daemon import serve as run_daemon
     from mailgate.ops.logsetup import setup_logging
 
+    state = ctx.find_object(State)
+    assert state is not None
+    if worker_index is not None:
+        _serve_worker(state, worker_index, listen_fd)
+        return
     cfg = state.config
+    count = workers or cfg.workers
+    if count > 1 and cfg.database_url is None:
+        raise UserError(f"serve --workers {count} needs [storage] database on PostgreSQL in"
+                        f" {cfg.path} (the embedded SQLite store is one process's)")
     setup_logging(cfg.log_level, cfg.log_format)
-    asyncio.run(run_daemon(cfg))
+    if count == 1:
+        from mailgate.ops.daemon import serve as run_daemon
+
+        asyncio.run(run_daemon(cfg))
+        return
+    from mailgate.ops.supervisor import supervise
+
+    if not asyncio.run(supervise(cfg, count)):
+        ctx.exit(1)
+
+
+def _serve_worker(state: State, index: int, listen_fd: int | None) -> None:
+    """One worker of `serve --workers N`: a whole daemon on the socket the supervisor passed.
+    An error that stops it at start goes to the supervisor, which prints it once."""
+    import socket
+
+    from mailgate.ops.daemon import serve as run_daemon
+    from mailgate.ops.logsetup import setup_logging
+    from mailgate.ops.supervisor import become_worker, send_error
+
+    become_worker()
+    try:
+        cfg = state.config.for_worker(index)
+        setup_logging(cfg.log_level, cfg.log_format)
+        sock = None
+        if listen_fd is not None:
+            sock = socket.socket(fileno=listen_fd)
+            sock.setblocking(False)
+        asyncio.run(run_daemon(cfg, sock))
+    except UserError as exc:
+        if not send_error(str(exc)):
+            raise
+        raise SystemExit(1) from None
 
 # --- admin endpoint -------------------------------------------------------------------------
 

@@ -2,7 +2,9 @@
 the pipeline.
 
 Input: spool states and a queue id typed by an administrator. Output: counts and spool rows
-(tables or JSON); a held or deferred message put back for the running daemon to retry.
+(tables or JSON) of every spool of the data directory — data_dir/spool.db and, after `serve
+--workers N`, each worker's, with the node that owns each row; a held or deferred message put
+back for the running daemon to retry.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from mailgate.cli.base import (
 )
 from mailgate.errors import NotFound, UserError
 from mailgate.model import SPOOL_STATES
+from mailgate.ops.spools import spool_files
+from mailgate.spool import Spool
 from mailgate.store import audit, tickets
 from mailgate.store import outbound as outbox
 from mailgate.store import spam as spam_store
@@ -34,7 +38,11 @@ def stats(state: State, as_json: bool) -> None:
     db = state.db()
     data = tickets.counts(db)
     data["incoming_by_action"] = audit.counts_by_action(db)
-    data["spool"] = state.spool().counts()
+    by_node = _spool_counts(state)
+    data["spool"] = {k: sum(c[k] for c in by_node.values())
+                     for k in next(iter(by_node.values()))}
+    if len(by_node) > 1:  # `serve --workers N`: each worker's spool too
+        data["spool_by_node"] = by_node
     data["outgoing_by_status"] = outbox.counts_by_status(db)
     data["quarantine"] = spam_store.counts(db)
     if as_json:
@@ -47,6 +55,18 @@ def stats(state: State, as_json: bool) -> None:
                        ("spam quarantine", "quarantine")):
         parts = ", ".join(f"{k}={v}" for k, v in data[key].items()) or "-"
         click.echo(f"{title}: {parts}")
+
+
+def _spool_counts(state: State) -> dict[str, dict[str, int]]:
+    """Each spool's counts by node: data_dir/spool.db's, then each worker's (`serve --workers`)."""
+    out = {}
+    for found in spool_files(state.config):
+        spool = Spool(found.path)
+        try:
+            out[found.node] = spool.counts()
+        finally:
+            spool.close()
+    return out
 
 
 @click.group("spool")
@@ -65,16 +85,26 @@ def spool_list(state: State, states: tuple[str, ...], limit: int, as_json: bool)
     kwargs: dict[str, Any] = {"limit": limit}
     if states:
         kwargs["states"] = states
-    rows = [
-        {
-            "queue_id": e.queue_id, "state": e.state, "kind": e.kind, "attempts": e.attempts,
-            "received_at": e.envelope.received_at, "mail_from": e.envelope.mail_from,
-            "rcpt_to": list(e.envelope.rcpt_to), "size": e.envelope.size, "reason": e.reason,
-        }
-        for e in state.spool().entries(**kwargs)
-    ]
-    emit(rows, as_json, ["queue_id", "state", "kind", "attempts", "mail_from", "rcpt_to",
-                          "size", "reason"])
+    found = spool_files(state.config)
+    rows = []
+    for where in found:
+        spool = Spool(where.path)
+        try:
+            rows += [
+                {
+                    "queue_id": e.queue_id, "state": e.state, "kind": e.kind,
+                    "attempts": e.attempts, "received_at": e.envelope.received_at,
+                    "mail_from": e.envelope.mail_from, "rcpt_to": list(e.envelope.rcpt_to),
+                    "size": e.envelope.size, "reason": e.reason, "node": where.node,
+                }
+                for e in spool.entries(**kwargs)
+            ]
+        finally:
+            spool.close()
+    rows = sorted(rows, key=lambda r: r["received_at"], reverse=True)[:limit]
+    columns = ["queue_id", "state", "kind", "attempts", "mail_from", "rcpt_to", "size",
+               "reason"]
+    emit(rows, as_json, columns + (["node"] if len(found) > 1 else []))
 
 
 @spool_group.command("retry")
@@ -82,10 +112,17 @@ def spool_list(state: State, states: tuple[str, ...], limit: int, as_json: bool)
 @pass_state
 def spool_retry(state: State, queue_id: str) -> None:
     """Move a held (or deferred) message back to incoming for another try."""
-    try:
-        state.spool().retry(queue_id)
-    except KeyError:
-        raise NotFound(f"no spool entry {queue_id}") from None
-    except ValueError as exc:
-        raise UserError(f"spool entry {queue_id} is {exc}, not held or deferred") from None
+    for where in spool_files(state.config):  # queue ids are unique across the workers
+        spool = Spool(where.path)
+        try:
+            spool.retry(queue_id)
+        except KeyError:
+            continue
+        except ValueError as exc:
+            raise UserError(f"spool entry {queue_id} is {exc}, not held or deferred") from None
+        finally:
+            spool.close()
+        break
+    else:
+        raise NotFound(f"no spool entry {queue_id}")
     click.echo(f"{queue_id}: back to incoming; the running daemon picks it up")

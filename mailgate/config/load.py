@@ -101,6 +101,8 @@ def check_teams(mailboxes: tuple[Mailbox, ...], teams: Any, fail: Any) -> None:
                        f"no [[teams]] entry named {box.team!r}")
 
 
+MAX_WORKERS = 64  # [server] workers and `serve --workers`
+
 NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 
 
@@ -195,6 +197,13 @@ def parse_config(doc: dict[str, Any], path: Path) -> Config:
     if "min_free_bytes" in server and server["min_free_bytes"] < 0:
         raise fail("[server] min_free_bytes", "must not be negative")
     tls_cert, tls_key = tls_pair("server")
+    database_url = _database_url(values.get("storage", {}).get("database"), fail)
+    workers = server.get("workers", 1)
+    if not 1 <= workers <= MAX_WORKERS:
+        raise fail("[server] workers", f"must be 1 to {MAX_WORKERS}")
+    if workers > 1 and database_url is None:
+        raise fail("[server] workers", "more than 1 needs [storage] database on PostgreSQL"
+                   " (the embedded SQLite store is one process's)")
 
     mail = values.get("mail", {})
     domains = tuple(read_strings(mail.get("domains", []), lambda m: fail("[mail] domains", m)))
@@ -358,7 +367,8 @@ def parse_config(doc: dict[str, Any], path: Path) -> Config:
         junk_command_limit=server.get("junk_command_limit", 100),
         proxy_protocol=server.get("proxy_protocol", False),
         data_dir=(base / values.get("storage", {}).get("data_dir", "data")).resolve(),
-        database_url=_database_url(values.get("storage", {}).get("database"), fail),
+        database_url=database_url,
+        workers=workers,
         node_id=_node_id(values.get("storage", {}).get("node_id"), fail),
         domains=domains,
         mailboxes=tuple(mailboxes),

@@ -28,6 +28,7 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], str]]] = {
         "min_data_rate": ((int, float), "a number (bytes per second)"),
         "junk_command_limit": (int, "an integer"),
         "proxy_protocol": (bool, "true or false"),
+        "workers": (int, "an integer (processes; more than 1 needs PostgreSQL)"),
     },
     "storage": {"data_dir": (str, "a directory path"),
                 "database": (str, "a postgresql:// URL (default: SQLite under data_dir)"),

@@ -7,7 +7,7 @@ every value has been checked. Stdlib only.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -156,6 +156,8 @@ class Config:
     min_data_rate: float = 500.0
     junk_command_limit: int = 100
     proxy_protocol: bool = False
+    workers: int = 1  # [server] workers: SMTP + pipeline processes (`serve --workers`)
+    worker: int | None = None  # set in one of those processes: its index (for_worker)
     data_dir: Path = Path("data")
     database_url: str | None = None  # [storage] database: PostgreSQL; None: SQLite in data_dir
     node_id: str = "mailgate"  # [storage] node_id: this daemon among those on one database
@@ -245,7 +247,25 @@ class Config:
 
     @property
     def spool_path(self) -> Path:
-        return self.data_dir / "spool.db"
+        """data_dir/spool.db; in worker i of `serve --workers N`, data_dir/workers/i/spool.db."""
+        return self.state_dir / "spool.db"
+
+    @property
+    def state_dir(self) -> Path:
+        """Where this process keeps what is its own (the spool, its data-dir lock): data_dir,
+        or data_dir/workers/i in worker i."""
+        if self.worker is None:
+            return self.data_dir
+        return self.data_dir / "workers" / str(self.worker)
+
+    def for_worker(self, index: int) -> Config:
+        """This config as worker `index` of `serve --workers N` sees it: its own spool and
+        lock (`state_dir`), the node id `<node_id>-<index>`, the admin endpoint in worker 0
+        only."""
+        if self.worker is not None:
+            raise ValueError("already a worker's config")
+        return replace(self, worker=index, node_id=f"{self.node_id}-{index}",
+                       admin_host=self.admin_host if index == 0 else None)
 
     @property
     def db_path(self) -> Path:

@@ -4,7 +4,9 @@ worker (with `[pipeline] process = "separate"` in a child process of its own:
 relay worker together, with an orderly stop on SIGTERM/SIGINT and a reload of the
 configuration on SIGHUP.
 
-Input: a validated `Config`, the signals, and systemd's environment (see `mailgate.ops.sdnotify`).
+Input: a validated `Config`, the signals, and systemd's environment (see `mailgate.ops.sdnotify`);
+in a worker of `serve --workers N` (`Config.worker` set), the listening socket its supervisor
+binds (`mailgate.ops.supervisor`) and the supervisor's notify socket in place of systemd's.
 Output: a running server until a stop signal. On start-up, work that a crash left `active` in
 the spool goes back to `incoming` (or to `hold` once it has been tried `[pipeline] max_attempts`
 times); the SMTP socket is the one systemd passes (socket activation) or `[server] listen`;
@@ -34,11 +36,12 @@ import logging
 import signal
 import socket
 from collections.abc import Callable
+from pathlib import Path
 
 from mailgate import __version__
 from mailgate.config import Config, Relay, load_config
 from mailgate.errors import UserError
-from mailgate.ops import app, sdnotify
+from mailgate.ops import app, sdnotify, spools
 from mailgate.ops.lockfile import DataDirLock
 from mailgate.ops.logsetup import setup_logging
 from mailgate.ops.pipeline_process import PipelineProcess
@@ -65,6 +68,7 @@ RESTART_ONLY = {
     "tls_cert": "[server] tls_cert", "tls_key": "[server] tls_key",
     "data_dir": "[storage] data_dir", "admin_host": "[admin] listen",
     "pipeline_process": "[pipeline] process",
+    "node_id": "[storage] node_id", "workers": "[server] workers",
     "admin_port": "[admin] listen", "admin_tls_cert": "[admin] tls_cert",
     "admin_tls_key": "[admin] tls_key",
     **{key: f"[server] {key}" for key in (
@@ -72,6 +76,12 @@ RESTART_ONLY = {
         "min_data_rate", "junk_command_limit", "proxy_protocol", "hard_error_limit",
         "unknown_recipient_limit")},
 }
+
+
+def load_worker_config(path: Path, worker: int | None) -> Config:
+    """The config file, as worker `worker` of `serve --workers` sees it (None: the daemon)."""
+    config = load_config(path)
+    return config if worker is None else config.for_worker(worker)
 
 
 def reloadable(old: Config, new: Config) -> tuple[Config, list[str]]:
@@ -111,14 +121,30 @@ class _Live:
         return self.routes
 
 
-async def serve(config: Config) -> None:
-    # One daemon per data_dir, locked before the spool recovery, which would requeue the
-    # in-flight mail of a daemon already running there.
-    with DataDirLock(config.data_dir):
-        await _serve(config)
+async def serve(config: Config, sock: socket.socket | None = None) -> None:
+    """Run until SIGTERM/SIGINT. `sock`: the listening SMTP socket handed over by the
+    supervisor of `serve --workers N` (mailgate.ops.supervisor), to a worker (`config.worker`
+    set), which then owns only its own spool under data_dir/workers/<i>."""
+    # One daemon per data_dir (a worker: per its own directory), locked before the spool
+    # recovery, which would requeue the in-flight mail of a daemon already running there.
+    with DataDirLock(config.state_dir):
+        if config.worker is None:  # what workers of an earlier `--workers N` run left
+            _adopt_worker_spools(config)
+        await _serve(config, sock)
 
 
-async def _serve(config: Config) -> None:
+def _adopt_worker_spools(config: Config) -> None:
+    """The single daemon takes over the unfinished mail of the spools of `serve --workers`
+    (each locked while it is moved: a worker still running there is never robbed)."""
+    for spool in spools.worker_spools(config.data_dir):
+        try:
+            with DataDirLock(spool.path.parent):
+                spools.adopt(config.spool_path, spool.path)
+        except UserError as exc:
+            log.error("%s: its mail stays there until that process stops", exc)
+
+
+async def _serve(config: Config, given: socket.socket | None = None) -> None:
     notifier = sdnotify.Notifier.from_env()
     config.data_dir.mkdir(parents=True, exist_ok=True)
     db = open_store(config.database)
@@ -168,7 +194,7 @@ async def _serve(config: Config) -> None:
         scanner=scanner,
     )
     sessions = Sessions()
-    sock = inherited_smtp_socket()
+    sock = given if given is not None else inherited_smtp_socket()
     try:
         server = await start_server(config, handler, sock=sock, sessions=sessions)
     except OSError as exc:
@@ -185,7 +211,9 @@ async def _serve(config: Config) -> None:
             writer.close()
             raise
     where = f"{config.listen_host}:{config.listen_port}"
-    if sock is not None:
+    if given is not None:
+        where = f"{_address(sock)} (worker {config.worker}, node {config.node_id})"
+    elif sock is not None:
         where = f"{_address(sock)} (socket from systemd; [server] listen not used)"
     worker_task = asyncio.create_task(worker.run(), name="pipeline-worker")
     relay_task = asyncio.create_task(relay.run(), name="relay-worker")
@@ -345,7 +373,7 @@ def reload(live: _Live, apply: Callable[[Config, MailContext], None],
     notifier.reloading()
     old = live.config
     try:
-        new, restart = reloadable(old, load_config(old.path))
+        new, restart = reloadable(old, load_worker_config(old.path, old.worker))
         mail = app.mail_context(new)
         app.ruleset(new)  # a bad rule keeps the running configuration
         problems = mail.renderer.check()

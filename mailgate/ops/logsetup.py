@@ -180,4 +180,5 @@ def setup_logging(level: str = "INFO", fmt: str = "text", stream: TextIO | None 
     handler.setFormatter(JsonFormatter(journal) if fmt == "json" else TextFormatter(journal))
     root.setLevel(getattr(logging, level.upper(), logging.INFO))
     logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd's per-command chatter
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # its plugin and context chatter
     logging.captureWarnings(True)

@@ -52,12 +52,16 @@ def _die_with_parent() -> None:
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-def child_main(config_path: str, conn: multiprocessing.connection.Connection) -> None:
-    """The child's entry point (multiprocessing, spawn start method)."""
+def child_main(config_path: str, conn: multiprocessing.connection.Connection,
+               worker: int | None = None) -> None:
+    """The child's entry point (multiprocessing, spawn start method). `worker`: the index of
+    the daemon in `serve --workers N` (its own spool), None for the single daemon."""
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the daemon decides when we stop
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     config = load_config(config_path)
+    if worker is not None:
+        config = config.for_worker(worker)
     from mailgate.ops.logsetup import setup_logging
 
     setup_logging(config.log_level, config.log_format)
@@ -104,12 +108,12 @@ async def _child(config: Config, conn: multiprocessing.connection.Connection) ->
     worker = PipelineWorker(pipeline, on_processed=processed)
 
     def reload() -> None:
-        from mailgate.ops.daemon import reloadable
+        from mailgate.ops.daemon import load_worker_config, reloadable
         from mailgate.ops.logsetup import setup_logging
 
         nonlocal config
         try:
-            new, _ = reloadable(config, load_config(config.path))
+            new, _ = reloadable(config, load_worker_config(config.path, config.worker))
         except Exception as exc:  # the daemon checked the file; it changed again since
             log.error("pipeline process: reload failed, keeping the running configuration:"
                       " %s", exc)
@@ -198,8 +202,9 @@ class PipelineProcess:
 
     def _start(self) -> None:
         parent, child = self._ctx.Pipe()
-        proc = self._ctx.Process(target=child_main, args=(str(self.config.path), child),
-                                 name="mailgate-pipeline", daemon=True)
+        proc = self._ctx.Process(
+            target=child_main, args=(str(self.config.path), child, self.config.worker),
+            name="mailgate-pipeline", daemon=True)
         proc.start()
         child.close()
         self._proc, self._conn = proc, parent
