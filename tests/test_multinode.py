@@ -245,7 +245,7 @@ def test_while_the_database_is_down_smtp_accepts_health_says_so_and_nothing_is_l
 def test_two_nodes_under_one_node_id_are_refused_and_doctor_lists_the_nodes(
         nodes: NodeFactory, tmp_path: Path, pg_database: str) -> None:
     a = nodes("mx1")
-    nodes("mx2")
+    b = nodes("mx2")
     port = free_port()
     cfg = write_config(tmp_path / "impostor", port)
     cfg.write_text(cfg.read_text().replace(
@@ -260,3 +260,6 @@ def test_two_nodes_under_one_node_id_are_refused_and_doctor_lists_the_nodes(
     assert "nodes: mx1 (up, seen" in doctor and "mx2 (up, seen" in doctor, doctor
     a.stop()
     a.start()  # the same node coming back under its name is welcome
+    b.stop()  # a node that stops cleanly frees its name and leaves the list
+    doctor = a.cli("doctor", expect=1)
+    assert "nodes: mx1 (up, seen" in doctor and "mx2" not in doctor, doctor

@@ -316,6 +316,11 @@ async def _serve(config: Config, given: socket.socket | None = None) -> None:
             pipeline.auth.close()
         writer.close()
         spool.close()
+        if several:
+            try:
+                nodes.leave(db, config.node_id, node_where(config))
+            except Exception as exc:  # the database down: the row goes stale by itself
+                log.warning("could not take this node out of the nodes table: %s", exc)
         db.close()
         log.info("stopped")
 

@@ -2,10 +2,11 @@
 
 Input: the store (trusted), this node's `[storage] node_id` and where it runs (host and spool
 path, from the config: trusted). Output: a `nodes` row per node — written at start (`register`)
-and refreshed every `BEAT_SECONDS` (`beat`) — and `recent()` for `doctor` and the admin
-endpoint. `register` refuses (one line) a node_id that another node, elsewhere, used within
-`STALE_SECONDS`: two nodes under one name would each take the other's outgoing mail in flight
-for their own after a restart. The same node restarting (same host and spool) is welcome.
+and refreshed every `BEAT_SECONDS` (`beat`), taken away when the node stops cleanly (`leave`)
+— and `recent()` for `doctor`. `register` refuses (one line) a node_id that another node,
+elsewhere, used within `STALE_SECONDS`: two nodes under one name would each take the other's
+outgoing mail in flight for their own after a restart. The same node restarting (same host
+and spool) is welcome.
 """
 
 from __future__ import annotations
@@ -57,6 +58,12 @@ def register(db: Any, node_id: str, where: str, version: str) -> None:
             " hostname = excluded.hostname, version = excluded.version,"
             " started_at = excluded.started_at, seen_at = excluded.seen_at",
             (node_id, where, version, now, now))
+
+
+def leave(db: Any, node_id: str, where: str) -> None:
+    """A node that stops cleanly takes its row away: its name is free at once, and `doctor`
+    lists only the nodes that run, or died."""
+    db.execute("DELETE FROM nodes WHERE node_id = ? AND hostname = ?", (node_id, where))
 
 
 def beat(db: Any, node_id: str) -> None:
