@@ -212,7 +212,10 @@ tick_seconds = 0.2
 
 
 def test_triggers_conditions_and_actions(out_daemon, relay: RelayStub) -> None:
-    d = out_daemon(extra=ENGINE)
+    # no timers here: the SLA breach and the idle reminder (tested below) would change the
+    # priority and tags it checks when a slow machine takes more than their second
+    d = out_daemon(extra=ENGINE.replace('first_response = "1s"', 'first_response = "1h"')
+                   .replace('after = "1s"', 'after = "1h"'))
     t = ticket_of(d, mail("URGENT: server down", "e1@acme.com", "ops@acme.com"))
     assert t["priority"] == "urgent" and t["assignee"] == "bob@example.com"
     assert t["tags"] == ["urgent"]  # "temp" added, then removed by the `assigned` rule

@@ -123,6 +123,7 @@ class Automation:
         now = datetime.now(UTC)
         rules = tuple(r for r in self.ruleset.rules if only is None or r.name == only)
         evaluations = evaluate(rules, event, facts_for(ticket, trigger, now), self.ruleset.hours)
+        fresh: Mapping[str, Any] | None = ticket  # the row as read, until a rule changes it
         for ev in evaluations:
             self._record(conn, ticket_id, event, ev.rule, ev.hit, ev.why, depth)
             if not ev.hit:
@@ -132,7 +133,8 @@ class Automation:
                              f"not applied: rule depth limit {MAX_DEPTH} reached", depth)
                 continue
             self.apply(conn, ticket_id, ev.actions, trigger, run, source=f"rule {ev.rule}",
-                       depth=depth)
+                       depth=depth, ticket=fresh)
+            fresh = None
         return run
 
     def fire_once(self, conn: sqlite3.Connection, event: str, ticket_id: int, key: str,
@@ -183,11 +185,17 @@ class Automation:
     # --- actions ------------------------------------------------------------------------------
 
     def apply(self, conn: sqlite3.Connection, ticket_id: int, actions: Mapping[str, Any],
-              trigger: Trigger, run: Run, source: str, depth: int) -> None:
+              trigger: Trigger, run: Run, source: str, depth: int,
+              ticket: Mapping[str, Any] | None = None) -> None:
+        """`ticket`: the ticket's row as the caller just read it (nothing changed it since),
+        else it is read here."""
         now = now_iso()
         events: list[str] = []
-        ticket = ticket_row(conn, ticket_id)
+        ticket = ticket or ticket_row(conn, ticket_id)
         assert ticket is not None
+        unchanged = not any(actions.get(k) for k in (
+            "round_robin", "round_robin_team", "assign_team", "assign", "priority", "add_tags",
+            "remove_tags", "status"))
         assignee = actions.get("assign")
         if actions.get("round_robin"):
             assignee = next_round_robin(conn, source, list(actions["round_robin"]))
@@ -214,8 +222,9 @@ class Automation:
         if actions.get("status") and actions["status"] != ticket["status"]:
             set_status(conn, ticket_id, actions["status"], now)
             events.append("status_changed")
-        if actions.get("send_template"):
-            self._send_template(conn, ticket_id, actions["send_template"], trigger, run, source)
+        if actions.get("send_template"):  # the row read above, when no action changed it
+            self._send_template(conn, ticket_id, actions["send_template"], trigger, run, source,
+                                ticket if unchanged else None)
         if actions.get("notify_team"):
             self._notify_team(conn, ticket_id, str(actions["notify_team"]), trigger, run, source)
         if actions.get("internal_note"):
@@ -224,12 +233,13 @@ class Automation:
             self.fire(conn, event, ticket_id, trigger, run, depth + 1)
 
     def _send_template(self, conn: sqlite3.Connection, ticket_id: int, spec: Any,
-                       trigger: Trigger, run: Run, source: str) -> None:
+                       trigger: Trigger, run: Run, source: str,
+                       ticket: Mapping[str, Any] | None = None) -> None:
         if self.mail is None:
             return
         kind, to = (spec, "requester") if isinstance(spec, str) else (spec["kind"],
                                                                         spec.get("to", "requester"))
-        ticket = ticket_row(conn, ticket_id)
+        ticket = ticket or ticket_row(conn, ticket_id)
         assert ticket is not None
         if to == "requester":
             if run.acknowledged and kind == "new_ticket_ack":

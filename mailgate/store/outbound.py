@@ -88,14 +88,14 @@ KEEP_MINUTES = 120  # counters older than this are dropped (the limits look back
 
 
 def _count(conn: sqlite3.Connection, keys: list[str], ts: float) -> None:
+    """One more automatic mail for each of `keys` in this minute (one statement)."""
     minute = int(ts // 60)
-    total = 0
-    for key in keys:
-        total = int(conn.execute(
-            "INSERT INTO auto_mail_counts (key, minute, shard, n) VALUES (?, ?, ?, 1)"
-            " ON CONFLICT (key, minute, shard) DO UPDATE SET n = auto_mail_counts.n + 1"
-            " RETURNING n", (key, minute, SHARD)).fetchone()[0])
-    if total == 1 and keys[-1] == "*":  # this process's first automatic mail this minute
+    rows = conn.execute(
+        "INSERT INTO auto_mail_counts (key, minute, shard, n) VALUES "
+        + ", ".join(["(?, ?, ?, 1)"] * len(keys))
+        + " ON CONFLICT (key, minute, shard) DO UPDATE SET n = auto_mail_counts.n + 1"
+        " RETURNING key, n", [v for key in keys for v in (key, minute, SHARD)]).fetchall()
+    if dict(rows).get("*") == 1:  # this process's first automatic mail this minute
         conn.execute("DELETE FROM auto_mail_counts WHERE minute < ?",
                      (minute - KEEP_MINUTES,))
 
