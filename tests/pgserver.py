@@ -33,6 +33,7 @@ NOT_INSTALLED = ("PostgreSQL not installed (Debian package postgresql): PostgreS
                  " skipped")
 BIN_ENV = "MAILGATE_PG_BIN"
 TEMPLATE = "mailgate_template"
+TEMPLATE_AT_HEAD = "mailgate_template_head"  # with mailgate's schema at its head revision
 _counter = itertools.count(1)
 
 
@@ -139,12 +140,33 @@ class PgServer:
         return psycopg.connect(host="127.0.0.1", port=self.port, user="postgres",
                                dbname=database, autocommit=True, connect_timeout=10)
 
-    def create_database(self) -> str:
-        """A new empty database; its URL."""
+    def create_database(self, at_head: bool = False) -> str:
+        """A new database, empty or (`at_head`) with mailgate's schema as the first start of
+        a daemon makes it (copied from a template upgraded once); its URL."""
+        template = TEMPLATE
+        if at_head:
+            self._template_at_head()
+            template = TEMPLATE_AT_HEAD
         name = f"test_{os.getpid()}_{next(_counter)}"
         with self.connect() as conn:
-            conn.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE} STRATEGY FILE_COPY")
+            conn.execute(f"CREATE DATABASE {name} TEMPLATE {template} STRATEGY FILE_COPY")
         return self.url(name)
+
+    def _template_at_head(self) -> None:
+        if getattr(self, "_at_head", False):
+            return
+        from mailgate.store.engine import make_engine
+        from mailgate.store.upgrade import upgrade
+
+        with self.connect() as conn:
+            conn.execute(f"CREATE DATABASE {TEMPLATE_AT_HEAD} TEMPLATE {TEMPLATE}"
+                         " STRATEGY FILE_COPY")
+        engine = make_engine(self.url(TEMPLATE_AT_HEAD))
+        try:
+            upgrade(engine)
+        finally:
+            engine.dispose()
+        self._at_head = True
 
     def drop_database(self, url: str) -> None:
         name = url.rsplit("/", 1)[1]

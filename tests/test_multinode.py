@@ -32,7 +32,7 @@ NodeFactory = Callable[[str], Daemon]
 
 
 @pytest.fixture
-def nodes(tmp_path: Path, pg_database: str) -> Iterator[NodeFactory]:
+def nodes(tmp_path: Path, pg_at_head: str) -> Iterator[NodeFactory]:
     started: list[Daemon] = []
 
     def start(name: str, extra: str = "") -> Daemon:
@@ -40,7 +40,7 @@ def nodes(tmp_path: Path, pg_database: str) -> Iterator[NodeFactory]:
         cfg = write_config(tmp_path / name, port, extra)
         cfg.write_text(cfg.read_text().replace(
             'data_dir = "data"',
-            f'data_dir = "data"\ndatabase = "{pg_database}"\nnode_id = "{name}"', 1))
+            f'data_dir = "data"\ndatabase = "{pg_at_head}"\nnode_id = "{name}"', 1))
         node = Daemon(cfg, port)
         node.start()
         started.append(node)
@@ -52,8 +52,8 @@ def nodes(tmp_path: Path, pg_database: str) -> Iterator[NodeFactory]:
 
 
 @pytest.fixture
-def db(pg_database: str) -> Iterator[PgDatabase]:
-    database = PgDatabase(pg_database)
+def db(pg_at_head: str) -> Iterator[PgDatabase]:
+    database = PgDatabase(pg_at_head)
     yield database
     database.close()
 
@@ -243,13 +243,13 @@ def test_while_the_database_is_down_smtp_accepts_health_says_so_and_nothing_is_l
 
 
 def test_two_nodes_under_one_node_id_are_refused_and_doctor_lists_the_nodes(
-        nodes: NodeFactory, tmp_path: Path, pg_database: str) -> None:
+        nodes: NodeFactory, tmp_path: Path, pg_at_head: str) -> None:
     a = nodes("mx1")
     b = nodes("mx2")
     port = free_port()
     cfg = write_config(tmp_path / "impostor", port)
     cfg.write_text(cfg.read_text().replace(
-        'data_dir = "data"', f'data_dir = "data"\ndatabase = "{pg_database}"\nnode_id = "mx1"',
+        'data_dir = "data"', f'data_dir = "data"\ndatabase = "{pg_at_head}"\nnode_id = "mx1"',
         1))
     impostor = Daemon(cfg, port)
     with pytest.raises(RuntimeError, match="daemon exited early"):

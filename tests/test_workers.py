@@ -70,11 +70,11 @@ def notify() -> Iterator[NotifySocket]:
 
 
 @pytest.fixture
-def supervised(tmp_path: Path, pg_database: str, notify: NotifySocket) -> Iterator[Supervised]:
+def supervised(tmp_path: Path, pg_at_head: str, notify: NotifySocket) -> Iterator[Supervised]:
     port = free_port()
     cfg = write_config(tmp_path / "d", port)
     text = cfg.read_text().replace(
-        'data_dir = "data"', f'data_dir = "data"\ndatabase = "{pg_database}"\nnode_id = "{NODE}"',
+        'data_dir = "data"', f'data_dir = "data"\ndatabase = "{pg_at_head}"\nnode_id = "{NODE}"',
         1)
     cfg.write_text(text)
     d = Supervised(cfg, port, 2, notify)

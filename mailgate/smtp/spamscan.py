@@ -27,9 +27,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import aiohttp
+from typing import TYPE_CHECKING, Any
 
 from mailgate.config import Spam
 from mailgate.model import (
@@ -42,6 +40,9 @@ from mailgate.model import (
     SpamVerdict,
 )
 from mailgate.ops import metrics
+
+if TYPE_CHECKING:  # aiohttp is imported on the first scan: a daemon without [spam] starts
+    import aiohttp  # without it (about 0.2 s)
 
 log = logging.getLogger("mailgate.smtp")
 
@@ -151,6 +152,8 @@ class Scanner:
         return self.settings.enabled
 
     def _client(self) -> aiohttp.ClientSession:
+        import aiohttp
+
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(trust_env=False)
         return self._session
@@ -175,6 +178,8 @@ class Scanner:
         return verdict
 
     async def _ask(self, settings: Spam, message: bytes | Path, env: Envelope) -> RspamdAnswer:
+        import aiohttp
+
         assert settings.rspamd is not None
         url = settings.rspamd.rstrip("/") + CHECK_PATH
         timeout = aiohttp.ClientTimeout(total=settings.timeout)
