@@ -179,13 +179,14 @@ class Daemon:
 
 # Test modules whose daemons run on both engines: each test that starts a daemon runs once on
 # the embedded SQLite and once with `[storage] database` naming a fresh database of the
-# suite's PostgreSQL (skipped under one line without its binaries). The outbound tests run on
-# SQLite only here: on PostgreSQL the relay is tested by test_multinode_outbound.py and the
-# outbox by test_pg_store.py; MAILGATE_TEST_BOTH_ENGINES=all adds them (about 75 s more, over
+# suite's PostgreSQL (skipped under one line without its binaries). The rules and outbound
+# tests run on SQLite only here (on PostgreSQL the relay is tested by
+# test_multinode_outbound.py, the scheduler's rules there and the outbox by
+# test_pg_store.py); MAILGATE_TEST_BOTH_ENGINES=all adds them (about two minutes more, over
 # the suite's fifteen-minute budget).
-BOTH_ENGINES = {"test_threading", "test_orgs_rules"}
+BOTH_ENGINES = {"test_threading"}
 if os.environ.get("MAILGATE_TEST_BOTH_ENGINES") == "all":
-    BOTH_ENGINES |= {"test_outbound"}
+    BOTH_ENGINES |= {"test_orgs_rules", "test_outbound"}
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
