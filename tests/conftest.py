@@ -177,20 +177,27 @@ class Daemon:
             time.sleep(0.05)
 
 
-# Test modules whose daemons run on both engines: each test that starts a daemon runs once on
-# the embedded SQLite and once with `[storage] database` naming a fresh database of the
-# suite's PostgreSQL (skipped under one line without its binaries). The rules and outbound
-# tests run on SQLite only here (on PostgreSQL the relay is tested by
-# test_multinode_outbound.py, the scheduler's rules there and the outbox by
-# test_pg_store.py); MAILGATE_TEST_BOTH_ENGINES=all adds them (about two minutes more, over
-# the suite's fifteen-minute budget).
-BOTH_ENGINES = {"test_threading"}
-if os.environ.get("MAILGATE_TEST_BOTH_ENGINES") == "all":
-    BOTH_ENGINES |= {"test_orgs_rules", "test_outbound"}
+# Tests whose daemons run on both engines: once on the embedded SQLite and once with
+# `[storage] database` naming a fresh database of the suite's PostgreSQL (skipped under one line
+# without its binaries). In the suite: the tests marked `both_engines` (the threading paths).
+# MAILGATE_TEST_BOTH_ENGINES=all: every daemon test of the threading, organization/rules and
+# outbound modules (about three minutes more, over the fifteen minutes CI allows). On
+# PostgreSQL the relay and the scheduler are tested by test_multinode_outbound.py, the
+# pipeline's store by test_pg_store.py, several daemons by test_multinode.py.
+BOTH_ENGINES_ALL = {"test_threading", "test_orgs_rules", "test_outbound"}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "both_engines: the test's daemons run on SQLite and on"
+                            " PostgreSQL (conftest.py)")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "backend" in metafunc.fixturenames and metafunc.module.__name__ in BOTH_ENGINES:
+    if "backend" not in metafunc.fixturenames:
+        return
+    everything = (os.environ.get("MAILGATE_TEST_BOTH_ENGINES") == "all"
+                  and metafunc.module.__name__ in BOTH_ENGINES_ALL)
+    if everything or metafunc.definition.get_closest_marker("both_engines"):
         metafunc.parametrize("backend", ["sqlite", "postgresql"], indirect=True)
 
 
