@@ -409,16 +409,21 @@ def _verify(conn: Connection, engine: Engine, sums: dict[str, tuple[int, str]],
                             " differ); the target was left empty")
 
 
-def _file_references(conn: Connection) -> tuple[int, int]:
+def _raw_paths() -> sa.CompoundSelect:
+    """The raw-mail files the rows name (messages and quarantined spam), each once."""
     tables = metadata.tables
-    raw = sa.union(
+    return sa.union(
         sa.select(tables["messages"].c.raw_path.label("path"))
         .where(tables["messages"].c.raw_path.is_not(None)),
         sa.select(tables["spam"].c.raw_path.label("path"))
         .where(tables["spam"].c.raw_path.is_not(None)),
-    ).subquery()
-    raw_files = conn.execute(sa.select(sa.func.count()).select_from(raw)).scalar_one()
-    sha = tables["attachments"].c.sha256
+    )
+
+
+def _file_references(conn: Connection) -> tuple[int, int]:
+    raw_files = conn.execute(
+        sa.select(sa.func.count()).select_from(_raw_paths().subquery())).scalar_one()
+    sha = metadata.tables["attachments"].c.sha256
     attachment_files = conn.execute(
         sa.select(sa.func.count(sa.distinct(sha))).where(sha.is_not(None))).scalar_one()
     return int(raw_files), int(attachment_files)
@@ -429,12 +434,7 @@ def _referenced_paths(conn: Connection) -> list[str]:
     from mailgate.store.files import blob_relpath
 
     tables = metadata.tables
-    raw = sa.union(
-        sa.select(tables["messages"].c.raw_path.label("path"))
-        .where(tables["messages"].c.raw_path.is_not(None)),
-        sa.select(tables["spam"].c.raw_path.label("path"))
-        .where(tables["spam"].c.raw_path.is_not(None)),
-    )
+    raw = _raw_paths()
     paths = [row[0] for row in conn.execute(raw)]
     sha = tables["attachments"].c.sha256
     paths += [blob_relpath(row[0]) for row in conn.execute(
