@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import sqlite3
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -29,18 +28,13 @@ from pathlib import Path
 
 from mailgate.pipeline.automation import Automation
 from mailgate.store.connect import open_store
-from mailgate.store.db import transaction
+from mailgate.store.db import on_postgres, transaction
+from mailgate.store.locks import give_up_leadership, holds_leadership, take_leadership
 from mailgate.store.tickets import ticket_row
 
 log = logging.getLogger("mailgate.scheduler")
 BATCH = 500
-# The advisory lock (two int4 keys) that makes a node the scheduler's leader: "mail", "sche".
-LOCK_KEYS = (0x6D61696C, 0x73636865)
-_TAKE = f"SELECT pg_try_advisory_lock({LOCK_KEYS[0]}, {LOCK_KEYS[1]})"
-_HELD = ("SELECT COUNT(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
-         f" AND pid = pg_backend_pid() AND classid = {LOCK_KEYS[0]} AND objid = {LOCK_KEYS[1]}"
-         " AND objsubid = 2")
-_GIVE = f"SELECT pg_advisory_unlock({LOCK_KEYS[0]}, {LOCK_KEYS[1]})"
+
 
 
 def _iso(dt: datetime) -> str:
@@ -80,21 +74,18 @@ class Scheduler:
     def lead(self, db: object) -> bool:
         """Whether this node leads for the next tick: on PostgreSQL it holds the advisory lock
         on `db`'s session (still, or newly); on SQLite always. Logs every change."""
-        conn = db.conn  # type: ignore[attr-defined]
-        if isinstance(conn, sqlite3.Connection):
-            self.leading = True
-            return True
         try:
-            if self.leading and conn.execute(_HELD).fetchone()[0]:
+            if self.leading and holds_leadership(db):
                 return True
             if self.leading:  # the session that held the lock is gone (a lost connection)
                 self.leading = False
                 log.warning("scheduler: node %r lost the leadership (its database session"
                             " ended); trying to take it again", self.node_id)
-            if conn.execute(_TAKE).fetchone()[0]:
+            if take_leadership(db):
                 self.leading = True
-                log.info("scheduler: node %r leads (runs the idle rules and SLA checks)",
-                         self.node_id)
+                if on_postgres(db):
+                    log.info("scheduler: node %r leads (runs the idle rules and SLA checks)",
+                             self.node_id)
         except Exception:
             if self.leading:
                 log.warning("scheduler: node %r lost the leadership (the database is"
@@ -106,8 +97,8 @@ class Scheduler:
     def _step_down(self, db: object) -> None:
         """Stopping: give the lock up at once (closing the session would do it too)."""
         try:
-            if self.leading and not isinstance(db.conn, sqlite3.Connection):  # type: ignore
-                db.execute(_GIVE)  # type: ignore[attr-defined]
+            if self.leading and on_postgres(db):
+                give_up_leadership(db)
                 log.info("scheduler: node %r stops leading (stopping)", self.node_id)
         except Exception:
             log.warning("scheduler: node %r could not release the leadership lock; it goes"

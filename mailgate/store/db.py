@@ -28,6 +28,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import sqlite_utils
 
@@ -457,6 +458,13 @@ def migrate(db: sqlite_utils.Database) -> None:
                 continue
             step(db)
             db.execute(f"PRAGMA user_version={number}")
+
+
+def on_postgres(db: Any) -> bool:
+    """Whether `db` (a database object, or a connection from `transaction()`) is PostgreSQL's:
+    `store.pg` marks its classes with `dialect = "postgresql"`; sqlite3 and sqlite-utils have
+    no such attribute."""
+    return getattr(db, "dialect", "sqlite") == "postgresql"
 
 
 def like_escape(text: str) -> str:

@@ -28,12 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from mailgate.store import files
-from mailgate.store.db import now_iso
-
-
-def in_database(db: Any) -> bool:
-    """True when `db` (a database object or a connection) keeps files in the database."""
-    return getattr(db, "dialect", "sqlite") == "postgresql"
+from mailgate.store.db import now_iso, on_postgres
 
 
 class FileBatch:
@@ -99,12 +94,12 @@ class DatabaseFileBatch(FileBatch):
 
 
 def batch_for(db: Any, data_dir: Path) -> FileBatch:
-    return DatabaseFileBatch(data_dir) if in_database(db) else FileBatch(data_dir)
+    return DatabaseFileBatch(data_dir) if on_postgres(db) else FileBatch(data_dir)
 
 
 def read(db: Any, data_dir: Path, relpath: str) -> bytes:
     """The bytes stored at `relpath`; FileNotFoundError (naming where it looked) when none."""
-    if not in_database(db):
+    if not on_postgres(db):
         return (data_dir / relpath).read_bytes()
     row = db.execute("SELECT data FROM stored_files WHERE path = ?", (relpath,)).fetchone()
     if row is None:
@@ -114,4 +109,4 @@ def read(db: Any, data_dir: Path, relpath: str) -> bytes:
 
 def where(db: Any, data_dir: Path, relpath: str) -> str:
     """Where `read` looks for `relpath`, for a message naming it."""
-    return f"{relpath} (in the database)" if in_database(db) else str(data_dir / relpath)
+    return f"{relpath} (in the database)" if on_postgres(db) else str(data_dir / relpath)

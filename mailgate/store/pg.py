@@ -92,7 +92,7 @@ class PgConnection:
     next statement outside a transaction; inside one, the error reaches the caller, whose
     transaction is retried (`errors.temporary_cause` counts it as a shortage)."""
 
-    dialect = "postgresql"  # what store.filestore and the pipeline's locks ask
+    dialect = "postgresql"  # what store.db.on_postgres asks
 
     def __init__(self, conninfo: str) -> None:
         self._conninfo = conninfo
