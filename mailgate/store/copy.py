@@ -37,6 +37,8 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
 from mailgate.errors import UserError
+from mailgate.store import shared
+from mailgate.store.db import now_iso
 from mailgate.store.engine import make_engine, shown
 from mailgate.store.schema import metadata
 from mailgate.store.upgrade import schema_state, upgrade
@@ -448,7 +450,7 @@ def _copy_files(sconn: Connection, tconn: Connection, data_dir: Path
     tens of megabytes). An attachment whose bytes no longer match its sha256 stops the copy."""
     stored = metadata.tables["stored_files"]
     copied, missing = 0, []
-    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    now = now_iso()
     for relpath in _referenced_paths(sconn):
         try:
             data = (data_dir / relpath).read_bytes()
@@ -466,17 +468,17 @@ def _copy_files(sconn: Connection, tconn: Connection, data_dir: Path
 
 
 def _copy_secret(tconn: Connection, data_dir: Path) -> bool:
+    path = data_dir / shared.SECRET_FILE
     try:
-        secret = (data_dir / "secret.key").read_bytes()
+        secret = path.read_bytes()
     except FileNotFoundError:
         return False
-    if len(secret) < 16:
-        raise UserError(f"{data_dir / 'secret.key'}: secret file is truncated; restore it"
-                        " from backup (the target was left empty)")
+    if len(secret) < shared.MIN_BYTES:
+        raise UserError(f"{path}: secret file is truncated; restore it from backup (the"
+                        " target was left empty)")
     secrets = metadata.tables["shared_secrets"]
-    tconn.execute(secrets.insert().values(
-        name="reply-tokens", value=secret,
-        created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())))
+    tconn.execute(secrets.insert().values(name=shared.REPLY_TOKENS, value=secret,
+                                          created_at=now_iso()))
     return True
 
 

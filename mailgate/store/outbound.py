@@ -33,7 +33,14 @@ from typing import Any
 
 import sqlite_utils
 
-from mailgate.store.db import day_range, like_pattern, now_iso, recipient_keys, transaction
+from mailgate.store.db import (
+    day_range,
+    like_pattern,
+    now_iso,
+    on_postgres,
+    recipient_keys,
+    transaction,
+)
 
 STATUSES = ("queued", "sending", "sent", "deferred", "failed", "bounced", "suppressed")
 
@@ -143,11 +150,6 @@ def sent_with_message_id(conn: sqlite3.Connection, message_id: str
     return (int(row[0]), row[1]) if row else None
 
 
-def on_postgres(conn: Any) -> bool:
-    """Whether `conn` (a connection from `transaction()`, or `db.conn`) is PostgreSQL's."""
-    return not isinstance(conn, sqlite3.Connection)
-
-
 def db_clock(conn: Any) -> float:
     """Now, in seconds since the epoch, by the database's clock on PostgreSQL (so that the
     leases several nodes stamp and compare do not depend on their clocks agreeing), by this
@@ -219,8 +221,8 @@ def settle_expired(db: sqlite_utils.Database, node_id: str, limit: int = 100
         return _settle(conn, rows, lambda node: f"node {node!r} (its lease ran out)")
 
 
-def claim_due(db: sqlite_utils.Database, limit: int = 20, node_id: str = "mailgate",
-              lease_seconds: float = 3600.0) -> list[OutboundMail]:
+def claim_due(db: sqlite_utils.Database, limit: int, node_id: str, lease_seconds: float
+              ) -> list[OutboundMail]:
     """Up to `limit` due rows, marked `sending` under `node_id`'s claim until `lease_seconds`
     from now (the database's clock). On PostgreSQL the due rows are locked with FOR UPDATE
     SKIP LOCKED inside the claiming transaction, so nodes claiming at the same time never take
@@ -264,54 +266,42 @@ def extend_lease(db: sqlite_utils.Database, outbound_id: int, node_id: str, atte
         return cur.rowcount == 1
 
 
-def mark_data_started(db: sqlite_utils.Database, outbound_id: int, node_id: str = "mailgate",
-                      attempt: int | None = None, lease_seconds: float | None = None) -> bool:
+def mark_data_started(db: sqlite_utils.Database, outbound_id: int, node_id: str, attempt: int,
+                      lease_seconds: float) -> bool:
     """Committed just before DATA: from now on, a crash leaves the mail "maybe sent". The
     lease is extended to `lease_seconds` from now (the DATA phase's own time). False: this
     attempt no longer holds the claim (its lease ran out and another node took the row), and
     DATA must not be sent."""
     with transaction(db) as conn:
         now = db_clock(conn)
-        where = "id=? AND status='sending'"
-        params: list[Any] = [outbound_id]
-        if attempt is not None:
-            where += " AND claimed_by=? AND attempts=?"
-            params += [node_id, attempt]
-        lease = "" if lease_seconds is None else ", lease_until=?"
-        values: list[Any] = [now_iso(now), now_iso(now)]
-        if lease_seconds is not None:
-            values.append(now + lease_seconds)
         cur = conn.execute(
-            f"UPDATE outbound SET data_started_at=?, updated_at=?{lease} WHERE {where}",
-            (*values, *params))
+            "UPDATE outbound SET data_started_at=?, updated_at=?, lease_until=? WHERE id=?"
+            " AND status='sending' AND claimed_by=? AND attempts=?",
+            (now_iso(now), now_iso(now), now + lease_seconds, outbound_id, node_id, attempt))
         return cur.rowcount == 1
 
 
 def _outcome(db: sqlite_utils.Database, assignments: str, values: tuple[Any, ...],
-             outbound_id: int, node_id: str | None, attempt: int | None) -> bool:
-    where, params = "id=?", (outbound_id,)
-    if node_id is not None and attempt is not None:
-        where, params = _HELD, (outbound_id, node_id, attempt)
+             outbound_id: int, node_id: str, attempt: int) -> bool:
     with transaction(db) as conn:
-        cur = conn.execute(f"UPDATE outbound SET {assignments}, lease_until=NULL WHERE {where}",
-                           (*values, *params))
+        cur = conn.execute(f"UPDATE outbound SET {assignments}, lease_until=NULL WHERE {_HELD}",
+                           (*values, outbound_id, node_id, attempt))
         return cur.rowcount == 1
 
 
-def mark_sent(db: sqlite_utils.Database, outbound_id: int, reply: str,
-              node_id: str | None = None, attempt: int | None = None) -> bool:
-    """The relay took it. With `node_id` and `attempt`: only while that attempt holds the claim
+def mark_sent(db: sqlite_utils.Database, outbound_id: int, reply: str, *, node_id: str,
+              attempt: int) -> bool:
+    """The relay took it — written only while attempt `attempt` of `node_id` holds the claim
     (or its row waits, settled, for a retry nobody has begun); False when another node has
-    taken the row since — its attempt decides the row, and the mail may arrive twice with the
-    same Message-ID (at-least-once). Without them: unconditionally."""
+    taken the row since: its attempt decides the row, and the mail may arrive twice with the
+    same Message-ID (at-least-once)."""
     return _outcome(db, "status='sent', sent_at=?, updated_at=?, last_error=?,"
                     " data_started_at=NULL", (now_iso(), now_iso(), reply), outbound_id,
                     node_id, attempt)
 
 
 def mark_deferred(db: sqlite_utils.Database, outbound_id: int, error: str, delay: float,
-                  maybe_sent: bool = False, node_id: str | None = None,
-                  attempt: int | None = None) -> bool:
+                  maybe_sent: bool = False, *, node_id: str, attempt: int) -> bool:
     """`maybe_sent`: the attempt ended without a reply after DATA began (counted). The claim
     rule of `mark_sent`."""
     return _outcome(db, "status='deferred', last_error=?, next_attempt=?, updated_at=?,"
@@ -321,8 +311,7 @@ def mark_deferred(db: sqlite_utils.Database, outbound_id: int, error: str, delay
 
 
 def mark_failed(db: sqlite_utils.Database, outbound_id: int, error: str,
-                maybe_sent: bool = False, node_id: str | None = None,
-                attempt: int | None = None) -> bool:
+                maybe_sent: bool = False, *, node_id: str, attempt: int) -> bool:
     """The claim rule of `mark_sent`."""
     return _outcome(db, "status='failed', last_error=?, updated_at=?, data_started_at=NULL,"
                     " maybe_sent=maybe_sent+?", (error, now_iso(), int(maybe_sent)),
