@@ -19,6 +19,7 @@ from click.testing import CliRunner
 from dns_server import DnsTestServer
 from pgserver import NOT_INSTALLED, PgServer, find_bindir
 from relay_stub import RelayStub
+from sdnotify_listener import NotifySocket
 
 from mailgate.cli import cli
 from mailgate.model import Envelope
@@ -219,6 +220,14 @@ def on_backend(cfg: Path, url: str | None) -> Path:
         cfg.write_text(cfg.read_text().replace(
             'data_dir = "data"', f'data_dir = "data"\ndatabase = "{url}"', 1))
     return cfg
+
+
+@pytest.fixture
+def notify() -> Iterator[NotifySocket]:
+    """A socket standing in for systemd's NOTIFY_SOCKET."""
+    sock = NotifySocket()
+    yield sock
+    sock.close()
 
 
 @pytest.fixture

@@ -229,6 +229,9 @@ def test_while_the_database_is_down_smtp_accepts_health_says_so_and_nothing_is_l
         assert "mailgate_database_up 0.0" in http.get("/metrics").text
         doctor = node.cli("doctor", expect=1)
         assert "is down or unreachable" in doctor, doctor
+        time.sleep(2.5)  # the relay polls its outbox every second: one warning, no tracebacks
+        relay_lines = [x for x in node.log().splitlines() if "cannot read the outbox" in x]
+        assert len(relay_lines) == 1 and "Traceback" not in node.log(), relay_lines
 
         server.resume()
         want = {"Before", *(f"While down {n}" for n in range(5))}

@@ -17,46 +17,15 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from conftest import Daemon, free_port, queue_id_of, relay_section, send, write_config
 from relay_stub import RelayStub
+from sdnotify_listener import NotifySocket
 
 from mailgate.ops.logsetup import JsonFormatter, TextFormatter
-
-
-class NotifySocket:
-    """What systemd listens on: a unix datagram socket, here in the abstract namespace."""
-
-    def __init__(self) -> None:
-        self.address = f"@mailgate-test-{uuid.uuid4().hex}"
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind("\0" + self.address[1:])
-        self.messages: list[str] = []
-
-    def wait_for(self, line: str, timeout: float = 20.0, after: int = 0) -> int:
-        """Index of the first datagram from `after` on that has `line` among its lines."""
-        deadline = time.monotonic() + timeout
-        index = after
-        while True:
-            while index < len(self.messages):
-                if line in self.messages[index].split("\n"):
-                    return index
-                index += 1
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError(f"no {line!r} from the daemon; got {self.messages}")
-            self.sock.settimeout(remaining)
-            try:
-                self.messages.append(self.sock.recv(4096).decode())
-            except TimeoutError:
-                continue
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 class EnvDaemon(Daemon):
@@ -86,11 +55,6 @@ class EnvDaemon(Daemon):
         self.wait_listening(timeout)
 
 
-@pytest.fixture
-def notify() -> Iterator[NotifySocket]:
-    sock = NotifySocket()
-    yield sock
-    sock.close()
 
 
 @pytest.fixture

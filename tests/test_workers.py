@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 from conftest import Daemon, free_port, queue_id_of, write_config
-from test_ops import NotifySocket
+from sdnotify_listener import NotifySocket
 
 NODE = "mx"
 
@@ -60,13 +60,6 @@ class Supervised(Daemon):
             with open(task / "children") as f:
                 pids += [int(p) for p in f.read().split()]
         return sorted(pids)
-
-
-@pytest.fixture
-def notify() -> Iterator[NotifySocket]:
-    sock = NotifySocket()
-    yield sock
-    sock.close()
 
 
 @pytest.fixture
