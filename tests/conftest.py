@@ -180,12 +180,11 @@ class Daemon:
 
 # Tests whose daemons run on both engines: once on the embedded SQLite and once with
 # `[storage] database` naming a fresh database of the suite's PostgreSQL (skipped under one line
-# without its binaries). In the suite: the tests marked `both_engines` (the threading paths).
-# MAILGATE_TEST_BOTH_ENGINES=all: every daemon test of the threading, organization/rules and
-# outbound modules (about three minutes more, over the fifteen minutes CI allows). On
-# PostgreSQL the relay and the scheduler are tested by test_multinode_outbound.py, the
-# pipeline's store by test_pg_store.py, several daemons by test_multinode.py.
-BOTH_ENGINES_ALL = {"test_threading", "test_orgs_rules", "test_outbound"}
+# without its binaries): every daemon test of the threading, organization/rules and outbound
+# modules, and any other test marked `both_engines`. On PostgreSQL the relay and the scheduler
+# are also tested by test_multinode_outbound.py, the pipeline's store by test_pg_store.py,
+# several daemons by test_multinode.py.
+BOTH_ENGINES_MODULES = {"test_threading", "test_orgs_rules", "test_outbound"}
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -196,9 +195,8 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "backend" not in metafunc.fixturenames:
         return
-    everything = (os.environ.get("MAILGATE_TEST_BOTH_ENGINES") == "all"
-                  and metafunc.module.__name__ in BOTH_ENGINES_ALL)
-    if everything or metafunc.definition.get_closest_marker("both_engines"):
+    if (metafunc.module.__name__ in BOTH_ENGINES_MODULES
+            or metafunc.definition.get_closest_marker("both_engines")):
         metafunc.parametrize("backend", ["sqlite", "postgresql"], indirect=True)
 
 

@@ -37,7 +37,6 @@ def deliver(d: Daemon, data: str, **kw) -> dict:
     return d.audit_for(queue_id_of(send(d.port, data, **kw)[1]))
 
 
-@pytest.mark.both_engines
 def test_reply_by_in_reply_to_moves_to_pending_agent(desk: Daemon) -> None:
     t = new_ticket(desk, "Login broken", "a1@customer.test")
     assert t["status"] == "open"
@@ -48,7 +47,6 @@ def test_reply_by_in_reply_to_moves_to_pending_agent(desk: Daemon) -> None:
     assert desk.json("tickets", "show", str(t["id"]))["status"] == "pending_agent"
 
 
-@pytest.mark.both_engines
 def test_reply_by_references_only(desk: Daemon) -> None:
     t = new_ticket(desk, "Invoice", "r1@customer.test")
     row = deliver(desk, mail("Re: Invoice", "r3@customer.test",
@@ -57,7 +55,6 @@ def test_reply_by_references_only(desk: Daemon) -> None:
     assert (row["ticket_id"], row["matched_by"]) == (t["id"], "references")
 
 
-@pytest.mark.both_engines
 def test_reply_by_token_with_fresh_subject_and_no_headers(desk: Daemon) -> None:
     t = new_ticket(desk, "Shipping", "s1@customer.test")
     row = deliver(desk, mail("totally different", "s2@customer.test", to=t["reply_address"]),
@@ -78,7 +75,6 @@ def test_forged_token_matches_nothing(desk: Daemon) -> None:
     assert row["action"] == "created_ticket" and "failed verification" in row["reason"]
 
 
-@pytest.mark.both_engines
 def test_stranger_with_real_in_reply_to_is_internal_and_changes_nothing(
         desk: Daemon, relay: RelayStub) -> None:
     t = new_ticket(desk, "Private matter", "p1@customer.test")
@@ -190,7 +186,6 @@ def test_agent_forward_makes_the_original_sender_the_requester(desk: Daemon) -> 
     assert t["requester"] == "carl@shop.test" and t["subject"] == "My order never arrived"
 
 
-@pytest.mark.both_engines
 def test_reopen_resolved_and_new_ticket_after_long_closed(desk: Daemon) -> None:
     t = new_ticket(desk, "Reopen me", "ro1@customer.test")
     desk.cli("tickets", "status", str(t["id"]), "resolved")
