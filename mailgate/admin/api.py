@@ -9,8 +9,11 @@ address that is not a configured agent), 500 (a bug; logged).
 
     GET  /api/health                      up/down; with the token: status, problems, storage,
                                           spool, outbound, last mail, relay
-    GET  /api/tickets                     ?status= &unassigned= &view= &org= &team= &mailbox=
-                                          &limit=
+    GET  /api/tickets                     ?q= (full text) &status= &view= &assignee=
+                                          &unassigned= &team= &mailbox= &org= &tag=
+                                          &priority= &breached= &since= &until= (dates)
+                                          &limit= &cursor=; X-Total-Count: how many match,
+                                          Link: rel="next" the next page
     GET  /api/tickets/{id}                as `mailgate tickets show ID --json`
     POST /api/tickets/{id}/reply          agent, body
     POST /api/tickets/{id}/assign         agent
@@ -36,7 +39,7 @@ from typing import Any
 
 from aiohttp import web
 
-from mailgate.admin import download, params
+from mailgate.admin import download, params, ticket_query
 from mailgate.admin.backend import BACKEND, VIEWS, Backend, Conflict
 from mailgate.errors import NotFound, UserError
 from mailgate.store import outbound as outbox
@@ -134,19 +137,17 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def list_tickets(request: web.Request) -> web.Response:
-    q = request.query
-    status = params.choice(q, "status", ticket_store.STATUSES)
-    view = params.choice(q, "view", tuple(VIEWS))
-    unassigned = params.flag(q, "unassigned")
-    org = params.text(q, "org", 200) or None
-    mailbox = params.text(q, "mailbox", 320) or None
-    team = params.text(q, "team", 200) or None
-    limit = params.limit(q)
+    """A page of tickets (the body: a list, as before); `X-Total-Count` says how many match,
+    `Link: <…>; rel="next"` names the next page while there is one."""
+    query = ticket_query.read(request.query, tuple(VIEWS))
     b = backend(request)
-    rows = await b.run(functools.partial(b.tickets, status=status, view=view,
-                                         unassigned=unassigned, org=org, team=team,
-                                         limit=limit, mailbox=mailbox))
-    return reply(rows)
+    found = await b.run(b.tickets, query)
+    response = reply(found.rows)
+    response.headers["X-Total-Count"] = str(found.total)
+    if found.next_cursor:
+        response.headers["Link"] = (
+            f'</api/tickets?{query.link_query(cursor=found.next_cursor)}>; rel="next"')
+    return response
 
 
 async def show_ticket(request: web.Request) -> web.Response:

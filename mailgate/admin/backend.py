@@ -24,13 +24,14 @@ from aiohttp import web
 from mailgate.admin import inline_images
 from mailgate.admin.params import BadInput
 from mailgate.admin.storecheck import DatabaseCheck, StoreCheck
+from mailgate.admin.ticket_query import TicketQuery
 from mailgate.config import Config
 from mailgate.errors import NotFound, UserError
 from mailgate.ops import app, metrics
 from mailgate.outbound.render import TemplateError
 from mailgate.pipeline import quarantine
 from mailgate.spool import Spool
-from mailgate.store import audit, downloads, orgs, tickets
+from mailgate.store import audit, downloads, orgs, search, tickets
 from mailgate.store import outbound as outbox
 from mailgate.store import spam as spam_store
 from mailgate.store.connect import open_store
@@ -186,32 +187,38 @@ class Backend:
 
     # --- tickets ------------------------------------------------------------------------------
 
-    def tickets(self, *, status: str | None = None, view: str | None = None,
-                unassigned: bool = False, org: str | None = None, team: str | None = None,
-                limit: int = 50, mailbox: str | None = None) -> list[dict[str, Any]]:
-        """Tickets, most recently updated first, filtered like `mailgate tickets list`
-        (`team`: a [[teams]] name, else BadInput)."""
+    def tickets(self, query: TicketQuery) -> search.Page:
+        """One page of the tickets `query` asks for, most recently updated first, with the
+        total (`team`: a [[teams]] name, else BadInput; `mailbox`: either of a mailbox's
+        addresses, an unknown one matching nothing)."""
+        team = query.team
         if team is not None:
             found = self.config.team(team)
             if found is None:
-                raise BadInput(f"no team {team!r} ([[teams]] in the config)")
+                raise BadInput(f"team: no team {team!r} ([[teams]] in the config)")
             team = found.name
         statuses: tuple[str, ...] = ()
-        if view is not None:
-            _title, statuses, only_unassigned = VIEWS[view]
+        unassigned = query.unassigned
+        if query.view is not None:
+            _title, statuses, only_unassigned = VIEWS[query.view]
             unassigned = unassigned or only_unassigned
-        if status is not None:
-            statuses = (status,)
-        if mailbox:  # either of a mailbox's addresses; an unknown one matches nothing
-            wanted = mailbox.strip().lower()
+        if query.status is not None:
+            statuses = (query.status,)
+        mailbox = query.mailbox
+        if mailbox:
             mailbox = next((m.address for m in self.config.support_mailboxes
-                            if wanted in m.addresses()), wanted)
-        rows = tickets.list_tickets(self.db, statuses=statuses, unassigned=unassigned,
-                                    org=org, team=team, limit=limit, mailbox=mailbox,
-                                    default_mailbox=self.config.from_address)
-        for row in rows:
+                            if mailbox in m.addresses()), mailbox)
+        wanted = search.TicketFilter(
+            q=query.q, statuses=statuses, assignee=query.assignee, unassigned=unassigned,
+            team=team, mailbox=mailbox, default_mailbox=self.config.from_address,
+            org=query.org, tag=query.tag, priority=query.priority, since=query.since,
+            until=query.until, breached=query.breached)
+        found_page = search.search_tickets(
+            self.db, wanted, limit=query.limit, cursor=query.cursor,
+            is_breached=app.sla_breached(self.config) if query.breached else None)
+        for row in found_page.rows:
             app.describe_mailbox(self.config, row)
-        return rows
+        return found_page
 
     def ticket(self, ticket_id: int) -> dict[str, Any]:
         """The fields of `mailgate tickets show ID --json` (raises NotFound)."""

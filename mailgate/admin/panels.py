@@ -26,6 +26,7 @@ import functools
 import json
 import logging
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -34,9 +35,10 @@ from aiohttp import web
 from jinja2 import Environment, FileSystemLoader
 from markupsafe import Markup, escape
 
-from mailgate.admin import auth, download, params
+from mailgate.admin import auth, download, params, ticket_query
 from mailgate.admin.api import status_of
 from mailgate.admin.backend import BACKEND, VIEWS, Backend
+from mailgate.config import PRIORITIES
 from mailgate.errors import NotFound, UserError
 from mailgate.store import audit
 from mailgate.store import outbound as outbox
@@ -175,22 +177,31 @@ async def dashboard(request: web.Request) -> web.Response:
 
 
 async def ticket_list(request: web.Request) -> web.Response:
-    """A view's tickets, or (`?team=NAME`, a tab per team) a team's open unassigned ones."""
-    view = request.query.get("view", "unassigned")
-    if view not in VIEWS:
-        view = "unassigned"
+    """A view's tickets (a tab each), a team's open unassigned ones (`?team=NAME`), or what the
+    search box and filters find; a page at a time with the total and a link to the next."""
     b = backend(request)
-    boxes = b.config.support_mailboxes
-    mailbox = request.query.get("mailbox", "").lower()
-    if mailbox not in {m.address for m in boxes}:
-        mailbox = ""
+    try:
+        query = ticket_query.read(request.query, tuple(VIEWS))
+    except UserError as exc:
+        return page(request, "error.html", 400, title="Bad search", message=str(exc))
     teams = [t.name for t in b.config.teams]
-    team = next((t for t in teams if t.lower() == request.query.get("team", "").lower()), "")
-    rows = await b.run(functools.partial(b.tickets, view="unassigned" if team else view,
-                                         team=team or None, limit=200,
-                                         mailbox=mailbox or None))
-    return page(request, "tickets.html", rows=rows, view=view, views=VIEWS, mailbox=mailbox,
-                mailboxes=boxes, teams=teams, team=team)
+    team = next((t for t in teams if t.lower() == (query.team or "").lower()), "")
+    if team:
+        query = replace(query, team=team)
+    if query.view is None and not query.searching and not query.unassigned:
+        query = replace(query, view="unassigned")  # the first tab
+    try:
+        found = await b.run(b.tickets, query)
+    except UserError as exc:
+        return page(request, "error.html", status_of(exc), title="Bad search",
+                    message=str(exc))
+    return page(request, "tickets.html", rows=found.rows, total=found.total, query=query,
+                next_link=query.link_query(cursor=found.next_cursor)
+                if found.next_cursor else "",
+                first_link=query.link_query(cursor=None) if query.cursor else "",
+                view=query.view or "", views=VIEWS, mailbox=query.mailbox or "",
+                mailboxes=b.config.support_mailboxes, teams=teams, team=team,
+                statuses=ticket_store.STATUSES, priorities=PRIORITIES)
 
 
 async def _ticket_page(request: web.Request, ticket_id: int, error: str = "",

@@ -373,6 +373,7 @@ def open_db(path: Path, migrations: Path | None = None) -> sqlite_utils.Database
             conn.opened = (path, *identity)
         db = sqlite_utils.Database(conn)
         _gate(db, path, migrations)
+        _search_index(db)
     except BaseException:
         conn.close()
         raise
@@ -438,6 +439,16 @@ def _gate(db: sqlite_utils.Database, path: Path, migrations: Path | None) -> Non
     problem = schema_problem(found, path, revisions)
     if problem is not None:
         raise SchemaMismatch(problem)
+
+
+def _search_index(db: sqlite_utils.Database) -> None:
+    """The full-text indexes of `store.search` (derived from the rows, not schema): made, and
+    filled from the rows already there, the first time a file is opened without them."""
+    from mailgate.store import search  # search reads this module's helpers
+
+    if not search.index_complete(db.conn):
+        with transaction(db) as conn:
+            search.ensure_index(conn)
 
 
 def _revisions_in(migrations: Path) -> tuple[str, ...]:
