@@ -1,4 +1,5 @@
-"""Finding tickets: full-text search, filters, totals and pages, as an agent uses them.
+"""Finding things: ticket search, filters, totals and pages; the audits' filters, pages and
+links, as an agent uses them.
 
 Real parts: daemons on loopback fed over SMTP (on SQLite and on the suite's PostgreSQL), the
 CLI, the admin API and panels over HTTP, SQLite files written by the store's own functions.
@@ -14,7 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import Daemon, free_port, queue_id_of, send
+from conftest import Daemon, free_port, queue_id_of, relay_section, send, wait_outgoing
+from relay_stub import RelayStub
 from test_admin import Client, admin_section, wait_http
 
 from mailgate.model import Address, ParsedMail
@@ -190,3 +192,61 @@ def test_an_installation_from_before_search_gets_its_index_built_from_its_rows(
     assert "db reindex: the full-text indexes were made again" in d.cli("db", "reindex")
     assert "ok    search" in d.cli("db", "check")
     assert _ids(d.json("tickets", "list", "walrus")) == [1]
+
+
+def test_audits_filter_by_address_message_id_ticket_and_date_page_and_link_both_ways(
+        make_daemon: Callable[..., Daemon], relay: RelayStub) -> None:
+    admin_port = free_port()
+    d = make_daemon(relay_section(relay.port) + admin_section(admin_port))
+    http = Client(f"http://127.0.0.1:{admin_port}", d.data_dir / "admin.token")
+    wait_http(http, d)
+    sent = []
+    for sender, name, subject, body in MAILS[:3]:
+        raw = _mail(sender, name, subject, body)
+        code, reply = send(d.port, raw, mail_from=sender)
+        assert code == 250, reply
+        row = d.audit_for(queue_id_of(reply))
+        sent.append((sender, raw.split("Message-ID: <")[1].split(">")[0], row["ticket_id"]))
+    wait_outgoing(d, lambda rows: len([r for r in rows if r["status"] == "sent"]) == 3)
+    jane, jane_mid, jane_ticket = sent[0]
+
+    # the CLI: each filter alone, and a page that says how many more there are
+    assert [r["mail_from"] for r in d.json("audit", "incoming", "--address", jane)] == [jane]
+    assert [r["ticket_id"] for r in d.json("audit", "incoming", "--message-id",
+                                          f"<{jane_mid}>")] == [jane_ticket]
+    assert len(d.json("audit", "incoming", "--ticket", str(jane_ticket))) == 1
+    today = now_iso()[:10]
+    assert len(d.json("audit", "incoming", "--since", today, "--until", today)) == 3
+    assert d.json("audit", "incoming", "--until", "2020-01-01") == []
+    assert "--since" in d.cli("audit", "incoming", "--since", "soon", expect=1)
+    page = d.run_cli("audit", "incoming", "--limit", "1")
+    assert "3 rows match; 2 more after these: use --limit or --offset 1" in page.stderr
+    acks = d.json("audit", "outgoing", "--address", jane)
+    assert [(r["to"], r["ticket_id"]) for r in acks] == [(jane, jane_ticket)]
+    assert d.json("audit", "outgoing", "--ticket", str(jane_ticket)) == acks
+
+    # the API: the same filters, totals, and pages that follow Link until the end
+    rows = http.get("/api/audit/incoming?" + urllib.parse.urlencode({"address": jane})).json()
+    assert [r["ticket_id"] for r in rows] == [jane_ticket]
+    seen, path = [], "/api/audit/incoming?limit=1"
+    while path:
+        reply = http.get(path)
+        assert reply.status == 200 and reply.headers["X-Total-Count"] == "3"
+        seen += [r["queue_id"] for r in reply.json()]
+        link = reply.headers.get("Link", "")
+        path = link[1:link.index(">")] if link else ""
+    assert len(set(seen)) == 3
+    ack = http.get(f"/api/audit/outgoing?id={acks[0]['id']}").json()
+    assert [r["to"] for r in ack] == [jane]
+    assert http.get("/api/audit/outgoing?since=never").status == 400
+
+    # the panels link ticket → its audits → ticket and the mail sent about it
+    ticket_page = http.get(f"/tickets/{jane_ticket}").text
+    assert f'href="/audit/outgoing?ticket={jane_ticket}"' in ticket_page
+    assert f'href="/audit/incoming?ticket={jane_ticket}"' in ticket_page
+    assert f'href="/audit/outgoing?id={acks[0]["id"]}"' in ticket_page
+    incoming_panel = http.get(f"/audit/incoming?ticket={jane_ticket}").text
+    assert f'href="/tickets/{jane_ticket}"' in incoming_panel and "1 row" in incoming_panel
+    assert MAILS[1][2] not in incoming_panel
+    outgoing_panel = http.get(f"/audit/outgoing?id={acks[0]['id']}").text
+    assert f'href="/tickets/{jane_ticket}"' in outgoing_panel and "1 row" in outgoing_panel

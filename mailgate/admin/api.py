@@ -18,8 +18,11 @@ address that is not a configured agent), 500 (a bug; logged).
     POST /api/tickets/{id}/reply          agent, body
     POST /api/tickets/{id}/assign         agent
     POST /api/tickets/{id}/status         status
-    GET  /api/audit/incoming              ?action= &queue_id= &q= &day= &limit=
-    GET  /api/audit/outgoing              ?status= &ticket= &q= &day= &limit=
+    GET  /api/audit/incoming              ?action= &queue_id= &ticket= &address= &message_id=
+                                          &q= &day= &since= &until= &limit= &before=
+    GET  /api/audit/outgoing              ?status= &ticket= &id= &address= &message_id= &q=
+                                          &day= &since= &until= &limit= &before=; both audits:
+                                          X-Total-Count and Link: rel="next"
     GET  /api/orgs                        organizations ([] until they exist)
     GET  /api/spam                        quarantined mail, as `mailgate spam list --json`;
                                           ?state=quarantined (default), released or all &limit=
@@ -36,11 +39,12 @@ import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
+from urllib.parse import urlencode
 
 from aiohttp import web
 
 from mailgate.admin import download, params, ticket_query
-from mailgate.admin.backend import BACKEND, VIEWS, Backend, Conflict
+from mailgate.admin.backend import BACKEND, VIEWS, AuditPage, Backend, Conflict
 from mailgate.errors import NotFound, UserError
 from mailgate.store import outbound as outbox
 from mailgate.store import spam as spam_store
@@ -188,30 +192,55 @@ async def status_ticket(request: web.Request) -> web.Response:
     return reply(result)
 
 
+def _audit_filters(q: Mapping[str, str]) -> dict[str, Any]:
+    """The filters both audits take (a bad value: BadInput, a 400)."""
+    return {
+        "q": params.text(q, "q", 500) or None,
+        "address": params.text(q, "address", 320) or None,
+        "message_id": params.text(q, "message_id", 998) or None,
+        "day": params.day(q),
+        "since": params.day(q, "since"),
+        "until": params.day(q, "until"),
+        "limit": params.limit(q),
+        "before_id": params.integer(q, "before"),
+    }
+
+
+def _audit_reply(found: AuditPage, path: str, q: Mapping[str, str]) -> web.Response:
+    """The rows, with `X-Total-Count` and, while older rows follow, `Link: rel="next"`."""
+    response = reply(found.rows)
+    response.headers["X-Total-Count"] = str(found.total)
+    if found.next_before is not None:
+        query = {k: v for k, v in q.items() if k != "before"}
+        query["before"] = str(found.next_before)
+        response.headers["Link"] = f'<{path}?{urlencode(query)}>; rel="next"'
+    return response
+
+
 async def audit_incoming(request: web.Request) -> web.Response:
     q = request.query
     filters = {
+        **_audit_filters(q),
         "action": params.word(q, "action"),
         "queue_id": params.text(q, "queue_id", 100) or params.text(q, "queue-id", 100) or None,
-        "q": params.text(q, "q", 500) or None,
-        "day": params.day(q),
-        "limit": params.limit(q),
+        "ticket_id": params.integer(q, "ticket"),
     }
     b = backend(request)
-    return reply(await b.run(functools.partial(b.incoming, **filters)))
+    found = await b.run(functools.partial(b.incoming, **filters))
+    return _audit_reply(found, "/api/audit/incoming", q)
 
 
 async def audit_outgoing(request: web.Request) -> web.Response:
     q = request.query
     filters = {
+        **_audit_filters(q),
         "status": params.choice(q, "status", outbox.STATUSES),
         "ticket_id": params.integer(q, "ticket"),
-        "q": params.text(q, "q", 500) or None,
-        "day": params.day(q),
-        "limit": params.limit(q),
+        "outbound_id": params.integer(q, "id"),
     }
     b = backend(request)
-    return reply(await b.run(functools.partial(b.outgoing, **filters)))
+    found = await b.run(functools.partial(b.outgoing, **filters))
+    return _audit_reply(found, "/api/audit/outgoing", q)
 
 
 async def orgs(request: web.Request) -> web.Response:

@@ -16,6 +16,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
@@ -61,6 +62,20 @@ class RelayHealth(Protocol):
     last_error: str
 
     def wake(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class AuditPage:
+    """Rows of an audit, newest first; how many match in all; whether older ones follow (the
+    next page: `before=` the last row's id)."""
+
+    rows: list[dict[str, Any]]
+    total: int
+    more: bool
+
+    @property
+    def next_before(self) -> int | None:
+        return int(self.rows[-1]["id"]) if self.more and self.rows else None
 
 
 class Conflict(UserError):
@@ -281,11 +296,19 @@ class Backend:
 
     # --- audits, organizations, forwarding, templates -----------------------------------------
 
-    def incoming(self, **filters: Any) -> list[dict[str, Any]]:
-        return audit.search_incoming(self.db, **filters)
+    def incoming(self, *, limit: int = 50, before_id: int | None = None, **filters: Any
+                 ) -> AuditPage:
+        """A page of the incoming audit, newest first, the total, and whether more follow."""
+        rows = audit.search_incoming(self.db, limit=limit + 1, before_id=before_id, **filters)
+        return AuditPage(rows[:limit], audit.count_incoming(self.db, **filters),
+                         len(rows) > limit)
 
-    def outgoing(self, **filters: Any) -> list[dict[str, Any]]:
-        return outbox.search_outgoing(self.db, **filters)
+    def outgoing(self, *, limit: int = 50, before_id: int | None = None, **filters: Any
+                 ) -> AuditPage:
+        """A page of the outgoing audit, newest first, the total, and whether more follow."""
+        rows = outbox.search_outgoing(self.db, limit=limit + 1, before_id=before_id, **filters)
+        return AuditPage(rows[:limit], outbox.count_outgoing(self.db, **filters),
+                         len(rows) > limit)
 
     def orgs(self) -> list[dict[str, Any]]:
         return orgs.list_orgs(self.db)

@@ -37,7 +37,7 @@ from markupsafe import Markup, escape
 
 from mailgate.admin import auth, download, params, ticket_query
 from mailgate.admin.api import status_of
-from mailgate.admin.backend import BACKEND, VIEWS, Backend
+from mailgate.admin.backend import BACKEND, VIEWS, AuditPage, Backend
 from mailgate.config import PRIORITIES
 from mailgate.errors import NotFound, UserError
 from mailgate.store import audit
@@ -266,39 +266,56 @@ def _search_terms(q: Mapping[str, str], search: str) -> tuple[str | None, str | 
     return search or None, day
 
 
+def _next_link(path: str, q: Mapping[str, str], found: AuditPage | None) -> str:
+    if found is None or found.next_before is None:
+        return ""
+    query = {k: v for k, v in q.items() if k != "before"}
+    return f"{path}?{urlencode({**query, 'before': str(found.next_before)})}"
+
+
 async def incoming(request: web.Request) -> web.Response:
+    """The incoming audit: searched, filtered by action and ticket, a page at a time."""
     q = request.query
     search = (q.get("q") or "").strip()
-    rows: list[dict[str, Any]] = []
+    found: AuditPage | None = None
     error = ""
     try:
-        action = params.word(q, "action")
         text, day = _search_terms(q, search)
         b = backend(request)
-        rows = await b.run(functools.partial(b.incoming, action=action, q=text, day=day,
-                                             limit=params.limit(q, 100)))
+        found = await b.run(functools.partial(
+            b.incoming, action=params.word(q, "action"), q=text, day=day,
+            ticket_id=params.integer(q, "ticket"), before_id=params.integer(q, "before"),
+            limit=params.limit(q, 100)))
     except UserError as exc:
         error = str(exc)
-    return page(request, "incoming.html", 400 if error else 200, rows=rows, q=search,
-                action=q.get("action", ""), actions=audit.ACTIONS, error=error)
+    return page(request, "incoming.html", 400 if error else 200,
+                rows=found.rows if found else [], total=found.total if found else 0,
+                next_link=_next_link("/audit/incoming", q, found), q=search,
+                ticket=q.get("ticket", ""), action=q.get("action", ""), actions=audit.ACTIONS,
+                error=error)
 
 
 async def outgoing(request: web.Request) -> web.Response:
+    """The outgoing audit: searched, filtered by status, ticket or id, a page at a time."""
     q = request.query
     search = (q.get("q") or "").strip()
-    rows: list[dict[str, Any]] = []
+    found: AuditPage | None = None
     error = ""
     try:
         status = params.choice(q, "status", outbox.STATUSES)
         text, day = _search_terms(q, search)
         b = backend(request)
-        rows = await b.run(functools.partial(
-            b.outgoing, status=status, ticket_id=params.integer(q, "ticket"), q=text, day=day,
-            limit=params.limit(q, 100)))
+        found = await b.run(functools.partial(
+            b.outgoing, status=status, ticket_id=params.integer(q, "ticket"),
+            outbound_id=params.integer(q, "id"), q=text, day=day,
+            before_id=params.integer(q, "before"), limit=params.limit(q, 100)))
     except UserError as exc:
         error = str(exc)
-    return page(request, "outgoing.html", 400 if error else 200, rows=rows, q=search,
-                status=q.get("status", ""), statuses=outbox.STATUSES, error=error)
+    return page(request, "outgoing.html", 400 if error else 200,
+                rows=found.rows if found else [], total=found.total if found else 0,
+                next_link=_next_link("/audit/outgoing", q, found), q=search,
+                ticket=q.get("ticket", ""), status=q.get("status", ""),
+                statuses=outbox.STATUSES, error=error)
 
 
 async def orgs(request: web.Request) -> web.Response:

@@ -22,6 +22,7 @@ later schema changes are Alembic revisions (see mailgate/store/upgrade.py).
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -495,6 +496,35 @@ def day_range(day: str) -> tuple[str, str]:
     if len(day) != 10:
         raise ValueError(day)
     return start.isoformat(), (start + timedelta(days=1)).isoformat()
+
+
+def time_window(column: str, day: str | None = None, since: str | None = None,
+                until: str | None = None) -> tuple[list[str], list[str]]:
+    """WHERE terms keeping `column` (ISO text, UTC) within a day and/or [since, until): each
+    bound a day `YYYY-MM-DD` (an `until` day included) or an ISO timestamp. ValueError names
+    a bound that is neither."""
+    where: list[str] = []
+    params: list[str] = []
+    if day:
+        start, end = day_range(day)
+        where += [f"{column} >= ?", f"{column} < ?"]
+        params += [start, end]
+    for bound, op, name in ((since, ">=", "since"), (until, "<", "until")):
+        if not bound:
+            continue
+        text = bound.strip()
+        if len(text) == 10:
+            start, end = day_range(text)
+            text = start if name == "since" else end
+        elif not _ISO_TIME.fullmatch(text):
+            raise ValueError(f"{name}: expected a date YYYY-MM-DD or an ISO timestamp,"
+                             f" got {bound!r}")
+        where.append(f"{column} {op} ?")
+        params.append(text)
+    return where, params
+
+
+_ISO_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d(:\d\d(\.\d+)?)?Z?")
 
 
 @contextmanager

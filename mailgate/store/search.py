@@ -35,7 +35,7 @@ import sqlite_utils
 
 from mailgate.errors import UserError
 from mailgate.store import tickets as ticket_store
-from mailgate.store.db import day_range, on_postgres
+from mailgate.store.db import on_postgres, time_window
 
 MAX_QUERY_CHARS = 500
 MAX_WORDS = 16
@@ -134,19 +134,6 @@ def decode_cursor(cursor: str) -> tuple[str, int]:
                         " first page") from None
 
 
-def _bound(value: str, what: str) -> str:
-    """A date or ISO timestamp as text comparable with the stored ISO timestamps."""
-    text = value.strip()
-    if len(text) == 10:
-        try:
-            return day_range(text)[0]
-        except ValueError:
-            pass
-    elif re.fullmatch(r"\d{4}-\d\d-\d\dT[\d:.]+Z?", text):
-        return text
-    raise UserError(f"{what}: expected a date YYYY-MM-DD or an ISO timestamp, got {value!r}")
-
-
 def _where(db: Any, f: TicketFilter) -> tuple[list[str], list[Any]]:
     where: list[str] = []
     params: list[Any] = []
@@ -177,15 +164,12 @@ def _where(db: Any, f: TicketFilter) -> tuple[list[str], list[Any]]:
     if f.tag:  # tags are a JSON array of strings: the quoted tag inside it
         where.append("t.tags LIKE ? ESCAPE '\\'")
         params.append("%" + _like_escape(json.dumps(f.tag.strip().lower())) + "%")
-    if f.since:
-        where.append("t.created_at >= ?")
-        params.append(_bound(f.since, "since"))
-    if f.until:
-        bound = _bound(f.until, "until")
-        if len(f.until.strip()) == 10:
-            bound = day_range(f.until.strip())[1]
-        where.append("t.created_at < ?")
-        params.append(bound)
+    try:
+        window, values = time_window("t.created_at", None, f.since, f.until)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    where += window
+    params += values
     if f.q.strip():
         clause, values = _text_clause(db, f.q)
         where.append(clause)
