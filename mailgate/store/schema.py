@@ -92,6 +92,7 @@ tickets = Table(
     Index("idx_tickets_last_activity_at", "last_activity_at"),
     Index("idx_tickets_mailbox", "mailbox", "updated_at"),
     Index("idx_tickets_team", "team", "assignee", "updated_at"),
+    Index("idx_tickets_requester_id", "requester_id", "updated_at"),  # revision 0003
 )
 
 messages = Table(

@@ -196,11 +196,13 @@ def _text_clause(db: Any, q: str) -> tuple[str, list[Any]]:
     match = _fts_query(q)
     if not match:
         return "1 = 0", []
+    # one set of ticket ids, so the matches drive the query (not a scan of every ticket)
     return (
-        "(t.id IN (SELECT rowid FROM tickets_fts WHERE tickets_fts MATCH ?)"
-        " OR t.id IN (SELECT m.ticket_id FROM messages m WHERE m.id IN"
-        " (SELECT rowid FROM messages_fts WHERE messages_fts MATCH ?))"
-        " OR t.requester_id IN (SELECT rowid FROM customers_fts WHERE customers_fts MATCH ?))",
+        "t.id IN (SELECT rowid FROM tickets_fts WHERE tickets_fts MATCH ?"
+        " UNION SELECT m.ticket_id FROM messages m WHERE m.id IN"
+        " (SELECT rowid FROM messages_fts WHERE messages_fts MATCH ?)"
+        " UNION SELECT r.id FROM tickets r WHERE r.requester_id IN"
+        " (SELECT rowid FROM customers_fts WHERE customers_fts MATCH ?))",
         [match] * 3)
 
 
