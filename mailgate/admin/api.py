@@ -24,6 +24,8 @@ address that is not a configured agent), 500 (a bug; logged).
                                           &day= &since= &until= &limit= &before=; both audits:
                                           X-Total-Count and Link: rel="next"
     GET  /api/orgs                        organizations ([] until they exist)
+    GET  /api/customers                   ?q= &org= &limit= &after= (mailgate.admin.directory)
+    GET  /api/customers/{id}              a customer and their tickets (?limit= &cursor=)
     GET  /api/spam                        quarantined mail, as `mailgate spam list --json`;
                                           ?state=quarantined (default), released or all &limit=
     GET  /api/spam/{queue_id}             as `mailgate spam show ID --json`

@@ -16,7 +16,9 @@ HTML part (sanitised by nh3 when it was stored) is only ever shown inside
     /audit/outgoing?q=       delivery status and failure reason
     /forwarding              forwarding confirmations (provider, code, link)
     /spam, /spam/{queue id}  quarantined mail (score, symbols, sender, subject); release
-    /orgs, /templates        organizations; each template kind rendered with sample data
+    /orgs, /customers        organizations and customers (mailgate.admin.directory)
+    /customers/{id}          a customer and their tickets
+    /templates               each template kind rendered with sample data
     /messages/{m}/attachments/{a}, /messages/{m}/raw   downloads (also the inline images)
 """
 
@@ -55,6 +57,7 @@ NAV = (
     ("/audit/outgoing", "Outgoing"),
     ("/forwarding", "Forwarding"),
     ("/spam", "Spam"),
+    ("/customers", "Customers"),
     ("/orgs", "Organizations"),
     ("/templates", "Templates"),
 )
@@ -318,13 +321,6 @@ async def outgoing(request: web.Request) -> web.Response:
                 statuses=outbox.STATUSES, error=error)
 
 
-async def orgs(request: web.Request) -> web.Response:
-    b = backend(request)
-    rows = await b.run(b.orgs)
-    columns = list(rows[0]) if rows else []
-    return page(request, "orgs.html", rows=rows, columns=columns)
-
-
 async def templates(request: web.Request) -> web.Response:
     b = backend(request)
     previews = await b.run(b.template_previews)
@@ -385,6 +381,5 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/spam", spam_list)
     r.add_get("/spam/{queue_id}", spam_message)
     r.add_post("/spam/{queue_id}/release", spam_release)
-    r.add_get("/orgs", orgs)
     r.add_get("/templates", templates)
     download.add_routes(app, "")

@@ -22,7 +22,7 @@ from pathlib import Path
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 
-from mailgate.admin import api, auth, panels
+from mailgate.admin import api, auth, directory, panels
 from mailgate.admin import token as token_file
 from mailgate.admin.backend import BACKEND, Backend, RelayHealth
 from mailgate.config import Config, is_loopback
@@ -98,6 +98,7 @@ def build_app(config: Config, backend: Backend, secure: bool) -> web.Application
     app.router.add_get("/metrics", scrape)
     api.add_routes(app)
     panels.add_routes(app)
+    directory.add_routes(app)
     app.router.add_static("/static", STATIC_DIR, show_index=False, follow_symlinks=False)
     return app
 

@@ -15,7 +15,7 @@ from typing import Any
 import sqlite_utils
 
 from mailgate.errors import NotFound, UserError
-from mailgate.store.db import like_escape, now_iso
+from mailgate.store.db import like_escape, like_pattern, now_iso
 
 
 def _clean_domain(domain: str) -> str:
@@ -150,7 +150,9 @@ def list_orgs(db: sqlite_utils.Database) -> list[dict[str, Any]]:
     rows = list(db.query(
         "SELECT o.id, o.name, o.notes, o.created_at, o.auto_created, o.on_new_ticket,"
         " (SELECT COUNT(*) FROM customers c WHERE c.organization_id=o.id) AS customers,"
-        " (SELECT COUNT(*) FROM tickets t WHERE t.organization_id=o.id) AS tickets"
+        " (SELECT COUNT(*) FROM tickets t WHERE t.organization_id=o.id) AS tickets,"
+        " (SELECT COUNT(*) FROM tickets t WHERE t.organization_id=o.id"
+        "  AND t.status IN ('open', 'pending_customer', 'pending_agent')) AS open_tickets"
         " FROM organizations o ORDER BY lower(o.name), o.name"))
     for r in rows:
         r["domains"] = [d[0] for d in db.execute(
@@ -179,3 +181,42 @@ def list_customers(db: sqlite_utils.Database, org: str | None = None, limit: int
     sql += " ORDER BY c.email LIMIT ?"
     params.append(limit)
     return list(db.query(sql, params))
+
+
+def find_customers(db: sqlite_utils.Database, q: str = "", org: str | None = None,
+                   limit: int = 50, after: str | None = None) -> tuple[list[dict[str, Any]], int]:
+    """A page of customers by address (`after`: the last address of the page before), each
+    with their ticket counts, and how many match: `q` a substring of the name or address."""
+    where: list[str] = []
+    params: list[Any] = []
+    if q.strip():
+        pattern = like_pattern(q.strip().lower())
+        where.append("(lower(c.email) LIKE ? ESCAPE '\\' OR lower(c.name) LIKE ? ESCAPE '\\')")
+        params += [pattern, pattern]
+    if org:
+        where.append("c.organization_id = ?")
+        params.append(org_id_by_name(db.conn, org))
+    clause = (" WHERE " + " AND ".join(where)) if where else ""
+    total = int(db.execute(f"SELECT COUNT(*) FROM customers c{clause}", params).fetchone()[0])
+    if after is not None:
+        clause += (" AND " if clause else " WHERE ") + "c.email > ?"
+        params.append(after)
+    rows = list(db.query(
+        "SELECT c.id, c.email, c.name, o.name AS organization, c.created_at,"
+        " (SELECT COUNT(*) FROM tickets t WHERE t.requester_id = c.id) AS tickets,"
+        " (SELECT COUNT(*) FROM tickets t WHERE t.requester_id = c.id"
+        "  AND t.status IN ('open', 'pending_customer', 'pending_agent')) AS open_tickets"
+        " FROM customers c LEFT JOIN organizations o ON o.id = c.organization_id"
+        f"{clause} ORDER BY c.email LIMIT ?", [*params, limit]))
+    return rows, total
+
+
+def get_customer(db: sqlite_utils.Database, customer_id: int) -> dict[str, Any]:
+    """One customer (NotFound when there is none)."""
+    rows = list(db.query(
+        "SELECT c.id, c.email, c.name, o.name AS organization, c.created_at"
+        " FROM customers c LEFT JOIN organizations o ON o.id = c.organization_id"
+        " WHERE c.id = ?", [customer_id]))
+    if not rows:
+        raise NotFound(f"no customer {customer_id}")
+    return rows[0]

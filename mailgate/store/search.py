@@ -75,6 +75,7 @@ class TicketFilter:
     since: str | None = None
     until: str | None = None
     breached: bool = False  # evaluated by the caller's `is_breached` (business hours, policies)
+    requester_id: int | None = None  # one customer's tickets
 
 
 @dataclass(frozen=True)
@@ -158,6 +159,9 @@ def _where(db: Any, f: TicketFilter) -> tuple[list[str], list[Any]]:
         params.append(f.assignee.lower())
     if f.unassigned:
         where.append("t.assignee IS NULL")
+    if f.requester_id is not None:
+        where.append("t.requester_id = ?")
+        params.append(f.requester_id)
     if f.priority:
         where.append("t.priority = ?")
         params.append(f.priority)

@@ -234,7 +234,8 @@ def duplicate_of(conn: sqlite3.Connection, message_id: str, digest: str, from_ad
 TICKET_COLUMNS = (
     "t.id, t.subject, c.email AS requester, c.name AS requester_name, t.status, t.assignee,"
     " o.name AS organization, t.priority, t.tags, t.created_at, t.updated_at, t.closed_at,"
-    " t.linked_ticket_id, t.first_response_at, t.resolved_at, t.mailbox, t.team"
+    " t.linked_ticket_id, t.first_response_at, t.resolved_at, t.mailbox, t.team,"
+    " t.requester_id"
 )
 TICKET_FROM = (
     "tickets t JOIN customers c ON c.id = t.requester_id"

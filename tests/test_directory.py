@@ -1,0 +1,72 @@
+"""The organizations and customers pages and API, and the ticket page's header, as an agent
+reads them: a running daemon fed over SMTP, its admin endpoint over HTTP."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from conftest import Daemon, free_port, queue_id_of, send
+from test_admin import Client, admin_section, wait_http
+from test_search import MAILS, _mail
+
+ORGS = """
+[[organizations]]
+name = "Acme"
+domains = ["customer.test"]
+notes = "Our oldest customer"
+on_new_ticket = { priority = "high", add_tags = ["vip", "acme"] }
+"""
+
+
+def test_orgs_customers_and_a_customers_tickets_in_tables_with_counts_and_pages(
+        make_daemon: Callable[..., Daemon]) -> None:
+    admin_port = free_port()
+    d = make_daemon(ORGS + admin_section(admin_port))
+    http = Client(f"http://127.0.0.1:{admin_port}", d.data_dir / "admin.token")
+    wait_http(http, d)
+    tickets = {}
+    for sender, name, subject, body in MAILS:
+        code, reply = send(d.port, _mail(sender, name, subject, body), mail_from=sender)
+        assert code == 250, reply
+        tickets[sender] = d.audit_for(queue_id_of(reply))["ticket_id"]
+    code, reply = send(d.port, _mail("jane@customer.test", "Jane Doe", "Second question",
+                                     "And another thing."), mail_from="jane@customer.test")
+    d.audit_for(queue_id_of(reply))
+
+    orgs = http.get("/orgs").text
+    row = orgs[orgs.index("Acme"):orgs.index("</tr>", orgs.index("Acme"))]
+    assert "customer.test" in row and "Our oldest customer" in row
+    assert '<a href="/customers?org=Acme">2</a>' in row  # Jane and Carol
+    assert "3 <span" in row  # open tickets: Jane's two and Carol's one
+    assert "New tickets: priority high; tag vip, acme." in row
+
+    people = http.get("/customers").text
+    assert "4 customers" in people and "Bob Builder" in people
+    acme = http.get("/customers?org=Acme").text
+    assert "2 customers" in acme and "Bob Builder" not in acme
+    found = http.get("/customers?q=k%C3%BChn").text
+    assert "1 customer" in found and "Carol" in found
+    first = http.get("/customers?limit=3")
+    assert first.status == 200 and 'rel="next"' in first.text
+    assert http.get("/customers?org=Nobody").status == 400
+
+    api = http.get("/api/customers?limit=2")
+    assert api.headers["X-Total-Count"] == "4" and len(api.json()) == 2
+    link = api.headers["Link"]
+    rest = http.get(link[1:link.index(">")]).json()
+    assert {c["email"] for c in api.json() + rest} == {m[0] for m in MAILS}
+
+    jane = next(c for c in api.json() + rest if c["email"] == "jane@customer.test")
+    assert jane["organization"] == "Acme" and jane["open_tickets"] == 2
+    page = http.get(f"/customers/{jane['id']}").text
+    assert "Jane Doe" in page and "Second question" in page and "Printer jam" in page
+    assert "Invoice" not in page
+    one = http.get(f"/api/customers/{jane['id']}?limit=1").json()
+    assert one["ticket_total"] == 2 and len(one["tickets"]) == 1 and one["next_cursor"]
+    assert http.get("/customers/999999").status == 404
+    assert http.get("/api/customers/999999").status == 404
+
+    header = http.get(f"/tickets/{tickets['jane@customer.test']}").text
+    assert f'href="/customers/{jane["id"]}"' in header
+    assert 'href="/customers?org=Acme"' in header
+    assert 'href="/tickets?tag=vip"' in header and ">high<" in header
