@@ -30,7 +30,7 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import Engine
 
 from mailgate.errors import UserError
-from mailgate.store.db import MIGRATIONS, open_db, transaction
+from mailgate.store.db import MIGRATIONS, REVISIONS, open_db, transaction
 from mailgate.store.engine import make_engine
 from mailgate.store.schema import metadata
 from mailgate.store.upgrade import (
@@ -246,7 +246,7 @@ def test_upgrade_stamps_a_v11_sqlite_file_and_adds_only_the_later_revisions(
     engine = make_engine(sqlite_url(path))
     try:
         assert str(schema_state(engine)) == f"legacy sqlite v{LEGACY_HEAD} (head is {head()})"
-        assert upgrade(engine).revision == head() == "0002"
+        assert upgrade(engine).revision == head() == REVISIONS[-1]
         with engine.connect() as conn:
             rows = conn.execute(sa.text("SELECT id, subject, priority FROM tickets")).all()
         assert upgrade(engine).revision == head()  # again: nothing to do
@@ -261,9 +261,10 @@ def test_upgrade_stamps_a_v11_sqlite_file_and_adds_only_the_later_revisions(
     assert after.pop("alembic_version").startswith("CREATE TABLE alembic_version")
     added = {name for name in after if name not in before}
     assert added == {"stored_files", "shared_secrets", "nodes", "auto_mail_counts",
-                     "uq_messages_incoming"}
+                     "uq_messages_incoming", "idx_tickets_merged_into",
+                     "idx_tickets_linked_ticket_id"}
     changed = {name for name in before if after[name] != before[name]}
-    assert changed == {"outbound"}  # two columns added in place; nothing else rebuilt
+    assert changed == {"outbound", "tickets"}  # columns added in place; nothing else rebuilt
     assert [tuple(r) for r in rows] == [(1, "Hello", "normal")]
     assert user_version(path) == LEGACY_HEAD
 
@@ -354,8 +355,8 @@ _LATER_REVISION = '''"""A later revision, as a developer would write one: {what}
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0003"
-down_revision = "0002"
+revision = "0999"
+down_revision = "{head}"
 branch_labels = None
 depends_on = None
 
@@ -374,12 +375,12 @@ _REBUILD = """\
 
 
 def _migrations_with(tmp_path: Path, what: str, body: str) -> Path:
-    """A copy of the packaged migrations with one more revision, 0003."""
+    """A copy of the packaged migrations with one more revision, 0999."""
     migrations = tmp_path / "migrations"
     shutil.copytree(MIGRATIONS_DIR, migrations,
                     ignore=shutil.ignore_patterns("__pycache__"))
-    (migrations / "versions" / "0003_later.py").write_text(
-        _LATER_REVISION.format(what=what, body=body))
+    (migrations / "versions" / "0999_later.py").write_text(
+        _LATER_REVISION.format(what=what, body=body, head=REVISIONS[-1]))
     return migrations
 
 
@@ -417,7 +418,7 @@ def test_a_later_revision_rebuilding_a_referenced_table_runs_on_a_sqlite_file(
     db.conn.close()
     engine = make_engine(sqlite_url(path))
     try:
-        assert upgrade(engine, migrations).revision == "0003" == head(migrations)
+        assert upgrade(engine, migrations).revision == "0999" == head(migrations)
         _after_rebuild(engine)
         with engine.connect() as conn:  # foreign keys are on again for the pool's connection
             assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar_one() == 1
@@ -432,7 +433,7 @@ def test_a_later_revision_that_leaves_a_dangling_reference_changes_nothing(
     path = tmp_path / "new.db"
     engine = make_engine(sqlite_url(path))
     try:
-        upgrade(engine)  # to the packaged head, 0002
+        upgrade(engine)  # to the packaged head
         with engine.begin() as conn:
             for sql in _REFERRING_ROWS:
                 conn.execute(sa.text(sql))
@@ -441,7 +442,7 @@ def test_a_later_revision_that_leaves_a_dangling_reference_changes_nothing(
         message = str(caught.value)
         assert "\n" not in message and "tickets row 3 refers to a missing customers row" in (
             message), message
-        assert schema_state(engine, migrations).revision == "0002"
+        assert schema_state(engine, migrations).revision == REVISIONS[-1]
         with engine.connect() as conn:
             assert conn.exec_driver_sql("SELECT count(*) FROM customers").scalar_one() == 1
     finally:
@@ -459,7 +460,7 @@ def test_a_later_revision_rebuilding_a_referenced_table_runs_on_postgres(
             for sql in _REFERRING_ROWS:
                 conn.execute(sa.text(sql))
         state = upgrade(engine, migrations)
-        assert state.current and state.revision == "0003"
+        assert state.current and state.revision == "0999"
         _after_rebuild(engine)
     finally:
         engine.dispose()
