@@ -337,6 +337,17 @@ def test_merge_and_split_by_the_api(desk: Desk) -> None:
     assert f'href="/tickets/{new}"' in page and f'href="/tickets/{b}"' in page
     assert "Merged into" in http.get(f"/tickets/{b}").text
 
+    # the ticket page's forms (with the token here; a session needs its CSRF token as ever)
+    r = http.post(f"/tickets/{new}/note", form={"body": "panel note", "agent": ""})
+    assert r.status == 303 and r.headers["Location"] == f"/tickets/{new}?notice=noted", r.text
+    r = http.post(f"/tickets/{new}/merge", form={"into": str(a)})
+    assert r.status == 303 and r.headers["Location"] == f"/tickets/{a}?notice=merged", r.text
+    r = http.post(f"/tickets/{a}/merge", form={"into": str(b)})  # b is merged: refused
+    assert r.status == 409 and "was merged into" in r.text
+    notes = [m for m in d.json("tickets", "show", str(a))["messages"] if m["from"] == "panel"]
+    texts = [n["text"] for n in notes]
+    assert "panel note" in texts and any(f"Ticket #{new} " in t for t in texts), texts
+
 
 NEW_ROUTES = (("POST", "/api/tickets/1/note"), ("POST", "/api/tickets/1/merge"),
               ("POST", "/api/tickets/1/split"), ("GET", "/api/canned"),
