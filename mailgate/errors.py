@@ -33,6 +33,15 @@ class NotFound(UserError):
     """A ticket, message or spool entry named by the user does not exist."""
 
 
+class Refused(UserError):
+    """A well-formed request the state of things refuses (a ticket merged already, a split
+    that would leave a ticket empty): HTTP 409 on the admin endpoint."""
+
+
+class TooLarge(UserError):
+    """What was sent is over a configured size limit (an upload): HTTP 413."""
+
+
 class TemporaryFailure(MailgateError):
     """Processing failed for a reason that may go away: retry later."""
 

@@ -3,7 +3,8 @@
 Input: none (definitions). Output: `Envelope` (what SMTP learned about a delivery),
 `SpamVerdict` (what the spam scanner said, carried by the envelope),
 `SpoolEntry` (an envelope plus its bytes and spool state), `ParsedMail` and `ParsedAttachment`
-(what the parse stage read out of the bytes), `ThreadMatch` (which ticket, and why). Every value
+(what the parse stage read out of the bytes), `ThreadMatch` (which ticket, and why), `Upload`
+(a file an agent attaches to a reply). Every value
 that came from the network is untrusted text: whoever displays it escapes it.
 """
 
@@ -173,3 +174,13 @@ class ThreadMatch:
     method: str  # "token", "in-reply-to", "references", "subject" or "new"
     detail: str = ""  # what matched: the address, the Message-ID, the tag
     notes: tuple[str, ...] = ()  # what was refused on the way (forged token, stranger's tag)
+
+
+@dataclass(frozen=True)
+class Upload:
+    """A file an agent attaches to a reply (CLI `--attach`, the admin endpoint's multipart
+    form): its name and declared type are untrusted until the reply path makes them safe."""
+
+    filename: str
+    content_type: str
+    data: bytes

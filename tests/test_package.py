@@ -33,6 +33,8 @@ PACKAGE_DATA = [
     *(f"mailgate/builtin/templates/{kind}.{ext}"
       for kind in ("base", "new_ticket_ack", "agent_reply", "assignee_notification")
       for ext in ("html", "txt")),
+    "mailgate/builtin/templates/canned/thanks.txt",
+    "mailgate/builtin/templates/canned/more_information.txt",
     "mailgate/builtin/automations.toml",
     "mailgate/builtin/systemd/mailgate.service",
     "mailgate/builtin/systemd/mailgate.socket",
@@ -41,6 +43,7 @@ PACKAGE_DATA = [
     "mailgate/store/migrations/script.py.mako",
     "mailgate/store/migrations/versions/0001_baseline_v11.py",
     "mailgate/store/migrations/versions/0002_several_nodes.py",
+    "mailgate/store/migrations/versions/0004_merge_split.py",
 ]
 # Not part of a source tree that pip should see: runtime state, venvs, caches, old builds.
 NOT_SOURCE = {".git", ".venv", "data", "build", "dist", ".pytest_cache", ".ruff_cache"}

@@ -275,9 +275,10 @@ def test_upgrade_stamps_a_v11_sqlite_file_and_adds_only_the_later_revisions(
     added = {name for name in after if name not in before}
     assert added == {"stored_files", "shared_secrets", "nodes", "auto_mail_counts",  # 0002
                      "uq_messages_incoming",
-                     "idx_tickets_requester_id"}  # 0003
+                     "idx_tickets_requester_id",  # 0003
+                     "idx_tickets_merged_into", "idx_tickets_linked_ticket_id"}  # 0004
     changed = {name for name in before if after[name] != before[name]}
-    assert changed == {"outbound"}  # two columns added in place; nothing else rebuilt
+    assert changed == {"outbound", "tickets"}  # columns added in place; nothing else rebuilt
     assert [tuple(r) for r in rows] == [(1, "Hello", "normal")]
     assert user_version(path) == LEGACY_HEAD
 

@@ -5,7 +5,8 @@ open, and says only up or down without the token), with query parameters and JSO
 bodies (untrusted, checked by `params`).
 Output: JSON. Errors are `{"error": "<one line>"}` with 400 (bad input), 401 (no or wrong
 token), 404 (no such ticket or route), 409 (a well-formed request the state refuses: an
-address that is not a configured agent), 500 (a bug; logged).
+address that is not a configured agent, a ticket merged already), 413 (uploads over
+`[admin] max_upload_bytes`), 500 (a bug; logged).
 
     GET  /api/health                      up/down; with the token: status, problems, storage,
                                           spool, outbound, last mail, relay
@@ -15,7 +16,14 @@ address that is not a configured agent), 500 (a bug; logged).
                                           &limit= &cursor=; X-Total-Count: how many match,
                                           Link: rel="next" the next page
     GET  /api/tickets/{id}                as `mailgate tickets show ID --json`
-    POST /api/tickets/{id}/reply          agent, body
+    POST /api/tickets/{id}/reply          agent, body; multipart/form-data: files too (any
+                                          file field; [admin] max_upload_bytes together, else
+                                          413 and nothing sent)
+    POST /api/tickets/{id}/note           body (agent: optional, who wrote it; else "api")
+    POST /api/tickets/{id}/merge          into (this ticket merges into that one; agent)
+    POST /api/tickets/{id}/split          message, with_later (true/false; agent)
+    GET  /api/canned                      the canned replies' names
+    GET  /api/tickets/{id}/canned/{name}  canned reply rendered for the ticket (?agent=)
     POST /api/tickets/{id}/assign         agent
     POST /api/tickets/{id}/status         status
     GET  /api/audit/incoming              ?action= &queue_id= &ticket= &address= &message_id=
@@ -47,7 +55,8 @@ from aiohttp import web
 
 from mailgate.admin import download, params, ticket_query
 from mailgate.admin.backend import BACKEND, VIEWS, AuditPage, Backend, Conflict
-from mailgate.errors import NotFound, UserError
+from mailgate.errors import NotFound, Refused, TooLarge, UserError
+from mailgate.model import Upload
 from mailgate.store import outbound as outbox
 from mailgate.store import spam as spam_store
 from mailgate.store import tickets as ticket_store
@@ -69,9 +78,18 @@ def error(message: str, status: int) -> web.Response:
 def status_of(exc: UserError) -> int:
     if isinstance(exc, NotFound):
         return 404
-    if isinstance(exc, Conflict):
+    if isinstance(exc, Conflict | Refused):
         return 409
+    if isinstance(exc, TooLarge):
+        return 413
     return 400
+
+
+def too_large(request: web.Request) -> str:
+    """What a request over the app's body limit is told."""
+    limit = backend(request).config.admin_max_upload_bytes
+    return (f"the upload is over the limit of {limit} bytes ([admin] max_upload_bytes);"
+            " nothing was sent")
 
 
 @web.middleware
@@ -86,6 +104,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             return error(str(exc), status_of(exc))
         return web.Response(status=status_of(exc), content_type="text/plain",
                             text=f"{status_of(exc)}: {exc}\n")
+    except web.HTTPRequestEntityTooLarge:
+        if is_api:
+            return error(too_large(request), 413)
+        return web.Response(status=413, content_type="text/plain",
+                            text=f"413: {too_large(request)}\n")
     except web.HTTPException as exc:
         if is_api and exc.status >= 400:
             return error(exc.reason, exc.status)
@@ -161,13 +184,32 @@ async def show_ticket(request: web.Request) -> web.Response:
     return reply(await b.run(b.ticket, _ticket_id(request)))
 
 
+def uploads_of(form: Mapping[str, Any]) -> tuple[Upload, ...]:
+    """The files of a multipart form (every file field, in order), read whole: the app's
+    body limit ([admin] max_upload_bytes and room for the fields) bounds them."""
+    items = form.items() if hasattr(form, "items") else ()
+    files = []
+    for _name, value in items:
+        if isinstance(value, web.FileField):
+            value.file.seek(0)
+            files.append(Upload(value.filename or "", value.content_type or "", value.file.read()))
+    return tuple(files)
+
+
+def text_fields(form: Mapping[str, Any]) -> dict[str, Any]:
+    """The form without its files (a file where text is expected is a bad request)."""
+    return {k: v for k, v in form.items() if not isinstance(v, web.FileField)}
+
+
 async def reply_ticket(request: web.Request) -> web.Response:
     ticket_id = _ticket_id(request)
     form = await body_of(request)
+    uploads = uploads_of(form)
+    form = text_fields(form)
     agent = params.text(form, "agent", 320)
     body = params.text(form, "body", params.MAX_BODY, required=True)
     b = backend(request)
-    result = await b.run(b.reply, ticket_id, agent, body)
+    result = await b.run(b.reply, ticket_id, agent, body, uploads)
     log.info("admin: ticket #%d reply by %s (api): outbound #%d %s", ticket_id,
              agent.strip().lower(), result["outbound_id"], result["status"])
     return reply(result)
@@ -192,6 +234,58 @@ async def status_ticket(request: web.Request) -> web.Response:
     result = await b.run(b.set_status, ticket_id, status)
     log.info("admin: ticket #%d status %s (api)", ticket_id, status)
     return reply(result)
+
+
+async def note_ticket(request: web.Request) -> web.Response:
+    ticket_id = _ticket_id(request)
+    form = await body_of(request)
+    body = params.text(form, "body", params.MAX_BODY, required=True)
+    b = backend(request)
+    actor = b.actor(params.text(form, "agent", 320), "api")
+    result = await b.run(b.note, ticket_id, actor, body)
+    log.info("admin: ticket #%d internal note by %s (api)", ticket_id, actor)
+    return reply(result)
+
+
+async def merge_ticket(request: web.Request) -> web.Response:
+    ticket_id = _ticket_id(request)
+    form = await body_of(request)
+    into = params.integer(form, "into")
+    if into is None:
+        raise params.BadInput("into: required, the number of the ticket to merge into")
+    b = backend(request)
+    actor = b.actor(params.text(form, "agent", 320), "api")
+    result = await b.run(b.merge, ticket_id, into, actor)
+    log.info("admin: ticket #%d merged into #%d by %s (api)", ticket_id, into, actor)
+    return reply(result)
+
+
+async def split_ticket(request: web.Request) -> web.Response:
+    ticket_id = _ticket_id(request)
+    form = await body_of(request)
+    message = params.integer(form, "message")
+    if message is None:
+        raise params.BadInput("message: required, the number of the message to split off")
+    with_later = params.flag(form, "with_later")
+    b = backend(request)
+    actor = b.actor(params.text(form, "agent", 320), "api")
+    result = await b.run(b.split, ticket_id, message, with_later, actor)
+    log.info("admin: ticket #%d split into #%d by %s (api)", ticket_id,
+             result["new_ticket_id"], actor)
+    return reply(result)
+
+
+async def canned_list(request: web.Request) -> web.Response:
+    b = backend(request)
+    return reply([{"name": n} for n in await b.run(b.canned_names)])
+
+
+async def canned_reply(request: web.Request) -> web.Response:
+    ticket_id = _ticket_id(request)
+    name = params.canned_name(request.match_info["name"])
+    b = backend(request)
+    agent = params.text(request.query, "agent", 320)
+    return reply(await b.run(b.canned, ticket_id, name, agent))
 
 
 def _audit_filters(q: Mapping[str, str]) -> dict[str, Any]:
@@ -278,6 +372,11 @@ def add_routes(app: web.Application) -> None:
     r.add_post(r"/api/tickets/{id:\d+}/reply", reply_ticket)
     r.add_post(r"/api/tickets/{id:\d+}/assign", assign_ticket)
     r.add_post(r"/api/tickets/{id:\d+}/status", status_ticket)
+    r.add_post(r"/api/tickets/{id:\d+}/note", note_ticket)
+    r.add_post(r"/api/tickets/{id:\d+}/merge", merge_ticket)
+    r.add_post(r"/api/tickets/{id:\d+}/split", split_ticket)
+    r.add_get("/api/canned", canned_list)
+    r.add_get(r"/api/tickets/{id:\d+}/canned/{name}", canned_reply)
     r.add_get("/api/audit/incoming", audit_incoming)
     r.add_get("/api/audit/outgoing", audit_outgoing)
     r.add_get("/api/orgs", orgs)

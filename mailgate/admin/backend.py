@@ -28,11 +28,13 @@ from mailgate.admin.storecheck import DatabaseCheck, StoreCheck
 from mailgate.admin.ticket_query import TicketQuery
 from mailgate.config import Config
 from mailgate.errors import NotFound, UserError
+from mailgate.model import Address, Upload
 from mailgate.ops import app, metrics
 from mailgate.outbound.render import TemplateError
-from mailgate.pipeline import quarantine
+from mailgate.pipeline import quarantine, ticket_edits
 from mailgate.spool import Spool
 from mailgate.store import audit, downloads, orgs, search, tickets
+from mailgate.store import merge as merging
 from mailgate.store import outbound as outbox
 from mailgate.store import spam as spam_store
 from mailgate.store.connect import open_store
@@ -242,6 +244,7 @@ class Backend:
         ticket["reply_address"] = app.mail_context(self.config).for_ticket(ticket).reply_address(
             ticket_id)
         ticket["sla"] = app.automation(self.config, None).sla(ticket)
+        ticket.update(merging.links(self.db, ticket_id))
         return ticket
 
     def ticket_page(self, ticket_id: int) -> dict[str, Any]:
@@ -271,9 +274,10 @@ class Backend:
                            f" {self.config.path})")
         return email
 
-    def reply(self, ticket_id: int, agent: str, body: str) -> dict[str, Any]:
+    def reply(self, ticket_id: int, agent: str, body: str,
+              uploads: tuple[Upload, ...] = ()) -> dict[str, Any]:
         agent = self._agent(agent)
-        result = self.desk.reply(ticket_id, agent, body)
+        result = self.desk.reply(ticket_id, agent, body, uploads)
         q = result.queued
         self._wake_relay()
         return {"ticket_id": ticket_id, "message_row": result.message_row,
@@ -289,6 +293,37 @@ class Backend:
 
     def set_status(self, ticket_id: int, status: str) -> dict[str, Any]:
         return self.desk.set_status(ticket_id, status)
+
+    # --- notes, canned replies, merge and split ----------------------------------------------
+
+    def actor(self, agent: str, default: str) -> str:
+        """Who does it: the configured agent named (Conflict for another address), else
+        `default` ("api", "panel") until agents sign in."""
+        return self._agent(agent) if agent.strip() else default
+
+    def note(self, ticket_id: int, actor: str, body: str) -> dict[str, Any]:
+        return ticket_edits.note(self.db, ticket_id, actor, body)
+
+    def merge(self, source: int, target: int, actor: str) -> dict[str, Any]:
+        return ticket_edits.merge(self.db, source, target, actor)
+
+    def split(self, ticket_id: int, message_row: int, with_later: bool, actor: str
+              ) -> dict[str, Any]:
+        return ticket_edits.split(self.db, ticket_id, message_row, with_later, actor)
+
+    def ticket_exists(self, ticket_id: int) -> bool:
+        return self.db.execute("SELECT 1 FROM tickets WHERE id=?", [ticket_id]).fetchone() \
+            is not None
+
+    def canned_names(self) -> list[str]:
+        return ticket_edits.canned_names(self.desk.mail)
+
+    def canned(self, ticket_id: int, name: str, agent: str = "") -> dict[str, Any]:
+        """Canned reply `name` rendered for the ticket, signed by `agent` (a configured one)
+        or by nobody."""
+        found = self.config.agent(self._agent(agent)) if agent.strip() else None
+        return ticket_edits.canned(self.db, self.desk.mail, ticket_id, name,
+                                   Address(found.email, found.name) if found else None)
 
     def _wake_relay(self) -> None:
         if self.relay is not None:

@@ -11,7 +11,8 @@ HTML part (sanitised by nh3 when it was stored) is only ever shown inside
     /                        counts and health
     /tickets?view=           Unassigned, Pending customer, Pending agent, All
     /tickets?team=           a tab per team: its open tickets nobody is assigned to
-    /tickets/{id}            conversation, reply, assign, status
+    /tickets/{id}            conversation, reply (with attachments; `?canned=NAME` fills it
+                             with a canned reply), internal note, assign, status, merge, split
     /audit/incoming?q=       search by address, subject, Message-ID or day (YYYY-MM-DD)
     /audit/outgoing?q=       delivery status and failure reason
     /forwarding              forwarding confirmations (provider, code, link)
@@ -38,7 +39,7 @@ from jinja2 import Environment, FileSystemLoader
 from markupsafe import Markup, escape
 
 from mailgate.admin import auth, download, params, ticket_query
-from mailgate.admin.api import status_of
+from mailgate.admin.api import status_of, uploads_of
 from mailgate.admin.backend import BACKEND, VIEWS, AuditPage, Backend
 from mailgate.config import PRIORITIES
 from mailgate.errors import NotFound, UserError
@@ -66,6 +67,9 @@ NOTICES = {
     "replied": "Reply queued.",
     "assigned": "Ticket assigned.",
     "status": "Status changed.",
+    "noted": "Internal note added (mailed to nobody).",
+    "merged": "Ticket merged into this one.",
+    "split": "New ticket split off; it links to the old one.",
     "released": "Released: the message goes through the pipeline as new mail.",
 }
 
@@ -215,13 +219,33 @@ async def _ticket_page(request: web.Request, ticket_id: int, error: str = "",
     except NotFound as exc:
         return page(request, "error.html", 404, title="Not found", message=str(exc))
     notice = NOTICES.get(request.query.get("notice", ""), "")
+    canned = await b.run(b.canned_names)
     return page(request, "ticket.html", code, inline_styles=True, ticket=ticket,
                 error=error, notice=notice, agents=b.config.agents,
-                statuses=ticket_store.STATUSES, form=form or {})
+                statuses=ticket_store.STATUSES, form=form or {}, canned=canned,
+                max_upload=b.config.admin_max_upload_bytes)
 
 
 async def ticket(request: web.Request) -> web.Response:
-    return await _ticket_page(request, params.ticket_id(request.match_info["id"]))
+    """The ticket page; `?canned=NAME` (and `agent`) fills the reply with that canned reply."""
+    ticket_id = params.ticket_id(request.match_info["id"])
+    name = request.query.get("canned", "")
+    if not name:
+        return await _ticket_page(request, ticket_id)
+    agent = request.query.get("agent", "")
+    b = backend(request)
+    try:
+        text = (await b.run(b.canned, ticket_id, params.canned_name(name), agent))["text"]
+    except NotFound as exc:
+        if not (await b.run(b.ticket_exists, ticket_id)):
+            return await _ticket_page(request, ticket_id)  # the page's own 404
+        return await _ticket_page(request, ticket_id, str(exc), 404,
+                                  {"agent": agent, "canned": name})
+    except UserError as exc:
+        return await _ticket_page(request, ticket_id, str(exc), status_of(exc),
+                                  {"agent": agent, "canned": name})
+    return await _ticket_page(request, ticket_id,
+                              form={"agent": agent, "body": text, "canned": name})
 
 
 async def _act(request: web.Request, action: str) -> web.Response:
@@ -233,9 +257,34 @@ async def _act(request: web.Request, action: str) -> web.Response:
         if action == "replied":
             agent = params.text(values, "agent", 320)
             body = params.text(values, "body", params.MAX_BODY, required=True)
-            result = await b.run(b.reply, ticket_id, agent, body)
+            uploads = tuple(u for u in uploads_of(form) if u.filename or u.data)
+            result = await b.run(b.reply, ticket_id, agent, body, uploads)
             log.info("admin: ticket #%d reply by %s (panel): outbound #%d %s", ticket_id,
                      agent.strip().lower(), result["outbound_id"], result["status"])
+        elif action == "noted":
+            actor = b.actor(params.text(values, "agent", 320), "panel")
+            body = params.text(values, "body", params.MAX_BODY, required=True)
+            await b.run(b.note, ticket_id, actor, body)
+            log.info("admin: ticket #%d internal note by %s (panel)", ticket_id, actor)
+        elif action == "merged":
+            into = params.integer(values, "into")
+            if into is None:
+                raise params.BadInput("into: required, the number of the ticket to merge into")
+            actor = b.actor(params.text(values, "agent", 320), "panel")
+            await b.run(b.merge, ticket_id, into, actor)
+            log.info("admin: ticket #%d merged into #%d by %s (panel)", ticket_id, into, actor)
+            return see_other(f"/tickets/{into}?" + urlencode({"notice": action}))
+        elif action == "split":
+            message = params.integer(values, "message")
+            if message is None:
+                raise params.BadInput("message: required, the message to split off")
+            actor = b.actor(params.text(values, "agent", 320), "panel")
+            result = await b.run(b.split, ticket_id, message,
+                                 params.flag(values, "with_later"), actor)
+            log.info("admin: ticket #%d split into #%d by %s (panel)", ticket_id,
+                     result["new_ticket_id"], actor)
+            return see_other(f"/tickets/{result['new_ticket_id']}?"
+                             + urlencode({"notice": action}))
         elif action == "assigned":
             agent = params.text(values, "agent", 320)
             await b.run(b.assign, ticket_id, agent)
@@ -259,6 +308,18 @@ async def assign(request: web.Request) -> web.Response:
 
 async def set_status(request: web.Request) -> web.Response:
     return await _act(request, "status")
+
+
+async def note(request: web.Request) -> web.Response:
+    return await _act(request, "noted")
+
+
+async def merge(request: web.Request) -> web.Response:
+    return await _act(request, "merged")
+
+
+async def split(request: web.Request) -> web.Response:
+    return await _act(request, "split")
 
 
 def _search_terms(q: Mapping[str, str], search: str) -> tuple[str | None, str | None]:
@@ -375,6 +436,9 @@ def add_routes(app: web.Application) -> None:
     r.add_post(r"/tickets/{id:\d+}/reply", reply)
     r.add_post(r"/tickets/{id:\d+}/assign", assign)
     r.add_post(r"/tickets/{id:\d+}/status", set_status)
+    r.add_post(r"/tickets/{id:\d+}/note", note)
+    r.add_post(r"/tickets/{id:\d+}/merge", merge)
+    r.add_post(r"/tickets/{id:\d+}/split", split)
     r.add_get("/audit/incoming", incoming)
     r.add_get("/audit/outgoing", outgoing)
     r.add_get("/forwarding", forwarding)

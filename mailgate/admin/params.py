@@ -134,3 +134,13 @@ def row_id(raw: str, what: str) -> int:
     if not raw.isdigit() or len(raw) > 18:
         raise BadInput(f"not {what} number: {raw!r}")
     return int(raw)
+
+
+_CANNED = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,99}\Z")
+
+
+def canned_name(raw: str) -> str:
+    """A canned reply's name (letters, digits, `_` and `-`)."""
+    if not _CANNED.match(raw):
+        raise BadInput(f"not a canned reply name: {raw[:60]!r}")
+    return raw

@@ -32,6 +32,9 @@ from mailgate.ops import metrics
 log = logging.getLogger("mailgate.admin")
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
+# A request body may hold [admin] max_upload_bytes of files plus this much for the text fields
+# and the multipart framing; the files themselves are held to the limit by the reply path.
+FORM_ROOM = 1024 * 1024
 
 
 def check_listen(config: Config) -> None:
@@ -81,7 +84,7 @@ async def _security_headers(request: web.Request, response: web.StreamResponse) 
 def build_app(config: Config, backend: Backend, secure: bool) -> web.Application:
     authn = auth.Auth(config.data_dir, secure_cookies=secure)
     app = web.Application(middlewares=[api.error_middleware, auth.middleware(authn)],
-                          client_max_size=1024 * 1024)
+                          client_max_size=config.admin_max_upload_bytes + FORM_ROOM)
     app[BACKEND] = backend
     app[auth.AUTH] = authn
     app.on_response_prepare.append(_security_headers)

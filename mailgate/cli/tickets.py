@@ -1,5 +1,6 @@
-"""`mailgate tickets …`: list, show, export, reply to, set the status of and assign tickets,
-and manage their participants.
+"""`mailgate tickets …`: list, show, export, reply to (with attachments, or a canned reply),
+set the status of and assign tickets, manage their participants, add internal notes, merge and
+split tickets.
 
 Input: ticket and message ids, agent addresses and reply text typed by an administrator.
 Output: tables or JSON (`--json`); values that came from mail are printed as data. Changes go
@@ -8,6 +9,7 @@ through the library (`ops.app.desk`), one transaction each.
 
 from __future__ import annotations
 
+import mimetypes
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,8 +26,11 @@ from mailgate.cli.base import (
 )
 from mailgate.config import PRIORITIES
 from mailgate.errors import UserError
+from mailgate.model import Address, Upload
 from mailgate.ops import app
+from mailgate.pipeline import ticket_edits
 from mailgate.store import downloads, search, tickets
+from mailgate.store import merge as merging
 
 # --- tickets ------------------------------------------------------------------------------
 
@@ -113,6 +118,7 @@ def tickets_show(state: State, ticket_id: int, as_json: bool) -> None:
     app.describe_mailbox(cfg, ticket)
     ticket["reply_address"] = app.mail_context(cfg).for_ticket(ticket).reply_address(ticket_id)
     ticket["sla"] = app.automation(cfg, None).sla(ticket)
+    ticket.update(merging.links(state.db(), ticket_id))
     if as_json:
         emit(ticket, True)
         return
@@ -121,8 +127,12 @@ def tickets_show(state: State, ticket_id: int, as_json: bool) -> None:
                 "tags", "team", "assignee", "participants", "reply_address", "sla", "created_at",
                 "updated_at"):
         click.echo(f"  {key}: {cell(ticket[key], 200)}")
+    for key in ("merged_into", "merged_from", "linked_ticket_id", "linked_from"):
+        if ticket[key]:
+            click.echo(f"  {key}: {cell(ticket[key], 200)}")
     for m in ticket["messages"]:
-        flag = " [internal]" if m["internal"] else ""
+        flag = (" [internal note]" if m["direction"] == "note"
+                else " [internal]" if m["internal"] else "")
         click.echo(f"\n--- message {m['id']} ({m['direction']}, matched by {m['matched_by']})"
                    f"{flag} {m['created_at']}")
         click.echo(f"From: {cell(m['from'], 200)}\nTo: {cell(m['to'], 200)}")
@@ -208,20 +218,43 @@ def tickets_raw(state: State, message_id: int, out: str, force: bool) -> None:
 @click.option("--body", help="The reply text.")
 @click.option("--body-file", type=click.File("r", encoding="utf-8"),
               help="Read the reply text from a file ('-' for stdin).")
+@click.option("--canned", metavar="NAME",
+              help="The text of a canned reply (`tickets canned` lists them).")
+@click.option("--attach", "attach", multiple=True, metavar="FILE",
+              type=click.Path(exists=True, dir_okay=False, readable=True),
+              help="Attach FILE (repeatable); [admin] max_upload_bytes limits them together.")
 @pass_state
 def tickets_reply(state: State, ticket_id: int, agent_email: str, body: str | None,
-                  body_file: Any) -> None:
+                  body_file: Any, canned: str | None, attach: tuple[str, ...]) -> None:
     """Reply to the customer as an agent: stored on the ticket and sent through the relay."""
-    if (body is None) == (body_file is None):
-        raise UserError("give exactly one of --body and --body-file")
-    text = body if body is not None else body_file.read()
-    result = app.desk(state.config, state.db()).reply(ticket_id, agent_email, text)
+    if sum(x is not None for x in (body, body_file, canned)) != 1:
+        raise UserError("give exactly one of --body, --body-file and --canned")
+    desk = app.desk(state.config, state.db())
+    if canned is not None:
+        agent = desk.agent(agent_email)
+        text = ticket_edits.canned(state.db(), desk.mail, ticket_id, canned,
+                                   Address(agent.email, agent.name))["text"]
+    else:
+        text = body if body is not None else body_file.read()
+    uploads = tuple(_upload(path) for path in attach)
+    result = desk.reply(ticket_id, agent_email, text, uploads)
     q = result.queued
     if q.status != "queued":
         raise UserError(f"reply stored on ticket #{ticket_id} (message {result.message_row}) but"
                         f" not sent: outbound #{q.outbound_id} {q.status}: {q.reason}")
-    click.echo(f"ticket #{ticket_id}: reply queued as outbound #{q.outbound_id}"
+    files = f" with {len(uploads)} attachment(s)" if uploads else ""
+    click.echo(f"ticket #{ticket_id}: reply{files} queued as outbound #{q.outbound_id}"
                f" <{q.message_id}>")
+
+
+def _upload(path: str) -> Upload:
+    """A file named on the command line, read whole (its name without the directories)."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {exc.strerror or exc}") from None
+    name = Path(path).name
+    return Upload(name, mimetypes.guess_type(name)[0] or "application/octet-stream", data)
 
 
 @tickets_group.command("status")
@@ -283,3 +316,88 @@ def participants_remove(state: State, ticket_id: int, email: str) -> None:
     """Stop copying EMAIL; its later mail to the ticket is kept as an internal note."""
     app.desk(state.config, state.db()).remove_participant(ticket_id, email)
     click.echo(f"ticket #{ticket_id}: {email.strip().lower()} removed (no longer copied)")
+
+
+# --- notes, canned replies, merge and split ------------------------------------------------
+
+
+def _actor(state: State, agent_email: str | None) -> str:
+    """Who did it: the agent named with --agent (a configured one), else "cli"."""
+    if agent_email is None:
+        return "cli"
+    return app.desk(state.config, state.db()).agent(agent_email).email
+
+
+_AGENT = click.option("--agent", "agent_email", metavar="EMAIL",
+                      help="Record this configured agent as the one who did it (else 'cli').")
+
+
+@tickets_group.command("note")
+@click.argument("ticket_id", type=int)
+@click.option("--body", help="The note's text (else read from standard input).")
+@_AGENT
+@pass_state
+def tickets_note(state: State, ticket_id: int, body: str | None, agent_email: str | None
+                 ) -> None:
+    """Add an internal note: shown on the ticket, never mailed to anyone."""
+    text = body if body is not None else sys.stdin.read()
+    result = ticket_edits.note(state.db(), ticket_id, _actor(state, agent_email), text)
+    click.echo(f"ticket #{ticket_id}: internal note added (message {result['message_row']})")
+
+
+@tickets_group.command("canned")
+@click.argument("ticket_id", type=int, required=False)
+@click.argument("name", required=False)
+@click.option("--agent", "agent_email", metavar="EMAIL",
+              help="The agent the reply is signed by (a configured one).")
+@json_option
+@pass_state
+def tickets_canned(state: State, ticket_id: int | None, name: str | None,
+                   agent_email: str | None, as_json: bool) -> None:
+    """List the canned replies, or print NAME rendered for ticket TICKET_ID."""
+    desk = app.desk(state.config, state.db())
+    if ticket_id is None or name is None:
+        if ticket_id is not None:
+            raise UserError("give the canned reply's NAME after the ticket number")
+        names = ticket_edits.canned_names(desk.mail)
+        emit([{"name": n} for n in names], as_json, ["name"])
+        return
+    agent = desk.agent(agent_email) if agent_email else None
+    result = ticket_edits.canned(state.db(), desk.mail, ticket_id, name,
+                                 Address(agent.email, agent.name) if agent else None)
+    if as_json:
+        emit(result, True)
+    else:
+        click.echo(result["text"], nl=False)
+
+
+@tickets_group.command("merge")
+@click.argument("ticket_id", type=int)
+@click.option("--into", "into", type=int, required=True, metavar="ID",
+              help="The ticket that takes over TICKET_ID's messages.")
+@_AGENT
+@pass_state
+def tickets_merge(state: State, ticket_id: int, into: int, agent_email: str | None) -> None:
+    """Merge ticket TICKET_ID into ticket --into: its messages, participants and Message-IDs
+    move there, it is closed as merged, and later mail to it lands on --into."""
+    result = ticket_edits.merge(state.db(), ticket_id, into, _actor(state, agent_email))
+    click.echo(f"ticket #{ticket_id} merged into #{into}: {result['messages']} message(s)"
+               " moved; it is closed and forwards to it")
+
+
+@tickets_group.command("split")
+@click.argument("ticket_id", type=int)
+@click.option("--message", "message_row", type=click.IntRange(1, 2**62), required=True,
+              metavar="MSG_ID", help="The message to split off (its number in `tickets show`).")
+@click.option("--with-later", is_flag=True, help="Split off the later messages too.")
+@_AGENT
+@pass_state
+def tickets_split(state: State, ticket_id: int, message_row: int, with_later: bool,
+                  agent_email: str | None) -> None:
+    """Move a message (and with --with-later the ones after it) into a new ticket linked to
+    this one (same requester, organization and mailbox)."""
+    result = ticket_edits.split(state.db(), ticket_id, message_row, with_later,
+                                _actor(state, agent_email))
+    moved = ", ".join(str(r) for r in result["messages"])
+    click.echo(f"ticket #{ticket_id}: message(s) {moved} split off into new ticket"
+               f" #{result['new_ticket_id']}")

@@ -36,6 +36,7 @@ from mailgate.config.sections import (
 )
 from mailgate.config.settings import (
     DEFAULT_CONFIG_NAME,
+    DEFAULT_MAX_UPLOAD,
     TEMPLATE_KINDS,
     Agent,
     Config,
@@ -244,6 +245,10 @@ def parse_config(doc: dict[str, Any], path: Path) -> Config:
         admin_host, admin_port = parse_hostport(
             admin["listen"], lambda m: fail("[admin] listen", m))
     admin_cert, admin_key = tls_pair("admin")
+    max_upload = admin.get("max_upload_bytes", DEFAULT_MAX_UPLOAD)
+    if isinstance(max_upload, bool) or max_upload < 1:
+        raise fail("[admin] max_upload_bytes", f"expected a positive number of bytes, got"
+                                               f" {max_upload!r}")
     threading_cfg = values.get("threading", {})
     strangers = threading_cfg.get("strangers", "internal")
     if strangers not in ("internal", "new_ticket"):
@@ -411,6 +416,7 @@ def parse_config(doc: dict[str, Any], path: Path) -> Config:
         admin_port=admin_port,
         admin_tls_cert=admin_cert,
         admin_tls_key=admin_key,
+        admin_max_upload_bytes=max_upload,
         spam=spam,
     )
 

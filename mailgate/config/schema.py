@@ -106,6 +106,7 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], str]]] = {
         "listen": (str, "a string host:port"),
         "tls_cert": (str, "a file path"),
         "tls_key": (str, "a file path"),
+        "max_upload_bytes": (int, "a whole number of bytes"),
     },
     "spam": {
         "rspamd": (str, "an http:// URL like \"http://127.0.0.1:11333\""),

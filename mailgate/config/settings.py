@@ -109,6 +109,8 @@ class TemplateSettings:
     subject: str | None = None  # a jinja2 template; None: the kind's built-in subject
 
 
+DEFAULT_MAX_UPLOAD = 10 * 1024 * 1024  # [admin] max_upload_bytes
+
 TEMPLATE_KINDS = ("new_ticket_ack", "agent_reply", "assignee_notification",
                   "customer_replied_notification", "team_notification")
 # The kinds that go to agents (never to a customer): marked Auto-Submitted: auto-generated,
@@ -202,6 +204,8 @@ class Config:
     admin_port: int = 8025
     admin_tls_cert: Path | None = None
     admin_tls_key: Path | None = None
+    # the files of one agent's reply together (the upload form, the API, `--attach`)
+    admin_max_upload_bytes: int = DEFAULT_MAX_UPLOAD
     spam: Spam = Spam()
 
     def template(self, kind: str) -> TemplateSettings:

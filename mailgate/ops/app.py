@@ -222,7 +222,8 @@ def mail_context(config: Config) -> MailContext:
 
 def desk(config: Config, db: sqlite_utils.Database) -> Desk:
     mail = mail_context(config)
-    return Desk(db, mail, config.agents, str(config.path), automation(config, mail))
+    return Desk(db, mail, config.agents, str(config.path), automation(config, mail),
+                data_dir=config.data_dir, max_upload=config.admin_max_upload_bytes)
 
 
 def dkim_signer(config: Config) -> Callable[[bytes], bytes] | None:

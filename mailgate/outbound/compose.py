@@ -10,7 +10,8 @@ left out when no usable id remains) and written one per line, never encoded, so 
 never makes a mail fail to compose. Notifications (`generated`) are marked `Auto-Submitted:
 auto-generated`, other automatic mail `auto-replied`; `Thread-Index` / `Thread-Topic` are
 written when given. Output: the message as bytes with CRLF line endings:
-multipart/alternative (text + HTML), the HTML inside multipart/related when images are inline.
+multipart/alternative (text + HTML), the HTML inside multipart/related when images are inline,
+inside multipart/mixed with the files an agent attached (names already made safe by the caller).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import unicodedata
 from dataclasses import dataclass
 
 from mailgate.errors import PermanentFailure
+from mailgate.model import Upload
 from mailgate.outbound import mimewriter
 
 _ADDR = re.compile(r"^[^\s<>()\[\]\\,;:\"@]+@[A-Za-z0-9.-]+$")
@@ -98,7 +100,8 @@ class Headers:
     thread_topic: str = ""
 
 
-def compose(subject: str, text: str, html: str, images: tuple, headers: Headers) -> bytes:  # type: ignore[type-arg]
+def compose(subject: str, text: str, html: str, images: tuple, headers: Headers,  # type: ignore[type-arg]
+            attachments: tuple[Upload, ...] = ()) -> bytes:
     fields = [
         mimewriter.raw_field("Date", email.utils.formatdate(time.time(), localtime=False)),
         mimewriter.raw_field("Message-ID", f"<{headers.message_id}>"),
@@ -137,4 +140,8 @@ def compose(subject: str, text: str, html: str, images: tuple, headers: Headers)
             mimewriter.image_part(image.content_type, image.data, image.cid, image.filename)
             for image in images)])
     alternative = mimewriter.multipart("alternative", [mimewriter.text_part("plain", text), body])
+    if attachments:  # files an agent attached: multipart/mixed, the text first
+        alternative = mimewriter.multipart("mixed", [alternative, *(
+            mimewriter.attachment_part(a.content_type, a.data, a.filename)
+            for a in attachments)])
     return mimewriter.message(fields, alternative)

@@ -1,7 +1,8 @@
 """Queueing one mail about a ticket: the decision, the rendering and the outbox row, together.
 
 Input: a connection inside the caller's transaction (the pipeline's, or an agent action's),
-the ticket, the recipient and the template context (untrusted values, escaped by templates).
+the ticket, the recipient and the template context (untrusted values, escaped by templates),
+and for an agent's reply the files the agent attached (names made safe by the caller).
 Output: exactly one outbox row — `queued` with the composed message, `suppressed` with the rule
 that stopped it, or `failed` with the template error — so every decision is in the outgoing
 audit. Every mail speaks as the ticket's mailbox (`MailContext.for_ticket`: From, brand and
@@ -26,7 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from mailgate.model import Address, ParsedMail, base_mailbox
+from mailgate.model import Address, ParsedMail, Upload, base_mailbox
 from mailgate.outbound import thread_index
 from mailgate.outbound.compose import BadAddress, Headers, compose, display_name
 from mailgate.outbound.render import Renderer, TemplateError
@@ -163,6 +164,7 @@ def queue_ticket_mail(
     refuse: str = "",
     sender: str = "",
     cc: tuple[Address, ...] = (),
+    attachments: tuple[Upload, ...] = (),
 ) -> Queued:
     """`refuse`: a reason decided by the caller not to send (recorded as `suppressed`);
     `sender`: the agent whose words the mail carries; `cc`: copied in Cc, each with an outbox
@@ -237,7 +239,8 @@ def queue_ticket_mail(
         thread_topic=thread_topic(str(ticket.get("subject") or "")),
     )
     try:
-        raw = compose(rendered.subject, rendered.text, rendered.html, rendered.images, headers)
+        raw = compose(rendered.subject, rendered.text, rendered.html, rendered.images, headers,
+                      attachments)
     except BadAddress as exc:
         return record("failed", str(exc), rendered.subject)
     queued = record("queued", "", rendered.subject, raw)
@@ -262,7 +265,8 @@ def _next_thread_index(conn: sqlite3.Connection, ticket_id: int) -> bytes:
 
 
 def queue_agent_reply(conn: sqlite3.Connection, ctx: MailContext, ticket: Mapping[str, Any],
-                      agent: Address, body: str, queue_id: str = "", refuse: str = "") -> Queued:
+                      agent: Address, body: str, queue_id: str = "", refuse: str = "",
+                      attachments: tuple[Upload, ...] = ()) -> Queued:
     """An agent's words to the ticket's requester (`agent_reply`), threaded under the latest
     customer message, with a new Message-ID of ours. `queue_id`: the agent's mail, for a reply
     by email; `refuse`: why it must not go out (recorded as `suppressed`). The ticket's other
@@ -279,5 +283,5 @@ def queue_agent_reply(conn: sqlite3.Connection, ctx: MailContext, ticket: Mappin
                  "body": body},
         automatic=False, in_reply_to=latest["message_id"] if latest else "",
         references=latest["references"] if latest else (), queue_id=queue_id, refuse=refuse,
-        sender=agent.email, cc=cc,
+        sender=agent.email, cc=cc, attachments=attachments,
     )

@@ -296,6 +296,23 @@ def image_part(content_type: str, data: bytes, cid: str, filename: str) -> Part:
     )
 
 
+def attachment_part(content_type: str, data: bytes, filename: str) -> Part:
+    """A file attached to the message: base64, `Content-Disposition: attachment` with the
+    filename (RFC 2231 when it is not short printable ASCII). A malformed media type is written
+    application/octet-stream."""
+    maintype, _, subtype = content_type.strip().lower().partition("/")
+    if not (_TOKEN.match(maintype) and _TOKEN.match(subtype)):
+        maintype, subtype = "application", "octet-stream"
+    filename = "".join(c for c in filename if c >= " " and c != "\x7f")
+    parameters = _parameter("filename", filename) if filename else []
+    return Part(
+        (f"Content-Type: {maintype}/{subtype}",
+         "Content-Transfer-Encoding: base64",
+         _with_parameters("Content-Disposition", "attachment", parameters)),
+        _base64_lines(data).removesuffix(CRLF),
+    )
+
+
 def multipart(subtype: str, parts: Sequence[Part]) -> Part:
     """A multipart/<subtype> of `parts`, with a random boundary that none of them contains."""
     texts = [part.text() for part in parts]

@@ -9,6 +9,9 @@ untrusted text. The templates themselves (``<kind>.html`` / ``<kind>.txt`` exten
 by an administrator: trusted to mean what they say, not trusted to be free of mistakes, and run in
 jinja2's sandbox with ``StrictUndefined`` so a typo is an error rather than a blank.
 
+Canned replies (template kind ``canned``) are ``canned/<name>.txt`` in the same directories:
+plain text rendered with the ticket's context to fill an agent's reply, not mail of their own.
+
 Output: a `Rendered` (one-line subject, plain text, HTML, inline images such as the logo). HTML
 templates autoescape every variable (branding included); the text part is not HTML-escaped; the
 subject has every control character collapsed to a space and is cut to 250 characters, so nothing
@@ -46,6 +49,8 @@ from mailgate.errors import PermanentFailure
 BUILTIN_DIR = builtin.templates_dir()
 
 LOGO_CID = "logo@mailgate"
+CANNED_KIND = "canned"  # canned replies: text that fills an agent's reply, never mail alone
+CANNED_DIR = "canned"  # canned/<name>.txt in the template directories
 MAX_SUBJECT = 250
 DEFAULT_COLOR = "#2563eb"
 
@@ -239,6 +244,37 @@ class Renderer:
 
     def enabled(self, kind: str) -> bool:
         return self.settings.get(kind, TemplateSettings()).enabled
+
+    # -- canned replies ------------------------------------------------------------------------
+
+    def canned_names(self) -> list[str]:
+        """The canned replies: `canned/<name>.txt` in either directory (one of the override
+        directory hides the built-in one of that name), sorted by name."""
+        names: set[str] = set()
+        for d in self.dirs:
+            folder = d / CANNED_DIR
+            if folder.is_dir():
+                names.update(p.stem for p in folder.glob("*.txt")
+                             if _KIND_NAME.fullmatch(p.stem) and p.is_file())
+        return sorted(names)
+
+    def render_canned(self, name: str, context: Mapping[str, Any]) -> str:
+        """A canned reply's text (template kind `canned`): plain text that fills an agent's
+        reply, rendered with the ticket's context (``ticket``, ``customer``, ``agent``) and
+        ``branding``. TemplateError (one line) when there is no such reply or it fails."""
+        if not _KIND_NAME.fullmatch(name) or name not in self.canned_names():
+            known = ", ".join(self.canned_names()) or "none"
+            raise TemplateError(f"no canned reply {name!r} (canned/<name>.txt in"
+                                f" {self._dirs_text()}; there are: {known})")
+        try:
+            template = self.env.get_template(f"{CANNED_DIR}/{name}.txt")
+        except TemplateSyntaxError as exc:
+            raise self._syntax_error(exc) from None
+        text = _clean_body(self._run(template, {**context, "branding": self.branding,
+                                                "kind": CANNED_KIND}))
+        text = "\n".join(line.rstrip(" \t") if line != "-- " else line
+                         for line in text.split("\n"))
+        return re.sub(r"\n{3,}", "\n\n", text).strip("\n") + "\n"
 
     # -- rendering -----------------------------------------------------------------------------
 

@@ -1,5 +1,5 @@
-"""What people do to tickets (from the CLI and the admin endpoint): reply, assign, set status,
-add and remove participants.
+"""What people do to tickets (from the CLI and the admin endpoint): reply (with attachments),
+assign, set status, add and remove participants.
 
 Input: a ticket id, an agent's address and text typed by that agent (trusted as the agent's
 words, still untrusted markup: templates escape it). Output: the change and the mail it causes,
@@ -10,21 +10,26 @@ the stages and the store, never the other way round.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import sqlite_utils
 
 from mailgate.config import Agent
-from mailgate.errors import NotFound, UserError
-from mailgate.model import Address
+from mailgate.config.settings import DEFAULT_MAX_UPLOAD
+from mailgate.errors import NotFound, TooLarge, UserError
+from mailgate.model import Address, Upload
 from mailgate.outbound.compose import BadAddress, checked_address
 from mailgate.outbound.mailer import MailContext, Queued, queue_agent_reply, queue_ticket_mail
+from mailgate.parsing.parse import safe_filename
 from mailgate.pipeline.automation import Automation, RuleSet, Trigger
+from mailgate.store import filestore
 from mailgate.store.db import now_iso, transaction
 from mailgate.store.tickets import (
     REMOVED,
     STATUSES,
+    add_attachment,
     add_outgoing_message,
     latest_customer_message,
     link_outbound,
@@ -47,8 +52,11 @@ class ReplyResult:
 class Desk:
     def __init__(self, db: sqlite_utils.Database, mail: MailContext,
                  agents: tuple[Agent, ...], config_path: str = "the config",
-                 automation: Automation | None = None) -> None:
+                 automation: Automation | None = None, data_dir: Path | None = None,
+                 max_upload: int = DEFAULT_MAX_UPLOAD) -> None:
         self.db = db
+        self.data_dir = data_dir
+        self.max_upload = max_upload
         self.mail = mail
         self.agents = {a.email: a for a in agents}
         self.config_path = config_path
@@ -66,14 +74,40 @@ class Desk:
             raise NotFound(f"no ticket #{ticket_id}")
         return ticket
 
-    def reply(self, ticket_id: int, agent_email: str, body: str) -> ReplyResult:
+    def checked_uploads(self, uploads: tuple[Upload, ...]) -> tuple[Upload, ...]:
+        """The files of a reply with safe names; TooLarge when together they are over
+        `[admin] max_upload_bytes` (nothing is stored or sent then)."""
+        total = sum(len(u.data) for u in uploads)
+        if total > self.max_upload:
+            raise TooLarge(f"the attachments are {total} bytes together, over the limit of"
+                           f" {self.max_upload} bytes ([admin] max_upload_bytes in"
+                           f" {self.config_path}); nothing was sent")
+        return tuple(replace(u, filename=safe_filename(u.filename, u.content_type),
+                             content_type=u.content_type.strip().lower()
+                             or "application/octet-stream") for u in uploads)
+
+    def reply(self, ticket_id: int, agent_email: str, body: str,
+              attachments: tuple[Upload, ...] = ()) -> ReplyResult:
+        """`attachments`: files sent with the reply and kept with the agent's message (in
+        `data_dir`, or the database on PostgreSQL, as incoming attachments are)."""
         agent = self.agent(agent_email)
         if not body.strip():
             raise UserError("the reply is empty")
+        attachments = self.checked_uploads(attachments)
+        blobs: list[str] = []
+        batch = None
+        if attachments:
+            if self.data_dir is None:
+                raise UserError("attachments need the data directory ([storage] data_dir)")
+            batch = filestore.batch_for(self.db, self.data_dir)
+            blobs = [batch.add_blob(a.data) for a in attachments]
+            batch.commit()  # the files durable before the rows that name them
         with transaction(self.db) as conn:
             ticket = self._ticket(conn, ticket_id)
+            if batch is not None:
+                batch.write(conn)
             queued = queue_agent_reply(conn, self.mail, ticket, Address(agent.email, agent.name),
-                                       body)
+                                       body, attachments=attachments)
             now = now_iso()
             latest = latest_customer_message(conn, ticket_id)
             row = add_outgoing_message(
@@ -83,6 +117,9 @@ class Desk:
                 in_reply_to=latest["message_id"] if latest else "", now=now, cc_addrs=queued.cc,
             )
             link_outbound(conn, row, queued.outbound_id)
+            for upload, sha in zip(attachments, blobs, strict=True):
+                add_attachment(conn, row, sha, upload.filename, upload.content_type,
+                               len(upload.data), "", False)
             set_status(conn, ticket_id, "pending_customer", now)
             mark_first_response(conn, ticket_id, now)
             self.automation.fire(conn, "agent_replied", ticket_id, Trigger(body=body))

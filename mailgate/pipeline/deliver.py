@@ -8,8 +8,9 @@ Message-ID, content digest and sender), or a ticket message with its workflow co
 (status, internal note, acknowledgement, an agent's emailed reply relayed to the customer when
 it is authenticated as that agent, else an outgoing row saying why not; mail to a ticket's
 internal-note address kept as a note and sent to nobody; the Cc of a conversation joining it as
-participants; the team of the mailbox it came to; its Outlook Thread-Index) — and the
-incoming-audit row saying why. Part of the pipeline (an orchestrator): it calls the stages
+participants; the team of the mailbox it came to; its Outlook Thread-Index; mail matching a
+ticket that was merged into another forwarded to that one) — and the incoming-audit row saying
+why. Part of the pipeline (an orchestrator): it calls the stages
 (threading, workflow, outbound) with look-ups bound to this transaction.
 """
 
@@ -25,7 +26,7 @@ from typing import Any
 
 from mailgate.classify import Classification
 from mailgate.config import Mailbox
-from mailgate.model import Address, ParsedMail, SpoolEntry, base_mailbox
+from mailgate.model import Address, ParsedMail, SpoolEntry, ThreadMatch, base_mailbox
 from mailgate.outbound import thread_index
 from mailgate.outbound.mailer import MailContext, queue_agent_reply
 from mailgate.parsing.digest import content_digest
@@ -44,6 +45,7 @@ from mailgate.rules.workflow import (
 from mailgate.store import outbound as outbox
 from mailgate.store.audit import IncomingAudit, record_incoming
 from mailgate.store.db import now_iso
+from mailgate.store.merge import resolve
 from mailgate.store.orgs import (
     add_domain,
     create_org,
@@ -129,6 +131,17 @@ class Outcome:
     action: str
     ticket_id: int | None = None
     reason: str = ""
+
+
+def forward_merged(conn: sqlite3.Connection, match: ThreadMatch) -> ThreadMatch:
+    """A match on a ticket that was merged into another lands on that one (noted)."""
+    if match.ticket_id is None:
+        return match
+    target = resolve(conn, match.ticket_id)
+    if target == match.ticket_id:
+        return match
+    return replace(match, ticket_id=target, notes=(
+        *match.notes, f"ticket #{match.ticket_id} was merged into #{target}: forwarded there"))
 
 
 def _days_since(iso: str | None) -> float | None:
@@ -281,7 +294,8 @@ class Deliverer:
             ticket_from_our_message_id=(tokens.ticket_from_message_id if tokens
                                         else lambda _m: None),
             is_participant=lambda tid, email: (email.lower() in agents
-                                               or is_participant(conn, tid, email)),
+                                               or is_participant(conn, resolve(conn, tid),
+                                                                 email)),
             is_ours=lambda addr: addr.rpartition("@")[2].rstrip(".") in domains,
             ticket_exists=lambda tid: ticket_exists(conn, tid),
         )
@@ -329,7 +343,8 @@ class Deliverer:
                 digest: str) -> Outcome:
         env, parsed = inc.entry.envelope, inc.parsed
         sender = parsed.from_.email
-        match = find_ticket(parsed, env.rcpt_to, self._lookups(conn, sender))
+        match = forward_merged(conn, find_ticket(parsed, env.rcpt_to,
+                                                 self._lookups(conn, sender)))
         ticket = ticket_row(conn, match.ticket_id) if match.ticket_id is not None else None
         to_note = self._to_note_address(inc, match.ticket_id if ticket else None)
         role = self._role(conn, match.ticket_id if ticket else None, sender)

@@ -287,7 +287,7 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
 # The Alembic revisions in mailgate/store/migrations/versions, oldest first: kept here so that
 # opening the database needs no Alembic import (tests/test_db_cli.py checks them against the
 # directory). A new revision is added here too.
-REVISIONS: tuple[str, ...] = ("0001", "0002", "0003")
+REVISIONS: tuple[str, ...] = ("0001", "0002", "0003", "0004")
 BASELINE = REVISIONS[0]  # the schema of legacy v11
 LEGACY_HEAD = 11  # len(MIGRATIONS): the legacy migrations are frozen here
 UPGRADE_HINT = "run 'mailgate db upgrade' (back the file up first)"
@@ -403,6 +403,11 @@ FRESH_STEPS: dict[str, tuple[str, ...]] = {
     ),
     "0003": (
         "CREATE INDEX idx_tickets_requester_id ON tickets (requester_id, updated_at)",
+    ),
+    "0004": (
+        "ALTER TABLE tickets ADD COLUMN merged_into INTEGER",
+        "CREATE INDEX idx_tickets_merged_into ON tickets (merged_into)",
+        "CREATE INDEX idx_tickets_linked_ticket_id ON tickets (linked_ticket_id)",
     ),
 }
 

@@ -9,9 +9,9 @@ LargeBinary for the raw bytes of outgoing mail. Timestamps stay ISO-8601 text, a
 compare them as text.
 
 This is the head of the schema. The Alembic baseline revision (migrations/versions/0001_*)
-is a frozen copy of it at v11, revision 0002 adds what several nodes share; a later change to
-the schema is a change here plus a new revision, and tests/test_schema.py checks that the two
-agree on both engines.
+is a frozen copy of it at v11, revision 0002 adds what several nodes share, 0004 what merging
+and splitting tickets need (`tickets.merged_into`); a later change to the schema is a change
+here plus a new revision, and tests/test_schema.py checks that the two agree on both engines.
 """
 
 from __future__ import annotations
@@ -86,6 +86,7 @@ tickets = Table(
     Column("mailbox", Text),
     Column("team", Text),
     Column("thread_index", Text),
+    Column("merged_into", Id),  # revision 0004: the ticket this one was merged into
     Index("idx_tickets_status_updated_at", "status", "updated_at"),
     Index("idx_tickets_assignee", "assignee"),
     Index("idx_tickets_organization_id", "organization_id"),
@@ -93,6 +94,8 @@ tickets = Table(
     Index("idx_tickets_mailbox", "mailbox", "updated_at"),
     Index("idx_tickets_team", "team", "assignee", "updated_at"),
     Index("idx_tickets_requester_id", "requester_id", "updated_at"),  # revision 0003
+    Index("idx_tickets_merged_into", "merged_into"),  # revision 0004: both ways of a link
+    Index("idx_tickets_linked_ticket_id", "linked_ticket_id"),
 )
 
 messages = Table(

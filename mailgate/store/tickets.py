@@ -432,7 +432,7 @@ def message_html(db: sqlite_utils.Database, ticket_id: int) -> dict[int, str]:
 
 def count_tickets(db: sqlite_utils.Database, *, statuses: tuple[str, ...] = (),
                   unassigned: bool = False, team: str | None = None) -> int:
-    """How many tickets `list_tickets` would find with these filters and no limit."""
+    """How many tickets have these statuses, team and assignment (the dashboard, the teams)."""
     where: list[str] = []
     params: list[Any] = list(statuses)
     if statuses:
