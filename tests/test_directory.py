@@ -29,9 +29,11 @@ def test_orgs_customers_and_a_customers_tickets_in_tables_with_counts_and_pages(
         code, reply = send(d.port, _mail(sender, name, subject, body), mail_from=sender)
         assert code == 250, reply
         tickets[sender] = d.audit_for(queue_id_of(reply))["ticket_id"]
-    code, reply = send(d.port, _mail("jane@customer.test", "Jane Doe", "Second question",
-                                     "And another thing."), mail_from="jane@customer.test")
-    d.audit_for(queue_id_of(reply))
+    code, reply = send(d.port, _mail(
+        "jane@customer.test", "Jane Doe", "Second question",
+        "And another thing.\r\n\r\nOn Mon, 1 Jun 2026, Support wrote:\r\n"
+        "> the old quoted answer\r\n"), mail_from="jane@customer.test")
+    second = d.audit_for(queue_id_of(reply))["ticket_id"]
 
     orgs = http.get("/orgs").text
     row = orgs[orgs.index("Acme"):orgs.index("</tr>", orgs.index("Acme"))]
@@ -70,3 +72,11 @@ def test_orgs_customers_and_a_customers_tickets_in_tables_with_counts_and_pages(
     assert f'href="/customers/{jane["id"]}"' in header
     assert 'href="/customers?org=Acme"' in header
     assert 'href="/tickets?tag=vip"' in header and ">high<" in header
+
+    # the conversation: who wrote is shown at a glance; quoted history folded behind "Show all"
+    page = http.get(f"/tickets/{second}").text
+    body = page[page.index('<pre class="body">'):]
+    assert body.index("And another thing.") < body.index("Show all")
+    assert "the old quoted answer" not in body[:body.index("Show all")]
+    assert "the old quoted answer" in body[body.index("Show all"):]
+    assert '<span class="badge in">customer</span>' in page

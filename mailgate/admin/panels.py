@@ -99,6 +99,7 @@ def environment() -> Environment:
     env.filters["when"] = when
     env.filters["http_link"] = http_link
     env.filters["wbr"] = wbr
+    env.filters["size"] = size
     env.filters["pretty"] = lambda v: json.dumps(v, indent=2, ensure_ascii=False, default=str)
     return env
 
@@ -114,6 +115,21 @@ def render(request: web.Request, template: str, **context: Any) -> str:
         authed=request.get("auth") in ("session", "bearer"),
         session=request.get("auth") == "session", nav=NAV,
         company=config.branding.company_name, label=config.status_label, **context)
+
+
+def size(value: object) -> str:
+    """A byte count for people: 812 bytes, 4.1 KB, 2.3 MB."""
+    try:
+        n = int(str(value))
+    except ValueError:
+        return "?"
+    if n < 1024:
+        return f"{n} bytes"
+    if n < 1024 ** 2:
+        return f"{n / 1024:.1f} KB"
+    if n < 1024 ** 3:
+        return f"{n / 1024 ** 2:.1f} MB"
+    return f"{n / 1024 ** 3:.1f} GB"
 
 
 def page(request: web.Request, template: str, code: int = 200, *,
