@@ -191,8 +191,8 @@ _LATER_REVISION = '''"""A throw-away revision: tickets.sla_due."""
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0003"
-down_revision = "0002"
+revision = "0004"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 
@@ -207,7 +207,7 @@ def upgrade() -> None:
 def later_migrations(tmp_path: Path) -> Path:
     migrations = tmp_path / "migrations"
     shutil.copytree(MIGRATIONS_DIR, migrations, ignore=shutil.ignore_patterns("__pycache__"))
-    (migrations / "versions" / "0003_later.py").write_text(_LATER_REVISION)
+    (migrations / "versions" / "0004_later.py").write_text(_LATER_REVISION)
     return migrations
 
 
@@ -215,23 +215,23 @@ def test_a_new_revision_is_refused_by_open_db_until_db_upgrade_applies_it(
         tmp_path: Path, later_migrations: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "mailgate.db"
     legacy_file(path, LEGACY_HEAD)  # what every installation from before has
-    with pytest.raises(SchemaMismatch) as caught:  # the packaged head is 0002
+    with pytest.raises(SchemaMismatch) as caught:  # the packaged head is 0003
         open_db(path)
     assert str(caught.value) == (f"the database {path} has schema legacy v11 (revision 0001),"
-                                 f" this mailgate needs revision 0002: {HINT}")
+                                 f" this mailgate needs revision 0003: {HINT}")
     out, _, _ = run("db", "upgrade", "--database", f"sqlite:///{path}")
-    assert out.strip() == f"sqlite:///{path}: legacy v11 → revision 0002"
-    open_db(path).conn.close()  # with the packaged revisions: at head (0002)
+    assert out.strip() == f"sqlite:///{path}: legacy v11 → revision 0003"
+    open_db(path).conn.close()  # with the packaged revisions: at head (0003)
 
     with pytest.raises(SchemaMismatch) as caught:
         open_db(path, later_migrations)
-    assert str(caught.value) == (f"the database {path} has schema revision 0002,"
-                                 f" this mailgate needs revision 0003: {HINT}")
+    assert str(caught.value) == (f"the database {path} has schema revision 0003,"
+                                 f" this mailgate needs revision 0004: {HINT}")
 
-    # `mailgate db upgrade` of a mailgate that ships 0003.
+    # `mailgate db upgrade` of a mailgate that ships 0004.
     monkeypatch.setattr(upgrade_module, "MIGRATIONS_DIR", later_migrations)
     out, _, _ = run("db", "upgrade", "--database", f"sqlite:///{path}")
-    assert out.strip() == f"sqlite:///{path}: revision 0002 → revision 0003"
+    assert out.strip() == f"sqlite:///{path}: revision 0003 → revision 0004"
     monkeypatch.undo()
 
     db = open_db(path, later_migrations)
@@ -240,17 +240,17 @@ def test_a_new_revision_is_refused_by_open_db_until_db_upgrade_applies_it(
         assert [r["subject"] for r in db["tickets"].rows] == ["Printer on fire"]
     finally:
         db.conn.close()
-    # The mailgate that knows only 0002 refuses a database a newer one upgraded.
+    # The mailgate that knows only 0003 refuses a database a newer one upgraded.
     with pytest.raises(SchemaMismatch) as caught:
         open_db(path)
-    assert "has schema revision 0003, newer than this mailgate knows" in str(caught.value)
+    assert "has schema revision 0004, newer than this mailgate knows" in str(caught.value)
 
     fresh = tmp_path / "fresh.db"  # a new file is made at that head at once
     db = open_db(fresh, later_migrations)
     try:
         assert "sla_due" in db["tickets"].columns_dict
         version = db.execute("SELECT version_num FROM alembic_version").fetchall()
-        assert version == [("0003",)]
+        assert version == [("0004",)]
     finally:
         db.conn.close()
 

@@ -246,7 +246,7 @@ def test_upgrade_stamps_a_v11_sqlite_file_and_adds_only_the_later_revisions(
     engine = make_engine(sqlite_url(path))
     try:
         assert str(schema_state(engine)) == f"legacy sqlite v{LEGACY_HEAD} (head is {head()})"
-        assert upgrade(engine).revision == head() == "0002"
+        assert upgrade(engine).revision == head() == "0003"
         with engine.connect() as conn:
             rows = conn.execute(sa.text("SELECT id, subject, priority FROM tickets")).all()
         assert upgrade(engine).revision == head()  # again: nothing to do
@@ -261,7 +261,11 @@ def test_upgrade_stamps_a_v11_sqlite_file_and_adds_only_the_later_revisions(
     assert after.pop("alembic_version").startswith("CREATE TABLE alembic_version")
     added = {name for name in after if name not in before}
     assert added == {"stored_files", "shared_secrets", "nodes", "auto_mail_counts",
-                     "uq_messages_incoming"}
+                     "uq_messages_incoming",  # 0002
+                     "agent_credentials", "idx_agent_credentials_token_hash", "agent_sessions",
+                     "idx_agent_sessions_email", "login_failures", "idx_login_failures_key_at_ts",
+                     "ticket_actions", "idx_ticket_actions_ticket_id_id",
+                     "idx_ticket_actions_actor_at"}  # 0003
     changed = {name for name in before if after[name] != before[name]}
     assert changed == {"outbound"}  # two columns added in place; nothing else rebuilt
     assert [tuple(r) for r in rows] == [(1, "Hello", "normal")]
@@ -354,8 +358,8 @@ _LATER_REVISION = '''"""A later revision, as a developer would write one: {what}
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0003"
-down_revision = "0002"
+revision = "0004"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 
@@ -374,11 +378,11 @@ _REBUILD = """\
 
 
 def _migrations_with(tmp_path: Path, what: str, body: str) -> Path:
-    """A copy of the packaged migrations with one more revision, 0003."""
+    """A copy of the packaged migrations with one more revision, 0004."""
     migrations = tmp_path / "migrations"
     shutil.copytree(MIGRATIONS_DIR, migrations,
                     ignore=shutil.ignore_patterns("__pycache__"))
-    (migrations / "versions" / "0003_later.py").write_text(
+    (migrations / "versions" / "0004_later.py").write_text(
         _LATER_REVISION.format(what=what, body=body))
     return migrations
 
@@ -417,7 +421,7 @@ def test_a_later_revision_rebuilding_a_referenced_table_runs_on_a_sqlite_file(
     db.conn.close()
     engine = make_engine(sqlite_url(path))
     try:
-        assert upgrade(engine, migrations).revision == "0003" == head(migrations)
+        assert upgrade(engine, migrations).revision == "0004" == head(migrations)
         _after_rebuild(engine)
         with engine.connect() as conn:  # foreign keys are on again for the pool's connection
             assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar_one() == 1
@@ -432,7 +436,7 @@ def test_a_later_revision_that_leaves_a_dangling_reference_changes_nothing(
     path = tmp_path / "new.db"
     engine = make_engine(sqlite_url(path))
     try:
-        upgrade(engine)  # to the packaged head, 0002
+        upgrade(engine)  # to the packaged head, 0003
         with engine.begin() as conn:
             for sql in _REFERRING_ROWS:
                 conn.execute(sa.text(sql))
@@ -441,7 +445,7 @@ def test_a_later_revision_that_leaves_a_dangling_reference_changes_nothing(
         message = str(caught.value)
         assert "\n" not in message and "tickets row 3 refers to a missing customers row" in (
             message), message
-        assert schema_state(engine, migrations).revision == "0002"
+        assert schema_state(engine, migrations).revision == "0003"
         with engine.connect() as conn:
             assert conn.exec_driver_sql("SELECT count(*) FROM customers").scalar_one() == 1
     finally:
@@ -459,7 +463,7 @@ def test_a_later_revision_rebuilding_a_referenced_table_runs_on_postgres(
             for sql in _REFERRING_ROWS:
                 conn.execute(sa.text(sql))
         state = upgrade(engine, migrations)
-        assert state.current and state.revision == "0003"
+        assert state.current and state.revision == "0004"
         _after_rebuild(engine)
     finally:
         engine.dispose()
