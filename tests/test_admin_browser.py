@@ -128,7 +128,7 @@ def test_login_search_open_reply_and_see_it_sent(
     assert browser.current_url.startswith(base + "/login")
     screens.shot("login")
     browser.find_element(By.ID, "token").send_keys(token)
-    browser.find_element(By.CSS_SELECTOR, "form[action='/login'] button").click()
+    browser.find_element(By.CSS_SELECTOR, "#token-login button").click()
     WebDriverWait(browser, 20).until(expected.url_to_be(base + "/tickets"))
     assert "Keyboard types only vowels" in browser.page_source
     screens.shot("tickets-unassigned")
@@ -246,7 +246,7 @@ def test_inline_image_shows_in_the_html_view_from_our_own_store(
 
     browser.get(base + f"/tickets/{ticket_id}")
     browser.find_element(By.ID, "token").send_keys(token)
-    browser.find_element(By.CSS_SELECTOR, "form[action='/login'] button").click()
+    browser.find_element(By.CSS_SELECTOR, "#token-login button").click()
     WebDriverWait(browser, 20).until(expected.url_to_be(base + f"/tickets/{ticket_id}"))
     frame = browser.find_element(By.CSS_SELECTOR, "details.html iframe")
     browser.find_element(By.CSS_SELECTOR, "details.html summary").click()

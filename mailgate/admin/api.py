@@ -1,18 +1,23 @@
 """The JSON API of the admin endpoint, with the field names of the CLI's `--json`.
 
-Input: HTTP requests that passed `mailgate.admin.auth` (the bearer token; `/api/health` is
-open, and says only up or down without the token), with query parameters and JSON or form
-bodies (untrusted, checked by `params`).
+Input: HTTP requests that passed `mailgate.admin.auth` (a bearer token: the shared admin
+token, or an agent's own; `/api/health` is open, and says only up or down without an admin's
+token), with query parameters and JSON or form bodies (untrusted, checked by `params`).
 Output: JSON. Errors are `{"error": "<one line>"}` with 400 (bad input), 401 (no or wrong
-token), 404 (no such ticket or route), 409 (a well-formed request the state refuses: an
-address that is not a configured agent), 500 (a bug; logged).
+token), 403 (an agent on an admin route, or naming another agent to reply as), 404 (no such
+ticket or route), 409 (a well-formed request the state refuses: an address that is not a
+configured agent), 500 (a bug; logged). Every change records its actor: the agent whose token
+it was, or `admin-token`.
 
     GET  /api/health                      up/down; with the token: status, problems, storage,
                                           spool, outbound, last mail, relay
     GET  /api/tickets                     ?status= &unassigned= &view= &org= &team= &mailbox=
                                           &limit=
+    GET  /api/me                          who the token is: actor, role
     GET  /api/tickets/{id}                as `mailgate tickets show ID --json`
-    POST /api/tickets/{id}/reply          agent, body
+    GET  /api/tickets/{id}/actions        who changed it, as `mailgate tickets history ID`
+    POST /api/tickets/{id}/reply          body; agent (the admin token only: an agent's
+                                          token replies as that agent)
     POST /api/tickets/{id}/assign         agent
     POST /api/tickets/{id}/status         status
     GET  /api/audit/incoming              ?action= &queue_id= &q= &day= &limit=
@@ -38,6 +43,7 @@ from aiohttp import web
 
 from mailgate.admin import download, params
 from mailgate.admin.backend import BACKEND, VIEWS, Backend, Conflict
+from mailgate.admin.principal import Forbidden, Principal, reply_agent
 from mailgate.errors import NotFound, UserError
 from mailgate.store import outbound as outbox
 from mailgate.store import spam as spam_store
@@ -62,6 +68,8 @@ def status_of(exc: UserError) -> int:
         return 404
     if isinstance(exc, Conflict):
         return 409
+    if isinstance(exc, Forbidden):
+        return 403
     return 400
 
 
@@ -106,6 +114,13 @@ async def body_of(request: web.Request) -> Mapping[str, Any]:
     return await request.post()
 
 
+def principal(request: web.Request) -> Principal:
+    """Who the request acts for (set by `auth.middleware` on every authenticated route)."""
+    found = request.get("principal")
+    assert isinstance(found, Principal), request.path
+    return found
+
+
 def _ticket_id(request: web.Request) -> int:
     return params.ticket_id(request.match_info["id"])
 
@@ -118,7 +133,8 @@ async def health(request: web.Request) -> web.Response:
     `{"status": "down"}`: the spool or the database is gone, replaced, damaged or unreadable);
     with it, the full report."""
     b = backend(request)
-    if request.get("auth") != "bearer":
+    who = request.get("principal")
+    if not (isinstance(who, Principal) and who.is_admin):
         try:
             up = await b.run(b.up)
         except Exception:
@@ -149,20 +165,31 @@ async def list_tickets(request: web.Request) -> web.Response:
     return reply(rows)
 
 
+async def me(request: web.Request) -> web.Response:
+    who = principal(request)
+    return reply({"actor": who.actor, "role": who.role, "name": who.name})
+
+
 async def show_ticket(request: web.Request) -> web.Response:
     b = backend(request)
     return reply(await b.run(b.ticket, _ticket_id(request)))
 
 
+async def ticket_actions(request: web.Request) -> web.Response:
+    b = backend(request)
+    return reply(await b.run(b.actions, _ticket_id(request)))
+
+
 async def reply_ticket(request: web.Request) -> web.Response:
     ticket_id = _ticket_id(request)
     form = await body_of(request)
-    agent = params.text(form, "agent", 320)
+    who = principal(request)
+    agent = reply_agent(who, params.text(form, "agent", 320))
     body = params.text(form, "body", params.MAX_BODY, required=True)
     b = backend(request)
-    result = await b.run(b.reply, ticket_id, agent, body)
-    log.info("admin: ticket #%d reply by %s (api): outbound #%d %s", ticket_id,
-             agent.strip().lower(), result["outbound_id"], result["status"])
+    result = await b.run(b.reply, ticket_id, agent, body, who.actor)
+    log.info("admin: ticket #%d reply as %s by %s (api): outbound #%d %s", ticket_id,
+             agent.strip().lower(), who.actor, result["outbound_id"], result["status"])
     return reply(result)
 
 
@@ -170,9 +197,11 @@ async def assign_ticket(request: web.Request) -> web.Response:
     ticket_id = _ticket_id(request)
     form = await body_of(request)
     agent = params.text(form, "agent", 320)
+    who = principal(request)
     b = backend(request)
-    result = await b.run(b.assign, ticket_id, agent)
-    log.info("admin: ticket #%d assigned to %s (api)", ticket_id, result["assignee"])
+    result = await b.run(b.assign, ticket_id, agent, who.actor)
+    log.info("admin: ticket #%d assigned to %s by %s (api)", ticket_id, result["assignee"],
+             who.actor)
     return reply(result)
 
 
@@ -181,9 +210,10 @@ async def status_ticket(request: web.Request) -> web.Response:
     form = await body_of(request)
     status = params.choice(form, "status", ticket_store.STATUSES, required=True)
     assert status is not None
+    who = principal(request)
     b = backend(request)
-    result = await b.run(b.set_status, ticket_id, status)
-    log.info("admin: ticket #%d status %s (api)", ticket_id, status)
+    result = await b.run(b.set_status, ticket_id, status, who.actor)
+    log.info("admin: ticket #%d status %s by %s (api)", ticket_id, status, who.actor)
     return reply(result)
 
 
@@ -234,7 +264,8 @@ async def show_spam(request: web.Request) -> web.Response:
 async def release_spam(request: web.Request) -> web.Response:
     queue_id = params.queue_id(request.match_info["queue_id"])
     b = backend(request)
-    result = await b.run(b.release, queue_id, f"admin API from {request.remote}")
+    result = await b.run(b.release, queue_id,
+                         f"{principal(request).actor} (admin API from {request.remote})")
     return reply(result)
 
 
@@ -242,7 +273,9 @@ def add_routes(app: web.Application) -> None:
     r = app.router
     r.add_get("/api/health", health)
     r.add_get("/api/tickets", list_tickets)
+    r.add_get("/api/me", me)
     r.add_get(r"/api/tickets/{id:\d+}", show_ticket)
+    r.add_get(r"/api/tickets/{id:\d+}/actions", ticket_actions)
     r.add_post(r"/api/tickets/{id:\d+}/reply", reply_ticket)
     r.add_post(r"/api/tickets/{id:\d+}/assign", assign_ticket)
     r.add_post(r"/api/tickets/{id:\d+}/status", status_ticket)
