@@ -147,13 +147,18 @@ class Daemon:
 
         return open_store(load_config(self.config).database)
 
-    def cli(self, *args: str, expect: int = 0) -> str:
+    def run_cli(self, *args: str, expect: int = 0) -> Any:
+        """`mailgate --config … ARGS` in this process: click's result (stdout, stderr)."""
         result = CliRunner().invoke(cli, ["--config", str(self.config), *args])
         assert result.exit_code == expect, (result.output, result.exception)
-        return result.output
+        return result
+
+    def cli(self, *args: str, expect: int = 0) -> str:
+        """What the command printed, stdout and stderr as a terminal shows them."""
+        return str(self.run_cli(*args, expect=expect).output)
 
     def json(self, *args: str) -> Any:
-        return json.loads(self.cli(*args, "--json"))
+        return json.loads(self.run_cli(*args, "--json").stdout)
 
     def wait_idle(self, timeout: float = 30.0) -> dict[str, Any]:
         """Wait until the spool has nothing incoming or active; return the stats."""

@@ -122,7 +122,7 @@ def test_db_check_on_a_good_file_and_an_old_one(tmp_path: Path) -> None:
     report = json.loads(run("db", "check", "--database", f"sqlite:///{good}", "--json")[0])
     assert report["up_to_date"] and report["ok"] and report["head"] == head()
     assert {c["name"] for c in report["checks"]} == {"schema", "integrity", "references",
-                                                      "tables"}
+                                                      "tables", "search"}
 
     old = tmp_path / "old.db"
     legacy_file(old, 6)

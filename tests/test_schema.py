@@ -33,6 +33,7 @@ from mailgate.errors import UserError
 from mailgate.store.db import MIGRATIONS, open_db, transaction
 from mailgate.store.engine import make_engine
 from mailgate.store.schema import metadata
+from mailgate.store.search import FTS_TABLE_PREFIXES
 from mailgate.store.upgrade import (
     LEGACY_HEAD,
     MIGRATIONS_DIR,
@@ -68,7 +69,7 @@ def describe_database(engine: Engine) -> dict[str, dict[str, Any]]:
     inspector = sa.inspect(engine)
     tables = {}
     for name in inspector.get_table_names():
-        if name == "alembic_version":
+        if name == "alembic_version" or _search_index_table(name):
             continue
         pk = tuple(inspector.get_pk_constraint(name)["constrained_columns"])
         tables[name] = {
@@ -117,11 +118,21 @@ def assert_same_schema(found: dict[str, dict[str, Any]], expected: dict[str, dic
             assert found[table][part] == value, f"{table}: {part} differ"
 
 
+def _search_index_table(name: str) -> bool:
+    """A table of the SQLite full-text indexes (store/search.py: derived, not schema)."""
+    return name.startswith(FTS_TABLE_PREFIXES)
+
+
 def _autogenerate_diff(engine: Engine) -> list[Any]:
-    """What Alembic's autogenerate would change to make the database match schema.py."""
+    """What Alembic's autogenerate would change to make the database match schema.py (the
+    full-text indexes of store/search.py aside)."""
+    def include(obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any
+                ) -> bool:
+        return not (type_ == "table" and name and _search_index_table(name))
+
     with engine.connect() as conn:
         context = MigrationContext.configure(conn, opts={
-            "compare_type": True, "compare_server_default": True})
+            "compare_type": True, "compare_server_default": True, "include_object": include})
         return compare_metadata(context, metadata)
 
 
@@ -135,8 +146,10 @@ def user_version(path: Path) -> int:
 
 
 def schema_sql(path: Path) -> dict[str, str]:
+    """The schema's SQL by name (the derived full-text indexes of store/search.py aside)."""
     with sqlite3.connect(path) as conn:
-        return dict(conn.execute("SELECT name, sql FROM sqlite_master WHERE sql IS NOT NULL"))
+        rows = conn.execute("SELECT name, sql FROM sqlite_master WHERE sql IS NOT NULL")
+        return {name: sql for name, sql in rows if not _search_index_table(name)}
 
 
 def test_metadata_matches_the_schema_the_sqlite_migrations_build(tmp_path: Path) -> None:

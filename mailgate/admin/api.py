@@ -11,8 +11,11 @@ it was, or `admin-token`.
 
     GET  /api/health                      up/down; with the token: status, problems, storage,
                                           spool, outbound, last mail, relay
-    GET  /api/tickets                     ?status= &unassigned= &view= &org= &team= &mailbox=
-                                          &limit=
+    GET  /api/tickets                     ?q= (full text) &status= &view= &assignee=
+                                          &unassigned= &team= &mailbox= &org= &tag=
+                                          &priority= &breached= &since= &until= (dates)
+                                          &limit= &cursor=; X-Total-Count: how many match,
+                                          Link: rel="next" the next page
     GET  /api/me                          who the token is: actor, role
     GET  /api/tickets/{id}                as `mailgate tickets show ID --json`
     GET  /api/tickets/{id}/actions        who changed it, as `mailgate tickets history ID`
@@ -20,8 +23,11 @@ it was, or `admin-token`.
                                           token replies as that agent)
     POST /api/tickets/{id}/assign         agent
     POST /api/tickets/{id}/status         status
-    GET  /api/audit/incoming              ?action= &queue_id= &q= &day= &limit=
-    GET  /api/audit/outgoing              ?status= &ticket= &q= &day= &limit=
+    GET  /api/audit/incoming              ?action= &queue_id= &ticket= &address= &message_id=
+                                          &q= &day= &since= &until= &limit= &before=
+    GET  /api/audit/outgoing              ?status= &ticket= &id= &address= &message_id= &q=
+                                          &day= &since= &until= &limit= &before=; both audits:
+                                          X-Total-Count and Link: rel="next"
     GET  /api/orgs                        organizations ([] until they exist)
     GET  /api/spam                        quarantined mail, as `mailgate spam list --json`;
                                           ?state=quarantined (default), released or all &limit=
@@ -38,11 +44,12 @@ import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
+from urllib.parse import urlencode
 
 from aiohttp import web
 
-from mailgate.admin import download, params
-from mailgate.admin.backend import BACKEND, VIEWS, Backend, Conflict
+from mailgate.admin import download, params, ticket_query
+from mailgate.admin.backend import BACKEND, VIEWS, AuditPage, Backend, Conflict
 from mailgate.admin.principal import Forbidden, Principal, reply_agent
 from mailgate.errors import NotFound, UserError
 from mailgate.store import outbound as outbox
@@ -150,19 +157,17 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def list_tickets(request: web.Request) -> web.Response:
-    q = request.query
-    status = params.choice(q, "status", ticket_store.STATUSES)
-    view = params.choice(q, "view", tuple(VIEWS))
-    unassigned = params.flag(q, "unassigned")
-    org = params.text(q, "org", 200) or None
-    mailbox = params.text(q, "mailbox", 320) or None
-    team = params.text(q, "team", 200) or None
-    limit = params.limit(q)
+    """A page of tickets (the body: a list, as before); `X-Total-Count` says how many match,
+    `Link: <…>; rel="next"` names the next page while there is one."""
+    query = ticket_query.read(request.query, tuple(VIEWS))
     b = backend(request)
-    rows = await b.run(functools.partial(b.tickets, status=status, view=view,
-                                         unassigned=unassigned, org=org, team=team,
-                                         limit=limit, mailbox=mailbox))
-    return reply(rows)
+    found = await b.run(b.tickets, query)
+    response = reply(found.rows)
+    response.headers["X-Total-Count"] = str(found.total)
+    if found.next_cursor:
+        response.headers["Link"] = (
+            f'</api/tickets?{query.link_query(cursor=found.next_cursor)}>; rel="next"')
+    return response
 
 
 async def me(request: web.Request) -> web.Response:
@@ -217,30 +222,55 @@ async def status_ticket(request: web.Request) -> web.Response:
     return reply(result)
 
 
+def _audit_filters(q: Mapping[str, str]) -> dict[str, Any]:
+    """The filters both audits take (a bad value: BadInput, a 400)."""
+    return {
+        "q": params.text(q, "q", 500) or None,
+        "address": params.text(q, "address", 320) or None,
+        "message_id": params.text(q, "message_id", 998) or None,
+        "day": params.day(q),
+        "since": params.day(q, "since"),
+        "until": params.day(q, "until"),
+        "limit": params.limit(q),
+        "before_id": params.integer(q, "before"),
+    }
+
+
+def _audit_reply(found: AuditPage, path: str, q: Mapping[str, str]) -> web.Response:
+    """The rows, with `X-Total-Count` and, while older rows follow, `Link: rel="next"`."""
+    response = reply(found.rows)
+    response.headers["X-Total-Count"] = str(found.total)
+    if found.next_before is not None:
+        query = {k: v for k, v in q.items() if k != "before"}
+        query["before"] = str(found.next_before)
+        response.headers["Link"] = f'<{path}?{urlencode(query)}>; rel="next"'
+    return response
+
+
 async def audit_incoming(request: web.Request) -> web.Response:
     q = request.query
     filters = {
+        **_audit_filters(q),
         "action": params.word(q, "action"),
         "queue_id": params.text(q, "queue_id", 100) or params.text(q, "queue-id", 100) or None,
-        "q": params.text(q, "q", 500) or None,
-        "day": params.day(q),
-        "limit": params.limit(q),
+        "ticket_id": params.integer(q, "ticket"),
     }
     b = backend(request)
-    return reply(await b.run(functools.partial(b.incoming, **filters)))
+    found = await b.run(functools.partial(b.incoming, **filters))
+    return _audit_reply(found, "/api/audit/incoming", q)
 
 
 async def audit_outgoing(request: web.Request) -> web.Response:
     q = request.query
     filters = {
+        **_audit_filters(q),
         "status": params.choice(q, "status", outbox.STATUSES),
         "ticket_id": params.integer(q, "ticket"),
-        "q": params.text(q, "q", 500) or None,
-        "day": params.day(q),
-        "limit": params.limit(q),
+        "outbound_id": params.integer(q, "id"),
     }
     b = backend(request)
-    return reply(await b.run(functools.partial(b.outgoing, **filters)))
+    found = await b.run(functools.partial(b.outgoing, **filters))
+    return _audit_reply(found, "/api/audit/outgoing", q)
 
 
 async def orgs(request: web.Request) -> web.Response:

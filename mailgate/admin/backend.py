@@ -16,6 +16,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
@@ -24,13 +25,14 @@ from aiohttp import web
 from mailgate.admin import inline_images
 from mailgate.admin.params import BadInput
 from mailgate.admin.storecheck import DatabaseCheck, StoreCheck
+from mailgate.admin.ticket_query import TicketQuery
 from mailgate.config import Config
 from mailgate.errors import NotFound, UserError
 from mailgate.ops import app, metrics
 from mailgate.outbound.render import TemplateError
 from mailgate.pipeline import quarantine
 from mailgate.spool import Spool
-from mailgate.store import actions, audit, downloads, orgs, tickets
+from mailgate.store import actions, audit, downloads, orgs, search, tickets
 from mailgate.store import outbound as outbox
 from mailgate.store import spam as spam_store
 from mailgate.store.connect import open_store
@@ -60,6 +62,20 @@ class RelayHealth(Protocol):
     last_error: str
 
     def wake(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class AuditPage:
+    """Rows of an audit, newest first; how many match in all; whether older ones follow (the
+    next page: `before=` the last row's id)."""
+
+    rows: list[dict[str, Any]]
+    total: int
+    more: bool
+
+    @property
+    def next_before(self) -> int | None:
+        return int(self.rows[-1]["id"]) if self.more and self.rows else None
 
 
 class Conflict(UserError):
@@ -186,32 +202,38 @@ class Backend:
 
     # --- tickets ------------------------------------------------------------------------------
 
-    def tickets(self, *, status: str | None = None, view: str | None = None,
-                unassigned: bool = False, org: str | None = None, team: str | None = None,
-                limit: int = 50, mailbox: str | None = None) -> list[dict[str, Any]]:
-        """Tickets, most recently updated first, filtered like `mailgate tickets list`
-        (`team`: a [[teams]] name, else BadInput)."""
+    def tickets(self, query: TicketQuery) -> search.Page:
+        """One page of the tickets `query` asks for, most recently updated first, with the
+        total (`team`: a [[teams]] name, else BadInput; `mailbox`: either of a mailbox's
+        addresses, an unknown one matching nothing)."""
+        team = query.team
         if team is not None:
             found = self.config.team(team)
             if found is None:
-                raise BadInput(f"no team {team!r} ([[teams]] in the config)")
+                raise BadInput(f"team: no team {team!r} ([[teams]] in the config)")
             team = found.name
         statuses: tuple[str, ...] = ()
-        if view is not None:
-            _title, statuses, only_unassigned = VIEWS[view]
+        unassigned = query.unassigned
+        if query.view is not None:
+            _title, statuses, only_unassigned = VIEWS[query.view]
             unassigned = unassigned or only_unassigned
-        if status is not None:
-            statuses = (status,)
-        if mailbox:  # either of a mailbox's addresses; an unknown one matches nothing
-            wanted = mailbox.strip().lower()
+        if query.status is not None:
+            statuses = (query.status,)
+        mailbox = query.mailbox
+        if mailbox:
             mailbox = next((m.address for m in self.config.support_mailboxes
-                            if wanted in m.addresses()), wanted)
-        rows = tickets.list_tickets(self.db, statuses=statuses, unassigned=unassigned,
-                                    org=org, team=team, limit=limit, mailbox=mailbox,
-                                    default_mailbox=self.config.from_address)
-        for row in rows:
+                            if mailbox in m.addresses()), mailbox)
+        wanted = search.TicketFilter(
+            q=query.q, statuses=statuses, assignee=query.assignee, unassigned=unassigned,
+            team=team, mailbox=mailbox, default_mailbox=self.config.from_address,
+            org=query.org, tag=query.tag, priority=query.priority, since=query.since,
+            until=query.until, breached=query.breached)
+        found_page = search.search_tickets(
+            self.db, wanted, limit=query.limit, cursor=query.cursor,
+            is_breached=app.sla_breached(self.config) if query.breached else None)
+        for row in found_page.rows:
             app.describe_mailbox(self.config, row)
-        return rows
+        return found_page
 
     def ticket(self, ticket_id: int) -> dict[str, Any]:
         """The fields of `mailgate tickets show ID --json` (raises NotFound)."""
@@ -281,11 +303,19 @@ class Backend:
 
     # --- audits, organizations, forwarding, templates -----------------------------------------
 
-    def incoming(self, **filters: Any) -> list[dict[str, Any]]:
-        return audit.search_incoming(self.db, **filters)
+    def incoming(self, *, limit: int = 50, before_id: int | None = None, **filters: Any
+                 ) -> AuditPage:
+        """A page of the incoming audit, newest first, the total, and whether more follow."""
+        rows = audit.search_incoming(self.db, limit=limit + 1, before_id=before_id, **filters)
+        return AuditPage(rows[:limit], audit.count_incoming(self.db, **filters),
+                         len(rows) > limit)
 
-    def outgoing(self, **filters: Any) -> list[dict[str, Any]]:
-        return outbox.search_outgoing(self.db, **filters)
+    def outgoing(self, *, limit: int = 50, before_id: int | None = None, **filters: Any
+                 ) -> AuditPage:
+        """A page of the outgoing audit, newest first, the total, and whether more follow."""
+        rows = outbox.search_outgoing(self.db, limit=limit + 1, before_id=before_id, **filters)
+        return AuditPage(rows[:limit], outbox.count_outgoing(self.db, **filters),
+                         len(rows) > limit)
 
     def orgs(self) -> list[dict[str, Any]]:
         return orgs.list_orgs(self.db)

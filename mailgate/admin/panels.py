@@ -28,6 +28,7 @@ import functools
 import json
 import logging
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -36,10 +37,11 @@ from aiohttp import web
 from jinja2 import Environment, FileSystemLoader
 from markupsafe import Markup, escape
 
-from mailgate.admin import auth, download, params
+from mailgate.admin import auth, download, params, ticket_query
 from mailgate.admin.api import status_of
-from mailgate.admin.backend import BACKEND, VIEWS, Backend
+from mailgate.admin.backend import BACKEND, VIEWS, AuditPage, Backend
 from mailgate.admin.principal import TOKEN_HOLDER, Principal, may_open, reply_agent
+from mailgate.config import PRIORITIES
 from mailgate.errors import NotFound, UserError
 from mailgate.store import audit
 from mailgate.store import outbound as outbox
@@ -217,22 +219,31 @@ async def dashboard(request: web.Request) -> web.Response:
 
 
 async def ticket_list(request: web.Request) -> web.Response:
-    """A view's tickets, or (`?team=NAME`, a tab per team) a team's open unassigned ones."""
-    view = request.query.get("view", "unassigned")
-    if view not in VIEWS:
-        view = "unassigned"
+    """A view's tickets (a tab each), a team's open unassigned ones (`?team=NAME`), or what the
+    search box and filters find; a page at a time with the total and a link to the next."""
     b = backend(request)
-    boxes = b.config.support_mailboxes
-    mailbox = request.query.get("mailbox", "").lower()
-    if mailbox not in {m.address for m in boxes}:
-        mailbox = ""
+    try:
+        query = ticket_query.read(request.query, tuple(VIEWS))
+    except UserError as exc:
+        return page(request, "error.html", 400, title="Bad search", message=str(exc))
     teams = [t.name for t in b.config.teams]
-    team = next((t for t in teams if t.lower() == request.query.get("team", "").lower()), "")
-    rows = await b.run(functools.partial(b.tickets, view="unassigned" if team else view,
-                                         team=team or None, limit=200,
-                                         mailbox=mailbox or None))
-    return page(request, "tickets.html", rows=rows, view=view, views=VIEWS, mailbox=mailbox,
-                mailboxes=boxes, teams=teams, team=team)
+    team = next((t for t in teams if t.lower() == (query.team or "").lower()), "")
+    if team:
+        query = replace(query, team=team)
+    if query.view is None and not query.searching and not query.unassigned:
+        query = replace(query, view="unassigned")  # the first tab
+    try:
+        found = await b.run(b.tickets, query)
+    except UserError as exc:
+        return page(request, "error.html", status_of(exc), title="Bad search",
+                    message=str(exc))
+    return page(request, "tickets.html", rows=found.rows, total=found.total, query=query,
+                next_link=query.link_query(cursor=found.next_cursor)
+                if found.next_cursor else "",
+                first_link=query.link_query(cursor=None) if query.cursor else "",
+                view=query.view or "", views=VIEWS, mailbox=query.mailbox or "",
+                mailboxes=b.config.support_mailboxes, teams=teams, team=team,
+                statuses=ticket_store.STATUSES, priorities=PRIORITIES)
 
 
 async def _ticket_page(request: web.Request, ticket_id: int, error: str = "",
@@ -301,39 +312,56 @@ def _search_terms(q: Mapping[str, str], search: str) -> tuple[str | None, str | 
     return search or None, day
 
 
+def _next_link(path: str, q: Mapping[str, str], found: AuditPage | None) -> str:
+    if found is None or found.next_before is None:
+        return ""
+    query = {k: v for k, v in q.items() if k != "before"}
+    return f"{path}?{urlencode({**query, 'before': str(found.next_before)})}"
+
+
 async def incoming(request: web.Request) -> web.Response:
+    """The incoming audit: searched, filtered by action and ticket, a page at a time."""
     q = request.query
     search = (q.get("q") or "").strip()
-    rows: list[dict[str, Any]] = []
+    found: AuditPage | None = None
     error = ""
     try:
-        action = params.word(q, "action")
         text, day = _search_terms(q, search)
         b = backend(request)
-        rows = await b.run(functools.partial(b.incoming, action=action, q=text, day=day,
-                                             limit=params.limit(q, 100)))
+        found = await b.run(functools.partial(
+            b.incoming, action=params.word(q, "action"), q=text, day=day,
+            ticket_id=params.integer(q, "ticket"), before_id=params.integer(q, "before"),
+            limit=params.limit(q, 100)))
     except UserError as exc:
         error = str(exc)
-    return page(request, "incoming.html", 400 if error else 200, rows=rows, q=search,
-                action=q.get("action", ""), actions=audit.ACTIONS, error=error)
+    return page(request, "incoming.html", 400 if error else 200,
+                rows=found.rows if found else [], total=found.total if found else 0,
+                next_link=_next_link("/audit/incoming", q, found), q=search,
+                ticket=q.get("ticket", ""), action=q.get("action", ""), actions=audit.ACTIONS,
+                error=error)
 
 
 async def outgoing(request: web.Request) -> web.Response:
+    """The outgoing audit: searched, filtered by status, ticket or id, a page at a time."""
     q = request.query
     search = (q.get("q") or "").strip()
-    rows: list[dict[str, Any]] = []
+    found: AuditPage | None = None
     error = ""
     try:
         status = params.choice(q, "status", outbox.STATUSES)
         text, day = _search_terms(q, search)
         b = backend(request)
-        rows = await b.run(functools.partial(
-            b.outgoing, status=status, ticket_id=params.integer(q, "ticket"), q=text, day=day,
-            limit=params.limit(q, 100)))
+        found = await b.run(functools.partial(
+            b.outgoing, status=status, ticket_id=params.integer(q, "ticket"),
+            outbound_id=params.integer(q, "id"), q=text, day=day,
+            before_id=params.integer(q, "before"), limit=params.limit(q, 100)))
     except UserError as exc:
         error = str(exc)
-    return page(request, "outgoing.html", 400 if error else 200, rows=rows, q=search,
-                status=q.get("status", ""), statuses=outbox.STATUSES, error=error)
+    return page(request, "outgoing.html", 400 if error else 200,
+                rows=found.rows if found else [], total=found.total if found else 0,
+                next_link=_next_link("/audit/outgoing", q, found), q=search,
+                ticket=q.get("ticket", ""), status=q.get("status", ""),
+                statuses=outbox.STATUSES, error=error)
 
 
 async def orgs(request: web.Request) -> web.Response:

@@ -6,6 +6,9 @@ the forwarding confirmations waiting for a person (tables or JSON; mail values a
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import click
 
 from mailgate.cli.base import (
@@ -14,8 +17,10 @@ from mailgate.cli.base import (
     json_option,
     pass_state,
 )
+from mailgate.errors import UserError
 from mailgate.store import audit
 from mailgate.store import outbound as outbox
+from mailgate.store.db import time_window
 
 # --- audit ----------------------------------------------------------------------------------
 
@@ -25,32 +30,77 @@ def audit_group() -> None:
     """What happened to each mail."""
 
 
+def _window_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The filters and paging both audits take."""
+    for option in reversed((
+        click.option("--address", metavar="EMAIL", help="Only mail from or to this address."),
+        click.option("--message-id", metavar="ID", help="Only the mail with this Message-ID."),
+        click.option("--since", metavar="DATE", help="From this day (YYYY-MM-DD) or time."),
+        click.option("--until", metavar="DATE", help="Before this time, or up to and"
+                     " including this day (YYYY-MM-DD)."),
+        click.option("--limit", type=click.IntRange(1, 100000), default=50,
+                     show_default=True),
+        click.option("--offset", type=click.IntRange(0), default=0, show_default=True,
+                     help="Skip this many matching rows (the next page: --offset 50)."),
+    )):
+        fn = option(fn)
+    return fn
+
+
+def _more(total: int, offset: int, shown: int, what: str) -> None:
+    """Say on stderr how many more rows match than were shown."""
+    more = total - offset - shown
+    if more > 0:
+        click.echo(f"{total} {what} match; {more} more after these: use --limit or --offset"
+                   f" {offset + shown}", err=True)
+
+
+def _window(since: str | None, until: str | None) -> dict[str, str | None]:
+    try:
+        time_window("t", None, since, until)  # checks the two bounds
+    except ValueError as exc:
+        raise UserError(f"--{exc}") from None
+    return {"since": since, "until": until}
+
+
 @audit_group.command("incoming")
 @click.option("--action", type=click.Choice(audit.ACTIONS), help="Only rows with this action.")
 @click.option("--queue-id", help="Only the row of this queue id.")
-@click.option("--limit", type=click.IntRange(1, 100000), default=50, show_default=True)
+@click.option("--ticket", "ticket_id", type=int, help="Only mail about this ticket.")
+@_window_options
 @json_option
 @pass_state
-def audit_incoming(state: State, action: str | None, queue_id: str | None, limit: int,
+def audit_incoming(state: State, action: str | None, queue_id: str | None,
+                   ticket_id: int | None, address: str | None, message_id: str | None,
+                   since: str | None, until: str | None, limit: int, offset: int,
                    as_json: bool) -> None:
     """Every mail that reached DATA: what was done with it and why, newest first."""
-    rows = audit.list_incoming(state.db(), action=action, limit=limit, queue_id=queue_id)
+    filters = {"action": action, "queue_id": queue_id, "ticket_id": ticket_id,
+               "address": address, "message_id": message_id, **_window(since, until)}
+    db = state.db()
+    rows = audit.search_incoming(db, limit=limit, offset=offset, **filters)
     emit(rows, as_json, ["received_at", "queue_id", "mail_from", "from", "subject", "action",
                           "ticket_id", "reason"])
+    _more(audit.count_incoming(db, **filters), offset, len(rows), "rows")
 
 
 @audit_group.command("outgoing")
 @click.option("--status", type=click.Choice(outbox.STATUSES), help="Only mail in this status.")
 @click.option("--ticket", "ticket_id", type=int, help="Only mail about this ticket.")
-@click.option("--limit", type=click.IntRange(1, 100000), default=50, show_default=True)
+@_window_options
 @json_option
 @pass_state
-def audit_outgoing(state: State, status: str | None, ticket_id: int | None, limit: int,
-                   as_json: bool) -> None:
+def audit_outgoing(state: State, status: str | None, ticket_id: int | None,
+                   address: str | None, message_id: str | None, since: str | None,
+                   until: str | None, limit: int, offset: int, as_json: bool) -> None:
     """Every mail we sent or decided not to send: delivery state and failure reason."""
-    rows = outbox.list_outgoing(state.db(), status=status, ticket_id=ticket_id, limit=limit)
+    filters = {"status": status, "ticket_id": ticket_id, "address": address,
+               "message_id": message_id, **_window(since, until)}
+    db = state.db()
+    rows = outbox.search_outgoing(db, limit=limit, offset=offset, **filters)
     emit(rows, as_json, ["id", "ticket_id", "kind", "to", "subject", "status", "attempts",
                           "last_error", "created_at", "sent_at"])
+    _more(outbox.count_outgoing(db, **filters), offset, len(rows), "rows")
 
 
 @click.group("forwarding")

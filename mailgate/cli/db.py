@@ -1,4 +1,5 @@
-"""`mailgate db upgrade`, `db check` and `db copy`: the database's schema, health and moves.
+"""`mailgate db upgrade`, `db check`, `db copy` and `db reindex`: the database's schema, health,
+moves and search indexes.
 
 Input: `--database URL` (sqlite:///… or postgresql://…; default: the configured database —
 `[storage] database`, else data_dir/mailgate.db) and `--to URL`, typed by an administrator
@@ -124,3 +125,21 @@ def db_copy(state: State, ctx: click.Context, url: str | None, target: str,
                            data_dir=state.config.data_dir)
     for line in report.lines():
         click.echo(line)
+
+
+@db_group.command("reindex")
+@pass_state
+def db_reindex(state: State) -> None:
+    """Make the full-text search indexes again from the rows (SQLite; after 'db check' says
+    they do not match, or to compact them). On PostgreSQL there is nothing to make."""
+    from mailgate.store import search
+    from mailgate.store.db import on_postgres, transaction
+
+    db = state.db()
+    if on_postgres(db):
+        click.echo("db reindex: PostgreSQL searches the rows themselves; nothing to make")
+        return
+    with transaction(db) as conn:
+        search.ensure_index(conn)
+        search.rebuild_index(conn)
+    click.echo("db reindex: the full-text indexes were made again from the rows")

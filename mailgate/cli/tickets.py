@@ -22,9 +22,10 @@ from mailgate.cli.base import (
     pass_state,
     spam_line,
 )
+from mailgate.config import PRIORITIES
 from mailgate.errors import UserError
 from mailgate.ops import app
-from mailgate.store import actions, downloads, tickets
+from mailgate.store import actions, downloads, search, tickets
 
 # --- tickets ------------------------------------------------------------------------------
 
@@ -35,6 +36,7 @@ def tickets_group() -> None:
 
 
 @tickets_group.command("list")
+@click.argument("words", nargs=-1)
 @click.option("--status", type=click.Choice(tickets.STATUSES), help="Only tickets in this status.")
 @click.option("--unassigned", is_flag=True, help="Only tickets nobody is assigned to.")
 @click.option("--assignee", metavar="EMAIL", help="Only tickets assigned to this agent.")
@@ -43,13 +45,25 @@ def tickets_group() -> None:
 @click.option("--breached", is_flag=True, help="Only tickets whose SLA is breached.")
 @click.option("--mailbox", metavar="ADDRESS",
               help="Only tickets of this mailbox (its address or public_address).")
+@click.option("--tag", metavar="TAG", help="Only tickets with this tag.")
+@click.option("--priority", type=click.Choice(PRIORITIES), help="Only tickets of this priority.")
+@click.option("--since", metavar="DATE", help="Only tickets created on or after this day"
+              " (YYYY-MM-DD) or time (ISO 8601).")
+@click.option("--until", metavar="DATE", help="Only tickets created before this time, or up to"
+              " and including this day (YYYY-MM-DD).")
 @click.option("--limit", type=click.IntRange(1, 100000), default=50, show_default=True)
+@click.option("--offset", type=click.IntRange(0), default=0, show_default=True,
+              help="Skip this many matching tickets (the next page: --offset 50).")
 @json_option
 @pass_state
-def tickets_list(state: State, status: str | None, unassigned: bool, assignee: str | None,
-                 org: str | None, team: str | None, breached: bool, mailbox: str | None,
-                 limit: int, as_json: bool) -> None:
-    """Tickets, most recently updated first."""
+def tickets_list(state: State, words: tuple[str, ...], status: str | None, unassigned: bool,
+                 assignee: str | None, org: str | None, team: str | None, breached: bool,
+                 mailbox: str | None, tag: str | None, priority: str | None,
+                 since: str | None, until: str | None, limit: int, offset: int,
+                 as_json: bool) -> None:
+    """Tickets, most recently updated first; WORDS searches subjects, messages (internal notes
+    too) and customers' names and addresses (every word must match; `word*` a prefix). Says
+    how many more there are when the list goes on."""
     cfg = state.config
     if mailbox is not None:
         wanted = mailbox.strip().lower()
@@ -64,13 +78,15 @@ def tickets_list(state: State, status: str | None, unassigned: bool, assignee: s
         if found is None:
             raise UserError(f"no team {team!r} ([[teams]] in {cfg.path})")
         team_name = found.name
-    rows = tickets.list_tickets(state.db(), status=status, unassigned=unassigned,
-                                assignee=assignee, org=org, team=team_name,
-                                limit=100000 if breached else limit,
-                                mailbox=mailbox, default_mailbox=cfg.support_mailboxes[0].address)
-    if breached:
-        automation = app.automation(state.config, None)
-        rows = [r for r in rows if (automation.sla(r) or {}).get("breached")][:limit]
+    wanted_tickets = search.TicketFilter(
+        q=" ".join(words), statuses=(status,) if status else (), assignee=assignee,
+        unassigned=unassigned, team=team_name, mailbox=mailbox,
+        default_mailbox=cfg.support_mailboxes[0].address, org=org, tag=tag,
+        priority=priority, since=since, until=until, breached=breached)
+    found_page = search.search_tickets(
+        state.db(), wanted_tickets, limit=limit, offset=offset,
+        is_breached=app.sla_breached(cfg) if breached else None)
+    rows = found_page.rows
     for r in rows:
         r["status_label"] = state.config.status_label(r["status"])
         app.describe_mailbox(cfg, r)
@@ -80,6 +96,10 @@ def tickets_list(state: State, status: str | None, unassigned: bool, assignee: s
     if len(cfg.support_mailboxes) > 1:
         columns.insert(3, "mailbox")
     emit(rows if as_json else table, as_json, columns)
+    more = found_page.total - offset - len(rows)
+    if more > 0:
+        click.echo(f"{found_page.total} tickets match; {more} more after these: use --limit"
+                   f" or --offset {offset + len(rows)}", err=True)
 
 
 @tickets_group.command("show")

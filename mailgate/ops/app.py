@@ -10,7 +10,7 @@ shares in the database (`store.shared`).
 from __future__ import annotations
 
 import email.policy
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from email.parser import BytesHeaderParser
 from pathlib import Path
 from typing import Any
@@ -133,6 +133,12 @@ def ruleset(config: Config) -> RuleSet:
 
 def automation(config: Config, mail: MailContext | None) -> Automation:
     return Automation(ruleset(config), mail)
+
+
+def sla_breached(config: Config) -> Callable[[Mapping[str, Any]], bool]:
+    """Whether a ticket row's SLA is breached now (its policy, with business hours)."""
+    rules = automation(config, None)
+    return lambda row: bool((rules.sla(row) or {}).get("breached"))
 
 
 def authenticator(config: Config) -> Authenticator:

@@ -16,7 +16,7 @@ from typing import Any
 import sqlite_utils
 
 from mailgate.model import Envelope
-from mailgate.store.db import day_range, like_pattern, now_iso
+from mailgate.store.db import like_pattern, now_iso, time_window
 from mailgate.store.spam import decode_verdict, verdict_field
 
 ACTIONS = ("created_ticket", "appended", "duplicate", "bounce", "forwarding_confirmation",
@@ -83,20 +83,30 @@ def counts_by_action(db: sqlite_utils.Database) -> dict[str, int]:
 # --- searches for the admin endpoint (q over addresses, subject, Message-ID; a day) --------
 
 
-def search_incoming(
-    db: sqlite_utils.Database, *, action: str | None = None, queue_id: str | None = None,
-    q: str | None = None, day: str | None = None, limit: int = 50,
-) -> list[dict[str, Any]]:
-    """Like `list_incoming`, plus `q` (a substring of the envelope sender or recipients, the
-    From address, the subject or the Message-ID, or an exact queue id) and `day`
-    (YYYY-MM-DD, UTC). Newest first; `details` decoded from JSON."""
-    where, params = [], []
+def _incoming_where(action: str | None = None, queue_id: str | None = None,
+                    q: str | None = None, day: str | None = None, since: str | None = None,
+                    until: str | None = None, ticket_id: int | None = None,
+                    address: str | None = None, message_id: str | None = None
+                    ) -> tuple[list[str], list[Any]]:
+    where: list[str] = []
+    params: list[Any] = []
     if action:
         where.append("action = ?")
         params.append(action)
     if queue_id:
         where.append("queue_id = ?")
         params.append(queue_id)
+    if ticket_id is not None:
+        where.append("ticket_id = ?")
+        params.append(ticket_id)
+    if address and address.strip():  # the envelope sender, a recipient or the From address
+        addr = address.strip().lower()
+        where.append("(lower(mail_from) = ? OR lower(from_addr) = ?"
+                     " OR lower(rcpt_to) LIKE ? ESCAPE '\\')")
+        params += [addr, addr, like_pattern(json.dumps(addr))]
+    if message_id and message_id.strip():
+        where.append("message_id = ?")
+        params.append(message_id.strip().strip("<>"))
     if q and q.strip():
         text = q.strip()
         pattern = like_pattern((text.strip("<>") or text).lower())
@@ -107,10 +117,21 @@ def search_incoming(
             " OR queue_id = ?)"
         )
         params += [pattern] * 5 + [text]
-    if day:
-        start, end = day_range(day)
-        where += ["received_at >= ?", "received_at < ?"]
-        params += [start, end]
+    window, values = time_window("received_at", day, since, until)
+    return where + window, params + values
+
+
+def search_incoming(
+    db: sqlite_utils.Database, *, limit: int = 50, before_id: int | None = None,
+    offset: int = 0, **filters: Any,
+) -> list[dict[str, Any]]:
+    """Like `list_incoming`, filtered by `count_incoming`'s filters. Newest first; with
+    `before_id` the rows older than that row (the next page), else from `offset`; `details`
+    decoded from JSON."""
+    where, params = _incoming_where(**filters)
+    if before_id is not None:
+        where.append("id < ?")
+        params.append(before_id)
     sql = (
         "SELECT id, received_at, queue_id, client_ip, helo, mail_from, rcpt_to, message_id,"
         " from_addr AS \"from\", subject, size, action, ticket_id, matched_by, reason, defects,"
@@ -119,8 +140,8 @@ def search_incoming(
     )
     if where:
         sql += " WHERE " + " AND ".join(where)
-    sql += " ORDER BY id DESC LIMIT ?"
-    params.append(limit)
+    sql += " ORDER BY id DESC LIMIT ? OFFSET ?"
+    params += [limit, offset]
     rows = list(db.query(sql, params))
     for r in rows:
         r["rcpt_to"] = json.loads(r["rcpt_to"] or "[]")
@@ -131,6 +152,17 @@ def search_incoming(
                 r[key] = {"unreadable": r[key]}
         r["spam"] = decode_verdict(r)
     return rows
+
+
+def count_incoming(db: sqlite_utils.Database, **filters: Any) -> int:
+    """How many rows match: `action`, `queue_id`, `ticket_id`, `address` (the envelope sender,
+    a recipient or the From address, exactly), `message_id` (exactly), `q` (a substring of
+    the addresses, the subject or the Message-ID, or an exact queue id), `day` (YYYY-MM-DD,
+    UTC) and `since`/`until` (a day or an ISO time; `until` a day includes it)."""
+    where, params = _incoming_where(**filters)
+    sql = "SELECT COUNT(*) FROM audit_incoming" + (" WHERE " + " AND ".join(where)
+                                                    if where else "")
+    return int(db.execute(sql, params).fetchone()[0])
 
 
 def last_received_at(db: sqlite_utils.Database) -> str | None:

@@ -22,6 +22,7 @@ later schema changes are Alembic revisions (see mailgate/store/upgrade.py).
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -373,6 +374,7 @@ def open_db(path: Path, migrations: Path | None = None) -> sqlite_utils.Database
             conn.opened = (path, *identity)
         db = sqlite_utils.Database(conn)
         _gate(db, path, migrations)
+        _search_index(db)
     except BaseException:
         conn.close()
         raise
@@ -458,6 +460,16 @@ def _gate(db: sqlite_utils.Database, path: Path, migrations: Path | None) -> Non
         raise SchemaMismatch(problem)
 
 
+def _search_index(db: sqlite_utils.Database) -> None:
+    """The full-text indexes of `store.search` (derived from the rows, not schema): made, and
+    filled from the rows already there, the first time a file is opened without them."""
+    from mailgate.store import search  # search reads this module's helpers
+
+    if not search.index_complete(db.conn):
+        with transaction(db) as conn:
+            search.ensure_index(conn)
+
+
 def _revisions_in(migrations: Path) -> tuple[str, ...]:
     """The revisions of another script directory, oldest first (imports Alembic)."""
     from alembic.config import Config
@@ -502,6 +514,35 @@ def day_range(day: str) -> tuple[str, str]:
     if len(day) != 10:
         raise ValueError(day)
     return start.isoformat(), (start + timedelta(days=1)).isoformat()
+
+
+def time_window(column: str, day: str | None = None, since: str | None = None,
+                until: str | None = None) -> tuple[list[str], list[str]]:
+    """WHERE terms keeping `column` (ISO text, UTC) within a day and/or [since, until): each
+    bound a day `YYYY-MM-DD` (an `until` day included) or an ISO timestamp. ValueError names
+    a bound that is neither."""
+    where: list[str] = []
+    params: list[str] = []
+    if day:
+        start, end = day_range(day)
+        where += [f"{column} >= ?", f"{column} < ?"]
+        params += [start, end]
+    for bound, op, name in ((since, ">=", "since"), (until, "<", "until")):
+        if not bound:
+            continue
+        text = bound.strip()
+        if len(text) == 10:
+            start, end = day_range(text)
+            text = start if name == "since" else end
+        elif not _ISO_TIME.fullmatch(text):
+            raise ValueError(f"{name}: expected a date YYYY-MM-DD or an ISO timestamp,"
+                             f" got {bound!r}")
+        where.append(f"{column} {op} ?")
+        params.append(text)
+    return where, params
+
+
+_ISO_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d(:\d\d(\.\d+)?)?Z?")
 
 
 @contextmanager

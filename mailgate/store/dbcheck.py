@@ -22,6 +22,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from mailgate.store import search
 from mailgate.store.engine import shown
 from mailgate.store.schema import metadata
 from mailgate.store.upgrade import SchemaState, schema_state
@@ -84,6 +85,8 @@ def check_database(engine: Engine, migrations: Path | None = None) -> DbReport:
     steps = [_integrity, _references] if sqlite else []
     if state.at_head:
         steps.append(_tables)
+        if sqlite:
+            steps.append(_search_index)
         if not sqlite:
             steps.append(_differences)
     for step in steps:
@@ -124,6 +127,17 @@ def _references(conn: Connection) -> Finding:
     table, rowid, parent, _ = rows[0]
     return Finding("references", False, f"{len(rows)} row(s) refer to a missing row (first:"
                    f" {table} row {rowid} → {parent})")
+
+
+def _search_index(conn: Connection) -> Finding:
+    raw = conn.connection.driver_connection
+    if not search.index_made(raw):
+        return Finding("search", True, "full-text indexes not made yet: mailgate makes them"
+                       " from the rows when it next opens the database")
+    problems = search.check_index(raw)
+    if problems:
+        return Finding("search", False, "; ".join(problems))
+    return Finding("search", True, "full-text indexes match their tables")
 
 
 def _tables(conn: Connection) -> Finding:

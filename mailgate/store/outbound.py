@@ -34,11 +34,11 @@ from typing import Any
 import sqlite_utils
 
 from mailgate.store.db import (
-    day_range,
     like_pattern,
     now_iso,
     on_postgres,
     recipient_keys,
+    time_window,
     transaction,
 )
 
@@ -365,35 +365,63 @@ def counts_by_status(db: sqlite_utils.Database) -> dict[str, int]:
 # --- searches for the admin endpoint (q over address, subject, Message-ID; a day) ----------
 
 
-def search_outgoing(
-    db: sqlite_utils.Database, *, status: str | None = None, ticket_id: int | None = None,
-    q: str | None = None, day: str | None = None, limit: int = 50,
-) -> list[dict[str, Any]]:
-    """Like `list_outgoing`, plus `q` (a substring of the recipient, the subject or the
-    Message-ID) and `day` (YYYY-MM-DD, UTC, of `created_at`). Newest first."""
-    where, params = [], []
+def _outgoing_where(status: str | None = None, ticket_id: int | None = None,
+                    q: str | None = None, day: str | None = None, since: str | None = None,
+                    until: str | None = None, address: str | None = None,
+                    message_id: str | None = None, outbound_id: int | None = None
+                    ) -> tuple[list[str], list[Any]]:
+    where: list[str] = []
+    params: list[Any] = []
     if status:
         where.append("status = ?")
         params.append(status)
     if ticket_id is not None:
         where.append("ticket_id = ?")
         params.append(ticket_id)
+    if outbound_id is not None:
+        where.append("id = ?")
+        params.append(outbound_id)
+    if address and address.strip():
+        where.append("lower(to_addr) = ?")
+        params.append(address.strip().lower())
+    if message_id and message_id.strip():
+        where.append("message_id = ?")
+        params.append(message_id.strip().strip("<>"))
     if q and q.strip():
         text = q.strip()
         pattern = like_pattern((text.strip("<>") or text).lower())
         where.append("(lower(to_addr) LIKE ? ESCAPE '\\' OR lower(subject) LIKE ? ESCAPE '\\'"
                      " OR lower(message_id) LIKE ? ESCAPE '\\')")
         params += [pattern] * 3
-    if day:
-        start, end = day_range(day)
-        where += ["created_at >= ?", "created_at < ?"]
-        params += [start, end]
+    window, values = time_window("created_at", day, since, until)
+    return where + window, params + values
+
+
+def search_outgoing(
+    db: sqlite_utils.Database, *, limit: int = 50, before_id: int | None = None,
+    offset: int = 0, **filters: Any,
+) -> list[dict[str, Any]]:
+    """Like `list_outgoing`, filtered by `count_outgoing`'s filters. Newest first; with
+    `before_id` the rows older than that one (the next page), else from `offset`."""
+    where, params = _outgoing_where(**filters)
+    if before_id is not None:
+        where.append("id < ?")
+        params.append(before_id)
     sql = f"SELECT {_COLUMNS}, automatic FROM outbound"
     if where:
         sql += " WHERE " + " AND ".join(where)
-    sql += " ORDER BY id DESC LIMIT ?"
-    params.append(limit)
+    sql += " ORDER BY id DESC LIMIT ? OFFSET ?"
+    params += [limit, offset]
     rows = list(db.query(sql, params))
     for r in rows:
         r["automatic"] = bool(r["automatic"])
     return rows
+
+
+def count_outgoing(db: sqlite_utils.Database, **filters: Any) -> int:
+    """How many rows match: `status`, `ticket_id`, `outbound_id`, `address` (the recipient,
+    exactly), `message_id` (exactly), `q` (a substring of the recipient, the subject or the
+    Message-ID), `day` (YYYY-MM-DD, UTC, of `created_at`) and `since`/`until`."""
+    where, params = _outgoing_where(**filters)
+    sql = "SELECT COUNT(*) FROM outbound" + (" WHERE " + " AND ".join(where) if where else "")
+    return int(db.execute(sql, params).fetchone()[0])

@@ -231,85 +231,34 @@ def duplicate_of(conn: sqlite3.Connection, message_id: str, digest: str, from_ad
 
 # --- reads for people -----------------------------------------------------------------------
 
-_TICKET_COLUMNS = (
+TICKET_COLUMNS = (
     "t.id, t.subject, c.email AS requester, c.name AS requester_name, t.status, t.assignee,"
     " o.name AS organization, t.priority, t.tags, t.created_at, t.updated_at, t.closed_at,"
     " t.linked_ticket_id, t.first_response_at, t.resolved_at, t.mailbox, t.team"
 )
-_TICKET_FROM = (
+TICKET_FROM = (
     "tickets t JOIN customers c ON c.id = t.requester_id"
     " LEFT JOIN organizations o ON o.id = t.organization_id"
 )
 
 
-def _decode(row: dict[str, Any]) -> dict[str, Any]:
+def decode_ticket_row(row: dict[str, Any]) -> dict[str, Any]:
     row["tags"] = json.loads(row.get("tags") or "[]")
     row["organization"] = row.get("organization") or ""
     row["team"] = row.get("team") or ""
     return row
 
 
-def list_tickets(
-    db: sqlite_utils.Database,
-    status: str | None = None,
-    unassigned: bool = False,
-    limit: int = 50,
-    assignee: str | None = None,
-    org: str | None = None,
-    ids: list[int] | None = None,
-    statuses: tuple[str, ...] = (),
-    mailbox: str | None = None,
-    default_mailbox: str = "",
-    team: str | None = None,
-) -> list[dict[str, Any]]:
-    """Tickets, most recently updated first; `statuses` matches any of several; `mailbox`: only
-    that mailbox's (tickets older than mailboxes count as `default_mailbox`'s)."""
-    where, params = [], []
-    if mailbox:
-        mailbox = mailbox.lower()
-        if mailbox == default_mailbox.lower():
-            where.append("(t.mailbox = ? OR t.mailbox IS NULL)")
-        else:
-            where.append("t.mailbox = ?")
-        params.append(mailbox)
-    if team:
-        where.append("t.team = ?")
-        params.append(team)
-    if statuses:
-        where.append(f"t.status IN ({','.join('?' * len(statuses))})")
-        params.extend(statuses)
-    if org:
-        where.append("lower(o.name) = lower(?)")
-        params.append(org)
-    if ids is not None:
-        where.append(f"t.id IN ({','.join('?' * len(ids))})")
-        params.extend(ids)
-    if assignee:
-        where.append("t.assignee = ?")
-        params.append(assignee.lower())
-    if status:
-        where.append("t.status = ?")
-        params.append(status)
-    if unassigned:
-        where.append("t.assignee IS NULL")
-    sql = f"SELECT {_TICKET_COLUMNS} FROM {_TICKET_FROM}"
-    if where:
-        sql += " WHERE " + " AND ".join(where)
-    sql += " ORDER BY t.updated_at DESC, t.id DESC LIMIT ?"
-    params.append(limit)
-    return [_decode(r) for r in db.query(sql, params)]
-
-
 def get_ticket(db: sqlite_utils.Database, ticket_id: int) -> dict[str, Any]:
     rows = list(
         db.query(
-            f"SELECT {_TICKET_COLUMNS} FROM {_TICKET_FROM} WHERE t.id = ?",
+            f"SELECT {TICKET_COLUMNS} FROM {TICKET_FROM} WHERE t.id = ?",
             [ticket_id],
         )
     )
     if not rows:
         raise NotFound(f"no ticket #{ticket_id}")
-    ticket = _decode(rows[0])
+    ticket = decode_ticket_row(rows[0])
     messages = list(
         db.query(
             "SELECT id, direction, from_addr AS \"from\", from_name, to_addrs AS \"to\","
@@ -395,7 +344,7 @@ def ticket_row(conn: sqlite3.Connection, ticket_id: int) -> dict[str, Any] | Non
         "SELECT t.id, t.subject, t.status, t.assignee, c.email, c.name, t.created_at,"
         " t.updated_at, t.closed_at, t.linked_ticket_id, t.priority, t.tags, o.name,"
         " t.organization_id, t.first_response_at, t.resolved_at, t.last_activity_at,"
-        f" t.mailbox, t.team FROM {_TICKET_FROM} WHERE t.id=?",
+        f" t.mailbox, t.team FROM {TICKET_FROM} WHERE t.id=?",
         (ticket_id,),
     ).fetchone()
     if row is None:
