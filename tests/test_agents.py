@@ -348,6 +348,9 @@ def test_roles_on_the_panels(desk: Desk) -> None:
         assert "role agent" in refused.text and "for admins" in refused.text
         assert carol.get(path).status == 200, path
     assert 'href="/orgs"' in carol.get("/tickets").text
+    # The ticket page links to its audits only for an admin.
+    assert 'href="/audit/' not in bob.get(f"/tickets/{ticket_id}").text
+    assert f'href="/audit/outgoing?ticket={ticket_id}"' in carol.get(f"/tickets/{ticket_id}").text
 
 
 def test_the_shared_admin_token_still_signs_in(desk: Desk) -> None:
