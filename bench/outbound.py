@@ -333,7 +333,7 @@ def queue_replies(cfg: Config, ticket_ids: list[int]) -> tuple[float, list[Envel
     try:
         desk = app.desk(cfg, db)
         started = time.perf_counter()
-        results = [desk.reply(tid, AGENT_EMAIL, REPLY_BODY) for tid in ticket_ids]
+        results = [desk.reply(tid, AGENT_EMAIL, REPLY_BODY, by="cli") for tid in ticket_ids]
         seconds = time.perf_counter() - started
         not_queued = [r for r in results if r.queued.status != "queued"]
         if not_queued:

@@ -3,7 +3,8 @@
 A person logs in with the token, searches the incoming audit for a customer's address, opens
 the ticket, sends a reply, and finds it in the outgoing audit as sent by the relay (a real
 aiosmtpd server). No script runs anywhere (the pages have none, and a mail's own script stays
-inert in the sandboxed frame). Screenshots of every panel, wide and phone-sized, are saved
+inert in the sandboxed frame). An agent signs in with e-mail and password and replies as
+themselves, with no admin page in reach. Screenshots of every panel, wide and phone-sized, are saved
 under the test's tmp_path (`screens/`). Skipped, saying why, only when chromium or chromedriver
 is not installed (`.ci/run` installs them).
 """
@@ -128,7 +129,7 @@ def test_login_search_open_reply_and_see_it_sent(
     assert browser.current_url.startswith(base + "/login")
     screens.shot("login")
     browser.find_element(By.ID, "token").send_keys(token)
-    browser.find_element(By.CSS_SELECTOR, "form[action='/login'] button").click()
+    browser.find_element(By.CSS_SELECTOR, "#token-login button").click()
     WebDriverWait(browser, 20).until(expected.url_to_be(base + "/tickets"))
     assert "Keyboard types only vowels" in browser.page_source
     screens.shot("tickets-unassigned")
@@ -246,7 +247,7 @@ def test_inline_image_shows_in_the_html_view_from_our_own_store(
 
     browser.get(base + f"/tickets/{ticket_id}")
     browser.find_element(By.ID, "token").send_keys(token)
-    browser.find_element(By.CSS_SELECTOR, "form[action='/login'] button").click()
+    browser.find_element(By.CSS_SELECTOR, "#token-login button").click()
     WebDriverWait(browser, 20).until(expected.url_to_be(base + f"/tickets/{ticket_id}"))
     frame = browser.find_element(By.CSS_SELECTOR, "details.html iframe")
     browser.find_element(By.CSS_SELECTOR, "details.html summary").click()
@@ -260,3 +261,56 @@ def test_inline_image_shows_in_the_html_view_from_our_own_store(
     browser.switch_to.default_content()
     no_alert(browser)
     Screens(browser, tmp_path / "screens").shot("inline-image")
+
+
+def test_an_agent_signs_in_with_a_password_and_replies_as_themselves(
+        make_daemon: Callable[..., Daemon], relay: RelayStub, browser: WebDriver,
+        tmp_path: Path) -> None:
+    """Alice (role agent) signs in with her e-mail and password, sees no admin page in the
+    menu and a 403 page when she types one, and replies with no agent to pick: the relay gets
+    her words signed with her name."""
+    from click.testing import CliRunner
+
+    from mailgate.cli import cli
+
+    admin_port = free_port()
+    daemon = make_daemon(extra=relay_section(relay.port)
+                         + f'\n[admin]\nlisten = "127.0.0.1:{admin_port}"\n')
+    password = "alice-Browser-Secret-9"
+    result = CliRunner().invoke(cli, ["--config", str(daemon.config), "agents", "passwd",
+                                      "alice@example.com", "--password-stdin"],
+                                input=password + "\n")
+    assert result.exit_code == 0, result.output
+    base = f"http://127.0.0.1:{admin_port}"
+    code, reply = send(daemon.port, f"From: Dana <{CUSTOMER}>\r\nTo: support@example.com\r\n"
+                       "Subject: Mouse drifts left\r\n\r\nIt drifts.\r\n", mail_from=CUSTOMER)
+    assert code == 250, reply
+    ticket_id = daemon.audit_for(queue_id_of(reply))["ticket_id"]
+    screens = Screens(browser, tmp_path / "screens")
+
+    browser.get(base + f"/tickets/{ticket_id}")
+    assert browser.current_url.startswith(base + "/login")
+    browser.find_element(By.ID, "email").send_keys("alice@example.com")
+    browser.find_element(By.ID, "password").send_keys(password)
+    screens.shot("agent-login")
+    browser.find_element(By.CSS_SELECTOR, "#password-login button").click()
+    WebDriverWait(browser, 20).until(expected.url_to_be(base + f"/tickets/{ticket_id}"))
+    assert "alice@example.com · agent" in browser.find_element(By.CSS_SELECTOR, "header").text
+    nav = browser.find_element(By.TAG_NAME, "nav").text
+    assert "Tickets" in nav and "Incoming" not in nav and "Organizations" not in nav
+    assert not browser.find_elements(By.ID, "reply-agent")
+    assert "(you)" in browser.find_element(By.ID, "reply-as").text
+    browser.find_element(By.ID, "reply-body").send_keys("Hello Dana,\nnew batteries help.")
+    browser.find_element(By.CSS_SELECTOR, "#reply button[type=submit]").click()
+    WebDriverWait(browser, 20).until(expected.url_contains("notice=replied"))
+    history = browser.find_element(By.ID, "history").text
+    assert "alice@example.com" in history and "reply" in history
+    screens.shot("agent-replied")
+    wait_until(lambda: any("new batteries help." in m.data.decode(errors="replace")
+                           and "Alice Agent" in m.message.get_body(("plain",)).get_content()
+                           for m in relay.messages), "Alice's reply never reached the relay")
+
+    browser.get(base + "/audit/incoming")
+    assert "Not for your role" in browser.page_source
+    screens.shot("agent-forbidden")
+    no_alert(browser)

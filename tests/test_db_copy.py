@@ -203,7 +203,8 @@ def test_an_installation_copied_to_postgres_reads_back_equal(installation: Path,
                 if table.autoincrement_column is None:
                     continue
                 largest = conn.execute(sa.select(sa.func.max(table.c.id))).scalar_one() or 0
-                values = {c.name: "x" for c in table.columns
+                values = {c.name: 0 if isinstance(c.type, sa.Integer | sa.Float) else "x"
+                          for c in table.columns
                           if not c.nullable and not c.primary_key and c.server_default is None}
                 new_id = conn.execute(table.insert().values(**values).returning(table.c.id)
                                       ).scalar_one()

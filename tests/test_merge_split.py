@@ -235,7 +235,7 @@ def test_internal_note_is_shown_and_never_mailed(desk: Desk) -> None:
     assert shown.count("[internal note]") == 2 and "Called them back" in shown
     notes = [m for m in d.json("tickets", "show", str(tid))["messages"]
              if m["direction"] == "note"]
-    assert [n["from"] for n in notes] == ["api", "alice@example.com"]
+    assert [n["from"] for n in notes] == ["admin-token", "alice@example.com"]
     page = http.get(f"/tickets/{tid}").text
     assert "internal note" in page and "Customer is a VIP &lt;b&gt;x&lt;/b&gt;" in page
     _settle(d, relay, tid, rows, mails)
@@ -322,7 +322,10 @@ def test_merge_and_split_by_the_api(desk: Desk) -> None:
     b = _ticket_of(d, _mail(d, "API merge B", sender="carol@other.test", name="Carol")[0])
     r = http.post(f"/api/tickets/{b}/merge", form={"into": str(a)})
     assert r.status == 200 and r.json()["merged_into"] == a, r.text
-    assert r.json()["by"] == "api"
+    assert r.json()["by"] == "admin-token"
+    history = http.get(f"/api/tickets/{a}/actions").json()
+    assert [(h["actor"], h["action"], h["details"]) for h in history] == [
+        ("admin-token", "merge", {"source": b})]
     again = http.post(f"/api/tickets/{b}/merge", form={"into": str(a)})
     assert again.status == 409 and "already" in again.json()["error"]
     rows = [m["id"] for m in d.json("tickets", "show", str(a))["messages"]
@@ -344,7 +347,8 @@ def test_merge_and_split_by_the_api(desk: Desk) -> None:
     assert r.status == 303 and r.headers["Location"] == f"/tickets/{a}?notice=merged", r.text
     r = http.post(f"/tickets/{a}/merge", form={"into": str(b)})  # b is merged: refused
     assert r.status == 409 and "was merged into" in r.text
-    notes = [m for m in d.json("tickets", "show", str(a))["messages"] if m["from"] == "panel"]
+    notes = [m for m in d.json("tickets", "show", str(a))["messages"]
+             if m["from"] == "admin-token"]
     texts = [n["text"] for n in notes]
     assert "panel note" in texts and any(f"Ticket #{new} " in t for t in texts), texts
 

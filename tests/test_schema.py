@@ -276,7 +276,11 @@ def test_upgrade_stamps_a_v11_sqlite_file_and_adds_only_the_later_revisions(
     assert added == {"stored_files", "shared_secrets", "nodes", "auto_mail_counts",  # 0002
                      "uq_messages_incoming",
                      "idx_tickets_requester_id",  # 0003
-                     "idx_tickets_merged_into", "idx_tickets_linked_ticket_id"}  # 0004
+                     "idx_tickets_merged_into", "idx_tickets_linked_ticket_id",  # 0004
+                     "agent_credentials", "idx_agent_credentials_token_hash", "agent_sessions",
+                     "idx_agent_sessions_email", "login_failures", "idx_login_failures_key_at_ts",
+                     "ticket_actions", "idx_ticket_actions_ticket_id_id",
+                     "idx_ticket_actions_actor_at"}  # 0005
     changed = {name for name in before if after[name] != before[name]}
     assert changed == {"outbound", "tickets"}  # columns added in place; nothing else rebuilt
     assert [tuple(r) for r in rows] == [(1, "Hello", "normal")]

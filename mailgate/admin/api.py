@@ -1,12 +1,14 @@
 """The JSON API of the admin endpoint, with the field names of the CLI's `--json`.
 
-Input: HTTP requests that passed `mailgate.admin.auth` (the bearer token; `/api/health` is
-open, and says only up or down without the token), with query parameters and JSON or form
-bodies (untrusted, checked by `params`).
+Input: HTTP requests that passed `mailgate.admin.auth` (a bearer token: the shared admin
+token, or an agent's own; `/api/health` is open, and says only up or down without an admin's
+token), with query parameters and JSON or form bodies (untrusted, checked by `params`).
 Output: JSON. Errors are `{"error": "<one line>"}` with 400 (bad input), 401 (no or wrong
-token), 404 (no such ticket or route), 409 (a well-formed request the state refuses: an
-address that is not a configured agent, a ticket merged already), 413 (uploads over
-`[admin] max_upload_bytes`), 500 (a bug; logged).
+token), 403 (an agent on an admin route, or naming another agent to act as), 404 (no such
+ticket or route), 409 (a well-formed request the state refuses: an address that is not a
+configured agent, a ticket merged already), 413 (uploads over `[admin] max_upload_bytes`),
+500 (a bug; logged). Every change records its actor: the agent whose token or session it
+was, or `admin-token`.
 
     GET  /api/health                      up/down; with the token: status, problems, storage,
                                           spool, outbound, last mail, relay
@@ -15,13 +17,16 @@ address that is not a configured agent, a ticket merged already), 413 (uploads o
                                           &priority= &breached= &since= &until= (dates)
                                           &limit= &cursor=; X-Total-Count: how many match,
                                           Link: rel="next" the next page
+    GET  /api/me                          who the token is: actor, role
     GET  /api/tickets/{id}                as `mailgate tickets show ID --json`
-    POST /api/tickets/{id}/reply          agent, body; multipart/form-data: files too (any
-                                          file field; [admin] max_upload_bytes together, else
+    GET  /api/tickets/{id}/actions        who changed it, as `mailgate tickets history ID`
+    POST /api/tickets/{id}/reply          body; agent (the admin token only: an agent's
+                                          token replies as that agent); multipart/form-data:
+                                          files too ([admin] max_upload_bytes together, else
                                           413 and nothing sent)
-    POST /api/tickets/{id}/note           body (agent: optional, who wrote it; else "api")
-    POST /api/tickets/{id}/merge          into (this ticket merges into that one; agent)
-    POST /api/tickets/{id}/split          message, with_later (true/false; agent)
+    POST /api/tickets/{id}/note           body: an internal note by the caller
+    POST /api/tickets/{id}/merge          into (this ticket merges into that one)
+    POST /api/tickets/{id}/split          message, with_later (true/false)
     GET  /api/canned                      the canned replies' names
     GET  /api/tickets/{id}/canned/{name}  canned reply rendered for the ticket (?agent=)
     POST /api/tickets/{id}/assign         agent
@@ -55,6 +60,7 @@ from aiohttp import web
 
 from mailgate.admin import download, params, ticket_query
 from mailgate.admin.backend import BACKEND, VIEWS, AuditPage, Backend, Conflict
+from mailgate.admin.principal import Forbidden, Principal, reply_agent
 from mailgate.errors import NotFound, Refused, TooLarge, UserError
 from mailgate.model import Upload
 from mailgate.store import outbound as outbox
@@ -82,6 +88,8 @@ def status_of(exc: UserError) -> int:
         return 409
     if isinstance(exc, TooLarge):
         return 413
+    if isinstance(exc, Forbidden):
+        return 403
     return 400
 
 
@@ -138,6 +146,13 @@ async def body_of(request: web.Request) -> Mapping[str, Any]:
     return await request.post()
 
 
+def principal(request: web.Request) -> Principal:
+    """Who the request acts for (set by `auth.middleware` on every authenticated route)."""
+    found = request.get("principal")
+    assert isinstance(found, Principal), request.path
+    return found
+
+
 def _ticket_id(request: web.Request) -> int:
     return params.ticket_id(request.match_info["id"])
 
@@ -150,7 +165,8 @@ async def health(request: web.Request) -> web.Response:
     `{"status": "down"}`: the spool or the database is gone, replaced, damaged or unreadable);
     with it, the full report."""
     b = backend(request)
-    if request.get("auth") != "bearer":
+    who = request.get("principal")
+    if not (isinstance(who, Principal) and who.is_admin):
         try:
             up = await b.run(b.up)
         except Exception:
@@ -179,6 +195,11 @@ async def list_tickets(request: web.Request) -> web.Response:
     return response
 
 
+async def me(request: web.Request) -> web.Response:
+    who = principal(request)
+    return reply({"actor": who.actor, "role": who.role, "name": who.name})
+
+
 async def show_ticket(request: web.Request) -> web.Response:
     b = backend(request)
     return reply(await b.run(b.ticket, _ticket_id(request)))
@@ -201,17 +222,23 @@ def text_fields(form: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in form.items() if not isinstance(v, web.FileField)}
 
 
+async def ticket_actions(request: web.Request) -> web.Response:
+    b = backend(request)
+    return reply(await b.run(b.actions, _ticket_id(request)))
+
+
 async def reply_ticket(request: web.Request) -> web.Response:
     ticket_id = _ticket_id(request)
     form = await body_of(request)
     uploads = uploads_of(form)
     form = text_fields(form)
-    agent = params.text(form, "agent", 320)
+    who = principal(request)
+    agent = reply_agent(who, params.text(form, "agent", 320))
     body = params.text(form, "body", params.MAX_BODY, required=True)
     b = backend(request)
-    result = await b.run(b.reply, ticket_id, agent, body, uploads)
-    log.info("admin: ticket #%d reply by %s (api): outbound #%d %s", ticket_id,
-             agent.strip().lower(), result["outbound_id"], result["status"])
+    result = await b.run(b.reply, ticket_id, agent, body, who.actor, uploads)
+    log.info("admin: ticket #%d reply as %s by %s (api): outbound #%d %s", ticket_id,
+             agent.strip().lower(), who.actor, result["outbound_id"], result["status"])
     return reply(result)
 
 
@@ -219,9 +246,11 @@ async def assign_ticket(request: web.Request) -> web.Response:
     ticket_id = _ticket_id(request)
     form = await body_of(request)
     agent = params.text(form, "agent", 320)
+    who = principal(request)
     b = backend(request)
-    result = await b.run(b.assign, ticket_id, agent)
-    log.info("admin: ticket #%d assigned to %s (api)", ticket_id, result["assignee"])
+    result = await b.run(b.assign, ticket_id, agent, who.actor)
+    log.info("admin: ticket #%d assigned to %s by %s (api)", ticket_id, result["assignee"],
+             who.actor)
     return reply(result)
 
 
@@ -230,9 +259,10 @@ async def status_ticket(request: web.Request) -> web.Response:
     form = await body_of(request)
     status = params.choice(form, "status", ticket_store.STATUSES, required=True)
     assert status is not None
+    who = principal(request)
     b = backend(request)
-    result = await b.run(b.set_status, ticket_id, status)
-    log.info("admin: ticket #%d status %s (api)", ticket_id, status)
+    result = await b.run(b.set_status, ticket_id, status, who.actor)
+    log.info("admin: ticket #%d status %s by %s (api)", ticket_id, status, who.actor)
     return reply(result)
 
 
@@ -241,7 +271,8 @@ async def note_ticket(request: web.Request) -> web.Response:
     form = await body_of(request)
     body = params.text(form, "body", params.MAX_BODY, required=True)
     b = backend(request)
-    actor = b.actor(params.text(form, "agent", 320), "api")
+    who = principal(request)
+    actor = b.actor(reply_agent(who, params.text(form, "agent", 320)), who.actor)
     result = await b.run(b.note, ticket_id, actor, body)
     log.info("admin: ticket #%d internal note by %s (api)", ticket_id, actor)
     return reply(result)
@@ -254,7 +285,8 @@ async def merge_ticket(request: web.Request) -> web.Response:
     if into is None:
         raise params.BadInput("into: required, the number of the ticket to merge into")
     b = backend(request)
-    actor = b.actor(params.text(form, "agent", 320), "api")
+    who = principal(request)
+    actor = b.actor(reply_agent(who, params.text(form, "agent", 320)), who.actor)
     result = await b.run(b.merge, ticket_id, into, actor)
     log.info("admin: ticket #%d merged into #%d by %s (api)", ticket_id, into, actor)
     return reply(result)
@@ -268,7 +300,8 @@ async def split_ticket(request: web.Request) -> web.Response:
         raise params.BadInput("message: required, the number of the message to split off")
     with_later = params.flag(form, "with_later")
     b = backend(request)
-    actor = b.actor(params.text(form, "agent", 320), "api")
+    who = principal(request)
+    actor = b.actor(reply_agent(who, params.text(form, "agent", 320)), who.actor)
     result = await b.run(b.split, ticket_id, message, with_later, actor)
     log.info("admin: ticket #%d split into #%d by %s (api)", ticket_id,
              result["new_ticket_id"], actor)
@@ -284,7 +317,7 @@ async def canned_reply(request: web.Request) -> web.Response:
     ticket_id = _ticket_id(request)
     name = params.canned_name(request.match_info["name"])
     b = backend(request)
-    agent = params.text(request.query, "agent", 320)
+    agent = reply_agent(principal(request), params.text(request.query, "agent", 320))
     return reply(await b.run(b.canned, ticket_id, name, agent))
 
 
@@ -360,7 +393,8 @@ async def show_spam(request: web.Request) -> web.Response:
 async def release_spam(request: web.Request) -> web.Response:
     queue_id = params.queue_id(request.match_info["queue_id"])
     b = backend(request)
-    result = await b.run(b.release, queue_id, f"admin API from {request.remote}")
+    result = await b.run(b.release, queue_id,
+                         f"{principal(request).actor} (admin API from {request.remote})")
     return reply(result)
 
 
@@ -368,7 +402,9 @@ def add_routes(app: web.Application) -> None:
     r = app.router
     r.add_get("/api/health", health)
     r.add_get("/api/tickets", list_tickets)
+    r.add_get("/api/me", me)
     r.add_get(r"/api/tickets/{id:\d+}", show_ticket)
+    r.add_get(r"/api/tickets/{id:\d+}/actions", ticket_actions)
     r.add_post(r"/api/tickets/{id:\d+}/reply", reply_ticket)
     r.add_post(r"/api/tickets/{id:\d+}/assign", assign_ticket)
     r.add_post(r"/api/tickets/{id:\d+}/status", status_ticket)

@@ -1,46 +1,66 @@
-"""Who may use the admin endpoint: the bearer token, the panels' session cookie and CSRF tokens.
+"""Who may use the admin endpoint: bearer tokens, sessions, CSRF tokens, roles, sign-in limits.
 
 Input: the `Authorization` header, the session and login cookies and the `csrf` form field of
-each request (all untrusted), and the token file in `data_dir` (trusted; read again whenever it
-changes, so `mailgate admin token --rotate` takes effect without a restart and ends every
-session). Output: a verdict per request, as aiohttp middleware: `/api/*` and `/metrics` need
-`Authorization: Bearer <token>` (else 401 JSON); the panels take the bearer token or a session
-cookie (else a redirect to `/login`), and a POST made with the cookie must carry the CSRF token
-of that session (else 403). Only `/api/health`, `/login` and `/static/*` are open. Secrets are
-compared in constant time (`hmac.compare_digest`).
+each request (all untrusted); the shared admin token file in `data_dir` (trusted; read again
+whenever it changes, so `mailgate admin token --rotate` takes effect without a restart and
+ends every session opened with it); the agents' credentials and sessions in the database
+(`mailgate.store.accounts`, shared by every node); the config's agents and their roles.
+Output: a verdict per request, as aiohttp middleware, and `request["principal"]` (who acts,
+which role: `mailgate.admin.principal`):
+- `/api/*` and `/metrics` take `Authorization: Bearer <token>`: the shared admin token (role
+  admin, actor `admin-token`) or an agent's personal token (`mailgate agents token`; the
+  agent's role and address). Else 401 JSON.
+- The panels take a bearer token too, or a session cookie (else a redirect to `/login`); a POST
+  made with the cookie must carry the CSRF token of that session (else 403).
+- Role `agent` opens only the dashboard, the tickets and their downloads: anything else is 403
+  (JSON on the API, a page on the panels).
+Only `/api/health`, `/login` and `/static/*` are open. Secrets are compared in constant time.
 
-Sessions live on the server: the cookie is `<expiry>.<nonce>.<HMAC(token, expiry, nonce)>`, and
-it opens the panels only while its nonce is in the daemon's session table (in memory). Logging
-out removes it, so a copy of the cookie made before no longer works; a restart ends every
-session; a new token invalidates every cookie (the HMAC). The CSRF token of a session is
-`HMAC(token, nonce)`. The login form's own CSRF token is bound to a short-lived login cookie
-with a per-process key. `safe_next` keeps the page to return to after logging in on this site.
+Sessions live in the database: the cookie holds a random secret, the row is keyed by its
+SHA-256 (a copy of the table opens nothing). A session ends on logout, after
+`[admin] session_idle_minutes` without a request, `SESSION_SECONDS` after sign-in at the
+latest, when the agent's password changes (`mailgate agents passwd`) or the agent leaves the
+config, and — for one opened with the shared token — when that token is rotated. The CSRF token
+of a session is `HMAC(secret, "csrf")`. The login form's own CSRF token is bound to a
+short-lived login cookie with a per-process key. Failed sign-ins are counted in the database
+per account and per client address: beyond `ACCOUNT_FAILURES` / `IP_FAILURES` within
+`FAILURE_WINDOW` seconds, sign-in answers 429 until the window has passed, even with the right
+password. `safe_next` keeps the page to return to after logging in on this site.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import os
 import secrets
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
 from aiohttp import web
 
 from mailgate.admin import token as token_file
+from mailgate.admin.principal import AGENT, TOKEN_HOLDER, Principal, may_open
+from mailgate.ops import accounts as agent_accounts
+from mailgate.store import accounts
 
 SESSION_COOKIE = "mailgate_session"
 LOGIN_COOKIE = "mailgate_login"
-SESSION_SECONDS = 12 * 3600
-MAX_SESSIONS = 1000  # beyond this, logging in ends the oldest session
+SESSION_SECONDS = 12 * 3600  # the absolute limit of a session
+SESSIONS_PER_ACCOUNT = 50  # beyond this, signing in ends the account's oldest session
 LOGIN_SECONDS = 3600
+FAILURE_WINDOW = 15 * 60
+ACCOUNT_FAILURES = 5  # failed sign-ins per account within the window, from anywhere
+IP_FAILURES = 20  # failed sign-ins per client address within the window, any account
 HEALTH_PATH = "/api/health"
 OPEN_PATHS = frozenset({HEALTH_PATH, "/login"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Forbidden = Callable[[web.Request, str], Awaitable[web.StreamResponse]]
 
 
 def _mac(key: str | bytes, *parts: str) -> str:
@@ -55,16 +75,25 @@ def same(a: str, b: str) -> bool:
     return hmac.compare_digest(a.encode(), b.encode())
 
 
-class Auth:
-    """The token (re-read when its file changes) and the session and CSRF values built on it."""
+def _minutes(seconds: float) -> str:
+    n = max(1, math.ceil(seconds / 60))
+    return f"{n} minute{'s' if n != 1 else ''}"
 
-    def __init__(self, data_dir: Path, secure_cookies: bool) -> None:
+
+class Auth:
+    """The shared token (re-read when its file changes), the agents' credentials and sessions
+    in the database, and the CSRF values. Methods without `async` touch the database: run them
+    on the backend's database thread (`backend.run`)."""
+
+    def __init__(self, data_dir: Path, secure_cookies: bool, backend: Any) -> None:
         self.data_dir = data_dir
         self.secure_cookies = secure_cookies
+        self.backend = backend  # .db, .config, .run(): mailgate.admin.backend.Backend
         self._login_key = secrets.token_bytes(32)
         self._stamp: tuple[int, int, int] | None = None
         self._token: str | None = None
-        self._sessions: dict[str, int] = {}  # nonce → expiry (unix time), oldest first
+
+    # --- the shared admin token ---------------------------------------------------------------
 
     def token(self) -> str | None:
         path = token_file.token_path(self.data_dir)
@@ -83,46 +112,70 @@ class Auth:
         current = self.token()
         return current is not None and same(presented.strip(), current)
 
-    def bearer_ok(self, request: web.Request) -> bool:
-        scheme, _, value = request.headers.get("Authorization", "").partition(" ")
-        return scheme.lower() == "bearer" and self.check_token(value)
-
-    # --- sessions ---------------------------------------------------------------------------
-
-    def new_session(self) -> str | None:
+    def _token_mark(self) -> str | None:
         current = self.token()
-        if current is None:
-            return None
-        now = int(time.time())
-        for nonce in [n for n, expiry in self._sessions.items() if expiry < now]:
-            del self._sessions[nonce]
-        while len(self._sessions) >= MAX_SESSIONS:
-            del self._sessions[next(iter(self._sessions))]
-        expires = now + SESSION_SECONDS
-        nonce = secrets.token_urlsafe(16)
-        self._sessions[nonce] = expires
-        return f"{expires}.{nonce}.{_mac(current, 'session', str(expires), nonce)}"
+        return None if current is None else _mac(current, "session-mark")[:32]
 
-    def session_nonce(self, cookie: str) -> str | None:
-        """The nonce of a valid, unexpired session cookie whose session has not ended."""
-        current = self.token()
-        parts = cookie.split(".")
-        if current is None or len(parts) != 3 or not parts[0].isdigit():
-            return None
-        expires, nonce, mac = parts
-        if int(expires) < time.time() or self._sessions.get(nonce) != int(expires):
-            return None
-        return nonce if same(mac, _mac(current, "session", expires, nonce)) else None
+    def bearer(self, value: str) -> Principal | None:
+        """Who a bearer token is: the shared admin token, or an agent's personal token."""
+        value = value.strip()
+        if self.check_token(value):
+            return TOKEN_HOLDER
+        agent = agent_accounts.agent_for_token(self.backend.db, self.backend.config, value)
+        return None if agent is None else Principal(agent.email, agent.role, agent.name)
 
-    def end_session(self, cookie: str) -> None:
-        """Log out: the session of this cookie ends here, for every copy of the cookie."""
-        nonce = self.session_nonce(cookie)
-        if nonce is not None:
-            del self._sessions[nonce]
+    # --- sessions -------------------------------------------------------------------------------
 
-    def csrf_for(self, nonce: str) -> str:
-        current = self.token() or ""
-        return _mac(current, "csrf", nonce)[:40]
+    def new_session(self, principal: Principal, remote: str) -> str:
+        """A new session for `principal`; returns the cookie's secret (only its hash is kept)."""
+        now = time.time()
+        secret = secrets.token_urlsafe(32)
+        mark = self._token_mark() if principal.is_token_holder else None
+        accounts.create_session(
+            self.backend.db,
+            accounts.Session(agent_accounts.sha256(secret), principal.actor, mark, now, now,
+                             now + SESSION_SECONDS),
+            remote, SESSIONS_PER_ACCOUNT)
+        return secret
+
+    def session(self, secret: str) -> Principal | None:
+        """Who the session of this cookie is, while it lasts (see the module docstring); a
+        used session's last-seen time moves on."""
+        if not 20 <= len(secret) <= 100:
+            return None
+        db, config = self.backend.db, self.backend.config
+        sid = agent_accounts.sha256(secret)
+        found = accounts.session(db, sid)
+        if found is None:
+            return None
+        now = time.time()
+        idle = config.admin_session_idle_minutes * 60
+        if now >= found.expires_ts or now - found.seen_ts >= idle:
+            accounts.end_session(db, sid)
+            return None
+        if found.email == TOKEN_HOLDER.actor:
+            mark = self._token_mark()
+            if mark is None or not same(found.token_mark or "", mark):
+                return None  # the token was rotated: every session opened with it ends
+            principal = TOKEN_HOLDER
+        else:
+            agent = config.agent(found.email)
+            if agent is None:  # no longer an agent
+                accounts.end_session(db, sid)
+                return None
+            principal = Principal(agent.email, agent.role, agent.name)
+        if now - found.seen_ts >= min(60.0, idle / 10):
+            accounts.touch_session(db, sid, now)
+        return principal
+
+    def end_session(self, secret: str) -> None:
+        """Log out: the session of this cookie ends, for every copy of the cookie."""
+        if secret:
+            accounts.end_session(self.backend.db, agent_accounts.sha256(secret))
+
+    @staticmethod
+    def csrf_for(secret: str) -> str:
+        return _mac(secret, "csrf")[:40]
 
     def set_session(self, response: web.StreamResponse, value: str) -> None:
         response.set_cookie(SESSION_COOKIE, value, max_age=SESSION_SECONDS, path="/",
@@ -130,6 +183,43 @@ class Auth:
 
     def clear_session(self, response: web.StreamResponse) -> None:
         response.del_cookie(SESSION_COOKIE, path="/")
+
+    # --- failed sign-ins ------------------------------------------------------------------------
+
+    @staticmethod
+    def _keys(email: str | None, remote: str) -> tuple[str, ...]:
+        return ((f"account:{email}",) if email else ()) + (f"ip:{remote}",)
+
+    def refused(self, email: str | None, remote: str) -> str | None:
+        """Why sign-in is refused for now (too many failures for the account or from the
+        address), None when it may be tried."""
+        now = time.time()
+        since = now - FAILURE_WINDOW
+        db = self.backend.db
+        if email:
+            count, oldest = accounts.failures_since(db, f"account:{email}", since)
+            if count >= ACCOUNT_FAILURES:
+                wait = (oldest or now) + FAILURE_WINDOW - now
+                return (f"Too many failed sign-ins for {email}: try again in"
+                        f" {_minutes(wait)}.")
+        count, oldest = accounts.failures_since(db, f"ip:{remote}", since)
+        if count >= IP_FAILURES:
+            wait = (oldest or now) + FAILURE_WINDOW - now
+            return f"Too many failed sign-ins from your address: try again in {_minutes(wait)}."
+        return None
+
+    def failed(self, email: str | None, remote: str) -> None:
+        now = time.time()
+        accounts.record_failure(self.backend.db, self._keys(email, remote), now,
+                                now - FAILURE_WINDOW)
+
+    def check_password(self, email: str, password: str) -> Principal | None:
+        agent = agent_accounts.check_password(self.backend.db, self.backend.config, email,
+                                              password)
+        if agent is None:
+            return None
+        accounts.clear_failures(self.backend.db, f"account:{agent.email}")
+        return Principal(agent.email, agent.role, agent.name)
 
     # --- the login form's CSRF token ----------------------------------------------------------
 
@@ -155,37 +245,60 @@ def _is_api(path: str) -> bool:
 def _unauthorized() -> web.Response:
     return web.json_response(
         {"error": "missing or wrong token: send 'Authorization: Bearer <token>'"
-                  " (`mailgate admin token` prints it)"},
+                  " (`mailgate admin token` prints it; an agent's own: `mailgate agents"
+                  " token EMAIL`)"},
         status=401, headers={"WWW-Authenticate": 'Bearer realm="mailgate"'})
 
 
-def middleware(auth: Auth) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
-    """Sets request["auth"] ("open", "bearer" or "session") and request["csrf"] (the value
-    forms must carry; "" when the request came with the bearer token)."""
+def _bearer_value(request: web.Request) -> str | None:
+    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    return value if scheme.lower() == "bearer" and value.strip() else None
+
+
+def middleware(auth: Auth, forbidden: Forbidden
+               ) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    """Sets request["auth"] ("open", "bearer" or "session"), request["principal"] (None on an
+    open path without credentials) and request["csrf"] (the value forms must carry; "" when
+    the request came with a bearer token). `forbidden(request, message)` renders the 403 page
+    of the panels."""
 
     @web.middleware
     async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
         path = request.path
         request["csrf"] = ""
+        request["principal"] = None
+        bearer = _bearer_value(request)
+        principal = None
+        if bearer is not None:  # the shared token without the database; an agent's with it
+            principal = (TOKEN_HOLDER if auth.check_token(bearer)
+                         else await auth.backend.run(auth.bearer, bearer))
         if path in OPEN_PATHS or path.startswith("/static/"):
             request["auth"] = "open"
             if path == HEALTH_PATH and "Authorization" in request.headers:
-                if not auth.bearer_ok(request):
+                if principal is None:
                     return _unauthorized()
-                request["auth"] = "bearer"  # the full report
+                request["auth"], request["principal"] = "bearer", principal
             return await handler(request)
-        if auth.bearer_ok(request):
+        if principal is not None:
             request["auth"] = "bearer"
-            return await handler(request)
-        if _is_api(path):
+        elif _is_api(path):
             return _unauthorized()
-        nonce = auth.session_nonce(request.cookies.get(SESSION_COOKIE, ""))
-        if nonce is None:
-            target = request.path_qs if request.method == "GET" else "/"
-            raise web.HTTPSeeOther("/login?next=" + quote(target, safe="/"))
-        request["auth"] = "session"
-        request["csrf"] = auth.csrf_for(nonce)
-        if request.method not in ("GET", "HEAD"):
+        else:
+            secret = request.cookies.get(SESSION_COOKIE, "")
+            principal = await auth.backend.run(auth.session, secret) if secret else None
+            if principal is None:
+                target = request.path_qs if request.method == "GET" else "/"
+                raise web.HTTPSeeOther("/login?next=" + quote(target, safe="/"))
+            request["auth"] = "session"
+            request["csrf"] = auth.csrf_for(secret)
+        request["principal"] = principal
+        if not may_open(principal, path):
+            message = (f"{principal.actor} has the role {AGENT}: this page is for admins"
+                       " ([[agents]] role = \"admin\")")
+            if _is_api(path):
+                return web.json_response({"error": message}, status=403)
+            return await forbidden(request, message)
+        if request["auth"] == "session" and request.method not in ("GET", "HEAD"):
             form = await request.post()
             presented = form.get("csrf")
             if not isinstance(presented, str) or not same(presented, request["csrf"]):

@@ -33,7 +33,7 @@ from mailgate.ops import app, metrics
 from mailgate.outbound.render import TemplateError
 from mailgate.pipeline import quarantine, ticket_edits
 from mailgate.spool import Spool
-from mailgate.store import audit, downloads, orgs, search, tickets
+from mailgate.store import actions, audit, downloads, orgs, search, tickets
 from mailgate.store import merge as merging
 from mailgate.store import outbound as outbox
 from mailgate.store import spam as spam_store
@@ -256,7 +256,13 @@ class Backend:
             m["html"], m["inline_images"] = inline_images.rewrite(
                 html.get(m["id"], ""), m["id"], m["attachments"]) if m["id"] in html else ("", 0)
         ticket["outgoing"] = outbox.search_outgoing(self.db, ticket_id=ticket_id, limit=200)
+        ticket["actions"] = actions.for_ticket(self.db, ticket_id)
         return ticket
+
+    def actions(self, ticket_id: int) -> list[dict[str, Any]]:
+        """Who changed the ticket and how, oldest first (raises NotFound)."""
+        tickets.get_ticket(self.db, ticket_id)
+        return actions.for_ticket(self.db, ticket_id)
 
     def attachment(self, message_row: int, attachment_id: int) -> downloads.Download:
         """An attachment of that message (NotFound for another message's attachment)."""
@@ -274,31 +280,32 @@ class Backend:
                            f" {self.config.path})")
         return email
 
-    def reply(self, ticket_id: int, agent: str, body: str,
+    def reply(self, ticket_id: int, agent: str, body: str, by: str,
               uploads: tuple[Upload, ...] = ()) -> dict[str, Any]:
+        """`agent` speaks (the reply goes out From them); `by` acted (recorded)."""
         agent = self._agent(agent)
-        result = self.desk.reply(ticket_id, agent, body, uploads)
+        result = self.desk.reply(ticket_id, agent, body, uploads, by=by)
         q = result.queued
         self._wake_relay()
         return {"ticket_id": ticket_id, "message_row": result.message_row,
                 "outbound_id": q.outbound_id, "status": q.status, "message_id": q.message_id,
                 "subject": q.subject, "reason": q.reason}
 
-    def assign(self, ticket_id: int, agent: str) -> dict[str, Any]:
+    def assign(self, ticket_id: int, agent: str, by: str) -> dict[str, Any]:
         agent = self._agent(agent)
-        q = self.desk.assign(ticket_id, agent)
+        q = self.desk.assign(ticket_id, agent, by=by)
         self._wake_relay()
         return {"ticket_id": ticket_id, "assignee": agent, "notification": {
             "outbound_id": q.outbound_id, "status": q.status, "reason": q.reason}}
 
-    def set_status(self, ticket_id: int, status: str) -> dict[str, Any]:
-        return self.desk.set_status(ticket_id, status)
+    def set_status(self, ticket_id: int, status: str, by: str) -> dict[str, Any]:
+        return self.desk.set_status(ticket_id, status, by=by)
 
     # --- notes, canned replies, merge and split ----------------------------------------------
 
     def actor(self, agent: str, default: str) -> str:
         """Who does it: the configured agent named (Conflict for another address), else
-        `default` ("api", "panel") until agents sign in."""
+        `default` (the principal: an agent's address, or `admin-token`)."""
         return self._agent(agent) if agent.strip() else default
 
     def note(self, ticket_id: int, actor: str, body: str) -> dict[str, Any]:

@@ -1,13 +1,15 @@
 """The web panels: server-rendered HTML for people, no scripts, readable on a phone.
 
 Input: HTTP requests that passed `mailgate.admin.auth` (session cookie or bearer token; every
-form carries the session's CSRF token), query and form values (untrusted, checked by
-`params`), and rows from `Backend` whose text came from mail (untrusted). Output: HTML from the
-jinja2 templates in `templates/`, autoescaped: every value from mail is escaped. A message's
-HTML part (sanitised by nh3 when it was stored) is only ever shown inside
+form carries the session's CSRF token; `request["principal"]` says who acts and in which
+role), query and form values (untrusted, checked by `params`), and rows from `Backend` whose
+text came from mail (untrusted). A signed-in agent replies as themselves (no agent to pick);
+only the shared admin token's session picks one. Every change records its actor. Output: HTML
+from the jinja2 templates in `templates/`, autoescaped: every value from mail is escaped. A
+message's HTML part (sanitised by nh3 when it was stored) is only ever shown inside
 `<iframe sandbox="" srcdoc="...">`, under the page's Content-Security-Policy.
 
-    /login, /logout          the token form; the session cookie
+    /login, /logout          e-mail and password (or the admin token); the session cookie
     /                        counts and health
     /tickets?view=           Unassigned, Pending customer, Pending agent, All
     /tickets?team=           a tab per team: its open tickets nobody is assigned to
@@ -41,6 +43,7 @@ from markupsafe import Markup, escape
 from mailgate.admin import auth, download, params, ticket_query
 from mailgate.admin.api import status_of, uploads_of
 from mailgate.admin.backend import BACKEND, VIEWS, AuditPage, Backend
+from mailgate.admin.principal import TOKEN_HOLDER, Principal, may_open, reply_agent
 from mailgate.config import PRIORITIES
 from mailgate.errors import NotFound, UserError
 from mailgate.store import audit
@@ -110,10 +113,12 @@ def backend(request: web.Request) -> Backend:
 
 def render(request: web.Request, template: str, **context: Any) -> str:
     config = backend(request).config
+    me = request.get("principal")
+    nav = [item for item in NAV if me is not None and may_open(me, item[0])]
     return environment().get_template(template).render(
         request=request, path=request.path, csrf=request.get("csrf", ""),
         authed=request.get("auth") in ("session", "bearer"),
-        session=request.get("auth") == "session", nav=NAV,
+        session=request.get("auth") == "session", nav=nav, me=me,
         company=config.branding.company_name, label=config.status_label, **context)
 
 
@@ -130,6 +135,17 @@ def size(value: object) -> str:
     if n < 1024 ** 3:
         return f"{n / 1024 ** 2:.1f} MB"
     return f"{n / 1024 ** 3:.1f} GB"
+
+
+def actor(request: web.Request) -> Principal:
+    found = request.get("principal")
+    assert isinstance(found, Principal), request.path
+    return found
+
+
+async def forbidden(request: web.Request, message: str) -> web.Response:
+    """The 403 page of an agent on an admin page (called by `auth.middleware`)."""
+    return page(request, "error.html", 403, title="Not for your role", message=message)
 
 
 def page(request: web.Request, template: str, code: int = 200, *,
@@ -158,25 +174,50 @@ async def login_form(request: web.Request, error: str = "", status: int = 200,
     return response
 
 
+def _field(form: Mapping[str, Any], name: str, max_len: int) -> str:
+    value = form.get(name)
+    return value[:max_len] if isinstance(value, str) else ""
+
+
 async def login(request: web.Request) -> web.Response:
+    """Sign in with an agent's e-mail and password, or with the shared admin token. Failures
+    are counted per account and per address; beyond the limits: 429 until the window passes.
+    The password is never logged."""
     authn = request.app[auth.AUTH]
+    b = backend(request)
+    remote = request.remote or "unknown"
     form = await request.post()
-    presented, csrf, target = form.get("token"), form.get("csrf"), form.get("next")
+    csrf, target = form.get("csrf"), form.get("next")
     target = auth.safe_next(target if isinstance(target, str) else "/")
     if not isinstance(csrf, str) or not authn.login_csrf_ok(request, csrf):
-        return await login_form(request, "The form had expired: paste the token again.", 403,
-                                target)
-    if not isinstance(presented, str) or not authn.check_token(presented):
-        log.warning("admin: failed login from %s", request.remote)
-        return await login_form(request, "Wrong token (`mailgate admin token` prints it).",
-                                401, target)
-    session = authn.new_session()
-    if session is None:
-        return await login_form(request, "No admin token exists yet.", 401, target)
+        return await login_form(request, "The form had expired: sign in again.", 403, target)
+    token = _field(form, "token", 1000).strip()
+    email = _field(form, "email", 320).strip().lower()
+    password = _field(form, "password", 2048)
+    if not token and not (email and password):
+        return await login_form(request, "Give your e-mail and password (or the admin token).",
+                                400, target)
+    refused = await b.run(authn.refused, None if token else email, remote)
+    if refused is not None:
+        log.warning("admin: sign-in refused for %s from %s: too many failures",
+                    "the admin token" if token else email, remote)
+        return await login_form(request, refused, 429, target)
+    if token:
+        who = TOKEN_HOLDER if authn.check_token(token) else None
+        wrong = "Wrong token (`mailgate admin token` prints it)."
+    else:
+        who = await b.run(authn.check_password, email, password)
+        wrong = "Wrong e-mail or password."
+    if who is None:
+        await b.run(authn.failed, None if token else email, remote)
+        log.warning("admin: failed sign-in %s from %s",
+                    "with a token" if token else f"for {email}", remote)
+        return await login_form(request, wrong, 401, target)
+    secret = await b.run(authn.new_session, who, remote)
     response = see_other(target)
-    authn.set_session(response, session)
+    authn.set_session(response, secret)
     response.del_cookie(auth.LOGIN_COOKIE, path="/login")
-    log.info("admin: login from %s", request.remote)
+    log.info("admin: %s signed in from %s", who.actor, remote)
     return response
 
 
@@ -184,7 +225,8 @@ async def logout(request: web.Request) -> web.Response:
     """End the session on the server (every copy of its cookie stops working) and drop the
     cookie from the browser."""
     authn = request.app[auth.AUTH]
-    authn.end_session(request.cookies.get(auth.SESSION_COOKIE, ""))
+    b = backend(request)
+    await b.run(authn.end_session, request.cookies.get(auth.SESSION_COOKIE, ""))
     response = see_other("/login")
     authn.clear_session(response)
     return response
@@ -236,8 +278,10 @@ async def _ticket_page(request: web.Request, ticket_id: int, error: str = "",
         return page(request, "error.html", 404, title="Not found", message=str(exc))
     notice = NOTICES.get(request.query.get("notice", ""), "")
     canned = await b.run(b.canned_names)
+    me = actor(request)
     return page(request, "ticket.html", code, inline_styles=True, ticket=ticket,
                 error=error, notice=notice, agents=b.config.agents,
+                speaking_as=None if me.is_token_holder else me,
                 statuses=ticket_store.STATUSES, form=form or {}, canned=canned,
                 max_upload=b.config.admin_max_upload_bytes)
 
@@ -251,6 +295,7 @@ async def ticket(request: web.Request) -> web.Response:
     agent = request.query.get("agent", "")
     b = backend(request)
     try:
+        agent = reply_agent(actor(request), agent)  # an agent's canned reply is signed by them
         text = (await b.run(b.canned, ticket_id, params.canned_name(name), agent))["text"]
     except NotFound as exc:
         if not (await b.run(b.ticket_exists, ticket_id)):
@@ -269,46 +314,47 @@ async def _act(request: web.Request, action: str) -> web.Response:
     form = await request.post()
     values = {k: v for k, v in form.items() if isinstance(v, str) and k != "csrf"}
     b = backend(request)
+    who = actor(request)
     try:
+        by = b.actor(reply_agent(who, params.text(values, "agent", 320)), who.actor) \
+            if action in ("noted", "merged", "split") else who.actor
         if action == "replied":
-            agent = params.text(values, "agent", 320)
+            agent = reply_agent(who, params.text(values, "agent", 320))
             body = params.text(values, "body", params.MAX_BODY, required=True)
             uploads = tuple(u for u in uploads_of(form) if u.filename or u.data)
-            result = await b.run(b.reply, ticket_id, agent, body, uploads)
-            log.info("admin: ticket #%d reply by %s (panel): outbound #%d %s", ticket_id,
-                     agent.strip().lower(), result["outbound_id"], result["status"])
+            result = await b.run(b.reply, ticket_id, agent, body, who.actor, uploads)
+            log.info("admin: ticket #%d reply as %s by %s (panel): outbound #%d %s", ticket_id,
+                     agent.strip().lower(), who.actor, result["outbound_id"], result["status"])
         elif action == "noted":
-            actor = b.actor(params.text(values, "agent", 320), "panel")
             body = params.text(values, "body", params.MAX_BODY, required=True)
-            await b.run(b.note, ticket_id, actor, body)
-            log.info("admin: ticket #%d internal note by %s (panel)", ticket_id, actor)
+            await b.run(b.note, ticket_id, by, body)
+            log.info("admin: ticket #%d internal note by %s (panel)", ticket_id, by)
         elif action == "merged":
             into = params.integer(values, "into")
             if into is None:
                 raise params.BadInput("into: required, the number of the ticket to merge into")
-            actor = b.actor(params.text(values, "agent", 320), "panel")
-            await b.run(b.merge, ticket_id, into, actor)
-            log.info("admin: ticket #%d merged into #%d by %s (panel)", ticket_id, into, actor)
+            await b.run(b.merge, ticket_id, into, by)
+            log.info("admin: ticket #%d merged into #%d by %s (panel)", ticket_id, into, by)
             return see_other(f"/tickets/{into}?" + urlencode({"notice": action}))
         elif action == "split":
             message = params.integer(values, "message")
             if message is None:
                 raise params.BadInput("message: required, the message to split off")
-            actor = b.actor(params.text(values, "agent", 320), "panel")
             result = await b.run(b.split, ticket_id, message,
-                                 params.flag(values, "with_later"), actor)
+                                 params.flag(values, "with_later"), by)
             log.info("admin: ticket #%d split into #%d by %s (panel)", ticket_id,
-                     result["new_ticket_id"], actor)
+                     result["new_ticket_id"], by)
             return see_other(f"/tickets/{result['new_ticket_id']}?"
                              + urlencode({"notice": action}))
         elif action == "assigned":
             agent = params.text(values, "agent", 320)
-            await b.run(b.assign, ticket_id, agent)
-            log.info("admin: ticket #%d assigned to %s (panel)", ticket_id, agent.lower())
+            await b.run(b.assign, ticket_id, agent, who.actor)
+            log.info("admin: ticket #%d assigned to %s by %s (panel)", ticket_id,
+                     agent.lower(), who.actor)
         else:
             status = params.choice(values, "status", ticket_store.STATUSES, required=True)
-            await b.run(b.set_status, ticket_id, status)
-            log.info("admin: ticket #%d status %s (panel)", ticket_id, status)
+            await b.run(b.set_status, ticket_id, status, who.actor)
+            log.info("admin: ticket #%d status %s by %s (panel)", ticket_id, status, who.actor)
     except UserError as exc:
         return await _ticket_page(request, ticket_id, str(exc), status_of(exc), values)
     return see_other(f"/tickets/{ticket_id}?" + urlencode({"notice": action}))
@@ -432,7 +478,8 @@ async def spam_release(request: web.Request) -> web.Response:
     queue_id = params.queue_id(request.match_info["queue_id"])
     b = backend(request)
     try:
-        result = await b.run(b.release, queue_id, f"admin panel from {request.remote}")
+        result = await b.run(b.release, queue_id,
+                             f"{actor(request).actor} (admin panel from {request.remote})")
     except UserError as exc:
         return page(request, "error.html", status_of(exc), title="Not released",
                     message=str(exc))

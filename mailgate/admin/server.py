@@ -82,8 +82,9 @@ async def _security_headers(request: web.Request, response: web.StreamResponse) 
 
 
 def build_app(config: Config, backend: Backend, secure: bool) -> web.Application:
-    authn = auth.Auth(config.data_dir, secure_cookies=secure)
-    app = web.Application(middlewares=[api.error_middleware, auth.middleware(authn)],
+    authn = auth.Auth(config.data_dir, secure_cookies=secure, backend=backend)
+    app = web.Application(middlewares=[api.error_middleware,
+                                       auth.middleware(authn, panels.forbidden)],
                           client_max_size=config.admin_max_upload_bytes + FORM_ROOM)
     app[BACKEND] = backend
     app[auth.AUTH] = authn

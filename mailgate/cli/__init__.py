@@ -8,7 +8,7 @@ all, so no command module imports another.
 
 from __future__ import annotations
 
-from mailgate.cli import audit, db, ops, orgs, outbound, rules, spam, spool, tickets
+from mailgate.cli import agents, audit, db, ops, orgs, outbound, rules, spam, spool, tickets
 from mailgate.cli.base import cli, finish_commands
 from mailgate.ops.doctor import doctor_command
 from mailgate.ops.setup_wizard import init_command
@@ -16,6 +16,7 @@ from mailgate.ops.setup_wizard import init_command
 for command in (
     init_command, doctor_command,  # the setup wizard and the checks (mailgate/ops/)
     ops.check_config, ops.serve, db.db_group, ops.systemd_unit, ops.admin_group,
+    agents.agents_group,
     tickets.tickets_group, outbound.templates_group, outbound.dkim_group,
     audit.audit_group, audit.forwarding_group, spool.stats, spool.spool_group,
     rules.rules_group, spam.spam_group, orgs.orgs_group, orgs.customers_group,

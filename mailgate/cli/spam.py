@@ -80,7 +80,7 @@ def spam_release(state: State, queue_id: str) -> None:
         user = getpass.getuser()
     except (OSError, KeyError):  # no login name in this environment
         user = "unknown user"
-    by = f"{user} (mailgate spam release)"
+    by = f"cli ({user}, mailgate spam release)"
     result = quarantine.release(state.db(), state.spool(), state.config.data_dir, queue_id, by)
     click.echo(f"{queue_id}: released as {result['released_as']}; the running daemon processes"
                " it as new mail")

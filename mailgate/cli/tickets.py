@@ -29,7 +29,7 @@ from mailgate.errors import UserError
 from mailgate.model import Address, Upload
 from mailgate.ops import app
 from mailgate.pipeline import ticket_edits
-from mailgate.store import downloads, search, tickets
+from mailgate.store import actions, downloads, search, tickets
 from mailgate.store import merge as merging
 
 # --- tickets ------------------------------------------------------------------------------
@@ -237,7 +237,7 @@ def tickets_reply(state: State, ticket_id: int, agent_email: str, body: str | No
     else:
         text = body if body is not None else body_file.read()
     uploads = tuple(_upload(path) for path in attach)
-    result = desk.reply(ticket_id, agent_email, text, uploads)
+    result = desk.reply(ticket_id, agent_email, text, uploads, by=actions.CLI)
     q = result.queued
     if q.status != "queued":
         raise UserError(f"reply stored on ticket #{ticket_id} (message {result.message_row}) but"
@@ -263,7 +263,7 @@ def _upload(path: str) -> Upload:
 @pass_state
 def tickets_status(state: State, ticket_id: int, status: str) -> None:
     """Set a ticket's status (open, pending_customer, pending_agent, resolved, closed)."""
-    ticket = app.desk(state.config, state.db()).set_status(ticket_id, status)
+    ticket = app.desk(state.config, state.db()).set_status(ticket_id, status, by=actions.CLI)
     click.echo(f"ticket #{ticket_id} is now {state.config.status_label(ticket['status'])}")
 
 
@@ -273,10 +273,26 @@ def tickets_status(state: State, ticket_id: int, status: str) -> None:
 @pass_state
 def tickets_assign(state: State, ticket_id: int, agent_email: str) -> None:
     """Assign a ticket to an agent (who gets an assignee_notification)."""
-    q = app.desk(state.config, state.db()).assign(ticket_id, agent_email)
+    q = app.desk(state.config, state.db()).assign(ticket_id, agent_email, by=actions.CLI)
     note = f"notification outbound #{q.outbound_id} {q.status}"
     click.echo(f"ticket #{ticket_id} assigned to {agent_email.lower()}; {note}"
                + (f" ({q.reason})" if q.reason else ""))
+
+
+@tickets_group.command("history")
+@click.argument("ticket_id", type=int)
+@json_option
+@pass_state
+def tickets_history(state: State, ticket_id: int, as_json: bool) -> None:
+    """Who changed the ticket and how (reply, assign, status, participants), oldest first:
+    an agent's address, admin-token or cli."""
+    db = state.db()
+    tickets.get_ticket(db, ticket_id)  # NotFound: one line
+    rows = actions.for_ticket(db, ticket_id)
+    if not as_json:
+        for row in rows:
+            row["details"] = ", ".join(f"{k}={v}" for k, v in row["details"].items())
+    emit(rows, as_json, ["at", "actor", "action", "details"])
 
 
 @tickets_group.group("participants")
@@ -303,7 +319,7 @@ def participants_list(state: State, ticket_id: int, as_json: bool) -> None:
 @pass_state
 def participants_add(state: State, ticket_id: int, email: str) -> None:
     """Copy EMAIL on the agents' replies to the ticket."""
-    app.desk(state.config, state.db()).add_participant(ticket_id, email)
+    app.desk(state.config, state.db()).add_participant(ticket_id, email, by=actions.CLI)
     click.echo(f"ticket #{ticket_id}: {email.strip().lower()} is a participant (copied on"
                " agent replies)")
 
@@ -314,7 +330,7 @@ def participants_add(state: State, ticket_id: int, email: str) -> None:
 @pass_state
 def participants_remove(state: State, ticket_id: int, email: str) -> None:
     """Stop copying EMAIL; its later mail to the ticket is kept as an internal note."""
-    app.desk(state.config, state.db()).remove_participant(ticket_id, email)
+    app.desk(state.config, state.db()).remove_participant(ticket_id, email, by=actions.CLI)
     click.echo(f"ticket #{ticket_id}: {email.strip().lower()} removed (no longer copied)")
 
 

@@ -11,6 +11,7 @@ from mailgate.config.settings import (
     DEFAULT_CONFIG_NAME,
     NOTIFICATION_KINDS,
     REPLY_AUTH_METHODS,
+    ROLES,
     TEMPLATE_KINDS,
     Agent,
     Branding,
@@ -24,8 +25,8 @@ from mailgate.config.settings import (
 )
 
 __all__ = [
-    "DEFAULT_CONFIG_NAME", "NOTIFICATION_KINDS", "PRIORITIES", "REPLY_AUTH_METHODS", "ROUTE_KEYS",
-    "TEMPLATE_KINDS",
+    "DEFAULT_CONFIG_NAME", "NOTIFICATION_KINDS", "PRIORITIES", "REPLY_AUTH_METHODS", "ROLES",
+    "ROUTE_KEYS", "TEMPLATE_KINDS",
     "Agent", "Branding", "Config", "Dkim", "Mailbox", "Relay", "Spam", "Team", "TemplateSettings",
     "find_config_path", "is_loopback", "load_config", "parse_config",
 ]

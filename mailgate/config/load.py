@@ -37,6 +37,7 @@ from mailgate.config.sections import (
 from mailgate.config.settings import (
     DEFAULT_CONFIG_NAME,
     DEFAULT_MAX_UPLOAD,
+    ROLES,
     TEMPLATE_KINDS,
     Agent,
     Config,
@@ -231,9 +232,13 @@ def parse_config(doc: dict[str, Any], path: Path) -> Config:
                     if k == "reply_auth" else "a string")
         if "email" not in entry or "@" not in entry["email"]:
             raise fail(f"{where} email", "an agent needs an email address")
+        role = entry.get("role", "agent")
+        if role not in ROLES:
+            raise fail(f"{where} role", f'expected "agent" or "admin", got {role!r}')
         agents.append(Agent(name=entry.get("name", entry["email"]), email=entry["email"].lower(),
                             reply_auth=read_reply_auth(entry.get("reply_auth", ["dkim"]),
-                                                   lambda m, w=where: fail(f"{w} reply_auth", m))))
+                                                   lambda m, w=where: fail(f"{w} reply_auth", m)),
+                            role=role))
 
     log_format = values.get("log", {}).get("format", "text")
     if log_format not in ("text", "json"):
@@ -249,6 +254,10 @@ def parse_config(doc: dict[str, Any], path: Path) -> Config:
     if isinstance(max_upload, bool) or max_upload < 1:
         raise fail("[admin] max_upload_bytes", f"expected a positive number of bytes, got"
                                                f" {max_upload!r}")
+    idle_minutes = float(admin.get("session_idle_minutes", 480))
+    if not 0 < idle_minutes <= 60 * 24 * 30:
+        raise fail("[admin] session_idle_minutes",
+                   f"expected more than 0 and at most 43200 (30 days), got {idle_minutes:g}")
     threading_cfg = values.get("threading", {})
     strangers = threading_cfg.get("strangers", "internal")
     if strangers not in ("internal", "new_ticket"):
@@ -417,6 +426,7 @@ def parse_config(doc: dict[str, Any], path: Path) -> Config:
         admin_tls_cert=admin_cert,
         admin_tls_key=admin_key,
         admin_max_upload_bytes=max_upload,
+        admin_session_idle_minutes=idle_minutes,
         spam=spam,
     )
 

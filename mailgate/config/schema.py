@@ -107,6 +107,7 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], str]]] = {
         "tls_cert": (str, "a file path"),
         "tls_key": (str, "a file path"),
         "max_upload_bytes": (int, "a whole number of bytes"),
+        "session_idle_minutes": ((int, float), "a number of minutes"),
     },
     "spam": {
         "rspamd": (str, "an http:// URL like \"http://127.0.0.1:11333\""),
@@ -118,7 +119,7 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], str]]] = {
     },
 }
 AGENT_KEYS: dict[str, type | tuple[type, ...]] = {
-    "name": str, "email": str, "reply_auth": (str, list)}
+    "name": str, "email": str, "reply_auth": (str, list), "role": str}
 ARRAYS = ("agents", "teams", "organizations", "automations", "sla", "forwarders",
           "mailboxes")  # arrays of tables ([[dkim]] may be one too: see load)
 # [[mailboxes]]: one support address each (its relay is a [mailboxes.relay] table of [relay]'s

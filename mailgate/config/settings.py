@@ -16,6 +16,7 @@ MiB = 1024 * 1024
 
 
 REPLY_AUTH_METHODS = ("dkim", "token")
+ROLES = ("agent", "admin")  # agent: tickets; admin: also audits, organizations, settings
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,7 @@ class Agent:
     # "dkim": a passing DKIM signature aligned with the agent's domain; "token": the agent's
     # personal reply address (sent only to the agent). Empty: never by email.
     reply_auth: tuple[str, ...] = ("dkim",)
+    role: str = "agent"  # one of ROLES: what the agent may see and do on the admin endpoint
 
 
 @dataclass(frozen=True)
@@ -206,6 +208,7 @@ class Config:
     admin_tls_key: Path | None = None
     # the files of one agent's reply together (the upload form, the API, `--attach`)
     admin_max_upload_bytes: int = DEFAULT_MAX_UPLOAD
+    admin_session_idle_minutes: float = 480.0  # a panel session unused this long ends
     spam: Spam = Spam()
 
     def template(self, kind: str) -> TemplateSettings:

@@ -2,10 +2,12 @@
 assign, set status, add and remove participants.
 
 Input: a ticket id, an agent's address and text typed by that agent (trusted as the agent's
-words, still untrusted markup: templates escape it). Output: the change and the mail it causes,
-committed in one transaction (the outbox pattern): the agent's message stored on the ticket
-with its Message-ID, and one outbox row. Like the pipeline, this is an orchestrator: it calls
-the stages and the store, never the other way round.
+words, still untrusted markup: templates escape it), and `by`, who is acting (an agent's
+e-mail, `admin-token` or `cli`: the caller sets it from how it authenticated the person, never
+from what they typed). Output: the change, the mail it causes and the record of who did it
+(`ticket_actions`), committed in one transaction (the outbox pattern): the agent's message
+stored on the ticket with its Message-ID, and one outbox row. Like the pipeline, this is an
+orchestrator: it calls the stages and the store, never the other way round.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from mailgate.outbound.compose import BadAddress, checked_address
 from mailgate.outbound.mailer import MailContext, Queued, queue_agent_reply, queue_ticket_mail
 from mailgate.parsing.parse import safe_filename
 from mailgate.pipeline.automation import Automation, RuleSet, Trigger
-from mailgate.store import filestore
+from mailgate.store import actions, filestore
 from mailgate.store.db import now_iso, transaction
 from mailgate.store.tickets import (
     REMOVED,
@@ -87,9 +89,10 @@ class Desk:
                              or "application/octet-stream") for u in uploads)
 
     def reply(self, ticket_id: int, agent_email: str, body: str,
-              attachments: tuple[Upload, ...] = ()) -> ReplyResult:
-        """`attachments`: files sent with the reply and kept with the agent's message (in
-        `data_dir`, or the database on PostgreSQL, as incoming attachments are)."""
+              attachments: tuple[Upload, ...] = (), *, by: str) -> ReplyResult:
+        """`by`: who acted (recorded with the ticket's actions). `attachments`: files sent
+        with the reply and kept with the agent's message (in `data_dir`, or the database on
+        PostgreSQL, as incoming attachments are)."""
         agent = self.agent(agent_email)
         if not body.strip():
             raise UserError("the reply is empty")
@@ -120,6 +123,8 @@ class Desk:
             for upload, sha in zip(attachments, blobs, strict=True):
                 add_attachment(conn, row, sha, upload.filename, upload.content_type,
                                len(upload.data), "", False)
+            actions.record(conn, ticket_id, by, "reply", agent=agent.email, message_row=row,
+                           outbound_id=queued.outbound_id)
             set_status(conn, ticket_id, "pending_customer", now)
             mark_first_response(conn, ticket_id, now)
             self.automation.fire(conn, "agent_replied", ticket_id, Trigger(body=body))
@@ -127,24 +132,27 @@ class Desk:
                 self.automation.fire(conn, "status_changed", ticket_id, Trigger(body=body))
         return ReplyResult(ticket_id, row, queued)
 
-    def set_status(self, ticket_id: int, status: str) -> dict[str, Any]:
+    def set_status(self, ticket_id: int, status: str, *, by: str) -> dict[str, Any]:
         """Move a ticket to `status` (closing records when, for the reopen rule)."""
         if status not in STATUSES:
             raise UserError(f"unknown status {status!r}; one of: {', '.join(STATUSES)}")
         with transaction(self.db) as conn:
             before = self._ticket(conn, ticket_id)
             set_status(conn, ticket_id, status, now_iso())
+            actions.record(conn, ticket_id, by, "status", status=status, was=before["status"])
             if before["status"] != status:
                 self.automation.fire(conn, "status_changed", ticket_id, Trigger())
             ticket = ticket_row(conn, ticket_id)
             assert ticket is not None
             return ticket
 
-    def assign(self, ticket_id: int, agent_email: str) -> Queued:
+    def assign(self, ticket_id: int, agent_email: str, *, by: str) -> Queued:
         agent = self.agent(agent_email)
         with transaction(self.db) as conn:
             ticket = self._ticket(conn, ticket_id)
             set_assignee(conn, ticket_id, agent.email, now_iso())
+            actions.record(conn, ticket_id, by, "assign", assignee=agent.email,
+                           was=ticket["assignee"])
             ticket["assignee"] = agent.email
             latest = latest_customer_message(conn, ticket_id)
             queued = queue_ticket_mail(
@@ -164,7 +172,7 @@ class Desk:
             self._ticket(conn, ticket_id)
             return participants(conn, ticket_id)
 
-    def add_participant(self, ticket_id: int, email: str) -> list[dict[str, str]]:
+    def add_participant(self, ticket_id: int, email: str, *, by: str) -> list[dict[str, str]]:
         """Copy `email` on the agents' replies from now on (again, after a removal)."""
         address = email.strip().lower()
         try:
@@ -178,9 +186,11 @@ class Desk:
             if address == ticket["requester"]:
                 raise UserError(f"{address} is the requester of ticket #{ticket_id}")
             set_participant_role(conn, ticket_id, address, "cc", now_iso())
+            actions.record(conn, ticket_id, by, "participant_add", email=address)
             return participants(conn, ticket_id)
 
-    def remove_participant(self, ticket_id: int, email: str) -> list[dict[str, str]]:
+    def remove_participant(self, ticket_id: int, email: str, *, by: str
+                           ) -> list[dict[str, str]]:
         """Stop copying `email`: kept with the role `removed`, so a later Cc does not bring it
         back; its mail to the ticket is a stranger's from now on (an internal note)."""
         address = email.strip().lower()
@@ -193,4 +203,5 @@ class Desk:
             if known.get(address) in (None, REMOVED):
                 raise UserError(f"{address} is not a participant of ticket #{ticket_id}")
             set_participant_role(conn, ticket_id, address, REMOVED, now_iso())
+            actions.record(conn, ticket_id, by, "participant_remove", email=address)
             return participants(conn, ticket_id)

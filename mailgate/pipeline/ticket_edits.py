@@ -20,6 +20,7 @@ from mailgate.model import Address
 from mailgate.outbound.compose import display_name
 from mailgate.outbound.mailer import MailContext
 from mailgate.outbound.render import TemplateError
+from mailgate.store import actions
 from mailgate.store import merge as merging
 from mailgate.store.db import now_iso, transaction
 from mailgate.store.notes import add_note
@@ -53,6 +54,7 @@ def note(db: sqlite_utils.Database, ticket_id: int, actor: str, body: str) -> di
         _ticket(conn, ticket_id)
         now = now_iso()
         row = add_note(conn, ticket_id, actor, body, now)
+        actions.record(conn, ticket_id, actor, "note", message_row=row)
     return {"ticket_id": ticket_id, "message_row": row, "by": actor, "at": now}
 
 
@@ -70,6 +72,8 @@ def merge(db: sqlite_utils.Database, source: int, target: int, actor: str) -> di
                  f"Merged into ticket #{target} ({dst['subject'] or 'no subject'}) by {actor}."
                  " Mail to this ticket's reply address or about its messages lands there.",
                  now, "merge")
+        actions.record(conn, source, actor, "merge", into=target)
+        actions.record(conn, target, actor, "merge", source=source)
     return {"ticket_id": source, "merged_into": target, "by": actor, "at": now, **moved}
 
 
@@ -89,6 +93,8 @@ def split(db: sqlite_utils.Database, ticket_id: int, message_row: int, with_late
         add_note(conn, new_id, actor,
                  f"Split off ticket #{ticket_id} by {actor}: message(s) {listed}.", now,
                  "split")
+        actions.record(conn, ticket_id, actor, "split", new_ticket=new_id, messages=rows)
+        actions.record(conn, new_id, actor, "split", source=ticket_id, messages=rows)
     return {"ticket_id": ticket_id, "new_ticket_id": new_id, "messages": rows, "by": actor,
             "at": now}
 

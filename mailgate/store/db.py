@@ -287,7 +287,7 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
 # The Alembic revisions in mailgate/store/migrations/versions, oldest first: kept here so that
 # opening the database needs no Alembic import (tests/test_db_cli.py checks them against the
 # directory). A new revision is added here too.
-REVISIONS: tuple[str, ...] = ("0001", "0002", "0003", "0004")
+REVISIONS: tuple[str, ...] = ("0001", "0002", "0003", "0004", "0005")
 BASELINE = REVISIONS[0]  # the schema of legacy v11
 LEGACY_HEAD = 11  # len(MIGRATIONS): the legacy migrations are frozen here
 UPGRADE_HINT = "run 'mailgate db upgrade' (back the file up first)"
@@ -408,6 +408,24 @@ FRESH_STEPS: dict[str, tuple[str, ...]] = {
         "ALTER TABLE tickets ADD COLUMN merged_into INTEGER",
         "CREATE INDEX idx_tickets_merged_into ON tickets (merged_into)",
         "CREATE INDEX idx_tickets_linked_ticket_id ON tickets (linked_ticket_id)",
+    ),
+    "0005": (
+        "CREATE TABLE agent_credentials (email TEXT NOT NULL, password_hash TEXT,"
+        " password_set_at TEXT, token_hash TEXT, token_set_at TEXT, PRIMARY KEY (email))",
+        "CREATE UNIQUE INDEX idx_agent_credentials_token_hash ON agent_credentials"
+        " (token_hash)",
+        "CREATE TABLE agent_sessions (id TEXT NOT NULL, email TEXT NOT NULL, token_mark TEXT,"
+        " created_ts FLOAT NOT NULL, seen_ts FLOAT NOT NULL, expires_ts FLOAT NOT NULL,"
+        " remote TEXT, PRIMARY KEY (id))",
+        "CREATE INDEX idx_agent_sessions_email ON agent_sessions (email)",
+        "CREATE TABLE login_failures (id INTEGER NOT NULL, key TEXT NOT NULL,"
+        " at_ts FLOAT NOT NULL, PRIMARY KEY (id))",
+        "CREATE INDEX idx_login_failures_key_at_ts ON login_failures (key, at_ts)",
+        "CREATE TABLE ticket_actions (id INTEGER NOT NULL, ticket_id INTEGER NOT NULL,"
+        " at TEXT NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL, details TEXT,"
+        " PRIMARY KEY (id))",
+        "CREATE INDEX idx_ticket_actions_ticket_id_id ON ticket_actions (ticket_id, id)",
+        "CREATE INDEX idx_ticket_actions_actor_at ON ticket_actions (actor, at)",
     ),
 }
 

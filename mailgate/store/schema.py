@@ -9,9 +9,11 @@ LargeBinary for the raw bytes of outgoing mail. Timestamps stay ISO-8601 text, a
 compare them as text.
 
 This is the head of the schema. The Alembic baseline revision (migrations/versions/0001_*)
-is a frozen copy of it at v11, revision 0002 adds what several nodes share, 0004 what merging
-and splitting tickets need (`tickets.merged_into`); a later change to the schema is a change
-here plus a new revision, and tests/test_schema.py checks that the two agree on both engines.
+is a frozen copy of it at v11, revision 0002 adds what several nodes share, 0003 an index of
+tickets by requester, 0004 what merging and splitting tickets need (`tickets.merged_into`),
+0005 the agents' accounts and who changed each ticket; a later change to the schema is a
+change here plus a new revision, and tests/test_schema.py checks that the two agree on both
+engines.
 """
 
 from __future__ import annotations
@@ -327,4 +329,48 @@ auto_mail_counts = Table(  # automatic mail per minute and key (m:mailbox, d:dom
     Column("minute", BigInteger, primary_key=True, autoincrement=False),
     Column("shard", Integer, primary_key=True, autoincrement=False),  # the writing process's
     Column("n", BigInteger, nullable=False, server_default=ZERO),
+)
+
+# --- revision 0003: agent accounts ---------------------------------------------------------
+
+agent_credentials = Table(  # an agent's password (Argon2) and API token (SHA-256), hashed
+    "agent_credentials", metadata,
+    Column("email", Text, primary_key=True),
+    Column("password_hash", Text),
+    Column("password_set_at", Text),
+    Column("token_hash", Text),
+    Column("token_set_at", Text),
+    Index("idx_agent_credentials_token_hash", "token_hash", unique=True),
+)
+
+agent_sessions = Table(  # signed-in browsers, by the SHA-256 of the cookie's secret
+    "agent_sessions", metadata,
+    Column("id", Text, primary_key=True),
+    Column("email", Text, nullable=False),  # an agent's, or "admin-token"
+    Column("token_mark", Text),  # the admin token's fingerprint (admin-token sessions)
+    Column("created_ts", Float, nullable=False),
+    Column("seen_ts", Float, nullable=False),
+    Column("expires_ts", Float, nullable=False),
+    Column("remote", Text),
+    Index("idx_agent_sessions_email", "email"),
+)
+
+login_failures = Table(  # failed sign-ins by key (account:<email>, ip:<address>)
+    "login_failures", metadata,
+    _pk(),
+    Column("key", Text, nullable=False),
+    Column("at_ts", Float, nullable=False),
+    Index("idx_login_failures_key_at_ts", "key", "at_ts"),
+)
+
+ticket_actions = Table(  # who did what to a ticket: an agent's e-mail, admin-token or cli
+    "ticket_actions", metadata,
+    _pk(),
+    Column("ticket_id", Id, nullable=False),
+    Column("at", Text, nullable=False),
+    Column("actor", Text, nullable=False),
+    Column("action", Text, nullable=False),
+    Column("details", Text),
+    Index("idx_ticket_actions_ticket_id_id", "ticket_id", "id"),
+    Index("idx_ticket_actions_actor_at", "actor", "at"),
 )
