@@ -80,3 +80,40 @@ def test_orgs_customers_and_a_customers_tickets_in_tables_with_counts_and_pages(
     assert "the old quoted answer" not in body[:body.index("Show all")]
     assert "the old quoted answer" in body[body.index("Show all"):]
     assert '<span class="badge in">customer</span>' in page
+
+
+def test_tags_and_participants_are_edited_on_the_ticket_page_and_recorded(
+        make_daemon: Callable[..., Daemon]) -> None:
+    admin_port = free_port()
+    d = make_daemon(admin_section(admin_port))
+    http = Client(f"http://127.0.0.1:{admin_port}", d.data_dir / "admin.token")
+    wait_http(http, d)
+    sender, name, subject, body = MAILS[0]
+    code, reply = send(d.port, _mail(sender, name, subject, body), mail_from=sender)
+    assert code == 250, reply
+    ticket = d.audit_for(queue_id_of(reply))["ticket_id"]
+
+    r = http.post(f"/tickets/{ticket}/tags", form={"tags": "Billing, urgent-ish  vip"})
+    assert r.status == 303 and r.headers["Location"].endswith("notice=tagged"), r.text
+    assert d.json("tickets", "show", str(ticket))["tags"] == ["billing", "urgent-ish", "vip"]
+    assert _ids_of(d.json("tickets", "list", "--tag", "vip")) == [ticket]
+    bad = http.post(f"/tickets/{ticket}/tags", form={"tags": "<script>"})
+    assert bad.status == 400 and "not a tag" in bad.text
+
+    r = http.post(f"/tickets/{ticket}/participants/add", form={"email": "boss@customer.test"})
+    assert r.status == 303, r.text
+    assert "boss@customer.test" in d.json("tickets", "show", str(ticket))["participants"]
+    page = http.get(f"/tickets/{ticket}").text
+    assert '<option value="boss@customer.test">' in page
+    r = http.post(f"/tickets/{ticket}/participants/remove",
+                  form={"email": "boss@customer.test"})
+    assert r.status == 303, r.text
+    assert "boss@customer.test" not in d.json("tickets", "show", str(ticket))["participants"]
+    history = [(h["actor"], h["action"]) for h in http.get(
+        f"/api/tickets/{ticket}/actions").json()]
+    assert history == [("admin-token", "tags"), ("admin-token", "participant_add"),
+                       ("admin-token", "participant_remove")]
+
+
+def _ids_of(rows: list[dict]) -> list[int]:
+    return [r["id"] for r in rows]

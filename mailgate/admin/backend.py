@@ -301,6 +301,15 @@ class Backend:
     def set_status(self, ticket_id: int, status: str, by: str) -> dict[str, Any]:
         return self.desk.set_status(ticket_id, status, by=by)
 
+    def set_tags(self, ticket_id: int, tags: list[str], by: str) -> list[str]:
+        return self.desk.set_tags(ticket_id, tags, by=by)
+
+    def add_participant(self, ticket_id: int, email: str, by: str) -> list[dict[str, str]]:
+        return self.desk.add_participant(ticket_id, email, by=by)
+
+    def remove_participant(self, ticket_id: int, email: str, by: str) -> list[dict[str, str]]:
+        return self.desk.remove_participant(ticket_id, email, by=by)
+
     # --- notes, canned replies, merge and split ----------------------------------------------
 
     def actor(self, agent: str, default: str) -> str:

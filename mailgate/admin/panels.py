@@ -70,6 +70,9 @@ NOTICES = {
     "replied": "Reply queued.",
     "assigned": "Ticket assigned.",
     "status": "Status changed.",
+    "tagged": "Tags saved.",
+    "copied": "Participant added: copied on the agents' replies.",
+    "uncopied": "Participant removed: no longer copied.",
     "noted": "Internal note added (mailed to nobody).",
     "merged": "Ticket merged into this one.",
     "split": "New ticket split off; it links to the old one.",
@@ -351,6 +354,16 @@ async def _act(request: web.Request, action: str) -> web.Response:
             await b.run(b.assign, ticket_id, agent, who.actor)
             log.info("admin: ticket #%d assigned to %s by %s (panel)", ticket_id,
                      agent.lower(), who.actor)
+        elif action == "tagged":
+            tags = params.text(values, "tags", 1000).replace(",", " ").split()
+            await b.run(b.set_tags, ticket_id, tags, who.actor)
+            log.info("admin: ticket #%d tags %s by %s (panel)", ticket_id, tags, who.actor)
+        elif action in ("copied", "uncopied"):
+            email = params.text(values, "email", 320, required=True)
+            change = b.add_participant if action == "copied" else b.remove_participant
+            await b.run(change, ticket_id, email, who.actor)
+            log.info("admin: ticket #%d participant %s %s by %s (panel)", ticket_id,
+                     "added" if action == "copied" else "removed", email.lower(), who.actor)
         else:
             status = params.choice(values, "status", ticket_store.STATUSES, required=True)
             await b.run(b.set_status, ticket_id, status, who.actor)
@@ -374,6 +387,18 @@ async def set_status(request: web.Request) -> web.Response:
 
 async def note(request: web.Request) -> web.Response:
     return await _act(request, "noted")
+
+
+async def tags(request: web.Request) -> web.Response:
+    return await _act(request, "tagged")
+
+
+async def add_participant(request: web.Request) -> web.Response:
+    return await _act(request, "copied")
+
+
+async def remove_participant(request: web.Request) -> web.Response:
+    return await _act(request, "uncopied")
 
 
 async def merge(request: web.Request) -> web.Response:
@@ -499,6 +524,9 @@ def add_routes(app: web.Application) -> None:
     r.add_post(r"/tickets/{id:\d+}/reply", reply)
     r.add_post(r"/tickets/{id:\d+}/assign", assign)
     r.add_post(r"/tickets/{id:\d+}/status", set_status)
+    r.add_post(r"/tickets/{id:\d+}/tags", tags)
+    r.add_post(r"/tickets/{id:\d+}/participants/add", add_participant)
+    r.add_post(r"/tickets/{id:\d+}/participants/remove", remove_participant)
     r.add_post(r"/tickets/{id:\d+}/note", note)
     r.add_post(r"/tickets/{id:\d+}/merge", merge)
     r.add_post(r"/tickets/{id:\d+}/split", split)

@@ -12,6 +12,7 @@ orchestrator: it calls the stages and the store, never the other way round.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -40,8 +41,12 @@ from mailgate.store.tickets import (
     set_assignee,
     set_participant_role,
     set_status,
+    set_tags,
     ticket_row,
 )
+
+TAG = re.compile(r"[a-z0-9][a-z0-9_.:-]{0,39}")
+MAX_TAGS = 20
 
 
 @dataclass(frozen=True)
@@ -164,6 +169,22 @@ class Desk:
             )
             self.automation.fire(conn, "assigned", ticket_id, Trigger())
             return queued
+
+    def set_tags(self, ticket_id: int, tags: list[str], *, by: str) -> list[str]:
+        """Replace the ticket's tags (lower-cased, each a word of letters, digits, `-`, `_`,
+        `.` or `:`, at most 40 characters and 20 tags); UserError naming a bad one."""
+        cleaned = sorted({t.strip().lower() for t in tags if t.strip()})
+        bad = [t for t in cleaned if not TAG.fullmatch(t)]
+        if bad:
+            raise UserError(f"not a tag: {bad[0]!r} (letters, digits, - _ . : and at most 40"
+                            " characters)")
+        if len(cleaned) > MAX_TAGS:
+            raise UserError(f"at most {MAX_TAGS} tags on a ticket")
+        with transaction(self.db) as conn:
+            ticket = self._ticket(conn, ticket_id)
+            set_tags(conn, ticket_id, cleaned, now_iso())
+            actions.record(conn, ticket_id, by, "tags", tags=cleaned, was=ticket["tags"])
+        return cleaned
 
     # --- participants (copied on agent replies) ----------------------------------------------
 
