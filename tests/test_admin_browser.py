@@ -63,6 +63,9 @@ def browser(tmp_path: Path) -> Iterator[WebDriver]:
                  "--disable-dev-shm-usage", "--window-size=1280,1000",
                  f"--user-data-dir={tmp_path / 'chromium-profile'}"):
         options.add_argument(flag)
+    options.add_experimental_option("prefs", {  # downloads land in tmp_path/downloads
+        "download.default_directory": str(tmp_path / "downloads"),
+        "download.prompt_for_download": False})
     driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
     driver.set_page_load_timeout(30)
     try:
