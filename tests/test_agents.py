@@ -317,6 +317,16 @@ def test_roles_on_the_api(desk: Desk) -> None:
     for web in (bob, carol, shared):
         assert web.get("/api/tickets").status == 200
         assert web.get(f"/api/tickets/{ticket_id}").json()["id"] == ticket_id
+        # what an agent works with: search, customers, canned replies, a ticket's history
+        assert web.get("/api/tickets?q=roles").json()[0]["id"] == ticket_id
+        customers = web.get("/api/customers")
+        assert customers.status == 200 and customers.headers["X-Total-Count"] != "0"
+        requester = web.get(f"/api/tickets/{ticket_id}").json()["requester_id"]
+        assert web.get(f"/api/customers/{requester}").json()["ticket_total"] >= 1
+        assert web.get("/api/canned").status == 200
+        assert web.get(f"/api/tickets/{ticket_id}/actions").status == 200
+    assert bob.get("/api/audit/incoming?address=x@y.test&since=2026-01-01").status == 403
+    assert desk.web("127.0.0.3").get("/api/customers").status == 401
     for path in ADMIN_API:
         refused = bob.get(path)
         assert refused.status == 403, path
@@ -337,7 +347,8 @@ def test_roles_on_the_panels(desk: Desk) -> None:
     bob, carol = desk.web("127.0.0.4"), desk.web("127.0.0.4")
     assert bob.login(BOB, PASSWORDS[BOB]).status == 303
     assert carol.login(CAROL, PASSWORDS[CAROL]).status == 303
-    for path in ("/", "/tickets", "/tickets?view=all", f"/tickets/{ticket_id}"):
+    for path in ("/", "/tickets", "/tickets?view=all", f"/tickets/{ticket_id}",
+                 "/tickets?q=panels", "/customers"):
         assert bob.get(path).status == 200, path
     nav = bob.get("/tickets").text
     assert 'href="/audit/incoming"' not in nav and 'href="/orgs"' not in nav
