@@ -250,3 +250,34 @@ def test_audits_filter_by_address_message_id_ticket_and_date_page_and_link_both_
     assert MAILS[1][2] not in incoming_panel
     outgoing_panel = http.get(f"/audit/outgoing?id={acks[0]['id']}").text
     assert f'href="/tickets/{jane_ticket}"' in outgoing_panel and "1 row" in outgoing_panel
+
+
+def test_the_quarantine_pages_by_queue_id_and_counts_on_cli_and_api(
+        make_daemon: Callable[..., Daemon]) -> None:
+    """Quarantined mail as the SMTP stage records it (rows of `spam`), more than a page: the
+    CLI says how many more there are, the API's pages reach every message once."""
+    admin_port = free_port()
+    d = make_daemon(admin_section(admin_port))
+    http = Client(f"http://127.0.0.1:{admin_port}", d.data_dir / "admin.token")
+    wait_http(http, d)
+    db = open_db(d.data_dir / "mailgate.db")
+    with transaction(db) as conn:
+        for i in range(7):  # two share a second: the queue id breaks the tie
+            conn.execute("INSERT INTO spam (queue_id, received_at, action, score, symbols,"
+                         " state) VALUES (?, ?, 'quarantine', 9.5, '{}', 'quarantined')",
+                         (f"Q{i:02d}", f"2026-01-01T00:00:0{min(i, 5)}Z"))
+    db.conn.close()
+    listed = d.run_cli("spam", "list", "--limit", "5")
+    assert "7 messages match; 2 more after these: use --limit or --offset 5" in listed.stderr
+    rest = json.loads(d.run_cli("spam", "list", "--offset", "5", "--json").stdout)
+    assert [r["queue_id"] for r in rest] == ["Q01", "Q00"]
+    seen, path = [], "/api/spam?limit=3"
+    while path:
+        reply = http.get(path)
+        assert reply.status == 200 and reply.headers["X-Total-Count"] == "7"
+        seen += [r["queue_id"] for r in reply.json()]
+        link = reply.headers.get("Link", "")
+        path = link[1:link.index(">")] if link else ""
+    assert seen == ["Q06", "Q05", "Q04", "Q03", "Q02", "Q01", "Q00"]
+    panel = http.get("/spam?limit=3").text
+    assert "7 messages" in panel and 'rel="next"' in panel

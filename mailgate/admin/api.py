@@ -41,6 +41,7 @@ was, or `admin-token`.
     GET  /api/customers/{id}              a customer and their tickets (?limit= &cursor=)
     GET  /api/spam                        quarantined mail, as `mailgate spam list --json`;
                                           ?state=quarantined (default), released or all &limit=
+                                          &after= (the next page); X-Total-Count, Link
     GET  /api/spam/{queue_id}             as `mailgate spam show ID --json`
     POST /api/spam/{queue_id}/release     as `mailgate spam release ID`
     GET  /api/messages/{m}/attachments/{a} attachment a of message m (a download)
@@ -380,9 +381,16 @@ async def orgs(request: web.Request) -> web.Response:
 async def list_spam(request: web.Request) -> web.Response:
     q = request.query
     state = params.choice(q, "state", (*spam_store.STATES, "all")) or spam_store.QUARANTINED
+    after = params.text(q, "after", 40).strip() or None
     b = backend(request)
-    return reply(await b.run(b.quarantine, None if state == "all" else state,
-                             params.limit(q)))
+    found = await b.run(b.quarantine, None if state == "all" else state, params.limit(q),
+                        params.queue_id(after) if after else None)
+    response = reply(found.rows)
+    response.headers["X-Total-Count"] = str(found.total)
+    if found.next_after is not None:
+        query = {**{k: v for k, v in q.items() if k != "after"}, "after": found.next_after}
+        response.headers["Link"] = f'</api/spam?{urlencode(query)}>; rel="next"'
+    return response
 
 
 async def show_spam(request: web.Request) -> web.Response:

@@ -79,6 +79,11 @@ class AuditPage:
     def next_before(self) -> int | None:
         return int(self.rows[-1]["id"]) if self.more and self.rows else None
 
+    @property
+    def next_after(self) -> str | None:
+        """The queue id the next page starts after (lists keyed by queue id)."""
+        return str(self.rows[-1]["queue_id"]) if self.more and self.rows else None
+
 
 class Conflict(UserError):
     """The request is well-formed but the state says no (HTTP 409): e.g. an address that is
@@ -364,15 +369,19 @@ class Backend:
     def orgs(self) -> list[dict[str, Any]]:
         return orgs.list_orgs(self.db)
 
-    def forwarding(self, limit: int = 200) -> list[dict[str, Any]]:
-        return audit.search_incoming(self.db, action=FORWARDING_ACTION, limit=limit)
-
     # --- the spam quarantine ----------------------------------------------------------------
 
-    def quarantine(self, state: str | None = spam_store.QUARANTINED, limit: int = 200
-                   ) -> list[dict[str, Any]]:
-        """As `mailgate spam list --json` (`state` None: released mail too)."""
-        return spam_store.list_quarantine(self.db, state, limit)
+    def quarantine(self, state: str | None = spam_store.QUARANTINED, limit: int = 50,
+                   after: str | None = None) -> AuditPage:
+        """A page of `mailgate spam list --json` (`state` None: released mail too), the total,
+        and whether more follow (the next page: `after` the last row's queue id)."""
+        rows = spam_store.list_quarantine(self.db, state, limit + 1, after=after)
+        return AuditPage(rows[:limit], spam_store.count_quarantine(self.db, state),
+                         len(rows) > limit)
+
+    def forwarding(self, limit: int = 50, before_id: int | None = None) -> AuditPage:
+        """A page of the forwarding confirmations received, newest first."""
+        return self.incoming(action=FORWARDING_ACTION, limit=limit, before_id=before_id)
 
     def quarantined(self, queue_id: str) -> dict[str, Any]:
         """As `mailgate spam show ID --json` (raises NotFound)."""

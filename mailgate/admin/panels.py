@@ -477,17 +477,32 @@ async def templates(request: web.Request) -> web.Response:
 
 async def forwarding(request: web.Request) -> web.Response:
     b = backend(request)
-    rows = await b.run(b.forwarding)
-    return page(request, "forwarding.html", rows=rows)
+    try:
+        found = await b.run(b.forwarding, params.limit(request.query, 100),
+                            params.integer(request.query, "before"))
+    except UserError as exc:
+        return page(request, "error.html", 400, title="Bad request", message=str(exc))
+    return page(request, "forwarding.html", rows=found.rows, total=found.total,
+                next_link=_next_link("/forwarding", request.query, found))
 
 
 async def spam_list(request: web.Request) -> web.Response:
-    show_all = request.query.get("state") == "all"
+    q = request.query
+    show_all = q.get("state") == "all"
     b = backend(request)
-    rows = await b.run(functools.partial(b.quarantine, None if show_all else
-                                         spam_store.QUARANTINED, 200))
-    notice = NOTICES.get(request.query.get("notice", ""), "")
-    return page(request, "spam.html", rows=rows, show_all=show_all, notice=notice)
+    try:
+        after = params.text(q, "after", 40).strip()
+        found = await b.run(b.quarantine, None if show_all else spam_store.QUARANTINED,
+                            params.limit(q, 100), params.queue_id(after) if after else None)
+    except UserError as exc:
+        return page(request, "error.html", 400, title="Bad request", message=str(exc))
+    next_link = ""
+    if found.next_after is not None:
+        query = {**{k: v for k, v in q.items() if k != "after"}, "after": found.next_after}
+        next_link = "/spam?" + urlencode(query)
+    notice = NOTICES.get(q.get("notice", ""), "")
+    return page(request, "spam.html", rows=found.rows, total=found.total, next_link=next_link,
+                show_all=show_all, notice=notice)
 
 
 async def spam_message(request: web.Request) -> web.Response:

@@ -16,6 +16,7 @@ from mailgate.cli.base import (
     emit,
     json_option,
     pass_state,
+    say_more,
 )
 from mailgate.errors import UserError
 from mailgate.store import audit
@@ -47,14 +48,6 @@ def _window_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
-def _more(total: int, offset: int, shown: int, what: str) -> None:
-    """Say on stderr how many more rows match than were shown."""
-    more = total - offset - shown
-    if more > 0:
-        click.echo(f"{total} {what} match; {more} more after these: use --limit or --offset"
-                   f" {offset + shown}", err=True)
-
-
 def _window(since: str | None, until: str | None) -> dict[str, str | None]:
     try:
         time_window("t", None, since, until)  # checks the two bounds
@@ -81,7 +74,7 @@ def audit_incoming(state: State, action: str | None, queue_id: str | None,
     rows = audit.search_incoming(db, limit=limit, offset=offset, **filters)
     emit(rows, as_json, ["received_at", "queue_id", "mail_from", "from", "subject", "action",
                           "ticket_id", "reason"])
-    _more(audit.count_incoming(db, **filters), offset, len(rows), "rows")
+    say_more(audit.count_incoming(db, **filters), offset, len(rows), "rows")
 
 
 @audit_group.command("outgoing")
@@ -100,7 +93,7 @@ def audit_outgoing(state: State, status: str | None, ticket_id: int | None,
     rows = outbox.search_outgoing(db, limit=limit, offset=offset, **filters)
     emit(rows, as_json, ["id", "ticket_id", "kind", "to", "subject", "status", "attempts",
                           "last_error", "created_at", "sent_at"])
-    _more(outbox.count_outgoing(db, **filters), offset, len(rows), "rows")
+    say_more(outbox.count_outgoing(db, **filters), offset, len(rows), "rows")
 
 
 @click.group("forwarding")
@@ -110,14 +103,21 @@ def forwarding_group() -> None:
 
 @forwarding_group.command("pending")
 @click.option("--limit", type=click.IntRange(1, 100000), default=50, show_default=True)
+@click.option("--offset", type=click.IntRange(0), default=0, show_default=True,
+              help="Skip this many (the next page: --offset 50).")
 @json_option
 @pass_state
-def forwarding_pending(state: State, limit: int, as_json: bool) -> None:
+def forwarding_pending(state: State, limit: int, offset: int, as_json: bool) -> None:
     """Confirmation mails received, with the code and the link that finish forwarding setup."""
     rows = []
-    for r in audit.list_incoming(state.db(), action="forwarding_confirmation", limit=limit):
+    db = state.db()
+    found = audit.search_incoming(db, action="forwarding_confirmation", limit=limit,
+                                  offset=offset)
+    for r in found:
         d = r.get("details") or {}
         rows.append({"received_at": r["received_at"], "queue_id": r["queue_id"],
                      "from": r["from"], "subject": r["subject"],
                      "mailbox": state.config.support_mailboxes[0].address, **d})
     emit(rows, as_json, ["received_at", "mailbox", "provider", "code", "link", "subject"])
+    say_more(audit.count_incoming(db, action="forwarding_confirmation"), offset, len(found),
+             "confirmations")

@@ -96,6 +96,15 @@ def emit(data: Any, as_json: bool, columns: Sequence[str] | None = None) -> None
         click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
 
 
+def say_more(total: int, offset: int, shown: int, what: str) -> None:
+    """On stderr, when a list goes on past what was shown: how many match and how to see the
+    rest (a list never stops silently at its --limit)."""
+    more = total - offset - shown
+    if more > 0:
+        click.echo(f"{total} {what} match; {more} more after these: use --limit or --offset"
+                   f" {offset + shown}", err=True)
+
+
 def cell(value: Any, width: int = 48) -> str:
     if value is None:
         return "-"

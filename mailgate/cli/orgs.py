@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from mailgate.cli.base import State, emit, json_option, pass_state
+from mailgate.cli.base import State, emit, json_option, pass_state, say_more
 from mailgate.config import PRIORITIES
 from mailgate.errors import UserError
 from mailgate.store import orgs
@@ -171,13 +171,20 @@ def customers_group() -> None:
 
 @customers_group.command("list")
 @click.option("--org", help="Only customers of this organization.")
+@click.option("--search", "q", metavar="TEXT", default="",
+              help="Only customers whose name or address holds TEXT.")
 @click.option("--limit", type=click.IntRange(1, 100000), default=100, show_default=True)
+@click.option("--offset", type=click.IntRange(0), default=0, show_default=True,
+              help="Skip this many (the next page: --offset 100).")
 @json_option
 @pass_state
-def customers_list(state: State, org: str | None, limit: int, as_json: bool) -> None:
-    """Customers and their organization."""
-    emit(orgs.list_customers(state.db(), org=org, limit=limit), as_json,
-          ["id", "email", "name", "organization", "created_at"])
+def customers_list(state: State, org: str | None, q: str, limit: int, offset: int,
+                   as_json: bool) -> None:
+    """Customers by address, with their organization and tickets."""
+    rows, total = orgs.find_customers(state.db(), q, org, limit, offset=offset)
+    emit(rows, as_json, ["id", "email", "name", "organization", "tickets", "open_tickets",
+                         "created_at"])
+    say_more(total, offset, len(rows), "customers")
 
 
 @click.group("teams")

@@ -13,7 +13,7 @@ import getpass
 
 import click
 
-from mailgate.cli.base import State, cell, emit, json_option, pass_state
+from mailgate.cli.base import State, cell, emit, json_option, pass_state, say_more
 from mailgate.pipeline import quarantine
 from mailgate.store import spam as spam_store
 
@@ -31,18 +31,22 @@ def _symbols(symbols: dict[str, float], limit: int = 4) -> str:
 @spam_group.command("list")
 @click.option("--all", "show_all", is_flag=True, help="Released messages too.")
 @click.option("--limit", type=click.IntRange(1, 100000), default=50, show_default=True)
+@click.option("--offset", type=click.IntRange(0), default=0, show_default=True,
+              help="Skip this many (the next page: --offset 50).")
 @json_option
 @pass_state
-def spam_list(state: State, show_all: bool, limit: int, as_json: bool) -> None:
+def spam_list(state: State, show_all: bool, limit: int, offset: int, as_json: bool) -> None:
     """Quarantined mail, newest first: score, symbols, sender, subject."""
-    rows = spam_store.list_quarantine(state.db(), None if show_all else spam_store.QUARANTINED,
-                                      limit)
+    db = state.db()
+    which = None if show_all else spam_store.QUARANTINED
+    rows = spam_store.list_quarantine(db, which, limit, offset)
     if as_json:
         emit(rows, True)
-        return
-    table = [{**r, "symbols": _symbols(r["symbols"])} for r in rows]
-    emit(table, False, ["queue_id", "received_at", "state", "score", "from", "subject",
-                         "symbols", "released_as"])
+    else:
+        table = [{**r, "symbols": _symbols(r["symbols"])} for r in rows]
+        emit(table, False, ["queue_id", "received_at", "state", "score", "from", "subject",
+                             "symbols", "released_as"])
+    say_more(spam_store.count_quarantine(db, which), offset, len(rows), "messages")
 
 
 @spam_group.command("show")

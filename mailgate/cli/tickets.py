@@ -22,6 +22,7 @@ from mailgate.cli.base import (
     emit,
     json_option,
     pass_state,
+    say_more,
     spam_line,
 )
 from mailgate.config import PRIORITIES
@@ -101,10 +102,7 @@ def tickets_list(state: State, words: tuple[str, ...], status: str | None, unass
     if len(cfg.support_mailboxes) > 1:
         columns.insert(3, "mailbox")
     emit(rows if as_json else table, as_json, columns)
-    more = found_page.total - offset - len(rows)
-    if more > 0:
-        click.echo(f"{found_page.total} tickets match; {more} more after these: use --limit"
-                   f" or --offset {offset + len(rows)}", err=True)
+    say_more(found_page.total, offset, len(rows), "tickets")
 
 
 @tickets_group.command("show")

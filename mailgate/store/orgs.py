@@ -184,9 +184,11 @@ def list_customers(db: sqlite_utils.Database, org: str | None = None, limit: int
 
 
 def find_customers(db: sqlite_utils.Database, q: str = "", org: str | None = None,
-                   limit: int = 50, after: str | None = None) -> tuple[list[dict[str, Any]], int]:
-    """A page of customers by address (`after`: the last address of the page before), each
-    with their ticket counts, and how many match: `q` a substring of the name or address."""
+                   limit: int = 50, after: str | None = None, offset: int = 0
+                   ) -> tuple[list[dict[str, Any]], int]:
+    """A page of customers by address (`after`: the last address of the page before; else
+    from `offset`), each with their ticket counts, and how many match: `q` a substring of the
+    name or address."""
     where: list[str] = []
     params: list[Any] = []
     if q.strip():
@@ -207,7 +209,7 @@ def find_customers(db: sqlite_utils.Database, q: str = "", org: str | None = Non
         " (SELECT COUNT(*) FROM tickets t WHERE t.requester_id = c.id"
         "  AND t.status IN ('open', 'pending_customer', 'pending_agent')) AS open_tickets"
         " FROM customers c LEFT JOIN organizations o ON o.id = c.organization_id"
-        f"{clause} ORDER BY c.email LIMIT ?", [*params, limit]))
+        f"{clause} ORDER BY c.email LIMIT ? OFFSET ?", [*params, limit, offset]))
     return rows, total
 
 

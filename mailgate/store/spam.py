@@ -99,17 +99,30 @@ def _decode(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def list_quarantine(db: sqlite_utils.Database, state: str | None = QUARANTINED,
-                    limit: int = 50) -> list[dict[str, Any]]:
-    """Quarantined mail (`state` None: released mail too), newest first."""
+                    limit: int = 50, offset: int = 0,
+                    after: str | None = None) -> list[dict[str, Any]]:
+    """Quarantined mail (`state` None: released mail too), newest first; from `offset`, or
+    after the message `after` (a queue id: the last row of the page before)."""
     where = "s.state = ?" if state else "s.state IS NOT NULL"
     params: list[Any] = [state] if state else []
+    if after is not None:
+        at = "(SELECT received_at FROM spam WHERE queue_id = ?)"
+        where += f" AND (s.received_at < {at} OR (s.received_at = {at} AND s.queue_id < ?))"
+        params += [after, after, after]
     rows = db.query(
         f"SELECT {_LIST_COLUMNS} FROM spam s LEFT JOIN audit_incoming a"
         f" ON a.queue_id = s.queue_id WHERE {where}"
-        " ORDER BY s.received_at DESC, s.queue_id DESC LIMIT ?",
-        [*params, limit],
+        " ORDER BY s.received_at DESC, s.queue_id DESC LIMIT ? OFFSET ?",
+        [*params, limit, offset],
     )
     return [_decode(r) for r in rows]
+
+
+def count_quarantine(db: sqlite_utils.Database, state: str | None = QUARANTINED) -> int:
+    """How many `list_quarantine` would list with no limit."""
+    where = "state = ?" if state else "state IS NOT NULL"
+    return int(db.execute(f"SELECT COUNT(*) FROM spam WHERE {where}",
+                          [state] if state else []).fetchone()[0])
 
 
 def get_quarantined(db: sqlite_utils.Database, queue_id: str) -> dict[str, Any]:
