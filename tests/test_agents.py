@@ -602,8 +602,12 @@ def test_participant_changes_record_the_actor(desk: Desk) -> None:
 def test_the_log_never_holds_a_password_or_a_token(desk: Desk) -> None:
     web = desk.web("127.0.0.20")
     assert web.login(BOB, "typo-" + PASSWORDS[BOB]).status == 401
+    misplaced = "Password-In-The-Email-Box-1"  # typed into the wrong field
+    assert web.login(misplaced, "anything-at-all").status == 401
     assert web.login(CAROL, PASSWORDS[CAROL]).status == 303
     log = desk.daemon.log()
+    assert "failed sign-in for an address that is no agent from 127.0.0.20" in log
+    assert misplaced.lower() not in log.lower()
     assert f"{CAROL} signed in from 127.0.0.20" in log  # the log is there, and says who
     assert f"failed sign-in for {BOB} from 127.0.0.2" in log  # (repeats beyond 20 a minute
     # are folded into one line by the log's repeat limiter)

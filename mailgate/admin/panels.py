@@ -182,6 +182,12 @@ def _field(form: Mapping[str, Any], name: str, max_len: int) -> str:
     return value[:max_len] if isinstance(value, str) else ""
 
 
+def _loggable(b: Backend, email: str) -> str:
+    """What the log may say of a typed e-mail: a configured agent's address, else nothing of
+    it (a password typed into the e-mail field must never reach the log)."""
+    return email if b.config.agent(email) is not None else "an address that is no agent"
+
+
 async def login(request: web.Request) -> web.Response:
     """Sign in with an agent's e-mail and password, or with the shared admin token. Failures
     are counted per account and per address; beyond the limits: 429 until the window passes.
@@ -203,7 +209,7 @@ async def login(request: web.Request) -> web.Response:
     refused = await b.run(authn.refused, None if token else email, remote)
     if refused is not None:
         log.warning("admin: sign-in refused for %s from %s: too many failures",
-                    "the admin token" if token else email, remote)
+                    "the admin token" if token else _loggable(b, email), remote)
         return await login_form(request, refused, 429, target)
     if token:
         who = TOKEN_HOLDER if authn.check_token(token) else None
@@ -214,7 +220,7 @@ async def login(request: web.Request) -> web.Response:
     if who is None:
         await b.run(authn.failed, None if token else email, remote)
         log.warning("admin: failed sign-in %s from %s",
-                    "with a token" if token else f"for {email}", remote)
+                    "with a token" if token else f"for {_loggable(b, email)}", remote)
         return await login_form(request, wrong, 401, target)
     secret = await b.run(authn.new_session, who, remote)
     response = see_other(target)
