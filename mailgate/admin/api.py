@@ -55,7 +55,6 @@ import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
-from urllib.parse import urlencode
 
 from aiohttp import web
 
@@ -188,12 +187,8 @@ async def list_tickets(request: web.Request) -> web.Response:
     query = ticket_query.read(request.query, tuple(VIEWS))
     b = backend(request)
     found = await b.run(b.tickets, query)
-    response = reply(found.rows)
-    response.headers["X-Total-Count"] = str(found.total)
-    if found.next_cursor:
-        response.headers["Link"] = (
-            f'</api/tickets?{query.link_query(cursor=found.next_cursor)}>; rel="next"')
-    return response
+    more = query.link_query(cursor=found.next_cursor) if found.next_cursor else ""
+    return paged(found.rows, found.total, f"/api/tickets?{more}" if more else "")
 
 
 async def me(request: web.Request) -> web.Response:
@@ -272,8 +267,7 @@ async def note_ticket(request: web.Request) -> web.Response:
     form = await body_of(request)
     body = params.text(form, "body", params.MAX_BODY, required=True)
     b = backend(request)
-    who = principal(request)
-    actor = b.actor(reply_agent(who, params.text(form, "agent", 320)), who.actor)
+    actor = b.acting(principal(request), params.text(form, "agent", 320))
     result = await b.run(b.note, ticket_id, actor, body)
     log.info("admin: ticket #%d internal note by %s (api)", ticket_id, actor)
     return reply(result)
@@ -286,8 +280,7 @@ async def merge_ticket(request: web.Request) -> web.Response:
     if into is None:
         raise params.BadInput("into: required, the number of the ticket to merge into")
     b = backend(request)
-    who = principal(request)
-    actor = b.actor(reply_agent(who, params.text(form, "agent", 320)), who.actor)
+    actor = b.acting(principal(request), params.text(form, "agent", 320))
     result = await b.run(b.merge, ticket_id, into, actor)
     log.info("admin: ticket #%d merged into #%d by %s (api)", ticket_id, into, actor)
     return reply(result)
@@ -301,8 +294,7 @@ async def split_ticket(request: web.Request) -> web.Response:
         raise params.BadInput("message: required, the number of the message to split off")
     with_later = params.flag(form, "with_later")
     b = backend(request)
-    who = principal(request)
-    actor = b.actor(reply_agent(who, params.text(form, "agent", 320)), who.actor)
+    actor = b.acting(principal(request), params.text(form, "agent", 320))
     result = await b.run(b.split, ticket_id, message, with_later, actor)
     log.info("admin: ticket #%d split into #%d by %s (api)", ticket_id,
              result["new_ticket_id"], actor)
@@ -336,15 +328,18 @@ def _audit_filters(q: Mapping[str, str]) -> dict[str, Any]:
     }
 
 
-def _audit_reply(found: AuditPage, path: str, q: Mapping[str, str]) -> web.Response:
-    """The rows, with `X-Total-Count` and, while older rows follow, `Link: rel="next"`."""
-    response = reply(found.rows)
-    response.headers["X-Total-Count"] = str(found.total)
-    if found.next_before is not None:
-        query = {k: v for k, v in q.items() if k != "before"}
-        query["before"] = str(found.next_before)
-        response.headers["Link"] = f'<{path}?{urlencode(query)}>; rel="next"'
+def paged(rows: list[dict[str, Any]], total: int, next_link: str) -> web.Response:
+    """A page of a list: the rows, `X-Total-Count` (how many in all) and, while more follow,
+    `Link: <next_link>; rel="next"`."""
+    response = reply(rows)
+    response.headers["X-Total-Count"] = str(total)
+    if next_link:
+        response.headers["Link"] = f'<{next_link}>; rel="next"'
     return response
+
+
+def _audit_reply(found: AuditPage, path: str, q: Mapping[str, str]) -> web.Response:
+    return paged(found.rows, found.total, params.page_link(path, q, "before", found.next_before))
 
 
 async def audit_incoming(request: web.Request) -> web.Response:
@@ -385,12 +380,8 @@ async def list_spam(request: web.Request) -> web.Response:
     b = backend(request)
     found = await b.run(b.quarantine, None if state == "all" else state, params.limit(q),
                         params.queue_id(after) if after else None)
-    response = reply(found.rows)
-    response.headers["X-Total-Count"] = str(found.total)
-    if found.next_after is not None:
-        query = {**{k: v for k, v in q.items() if k != "after"}, "after": found.next_after}
-        response.headers["Link"] = f'</api/spam?{urlencode(query)}>; rel="next"'
-    return response
+    return paged(found.rows, found.total,
+                 params.page_link("/api/spam", q, "after", found.next_after))
 
 
 async def show_spam(request: web.Request) -> web.Response:

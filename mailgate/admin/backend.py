@@ -24,6 +24,7 @@ from aiohttp import web
 
 from mailgate.admin import inline_images
 from mailgate.admin.params import BadInput
+from mailgate.admin.principal import Principal, reply_agent
 from mailgate.admin.storecheck import DatabaseCheck, StoreCheck
 from mailgate.admin.ticket_query import TicketQuery
 from mailgate.config import Config
@@ -317,10 +318,12 @@ class Backend:
 
     # --- notes, canned replies, merge and split ----------------------------------------------
 
-    def actor(self, agent: str, default: str) -> str:
-        """Who does it: the configured agent named (Conflict for another address), else
-        `default` (the principal: an agent's address, or `admin-token`)."""
-        return self._agent(agent) if agent.strip() else default
+    def acting(self, who: Principal, named: str) -> str:
+        """Who a note, merge or split is by: an agent acts as themselves (naming another is
+        Forbidden); the admin token as the configured agent it names (Conflict for another
+        address), else as `admin-token`."""
+        agent = reply_agent(who, named)
+        return self._agent(agent) if agent.strip() else who.actor
 
     def note(self, ticket_id: int, actor: str, body: str) -> dict[str, Any]:
         return ticket_edits.note(self.db, ticket_id, actor, body)

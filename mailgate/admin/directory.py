@@ -11,12 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlencode
 
 from aiohttp import web
 
 from mailgate.admin import params
-from mailgate.admin.api import reply
+from mailgate.admin.api import paged, reply
 from mailgate.admin.backend import BACKEND, Backend
 from mailgate.admin.panels import page
 from mailgate.errors import NotFound, UserError
@@ -98,10 +97,7 @@ async def customers_page(request: web.Request) -> web.Response:
         rows, total, last = await b.run(_customers, b, q)
     except UserError as exc:
         return page(request, "error.html", 400, title="Bad search", message=str(exc))
-    next_link = ""
-    if last:
-        next_link = "/customers?" + urlencode({**{k: v for k, v in q.items() if k != "after"},
-                                               "after": last})
+    next_link = params.page_link("/customers", q, "after", last)
     return page(request, "customers.html", rows=rows, total=total, q=q.get("q", ""),
                 org=q.get("org", ""), next_link=next_link)
 
@@ -124,12 +120,7 @@ async def customer_page(request: web.Request) -> web.Response:
 async def api_customers(request: web.Request) -> web.Response:
     b = _backend(request)
     rows, total, last = await b.run(_customers, b, request.query)
-    response = reply(rows)
-    response.headers["X-Total-Count"] = str(total)
-    if last:
-        query = {**{k: v for k, v in request.query.items() if k != "after"}, "after": last}
-        response.headers["Link"] = f'</api/customers?{urlencode(query)}>; rel="next"'
-    return response
+    return paged(rows, total, params.page_link("/api/customers", request.query, "after", last))
 
 
 async def api_customer(request: web.Request) -> web.Response:

@@ -325,7 +325,7 @@ async def _act(request: web.Request, action: str) -> web.Response:
     b = backend(request)
     who = actor(request)
     try:
-        by = b.actor(reply_agent(who, params.text(values, "agent", 320)), who.actor) \
+        by = b.acting(who, params.text(values, "agent", 320)) \
             if action in ("noted", "merged", "split") else who.actor
         if action == "replied":
             agent = reply_agent(who, params.text(values, "agent", 320))
@@ -424,10 +424,7 @@ def _search_terms(q: Mapping[str, str], search: str) -> tuple[str | None, str | 
 
 
 def _next_link(path: str, q: Mapping[str, str], found: AuditPage | None) -> str:
-    if found is None or found.next_before is None:
-        return ""
-    query = {k: v for k, v in q.items() if k != "before"}
-    return f"{path}?{urlencode({**query, 'before': str(found.next_before)})}"
+    return params.page_link(path, q, "before", found.next_before if found else None)
 
 
 async def incoming(request: web.Request) -> web.Response:
@@ -502,10 +499,7 @@ async def spam_list(request: web.Request) -> web.Response:
                             params.limit(q, 100), params.queue_id(after) if after else None)
     except UserError as exc:
         return page(request, "error.html", 400, title="Bad request", message=str(exc))
-    next_link = ""
-    if found.next_after is not None:
-        query = {**{k: v for k, v in q.items() if k != "after"}, "after": found.next_after}
-        next_link = "/spam?" + urlencode(query)
+    next_link = params.page_link("/spam", q, "after", found.next_after)
     notice = NOTICES.get(q.get("notice", ""), "")
     return page(request, "spam.html", rows=found.rows, total=found.total, next_link=next_link,
                 show_all=show_all, notice=notice)

@@ -10,6 +10,7 @@ import re
 from collections.abc import Mapping, Sequence
 from datetime import date
 from typing import Any
+from urllib.parse import urlencode
 
 from mailgate.errors import UserError
 
@@ -144,3 +145,13 @@ def canned_name(raw: str) -> str:
     if not _CANNED.match(raw):
         raise BadInput(f"not a canned reply name: {raw[:60]!r}")
     return raw
+
+
+def page_link(path: str, values: Mapping[str, Any], key: str, value: object | None) -> str:
+    """`path` with the query string `values` where `key` is `value`: the link to the next page
+    of a list ("" when there is none, `value` None)."""
+    if value is None or value == "":
+        return ""
+    query = {k: v for k, v in values.items() if k != key}
+    query[key] = str(value)
+    return f"{path}?{urlencode(query)}"
