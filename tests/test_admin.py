@@ -581,13 +581,20 @@ def test_rotating_the_token_locks_out_the_old_one_at_once(admin: Admin) -> None:
 # --- health of the spool and the database ----------------------------------------------------
 
 
+def admin_daemon(make_daemon: Callable[..., Daemon], extra: str = "", name: str = "d"
+                 ) -> tuple[Daemon, Client]:
+    """A daemon (config `extra` added) with the admin endpoint on a free port, once it
+    answers, and a client holding its token."""
+    admin_port = free_port()
+    daemon = make_daemon(extra=extra + admin_section(admin_port), name=name)
+    client = Client(f"http://127.0.0.1:{admin_port}", daemon.data_dir / "admin.token")
+    wait_http(client, daemon)
+    return daemon, client
+
+
 def _admin_daemon(make_daemon: Callable[..., Daemon], relay: RelayStub, name: str
                   ) -> tuple[Daemon, Client]:
-    admin_port = free_port()
-    daemon = make_daemon(extra=relay_section(relay.port) + admin_section(admin_port), name=name)
-    client = Client(f"http://127.0.0.1:{admin_port}", daemon.data_dir / "admin.token")
-    wait_for(lambda: _try_health(client), bool, "the admin endpoint")
-    return daemon, client
+    return admin_daemon(make_daemon, relay_section(relay.port), name)
 
 
 def _try_health(client: Client) -> Any:

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from conftest import Daemon, free_port, queue_id_of, send
-from test_admin import Client, admin_section, wait_http
-from test_search import MAILS, _mail
+from conftest import Daemon
+from test_admin import admin_daemon
+from test_search import MAILS, mail_all
 
 ORGS = """
 [[organizations]]
@@ -20,20 +20,11 @@ on_new_ticket = { priority = "high", add_tags = ["vip", "acme"] }
 
 def test_orgs_customers_and_a_customers_tickets_in_tables_with_counts_and_pages(
         make_daemon: Callable[..., Daemon]) -> None:
-    admin_port = free_port()
-    d = make_daemon(ORGS + admin_section(admin_port))
-    http = Client(f"http://127.0.0.1:{admin_port}", d.data_dir / "admin.token")
-    wait_http(http, d)
-    tickets = {}
-    for sender, name, subject, body in MAILS:
-        code, reply = send(d.port, _mail(sender, name, subject, body), mail_from=sender)
-        assert code == 250, reply
-        tickets[sender] = d.audit_for(queue_id_of(reply))["ticket_id"]
-    code, reply = send(d.port, _mail(
-        "jane@customer.test", "Jane Doe", "Second question",
-        "And another thing.\r\n\r\nOn Mon, 1 Jun 2026, Support wrote:\r\n"
-        "> the old quoted answer\r\n"), mail_from="jane@customer.test")
-    second = d.audit_for(queue_id_of(reply))["ticket_id"]
+    d, http = admin_daemon(make_daemon, ORGS)
+    tickets = {sender: ticket for (sender, _), ticket in mail_all(d).items()}
+    [second] = mail_all(d, [("jane@customer.test", "Jane Doe", "Second question",
+                              "And another thing.\r\n\r\nOn Mon, 1 Jun 2026, Support"
+                              " wrote:\r\n> the old quoted answer\r\n")]).values()
 
     orgs = http.get("/orgs").text
     row = orgs[orgs.index("Acme"):orgs.index("</tr>", orgs.index("Acme"))]
@@ -84,14 +75,8 @@ def test_orgs_customers_and_a_customers_tickets_in_tables_with_counts_and_pages(
 
 def test_tags_and_participants_are_edited_on_the_ticket_page_and_recorded(
         make_daemon: Callable[..., Daemon]) -> None:
-    admin_port = free_port()
-    d = make_daemon(admin_section(admin_port))
-    http = Client(f"http://127.0.0.1:{admin_port}", d.data_dir / "admin.token")
-    wait_http(http, d)
-    sender, name, subject, body = MAILS[0]
-    code, reply = send(d.port, _mail(sender, name, subject, body), mail_from=sender)
-    assert code == 250, reply
-    ticket = d.audit_for(queue_id_of(reply))["ticket_id"]
+    d, http = admin_daemon(make_daemon)
+    [ticket] = mail_all(d, MAILS[:1]).values()
 
     r = http.post(f"/tickets/{ticket}/tags", form={"tags": "Billing, urgent-ish  vip"})
     assert r.status == 303 and r.headers["Location"].endswith("notice=tagged"), r.text

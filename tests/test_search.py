@@ -15,9 +15,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import Daemon, free_port, queue_id_of, relay_section, send, wait_outgoing
+from conftest import Daemon, queue_id_of, relay_section, send, wait_outgoing
 from relay_stub import RelayStub
-from test_admin import Client, admin_section, wait_http
+from test_admin import Client, admin_daemon
 
 from mailgate.model import Address, ParsedMail
 from mailgate.store import search
@@ -42,16 +42,19 @@ MAILS = [
 @pytest.fixture
 def desk(make_daemon: Callable[..., Daemon]) -> tuple[Daemon, Client, dict[str, int]]:
     """A daemon with the admin endpoint, four tickets made by mail: subject → ticket id."""
-    admin_port = free_port()
-    d = make_daemon(admin_section(admin_port))
-    http = Client(f"http://127.0.0.1:{admin_port}", d.data_dir / "admin.token")
-    wait_http(http, d)
-    ids = {}
-    for sender, name, subject, body in MAILS:
+    d, http = admin_daemon(make_daemon)
+    return d, http, {subject: ticket for (_, subject), ticket in mail_all(d).items()}
+
+
+def mail_all(d: Daemon, mails: list[tuple[str, str, str, str]] = MAILS
+             ) -> dict[tuple[str, str], int]:
+    """Send each of `mails` (sender, name, subject, body): (sender, subject) → its ticket."""
+    tickets = {}
+    for sender, name, subject, body in mails:
         code, reply = send(d.port, _mail(sender, name, subject, body), mail_from=sender)
         assert code == 250, reply
-        ids[subject] = d.audit_for(queue_id_of(reply))["ticket_id"]
-    return d, http, ids
+        tickets[(sender, subject)] = d.audit_for(queue_id_of(reply))["ticket_id"]
+    return tickets
 
 
 def _ids(rows: list[dict]) -> list[int]:
@@ -196,10 +199,7 @@ def test_an_installation_from_before_search_gets_its_index_built_from_its_rows(
 
 def test_audits_filter_by_address_message_id_ticket_and_date_page_and_link_both_ways(
         make_daemon: Callable[..., Daemon], relay: RelayStub) -> None:
-    admin_port = free_port()
-    d = make_daemon(relay_section(relay.port) + admin_section(admin_port))
-    http = Client(f"http://127.0.0.1:{admin_port}", d.data_dir / "admin.token")
-    wait_http(http, d)
+    d, http = admin_daemon(make_daemon, relay_section(relay.port))
     sent = []
     for sender, name, subject, body in MAILS[:3]:
         raw = _mail(sender, name, subject, body)
@@ -256,10 +256,7 @@ def test_the_quarantine_pages_by_queue_id_and_counts_on_cli_and_api(
         make_daemon: Callable[..., Daemon]) -> None:
     """Quarantined mail as the SMTP stage records it (rows of `spam`), more than a page: the
     CLI says how many more there are, the API's pages reach every message once."""
-    admin_port = free_port()
-    d = make_daemon(admin_section(admin_port))
-    http = Client(f"http://127.0.0.1:{admin_port}", d.data_dir / "admin.token")
-    wait_http(http, d)
+    d, http = admin_daemon(make_daemon)
     db = open_db(d.data_dir / "mailgate.db")
     with transaction(db) as conn:
         for i in range(7):  # two share a second: the queue id breaks the tie
