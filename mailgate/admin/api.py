@@ -262,40 +262,41 @@ async def status_ticket(request: web.Request) -> web.Response:
     return reply(result)
 
 
-async def note_ticket(request: web.Request) -> web.Response:
-    ticket_id = _ticket_id(request)
+async def _edit(request: web.Request) -> tuple[int, Mapping[str, Any], Backend, str]:
+    """A note, merge or split: the ticket, the form, the backend, and who it is by."""
     form = await body_of(request)
-    body = params.text(form, "body", params.MAX_BODY, required=True)
     b = backend(request)
-    actor = b.acting(principal(request), params.text(form, "agent", 320))
+    return _ticket_id(request), form, b, b.acting(principal(request),
+                                                  params.text(form, "agent", 320))
+
+
+def _required(form: Mapping[str, Any], name: str, what: str) -> int:
+    value = params.integer(form, name)
+    if value is None:
+        raise params.BadInput(f"{name}: required, {what}")
+    return value
+
+
+async def note_ticket(request: web.Request) -> web.Response:
+    ticket_id, form, b, actor = await _edit(request)
+    body = params.text(form, "body", params.MAX_BODY, required=True)
     result = await b.run(b.note, ticket_id, actor, body)
     log.info("admin: ticket #%d internal note by %s (api)", ticket_id, actor)
     return reply(result)
 
 
 async def merge_ticket(request: web.Request) -> web.Response:
-    ticket_id = _ticket_id(request)
-    form = await body_of(request)
-    into = params.integer(form, "into")
-    if into is None:
-        raise params.BadInput("into: required, the number of the ticket to merge into")
-    b = backend(request)
-    actor = b.acting(principal(request), params.text(form, "agent", 320))
+    ticket_id, form, b, actor = await _edit(request)
+    into = _required(form, "into", "the number of the ticket to merge into")
     result = await b.run(b.merge, ticket_id, into, actor)
     log.info("admin: ticket #%d merged into #%d by %s (api)", ticket_id, into, actor)
     return reply(result)
 
 
 async def split_ticket(request: web.Request) -> web.Response:
-    ticket_id = _ticket_id(request)
-    form = await body_of(request)
-    message = params.integer(form, "message")
-    if message is None:
-        raise params.BadInput("message: required, the number of the message to split off")
-    with_later = params.flag(form, "with_later")
-    b = backend(request)
-    actor = b.acting(principal(request), params.text(form, "agent", 320))
-    result = await b.run(b.split, ticket_id, message, with_later, actor)
+    ticket_id, form, b, actor = await _edit(request)
+    message = _required(form, "message", "the number of the message to split off")
+    result = await b.run(b.split, ticket_id, message, params.flag(form, "with_later"), actor)
     log.info("admin: ticket #%d split into #%d by %s (api)", ticket_id,
              result["new_ticket_id"], actor)
     return reply(result)

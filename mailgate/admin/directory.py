@@ -26,31 +26,20 @@ def _backend(request: web.Request) -> Backend:
     return request.app[BACKEND]
 
 
+# Each `on_new_ticket` key as words ({} is its value; a list is joined with commas).
+ROUTE_PHRASES = (
+    ("assign", "assign to {}"), ("round_robin", "assign in turn to {}"),
+    ("assign_team", "give to team {}"), ("round_robin_team", "assign in turn within team {}"),
+    ("priority", "priority {}"), ("add_tags", "tag {}"), ("status", "status {}"),
+    ("send_template", "send template {}"), ("notify_team", "notify team {}"),
+)
+
+
 def route_words(route: Mapping[str, Any]) -> str:
     """An organization's `on_new_ticket` routing as a sentence ("" when it has none)."""
-    parts = []
-    if route.get("assign"):
-        parts.append(f"assign to {route['assign']}")
-    if route.get("round_robin"):
-        parts.append("assign in turn to " + ", ".join(route["round_robin"]))
-    if route.get("assign_team"):
-        parts.append(f"give to team {route['assign_team']}")
-    if route.get("round_robin_team"):
-        parts.append(f"assign in turn within team {route['round_robin_team']}")
-    if route.get("priority"):
-        parts.append(f"priority {route['priority']}")
-    if route.get("add_tags"):
-        parts.append("tag " + ", ".join(route["add_tags"]))
-    if route.get("status"):
-        parts.append(f"status {route['status']}")
-    if route.get("send_template"):
-        parts.append(f"send template {route['send_template']}")
-    if route.get("notify_team"):
-        parts.append(f"notify team {route['notify_team']}")
-    if not parts:
-        return ""
-    text = "; ".join(parts)
-    return "New tickets: " + text[0].lower() + text[1:] + "."
+    parts = [phrase.format(", ".join(value) if isinstance(value, list) else value)
+             for key, phrase in ROUTE_PHRASES if (value := route.get(key))]
+    return "New tickets: " + "; ".join(parts) + "." if parts else ""
 
 
 def _customers(b: Backend, q: Mapping[str, str]) -> tuple[list[dict[str, Any]], int, str]:

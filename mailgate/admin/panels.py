@@ -30,7 +30,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -379,40 +379,19 @@ async def _act(request: web.Request, action: str) -> web.Response:
     return see_other(f"/tickets/{ticket_id}?" + urlencode({"notice": action}))
 
 
-async def reply(request: web.Request) -> web.Response:
-    return await _act(request, "replied")
+# The ticket page's forms: the path under /tickets/{id}/ each posts to → the change (`_act`).
+TICKET_FORMS = {
+    "reply": "replied", "assign": "assigned", "status": "status", "tags": "tagged",
+    "participants/add": "copied", "participants/remove": "uncopied", "note": "noted",
+    "merge": "merged", "split": "split",
+}
 
 
-async def assign(request: web.Request) -> web.Response:
-    return await _act(request, "assigned")
+def _form_handler(action: str) -> Callable[[web.Request], Awaitable[web.Response]]:
+    async def handle(request: web.Request) -> web.Response:
+        return await _act(request, action)
 
-
-async def set_status(request: web.Request) -> web.Response:
-    return await _act(request, "status")
-
-
-async def note(request: web.Request) -> web.Response:
-    return await _act(request, "noted")
-
-
-async def tags(request: web.Request) -> web.Response:
-    return await _act(request, "tagged")
-
-
-async def add_participant(request: web.Request) -> web.Response:
-    return await _act(request, "copied")
-
-
-async def remove_participant(request: web.Request) -> web.Response:
-    return await _act(request, "uncopied")
-
-
-async def merge(request: web.Request) -> web.Response:
-    return await _act(request, "merged")
-
-
-async def split(request: web.Request) -> web.Response:
-    return await _act(request, "split")
+    return handle
 
 
 def _search_terms(q: Mapping[str, str], search: str) -> tuple[str | None, str | None]:
@@ -536,15 +515,8 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/", dashboard)
     r.add_get("/tickets", ticket_list)
     r.add_get(r"/tickets/{id:\d+}", ticket)
-    r.add_post(r"/tickets/{id:\d+}/reply", reply)
-    r.add_post(r"/tickets/{id:\d+}/assign", assign)
-    r.add_post(r"/tickets/{id:\d+}/status", set_status)
-    r.add_post(r"/tickets/{id:\d+}/tags", tags)
-    r.add_post(r"/tickets/{id:\d+}/participants/add", add_participant)
-    r.add_post(r"/tickets/{id:\d+}/participants/remove", remove_participant)
-    r.add_post(r"/tickets/{id:\d+}/note", note)
-    r.add_post(r"/tickets/{id:\d+}/merge", merge)
-    r.add_post(r"/tickets/{id:\d+}/split", split)
+    for path, action in TICKET_FORMS.items():
+        r.add_post(rf"/tickets/{{id:\d+}}/{path}", _form_handler(action))
     r.add_get("/audit/incoming", incoming)
     r.add_get("/audit/outgoing", outgoing)
     r.add_get("/forwarding", forwarding)
