@@ -35,7 +35,7 @@ import sqlite_utils
 
 from mailgate.errors import UserError
 from mailgate.store import tickets as ticket_store
-from mailgate.store.db import on_postgres, time_window
+from mailgate.store.db import like_pattern, on_postgres, time_window
 
 MAX_QUERY_CHARS = 500
 MAX_WORDS = 16
@@ -167,7 +167,7 @@ def _where(db: Any, f: TicketFilter) -> tuple[list[str], list[Any]]:
         params.append(f.priority)
     if f.tag:  # tags are a JSON array of strings: the quoted tag inside it
         where.append("t.tags LIKE ? ESCAPE '\\'")
-        params.append("%" + _like_escape(json.dumps(f.tag.strip().lower())) + "%")
+        params.append(like_pattern(json.dumps(f.tag.strip().lower())))
     try:
         window, values = time_window("t.created_at", None, f.since, f.until)
     except ValueError as exc:
@@ -179,10 +179,6 @@ def _where(db: Any, f: TicketFilter) -> tuple[list[str], list[Any]]:
         where.append(clause)
         params.extend(values)
     return where, params
-
-
-def _like_escape(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def _text_clause(db: Any, q: str) -> tuple[str, list[Any]]:
