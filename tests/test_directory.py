@@ -3,6 +3,7 @@ reads them: a running daemon fed over SMTP, its admin endpoint over HTTP."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
 from conftest import Daemon
@@ -42,6 +43,13 @@ def test_orgs_customers_and_a_customers_tickets_in_tables_with_counts_and_pages(
     first = http.get("/customers?limit=3")
     assert first.status == 200 and 'rel="next"' in first.text
     assert http.get("/customers?org=Nobody").status == 400
+
+    cli = d.run_cli("customers", "list", "--limit", "2")
+    assert "4 customers match; 2 more after these: use --limit or --offset 2" in cli.stderr
+    rest_cli = json.loads(d.run_cli("customers", "list", "--offset", "2", "--json").stdout)
+    assert [c["email"] for c in rest_cli] == ["dave@third.test", "jane@customer.test"]  # by address
+    found_cli = json.loads(d.run_cli("customers", "list", "--search", "kühn", "--json").stdout)
+    assert [c["email"] for c in found_cli] == ["carol@customer.test"]
 
     api = http.get("/api/customers?limit=2")
     assert api.headers["X-Total-Count"] == "4" and len(api.json()) == 2
