@@ -18,13 +18,15 @@ import hashlib
 # (Authentication-Results, Received-SPF, ARC-*, the DKIM-Signature a forwarder such as
 # Microsoft 365 adds), forwarders (X-Forwarded-To, X-Forwarded-For, X-Original-Authentication-
 # Results, Gmail's X-Received, Yahoo's X-Apparently-To, Hotmail's X-Incoming*), and the spam
-# and virus scanners on the way.
+# and virus scanners on the way; and what an export adds (Gmail Takeout's X-Gmail-Labels, which
+# change as people file the mail, and its X-GM-THRID).
 TRACE_FIELDS = frozenset({
     "received", "return-path", "delivered-to", "x-original-to", "envelope-to",
     "delivery-date", "authentication-results", "x-original-authentication-results",
     "received-spf", "dkim-signature", "x-forwarded-to", "x-forwarded-for", "x-received",
     "x-apparently-to", "x-incomingheadercount", "x-incomingtopheadermarker",
     "x-virus-scanned", "x-virus-status", "x-original-arrival-time", "x-originalarrivaltime",
+    "x-gmail-labels",
 })
 TRACE_PREFIXES = ("arc-", "x-spam", "x-rspamd-", "x-ms-exchange-", "x-microsoft-antispam",
                   "x-forefront-antispam", "x-proofpoint-", "x-google-smtp-", "x-gm-")

@@ -162,8 +162,9 @@ class Automation:
         return fired
 
     def sla(self, ticket: Mapping[str, Any]) -> dict[str, Any] | None:
-        """The ticket's SLA: policy, due times, breaches (None when no policy applies)."""
-        if not self.ruleset.slas:
+        """The ticket's SLA: policy, due times, breaches (None when no policy applies, and for
+        a ticket imported from a mail archive: its history was served before mailgate)."""
+        if not self.ruleset.slas or ticket.get("imported_at"):
             return None
         now = datetime.now(UTC)
         policy = choose_sla(self.ruleset.slas, facts_for(ticket, Trigger(), now),

@@ -122,6 +122,7 @@ class Scheduler:
             cutoff = _iso(now - timedelta(seconds=rule.after))
             rows = db.execute(  # type: ignore[attr-defined]
                 "SELECT id FROM tickets WHERE last_activity_at <= ? AND status != 'closed'"
+                " AND (imported_at IS NULL OR last_activity_at > imported_at)"
                 " AND NOT EXISTS (SELECT 1 FROM rule_firings f WHERE f.ticket_id = tickets.id"
                 " AND f.rule = ? AND f.key = 'idle') ORDER BY last_activity_at LIMIT ?",
                 (cutoff, rule.name, BATCH),
@@ -141,7 +142,7 @@ class Scheduler:
         fired = 0
         rows = db.execute(  # type: ignore[attr-defined]
             "SELECT id FROM tickets WHERE status NOT IN ('resolved', 'closed')"
-        ).fetchall()
+            " AND imported_at IS NULL").fetchall()
         for (ticket_id,) in rows:
             with transaction(db) as conn:  # type: ignore[arg-type]
                 ticket = ticket_row(conn, ticket_id)

@@ -89,6 +89,7 @@ tickets = Table(
     Column("team", Text),
     Column("thread_index", Text),
     Column("merged_into", Id),  # revision 0004: the ticket this one was merged into
+    Column("imported_at", Text),  # revision 0006: made by `mailgate import` (archive mode)
     Index("idx_tickets_status_updated_at", "status", "updated_at"),
     Index("idx_tickets_assignee", "assignee"),
     Index("idx_tickets_organization_id", "organization_id"),

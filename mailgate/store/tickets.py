@@ -235,7 +235,7 @@ TICKET_COLUMNS = (
     "t.id, t.subject, c.email AS requester, c.name AS requester_name, t.status, t.assignee,"
     " o.name AS organization, t.priority, t.tags, t.created_at, t.updated_at, t.closed_at,"
     " t.linked_ticket_id, t.first_response_at, t.resolved_at, t.mailbox, t.team,"
-    " t.requester_id"
+    " t.requester_id, t.imported_at"
 )
 TICKET_FROM = (
     "tickets t JOIN customers c ON c.id = t.requester_id"
@@ -345,7 +345,7 @@ def ticket_row(conn: sqlite3.Connection, ticket_id: int) -> dict[str, Any] | Non
         "SELECT t.id, t.subject, t.status, t.assignee, c.email, c.name, t.created_at,"
         " t.updated_at, t.closed_at, t.linked_ticket_id, t.priority, t.tags, o.name,"
         " t.organization_id, t.first_response_at, t.resolved_at, t.last_activity_at,"
-        f" t.mailbox, t.team FROM {TICKET_FROM} WHERE t.id=?",
+        f" t.mailbox, t.team, t.imported_at FROM {TICKET_FROM} WHERE t.id=?",
         (ticket_id,),
     ).fetchone()
     if row is None:
@@ -353,7 +353,7 @@ def ticket_row(conn: sqlite3.Connection, ticket_id: int) -> dict[str, Any] | Non
     keys = ("id", "subject", "status", "assignee", "requester", "requester_name", "created_at",
             "updated_at", "closed_at", "linked_ticket_id", "priority", "tags", "organization",
             "organization_id", "first_response_at", "resolved_at", "last_activity_at",
-            "mailbox", "team")
+            "mailbox", "team", "imported_at")
     ticket = dict(zip(keys, row, strict=True))
     ticket["tags"] = json.loads(ticket["tags"] or "[]")
     ticket["organization"] = ticket["organization"] or ""
