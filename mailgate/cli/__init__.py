@@ -12,6 +12,7 @@ from mailgate.cli import (
     agents,
     archive,
     audit,
+    backup,
     db,
     ops,
     orgs,
@@ -32,7 +33,7 @@ for command in (
     tickets.tickets_group, outbound.templates_group, outbound.dkim_group,
     audit.audit_group, audit.forwarding_group, spool.stats, spool.spool_group,
     rules.rules_group, spam.spam_group, orgs.orgs_group, orgs.customers_group,
-    orgs.teams_group, archive.import_command,
+    orgs.teams_group, archive.import_command, backup.backup_command, backup.restore_command,
 ):
     cli.add_command(command)
 finish_commands(cli)
