@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 from conftest import Daemon, crlf, free_port, relay_section, send, write_config
+from test_admin import admin_daemon
 
 from mailgate.parsing.digest import content_digest
 from mailgate.pipeline.archive import queue_id_for
@@ -163,7 +164,7 @@ def iso(value: str) -> datetime:
 @pytest.mark.both_engines
 def test_a_conversation_becomes_one_closed_ticket_and_a_live_reply_reopens_it(
         make_daemon: Callable[..., Daemon], relay, tmp_path: Path) -> None:
-    d = make_daemon(extra=relay_section(relay.port))
+    d, admin = admin_daemon(make_daemon, relay_section(relay.port))
     now = datetime.now(UTC).replace(microsecond=0)
     mails = conversation(now)
     # written out of order: the reply first (a Maildir or a Takeout has no order)
@@ -185,6 +186,8 @@ def test_a_conversation_becomes_one_closed_ticket_and_a_live_reply_reopens_it(
     assert iso(shown["first_response_at"]) == dates[1]
     assert iso(shown["closed_at"]) == iso(shown["updated_at"]) == dates[2]
     assert "From now on I print nothing." in messages[0]["text"]  # `>From` unquoted
+    page = admin.get(f"/tickets/{ticket['id']}").text
+    assert 'id="imported">from a mail archive' in page and "Please unplug it." in page
     # archive mode: nothing was sent, no rule ran
     time.sleep(1.0)
     assert relay.messages == [] and d.json("audit", "outgoing") == []
