@@ -8,7 +8,19 @@ all, so no command module imports another.
 
 from __future__ import annotations
 
-from mailgate.cli import agents, audit, db, ops, orgs, outbound, rules, spam, spool, tickets
+from mailgate.cli import (
+    agents,
+    audit,
+    db,
+    ops,
+    orgs,
+    outbound,
+    privacy,
+    rules,
+    spam,
+    spool,
+    tickets,
+)
 from mailgate.cli.base import cli, finish_commands
 from mailgate.ops.doctor import doctor_command
 from mailgate.ops.setup_wizard import init_command
@@ -20,7 +32,7 @@ for command in (
     tickets.tickets_group, outbound.templates_group, outbound.dkim_group,
     audit.audit_group, audit.forwarding_group, spool.stats, spool.spool_group,
     rules.rules_group, spam.spam_group, orgs.orgs_group, orgs.customers_group,
-    orgs.teams_group,
+    orgs.teams_group, privacy.retention,
 ):
     cli.add_command(command)
 finish_commands(cli)
