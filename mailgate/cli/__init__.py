@@ -17,6 +17,7 @@ from mailgate.cli import (
     ops,
     orgs,
     outbound,
+    privacy,
     rules,
     spam,
     spool,
@@ -34,6 +35,7 @@ for command in (
     audit.audit_group, audit.forwarding_group, spool.stats, spool.spool_group,
     rules.rules_group, spam.spam_group, orgs.orgs_group, orgs.customers_group,
     orgs.teams_group, archive.import_command, backup.backup_command, backup.restore_command,
+    privacy.retention,
 ):
     cli.add_command(command)
 finish_commands(cli)

@@ -19,7 +19,7 @@ from mailgate.cli.base import (
     say_more,
 )
 from mailgate.errors import UserError
-from mailgate.store import audit
+from mailgate.store import audit, retention
 from mailgate.store import outbound as outbox
 from mailgate.store.db import time_window
 
@@ -94,6 +94,28 @@ def audit_outgoing(state: State, status: str | None, ticket_id: int | None,
     emit(rows, as_json, ["id", "ticket_id", "kind", "to", "subject", "status", "attempts",
                           "last_error", "created_at", "sent_at"])
     say_more(outbox.count_outgoing(db, **filters), offset, len(rows), "rows")
+
+
+@audit_group.command("data")
+@click.option("--action", type=click.Choice(("retention", "export", "erase")),
+              help="Only rows of this action.")
+@click.option("--limit", type=click.IntRange(1, 100000), default=50, show_default=True)
+@click.option("--offset", type=click.IntRange(0), default=0, show_default=True,
+              help="Skip this many matching rows (the next page: --offset 50).")
+@json_option
+@pass_state
+def audit_data(state: State, action: str | None, limit: int, offset: int,
+               as_json: bool) -> None:
+    """Retention runs, customer exports and erasures: when, who, counts, newest first."""
+    db = state.db()
+    rows, total = retention.list_actions(db, action, limit, offset)
+    if not as_json:
+        for r in rows:
+            d = r["details"]
+            r["counts"] = ", ".join(f"{k}={v}" for k, v in (d.get("counts", d)).items()
+                                    if isinstance(v, int) and v)
+    emit(rows, as_json, ["id", "at", "action", "actor", "subject", "counts"])
+    say_more(total, offset, len(rows), "rows")
 
 
 @click.group("forwarding")

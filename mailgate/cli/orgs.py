@@ -8,6 +8,7 @@ domain owned by another organization, an unknown agent — prints one line and e
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import click
@@ -15,7 +16,7 @@ import click
 from mailgate.cli.base import State, emit, json_option, pass_state, say_more
 from mailgate.config import PRIORITIES
 from mailgate.errors import UserError
-from mailgate.store import orgs
+from mailgate.store import customer_export, erasure, orgs
 from mailgate.store.db import transaction
 from mailgate.store.tickets import STATUSES, count_tickets
 
@@ -185,6 +186,50 @@ def customers_list(state: State, org: str | None, q: str, limit: int, offset: in
     emit(rows, as_json, ["id", "email", "name", "organization", "tickets", "open_tickets",
                          "created_at"])
     say_more(total, offset, len(rows), "customers")
+
+
+@customers_group.command("export")
+@click.argument("email")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path),
+              help="The zip to write (default: customer-<id>.zip here).")
+@click.option("--force", is_flag=True, help="Replace the output file if it exists.")
+@pass_state
+def customers_export(state: State, email: str, output: Path | None, force: bool) -> None:
+    """Everything stored about a customer: customer.json and their raw mails, in a zip."""
+    db = state.db()
+    try:
+        customer = customer_export.find_customer(db, email)
+        output = output or Path(f"customer-{customer['id']}.zip")
+        if output.exists() and not force:
+            raise UserError(f"{output} exists: give another --output, or --force")
+        key = erasure.key_for(db, state.config.data_dir)
+        done = customer_export.export_customer(db, state.config.data_dir, email, key, output)
+    finally:
+        db.close()
+    click.echo(f"{done.path}: {done.tickets} ticket(s), {done.messages} message(s),"
+               f" {done.raw_files} raw mail(s), {done.attachments} attachment(s),"
+               f" {done.audit_rows} audit row(s)")
+
+
+@customers_group.command("erase")
+@click.argument("email")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@pass_state
+def customers_erase(state: State, email: str, yes: bool) -> None:
+    """Erase a customer: their tickets and messages, files no other ticket uses; the address
+    in every audit replaced by a hash. Cannot be undone."""
+    db = state.db()
+    try:
+        customer = customer_export.find_customer(db, email)
+        if not yes:
+            click.confirm(f"Erase customer #{customer['id']} {customer['email']}, their"
+                          " tickets, messages and files? This cannot be undone", abort=True)
+        key = erasure.key_for(db, state.config.data_dir)
+        report = erasure.erase_customer(db, state.config.data_dir, email, key)
+    finally:
+        db.close()
+    counts = ", ".join(f"{n} {what}" for what, n in report.counts.items() if n) or "nothing"
+    click.echo(f"customer #{report.customer_id} erased as {report.subject}: {counts}")
 
 
 @click.group("teams")

@@ -19,6 +19,7 @@ from mailgate.config.settings import (
     Dkim,
     Mailbox,
     Relay,
+    Retention,
     Spam,
     Team,
     TemplateSettings,
@@ -27,6 +28,7 @@ from mailgate.config.settings import (
 __all__ = [
     "DEFAULT_CONFIG_NAME", "NOTIFICATION_KINDS", "PRIORITIES", "REPLY_AUTH_METHODS", "ROLES",
     "ROUTE_KEYS", "TEMPLATE_KINDS",
-    "Agent", "Branding", "Config", "Dkim", "Mailbox", "Relay", "Spam", "Team", "TemplateSettings",
+    "Agent", "Branding", "Config", "Dkim", "Mailbox", "Relay", "Retention",
+    "Spam", "Team", "TemplateSettings",
     "find_config_path", "is_loopback", "load_config", "parse_config",
 ]

@@ -30,6 +30,7 @@ from mailgate.config.sections import (
     read_organizations,
     read_relay,
     read_reply_auth,
+    read_retention,
     read_spam,
     read_strings,
     read_teams,
@@ -428,6 +429,7 @@ def parse_config(doc: dict[str, Any], path: Path) -> Config:
         admin_max_upload_bytes=max_upload,
         admin_session_idle_minutes=idle_minutes,
         spam=spam,
+        retention=read_retention(values.get("retention", {}), fail),
     )
 
 

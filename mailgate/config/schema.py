@@ -92,6 +92,13 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], str]]] = {
         "unauthenticated": (str, "\"flag\" or \"hold\""),
     },
     "scheduler": {"tick_seconds": ((int, float), "a number (seconds)")},
+    "retention": {
+        "closed_days": ((int, float), "a number of days (0: keep forever)"),
+        "remove": (str, '"files" or "tickets"'),
+        "audit_days": ((int, float), "a number of days (0: keep forever)"),
+        "every_minutes": ((int, float), "a number of minutes"),
+        "batch": (int, "a whole number of rows"),
+    },
     "business_hours": {
         "timezone": (str, "a time zone name like Europe/Berlin"),
         "days": (list, "a list of days like [\"mon\", \"tue\"]"),

@@ -26,11 +26,13 @@ from mailgate.config.schema import (
 from mailgate.config.settings import (
     REPLY_AUTH_METHODS,
     REPLY_TO_MODES,
+    RETENTION_REMOVES,
     Agent,
     Branding,
     Dkim,
     Mailbox,
     Relay,
+    Retention,
     Spam,
     Team,
 )
@@ -205,6 +207,26 @@ def read_spam(body: dict[str, Any], fail: Any) -> Spam:
     if on_error not in ("accept", "tempfail"):
         raise fail("[spam] on_error", f'expected "accept" or "tempfail", got {on_error!r}')
     return Spam(rspamd=url, timeout=timeout, on_error=on_error, **scores)
+
+
+def read_retention(body: dict[str, Any], fail: Any) -> Retention:
+    """`[retention]`: days not negative, `remove` one of RETENTION_REMOVES, a positive
+    interval and batch (types were checked against SCHEMA)."""
+    for key in ("closed_days", "audit_days"):
+        if body.get(key, 0) < 0:
+            raise fail(f"[retention] {key}", "must not be negative (0: keep forever)")
+    remove = body.get("remove", "files")
+    if remove not in RETENTION_REMOVES:
+        raise fail("[retention] remove", f'expected "files" or "tickets", got {remove!r}')
+    every = float(body.get("every_minutes", 60))
+    if every <= 0:
+        raise fail("[retention] every_minutes", "must be positive")
+    batch = body.get("batch", 200)
+    if not 1 <= batch <= 100000:
+        raise fail("[retention] batch", "must be 1 to 100000")
+    return Retention(closed_days=float(body.get("closed_days", 0)), remove=remove,
+                     audit_days=float(body.get("audit_days", 0)), every_minutes=every,
+                     batch=batch)
 
 
 def read_dkim(body: dict[str, Any], base: Path, fail: Any, where: str = "[dkim]"

@@ -139,6 +139,25 @@ class Spam:
         return self.rspamd is not None
 
 
+RETENTION_REMOVES = ("files", "tickets")
+
+
+@dataclass(frozen=True)
+class Retention:
+    """`[retention]`: what old data the scheduler removes (hourly by default). 0 days: keep
+    forever (the default for both)."""
+
+    closed_days: float = 0.0  # tickets closed longer ago than this lose their files (or go)
+    remove: str = "files"  # "files": raw mail and attachments; "tickets": the whole tickets
+    audit_days: float = 0.0  # audit rows older than this are removed
+    every_minutes: float = 60.0  # how often the scheduler runs it
+    batch: int = 200  # tickets (or audit rows ×10) per transaction
+
+    @property
+    def enabled(self) -> bool:
+        return self.closed_days > 0 or self.audit_days > 0
+
+
 @dataclass(frozen=True)
 class Config:
     path: Path
@@ -210,6 +229,7 @@ class Config:
     admin_max_upload_bytes: int = DEFAULT_MAX_UPLOAD
     admin_session_idle_minutes: float = 480.0  # a panel session unused this long ends
     spam: Spam = Spam()
+    retention: Retention = Retention()
 
     def template(self, kind: str) -> TemplateSettings:
         return dict(self.templates).get(kind, TemplateSettings())

@@ -218,7 +218,8 @@ async def _serve(config: Config, given: socket.socket | None = None) -> None:
     worker_task = asyncio.create_task(worker.run(), name="pipeline-worker")
     relay_task = asyncio.create_task(relay.run(), name="relay-worker")
     scheduler = Scheduler(config.database, lambda: automation[0], config.tick_seconds,
-                          node_id=config.node_id)
+                          node_id=config.node_id,
+                          retention=lambda: (live.config.retention, live.config.data_dir))
     scheduler_task = asyncio.create_task(scheduler.run(), name="scheduler")
     node_beat = (asyncio.create_task(_node_beat(config), name="node-beat") if several
                  else None)

@@ -1,10 +1,12 @@
-"""The scheduler: time-based rules (idle reminders and escalations) and SLA breaches.
+"""The scheduler: time-based rules (idle reminders and escalations), SLA breaches, retention.
 
 Input: the database (its own connection) and the loaded rules; runs every `[scheduler]
 tick_seconds` in the daemon. Output: `idle` rules fired once per ticket and rule when nothing
 happened on the ticket for `after` while their conditions hold, and `sla_breached` rules fired
 once per ticket, policy and target (first response, resolution); each firing recorded in
-`rule_firings` in the same transaction as its actions, so a restart never fires twice.
+`rule_firings` in the same transaction as its actions, so a restart never fires twice. When
+`[retention]` is configured, `store.retention` runs at the first tick and then every
+`every_minutes` (in bounded batches; each run that removes anything is audited).
 
 Several nodes on one PostgreSQL: the scheduler runs on one node at a time. Before each tick a
 node tries to take (or checks that it still holds) a session-level advisory lock on the
@@ -22,11 +24,14 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from mailgate.config import Retention
 from mailgate.pipeline.automation import Automation
+from mailgate.store import retention
 from mailgate.store.connect import open_store
 from mailgate.store.db import on_postgres, transaction
 from mailgate.store.locks import give_up_leadership, holds_leadership, take_leadership
@@ -43,7 +48,8 @@ def _iso(dt: datetime) -> str:
 
 class Scheduler:
     def __init__(self, database: Path | str, automation: Callable[[], Automation],
-                 tick_seconds: float, node_id: str = "mailgate") -> None:
+                 tick_seconds: float, node_id: str = "mailgate",
+                 retention: Callable[[], tuple[Retention, Path]] | None = None) -> None:
         self.database = database
         self.node_id = node_id
         self.leading = False  # this node runs the ticks now
@@ -52,6 +58,8 @@ class Scheduler:
         self._stop = asyncio.Event()
         self._lock = threading.Lock()
         self.fired = 0
+        self.retention = retention  # read at each tick: the settings and data_dir now
+        self.retention_ran: float | None = None  # when this node last ran it (time.time())
 
     def stop(self) -> None:
         self._stop.set()
@@ -110,7 +118,27 @@ class Scheduler:
     def tick(self, db: object) -> int:
         """One pass over idle rules and SLAs; returns how many rule firings happened."""
         with self._lock:
-            return self._idle(db) + self._slas(db)
+            fired = self._idle(db) + self._slas(db)
+            self._retention(db)
+            return fired
+
+    def _retention(self, db: object) -> None:
+        """Run `[retention]` when it is due (its failure is logged; the next tick tries)."""
+        if self.retention is None:
+            return
+        settings, data_dir = self.retention()
+        if not retention.due(self.retention_ran, settings):
+            return
+        self.retention_ran = time.time()
+        try:
+            report = retention.run_retention(db, data_dir, settings, actor="scheduler")
+        except Exception:
+            log.exception("retention run failed; trying again in %g minutes",
+                          settings.every_minutes)
+            return
+        if report.removed_anything:
+            log.info("retention: %s", ", ".join(
+                f"{n} {what}" for what, n in report.counts.items() if n))
 
     def _idle(self, db: object) -> int:
         auto = self.automation()

@@ -287,7 +287,7 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
 # The Alembic revisions in mailgate/store/migrations/versions, oldest first: kept here so that
 # opening the database needs no Alembic import (tests/test_db_cli.py checks them against the
 # directory). A new revision is added here too.
-REVISIONS: tuple[str, ...] = ("0001", "0002", "0003", "0004", "0005", "0006")
+REVISIONS: tuple[str, ...] = ("0001", "0002", "0003", "0004", "0005", "0006", "0007")
 BASELINE = REVISIONS[0]  # the schema of legacy v11
 LEGACY_HEAD = 11  # len(MIGRATIONS): the legacy migrations are frozen here
 UPGRADE_HINT = "run 'mailgate db upgrade' (back the file up first)"
@@ -429,6 +429,11 @@ FRESH_STEPS: dict[str, tuple[str, ...]] = {
     ),
     "0006": (
         "ALTER TABLE tickets ADD COLUMN imported_at TEXT",
+    ),
+    "0007": (
+        "CREATE TABLE data_actions (id INTEGER NOT NULL, at TEXT NOT NULL, action TEXT NOT NULL,"
+        " actor TEXT NOT NULL, subject TEXT, details TEXT, PRIMARY KEY (id))",
+        "CREATE INDEX idx_data_actions_action_at ON data_actions (action, at)",
     ),
 }
 

@@ -90,7 +90,7 @@ class DurableBatch:
         """Store `payload` once by content (see `store_blob`); return its sha256."""
         digest = hashlib.sha256(payload).hexdigest()
         path = data_dir / blob_relpath(digest)
-        if path not in self._files and not path.exists():
+        if path not in self._files and not touch(path):
             self.add(path, payload)
         return digest
 
@@ -148,6 +148,19 @@ def store_blob(data_dir: Path, payload: bytes) -> str:
     """Store `payload` once by content; return its sha256."""
     digest = hashlib.sha256(payload).hexdigest()
     path = data_dir / blob_relpath(digest)
-    if not path.exists():
+    if not touch(path):
         write_durable(path, payload)
     return digest
+
+
+def touch(path: Path) -> bool:
+    """Whether a stored blob is at `path`; its modification time is set to now when it is, so
+    that retention (which leaves blobs touched within its grace time) never removes a blob a
+    message being stored now is about to refer to."""
+    try:
+        os.utime(path)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return path.exists()
+    return True

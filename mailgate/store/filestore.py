@@ -82,10 +82,10 @@ class DatabaseFileBatch(FileBatch):
                 "INSERT INTO stored_files (path, data, size, created_at) VALUES (?, ?, ?, ?)"
                 " ON CONFLICT (path) DO UPDATE SET data = excluded.data, size = excluded.size",
                 [(path, data, len(data), now) for path, data in self._raw.items()])
-        if self._blobs:
+        if self._blobs:  # stored once; created_at touched (retention's grace time)
             conn.executemany(
                 "INSERT INTO stored_files (path, data, size, created_at) VALUES (?, ?, ?, ?)"
-                " ON CONFLICT (path) DO NOTHING",
+                " ON CONFLICT (path) DO UPDATE SET created_at = excluded.created_at",
                 [(path, data, len(data), now) for path, data in self._blobs.items()])
 
     def discard(self) -> None:
@@ -105,6 +105,53 @@ def read(db: Any, data_dir: Path, relpath: str) -> bytes:
     if row is None:
         raise FileNotFoundError(f"no stored file {relpath} in the database")
     return bytes(row[0])
+
+
+def removable_blob(conn: Any, data_dir: Path, sha256: str, touched_before: float) -> bool:
+    """Whether the blob `sha256` may go (inside the caller's transaction): no attachment row
+    refers to it and it was stored or reused (touched) before `touched_before` (a Unix time)."""
+    if conn.execute("SELECT 1 FROM attachments WHERE sha256 = ? LIMIT 1",
+                    (sha256,)).fetchone():
+        return False
+    relpath = files.blob_relpath(sha256)
+    if on_postgres(conn):
+        row = conn.execute("SELECT created_at FROM stored_files WHERE path = ?",
+                           (relpath,)).fetchone()
+        return row is not None and (row[0] or "") < now_iso(touched_before)
+    try:
+        return (data_dir / relpath).stat().st_mtime < touched_before
+    except FileNotFoundError:
+        return False
+
+
+def raw_kept_by_spam(conn: Any, relpath: str) -> bool:
+    """Whether a quarantine row still refers to the raw file `relpath` (a message released
+    from quarantine shares its raw file with it): by the queue id the file is named after."""
+    queue_id = relpath.rsplit("/", 1)[-1].removesuffix(".eml")
+    return conn.execute("SELECT 1 FROM spam WHERE queue_id = ? AND raw_path = ?",
+                        (queue_id, relpath)).fetchone() is not None
+
+
+def remove_rows(conn: Any, relpaths: list[str]) -> None:
+    """On PostgreSQL, delete the stored files at `relpaths` in the caller's transaction (on
+    SQLite the files go after the commit: `remove_files`)."""
+    if on_postgres(conn) and relpaths:
+        conn.executemany("DELETE FROM stored_files WHERE path = ?", [(p,) for p in relpaths])
+
+
+def remove_files(db: Any, data_dir: Path, relpaths: list[str]) -> int:
+    """On SQLite, unlink the files at `relpaths` after the transaction that stopped referring
+    to them committed (one already gone is fine); how many were there."""
+    if on_postgres(db):
+        return len(relpaths)
+    gone = 0
+    for relpath in relpaths:
+        try:
+            (data_dir / relpath).unlink()
+            gone += 1
+        except FileNotFoundError:
+            pass
+    return gone
 
 
 def where(db: Any, data_dir: Path, relpath: str) -> str:

@@ -11,7 +11,8 @@ compare them as text.
 This is the head of the schema. The Alembic baseline revision (migrations/versions/0001_*)
 is a frozen copy of it at v11, revision 0002 adds what several nodes share, 0003 an index of
 tickets by requester, 0004 what merging and splitting tickets need (`tickets.merged_into`),
-0005 the agents' accounts and who changed each ticket; a later change to the schema is a
+0005 the agents' accounts and who changed each ticket, 0007 the data-protection log
+(retention runs, customer exports and erasures); a later change to the schema is a
 change here plus a new revision, and tests/test_schema.py checks that the two agree on both
 engines.
 """
@@ -374,4 +375,17 @@ ticket_actions = Table(  # who did what to a ticket: an agent's e-mail, admin-to
     Column("details", Text),
     Index("idx_ticket_actions_ticket_id_id", "ticket_id", "id"),
     Index("idx_ticket_actions_actor_at", "actor", "at"),
+)
+
+# --- revision 0007: the data-protection log -------------------------------------------------
+
+data_actions = Table(  # retention runs, customer exports and erasures (never an address)
+    "data_actions", metadata,
+    _pk(),
+    Column("at", Text, nullable=False),
+    Column("action", Text, nullable=False),  # retention, export, erase
+    Column("actor", Text, nullable=False),  # scheduler, cli, an agent's e-mail
+    Column("subject", Text),  # erased:<keyed hash of the address>; NULL for retention
+    Column("details", Text),  # JSON: counts, ticket ids, why
+    Index("idx_data_actions_action_at", "action", "at"),
 )
