@@ -11,6 +11,7 @@ mailbox that is not ours).
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import Any
@@ -70,12 +71,15 @@ class _Progress:
               help="Do everything and report, then roll it back: nothing is stored.")
 @click.option("--batch", "batch_size", type=click.IntRange(min=1, max=10000), default=200,
               show_default=True, help="Messages per transaction.")
+@click.option("--jobs", type=click.IntRange(min=1, max=64), default=None, metavar="N",
+              help="Processes that parse and classify messages beside the one storing them"
+                   " (default: one per CPU).")
 @click.option("--quiet", is_flag=True, help="No progress bar or progress lines.")
 @json_option
 @pass_state
 def import_command(state: State, paths: tuple[str, ...], mailbox: str | None,
-                   open_since: float | None, dry_run: bool, batch_size: int, quiet: bool,
-                   as_json: bool) -> None:
+                   open_since: float | None, dry_run: bool, batch_size: int,
+                   jobs: int | None, quiet: bool, as_json: bool) -> None:
     """Import mail history (mbox incl. Gmail Takeout, Maildir, .eml) as closed tickets.
 
     Archive mode: original dates kept; no rules, acknowledgements, notifications or SLA
@@ -97,7 +101,8 @@ def import_command(state: State, paths: tuple[str, ...], mailbox: str | None,
     db = state.db()
     importer = Importer(db, config.data_dir, app.policy(config), app.signer(config),
                         ImportOptions(mailbox=mailbox, open_since_days=open_since,
-                                      dry_run=dry_run, batch_size=batch_size))
+                                      dry_run=dry_run, batch_size=batch_size,
+                                      jobs=jobs or os.cpu_count() or 1))
     progress = _Progress(len(archive), quiet or as_json)
     started = time.monotonic()
     try:

@@ -33,11 +33,15 @@ transaction that is rolled back and writes no file.
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
 import sqlite3
+import threading
 import time
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -85,6 +89,7 @@ class ImportOptions:
     open_since_days: float | None = None  # None: every imported conversation is closed
     dry_run: bool = False
     batch_size: int = 200
+    jobs: int = 1  # processes examining messages (parse, classify) beside the one storing
 
 
 @dataclass
@@ -127,6 +132,69 @@ class _Staged:
     error: str = ""  # why it could not be read or parsed
 
 
+@dataclass(frozen=True)
+class Examined:
+    """What the stages make of one message's bytes, before the database: its digest, the
+    parsed message, its class and reply text — or why it could not be read or parsed."""
+
+    content: bytes
+    digest: str = ""
+    parsed: ParsedMail | None = None
+    kind: str = ""
+    reply: str = ""
+    error: str = ""
+
+
+def _read(archive: Archive, entry: Entry) -> bytes | str:
+    """The message's bytes, or why they cannot be read."""
+    try:
+        return archive.read(entry)
+    except OSError as exc:
+        return f"cannot be read: {exc.strerror or exc}"
+
+
+def examine(content: bytes | str) -> Examined:
+    """Digest, parse, classify and reply text of one message (a pure function of its bytes:
+    run in worker processes). Never raises: a failure is the message's `error`."""
+    if isinstance(content, str):
+        return Examined(b"", error=content)
+    if not content.strip():
+        return Examined(b"", error="empty message")
+    digest = content_digest(content)
+    try:
+        parsed = parse(content)
+        values = parsed.headers.get("return-path") or ()
+        envelope_sender = values[0].strip().strip("<>") if values else parsed.from_.email
+        kind = classify(parsed, content, envelope_sender).kind
+        reply = reply_text(parsed.text, parsed.html)
+    except Exception as exc:  # the parser is hardened; a failure here is still one message
+        return Examined(content, digest,
+                        error=f"could not be parsed ({type(exc).__name__}: {exc})")
+    return Examined(content, digest, parsed, kind, reply)
+
+
+def _leave_with(parent: int) -> None:
+    """In a worker process: exit once the importing process is gone (killed, say), instead of
+    waiting forever for work that will not come."""
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            try:
+                os.kill(parent, 0)
+            except ProcessLookupError:
+                os._exit(1)
+            except PermissionError:  # another user's process now has the number: ours is gone
+                os._exit(1)
+
+    threading.Thread(target=watch, name="leave-with-parent", daemon=True).start()
+
+
+def _examine_all(contents: list[bytes | str]) -> list[Examined]:
+    """`examine` for a worker process: the bytes are not sent back (the caller has them)."""
+    return [replace(examine(c), content=b"") for c in contents]
+
+
 def queue_id_for(digest: str) -> str:
     return f"{QUEUE_PREFIX}{digest[:21]}"
 
@@ -152,16 +220,25 @@ class Importer(Deliverer):
 
     def run(self, archive: Archive, progress: Callable[[ImportCounts], None] | None = None
             ) -> ImportCounts:
-        """Import every message of `archive`; `progress` is called after each batch."""
+        """Import every message of `archive`; `progress` is called after each batch. With
+        `jobs` > 1 the messages are examined (parsed, classified) in that many processes while
+        this one stores the batch before."""
         entries = archive.entries
         size = max(1, self.options.batch_size)
-        batches = (entries[i:i + size] for i in range(0, len(entries), size))
+        batches = [entries[i:i + size] for i in range(0, len(entries), size)]
+        pool = None
+        if self.options.jobs > 1 and len(entries) > size:
+            pool = ProcessPoolExecutor(self.options.jobs,
+                                       mp_context=multiprocessing.get_context("forkserver"),
+                                       initializer=_leave_with, initargs=(os.getpid(),))
         try:
+            examined = self._examined(archive, batches, pool)
             if self.options.dry_run:
                 try:
                     with transaction(self.db) as conn:
-                        for batch in batches:
-                            staged = [self._stage(archive, e, None) for e in batch]
+                        for batch, results in examined:
+                            staged = [self._stage(e, r, None) for e, r in zip(batch, results,
+                                                                            strict=True)]
                             self._store_batch(conn, archive, staged)
                             if progress is not None:
                                 progress(self.counts)
@@ -169,17 +246,41 @@ class Importer(Deliverer):
                 except _RolledBack:
                     pass
             else:
-                for batch in batches:
-                    self._import_batch(archive, batch)
+                for batch, results in examined:
+                    self._import_batch(archive, batch, results)
                     if progress is not None:
                         progress(self.counts)
         finally:
+            if pool is not None:
+                pool.shutdown(cancel_futures=True)
             archive.close()
         return self.counts
 
-    def _import_batch(self, archive: Archive, batch: list[Entry]) -> None:
+    def _examined(self, archive: Archive, batches: list[list[Entry]],
+                  pool: ProcessPoolExecutor | None) -> Iterator[tuple[list[Entry], list[Examined]]]:
+        """Each batch with its messages examined; with a pool, the next batch is examined
+        while the caller stores this one."""
+        if pool is None:
+            for batch in batches:
+                yield batch, [examine(_read(archive, e)) for e in batch]
+            return
+        def send(batch: list[Entry]) -> tuple[list[bytes | str], Future[list[Examined]]]:
+            contents = [_read(archive, e) for e in batch]
+            return contents, pool.submit(_examine_all, contents)
+
+        ahead = send(batches[0]) if batches else None
+        for i, batch in enumerate(batches):
+            assert ahead is not None
+            contents, future = ahead
+            # the next batch goes out before this one is stored
+            ahead = send(batches[i + 1]) if i + 1 < len(batches) else None
+            yield batch, [replace(r, content=c if isinstance(c, bytes) else b"")
+                          for r, c in zip(future.result(), contents, strict=True)]
+
+    def _import_batch(self, archive: Archive, batch: list[Entry], results: list[Examined]
+                      ) -> None:
         files_batch = filestore.batch_for(self.db, self.data_dir)
-        staged = [self._stage(archive, e, files_batch) for e in batch]
+        staged = [self._stage(e, r, files_batch) for e, r in zip(batch, results, strict=True)]
         try:
             files_batch.commit()
             with transaction(self.db) as conn:
@@ -193,38 +294,23 @@ class Importer(Deliverer):
 
     # --- before the database ------------------------------------------------------------------
 
-    def _stage(self, archive: Archive, entry: Entry, batch: filestore.FileBatch | None
+    def _stage(self, entry: Entry, found: Examined, batch: filestore.FileBatch | None
                ) -> _Staged:
-        """Read, digest, parse and classify one message; its files written into `batch`."""
-        try:
-            content = archive.read(entry)
-        except OSError as exc:
-            return _Staged(entry, "", b"", "", error=f"cannot be read: {exc.strerror or exc}")
-        if not content.strip():
-            return _Staged(entry, "", b"", "", error="empty message")
-        digest = content_digest(content)
-        queue_id = queue_id_for(digest)
-        try:
-            parsed = parse(content)
-            kind = classify(parsed, content, self._return_path(parsed)).kind
-            reply = reply_text(parsed.text, parsed.html)
-        except Exception as exc:  # the parser is hardened; a failure here is still one message
-            log.warning("import %s: %s: %s", archive.where(entry), type(exc).__name__, exc)
-            return _Staged(entry, queue_id, content, digest,
-                           error=f"could not be parsed ({type(exc).__name__}: {exc})")
-        raw_path = blobs = None
+        """An examined message with its files written into `batch` (none in a dry run)."""
+        if found.error and not found.digest:
+            return _Staged(entry, "", b"", "", error=found.error)
+        queue_id = queue_id_for(found.digest)
+        parsed = found.parsed
+        if parsed is None:
+            return _Staged(entry, queue_id, found.content, found.digest, error=found.error)
         if batch is not None:
             raw_path = files.raw_relpath(queue_id, self._when(entry, parsed))
-            batch.add(raw_path, content)
+            batch.add(raw_path, found.content)
             blobs = tuple(batch.add_blob(a.payload) for a in parsed.attachments)
         else:
             raw_path, blobs = "", tuple("" for _ in parsed.attachments)
-        return _Staged(entry, queue_id, content, digest, parsed, kind, reply, raw_path, blobs)
-
-    @staticmethod
-    def _return_path(parsed: ParsedMail) -> str:
-        values = parsed.headers.get("return-path") or ()
-        return values[0].strip().strip("<>") if values else parsed.from_.email
+        return _Staged(entry, queue_id, found.content, found.digest, parsed, found.kind,
+                       found.reply, raw_path, blobs)
 
     def _when(self, entry: Entry, parsed: ParsedMail | None) -> float:
         """The message's time: its Date, else the archive's (From_ line, Maildir name, file
