@@ -45,6 +45,7 @@ PACKAGE_DATA = [
     "mailgate/store/migrations/versions/0002_several_nodes.py",
     "mailgate/store/migrations/versions/0004_merge_split.py",
     "mailgate/store/migrations/versions/0005_agent_accounts.py",
+    "mailgate/store/migrations/versions/0006_webhooks.py",
 ]
 # Not part of a source tree that pip should see: runtime state, venvs, caches, old builds.
 NOT_SOURCE = {".git", ".venv", "data", "build", "dist", ".pytest_cache", ".ruff_cache"}
