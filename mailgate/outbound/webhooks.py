@@ -144,6 +144,9 @@ class WebhookWorker:
                         log.warning("webhook delivery %d: an attempt was cut short by a"
                                     " restart; retried now", did)
                     released = True
+                if not self.webhooks:  # none configured: nothing to deliver, nothing read
+                    await self._sleep(self.idle_poll)
+                    continue
                 batch = await self._in_db(store.claim_due, self.concurrency, self.node_id,
                                           self._lease())
                 due = None if batch else await self._in_db(store.next_due_in)

@@ -199,12 +199,11 @@ def extend_lease(db: sqlite_utils.Database, delivery: Delivery, node_id: str,
 
 def next_due_in(db: sqlite_utils.Database) -> float | None:
     """Seconds until the next queued delivery is due (0: now), None when there is none."""
-    with transaction(db) as conn:
-        now = db_clock(conn)
-        row = conn.execute(
-            "SELECT MIN(CASE WHEN lease_until IS NOT NULL AND lease_until > next_attempt"
-            " THEN lease_until ELSE next_attempt END) FROM webhook_deliveries"
-            " WHERE state='queued'").fetchone()
+    now = db_clock(db)
+    row = db.execute(
+        "SELECT MIN(CASE WHEN lease_until IS NOT NULL AND lease_until > next_attempt"
+        " THEN lease_until ELSE next_attempt END) FROM webhook_deliveries"
+        " WHERE state='queued'").fetchone()
     if row is None or row[0] is None:
         return None
     return max(0.0, float(row[0]) - now)
