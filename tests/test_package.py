@@ -47,6 +47,7 @@ PACKAGE_DATA = [
     "mailgate/store/migrations/versions/0005_agent_accounts.py",
     "mailgate/store/migrations/versions/0006_archive_import.py",
     "mailgate/store/migrations/versions/0007_data_actions.py",
+    "mailgate/store/migrations/versions/0008_webhooks.py",
 ]
 # Not part of a source tree that pip should see: runtime state, venvs, caches, old builds.
 NOT_SOURCE = {".git", ".venv", "data", "build", "dist", ".pytest_cache", ".ruff_cache"}

@@ -281,7 +281,10 @@ def test_upgrade_stamps_a_v11_sqlite_file_and_adds_only_the_later_revisions(
                      "idx_agent_sessions_email", "login_failures", "idx_login_failures_key_at_ts",
                      "ticket_actions", "idx_ticket_actions_ticket_id_id",
                      "idx_ticket_actions_actor_at",  # 0005
-                     "data_actions", "idx_data_actions_action_at"}  # 0007
+                     "data_actions", "idx_data_actions_action_at",  # 0007
+                     "webhook_deliveries", "idx_webhook_deliveries_state_next_attempt",
+                     "idx_webhook_deliveries_ticket_id", "webhook_attempts",
+                     "idx_webhook_attempts_delivery_id_id", "idx_webhook_attempts_at"}  # 0008
     changed = {name for name in before if after[name] != before[name]}
     assert changed == {"outbound", "tickets"}  # columns added in place; nothing else rebuilt
     assert [tuple(r) for r in rows] == [(1, "Hello", "normal")]

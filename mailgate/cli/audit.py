@@ -1,7 +1,9 @@
-"""`mailgate audit incoming|outgoing` and `mailgate forwarding pending`: what was done and why.
+"""`mailgate audit incoming|outgoing|webhooks` and `mailgate forwarding pending`: what was done
+and why.
 
-Input: filters typed by an administrator. Output: rows of the incoming and outgoing audits, and
-the forwarding confirmations waiting for a person (tables or JSON; mail values as data).
+Input: filters typed by an administrator. Output: rows of the incoming and outgoing audits, the
+webhooks' delivery attempts, and the forwarding confirmations waiting for a person (tables or
+JSON; mail values and receivers' answers as data).
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from mailgate.cli.base import (
     pass_state,
     say_more,
 )
+from mailgate.config import WEBHOOK_EVENTS
 from mailgate.errors import UserError
-from mailgate.store import audit, retention
+from mailgate.store import audit, retention, webhooks
 from mailgate.store import outbound as outbox
 from mailgate.store.db import time_window
 
@@ -94,6 +97,38 @@ def audit_outgoing(state: State, status: str | None, ticket_id: int | None,
     emit(rows, as_json, ["id", "ticket_id", "kind", "to", "subject", "status", "attempts",
                           "last_error", "created_at", "sent_at"])
     say_more(outbox.count_outgoing(db, **filters), offset, len(rows), "rows")
+
+
+@audit_group.command("webhooks")
+@click.option("--event", type=click.Choice(WEBHOOK_EVENTS), help="Only this event.")
+@click.option("--webhook", metavar="NAME", help="Only this webhook (its name, or its URL when"
+              " it has none).")
+@click.option("--ticket", "ticket_id", type=int, help="Only events about this ticket.")
+@click.option("--outcome", type=click.Choice(webhooks.OUTCOMES),
+              help="Only attempts with this outcome.")
+@click.option("--delivery", "delivery_id", type=int, metavar="ID",
+              help="Only the attempts of this delivery (its X-Mailgate-Delivery).")
+@click.option("--since", metavar="DATE", help="From this day (YYYY-MM-DD) or time.")
+@click.option("--until", metavar="DATE", help="Before this time, or up to and including this"
+              " day (YYYY-MM-DD).")
+@click.option("--limit", type=click.IntRange(1, 100000), default=50, show_default=True)
+@click.option("--offset", type=click.IntRange(0), default=0, show_default=True,
+              help="Skip this many matching rows (the next page: --offset 50).")
+@json_option
+@pass_state
+def audit_webhooks(state: State, event: str | None, webhook: str | None,
+                   ticket_id: int | None, outcome: str | None, delivery_id: int | None,
+                   since: str | None, until: str | None, limit: int, offset: int,
+                   as_json: bool) -> None:
+    """Every attempt to deliver a webhook event: the answer and what it led to, newest
+    first."""
+    filters = {"event": event, "webhook": webhook, "ticket_id": ticket_id, "outcome": outcome,
+               "delivery_id": delivery_id, **_window(since, until)}
+    db = state.db()
+    rows = webhooks.search_attempts(db, limit=limit, offset=offset, **filters)
+    emit(rows, as_json, ["at", "delivery_id", "event", "webhook", "ticket_id", "attempt",
+                          "outcome", "status_code", "error"])
+    say_more(webhooks.count_attempts(db, **filters), offset, len(rows), "attempts")
 
 
 @audit_group.command("data")

@@ -13,6 +13,7 @@ from mailgate.config.settings import (
     REPLY_AUTH_METHODS,
     ROLES,
     TEMPLATE_KINDS,
+    WEBHOOK_EVENTS,
     Agent,
     Branding,
     Config,
@@ -23,12 +24,13 @@ from mailgate.config.settings import (
     Spam,
     Team,
     TemplateSettings,
+    Webhook,
 )
 
 __all__ = [
     "DEFAULT_CONFIG_NAME", "NOTIFICATION_KINDS", "PRIORITIES", "REPLY_AUTH_METHODS", "ROLES",
-    "ROUTE_KEYS", "TEMPLATE_KINDS",
+    "ROUTE_KEYS", "TEMPLATE_KINDS", "WEBHOOK_EVENTS",
     "Agent", "Branding", "Config", "Dkim", "Mailbox", "Relay", "Retention",
-    "Spam", "Team", "TemplateSettings",
+    "Spam", "Team", "TemplateSettings", "Webhook",
     "find_config_path", "is_loopback", "load_config", "parse_config",
 ]

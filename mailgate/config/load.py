@@ -34,6 +34,7 @@ from mailgate.config.sections import (
     read_spam,
     read_strings,
     read_teams,
+    read_webhooks,
 )
 from mailgate.config.settings import (
     DEFAULT_CONFIG_NAME,
@@ -354,6 +355,7 @@ def parse_config(doc: dict[str, Any], path: Path) -> Config:
             raise fail(where, 'expected a table with address = "mailbox@provider"')
         forwarders.append(entry["address"].lower())
     spam = read_spam(values.get("spam", {}), fail)
+    webhooks = read_webhooks(doc.get("webhooks", []), base, fail)
     limits = {key: values.get("limits", {}).get(key, default) for key, default in (
         ("auto_replies_per_address_per_hour", 10), ("auto_replies_per_domain_per_hour", 50),
         ("auto_replies_per_hour", 500), ("agent_replies_by_email_per_hour", 60))}
@@ -430,6 +432,7 @@ def parse_config(doc: dict[str, Any], path: Path) -> Config:
         admin_session_idle_minutes=idle_minutes,
         spam=spam,
         retention=read_retention(values.get("retention", {}), fail),
+        webhooks=webhooks,
     )
 
 

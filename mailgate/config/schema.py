@@ -128,7 +128,7 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], str]]] = {
 AGENT_KEYS: dict[str, type | tuple[type, ...]] = {
     "name": str, "email": str, "reply_auth": (str, list), "role": str}
 ARRAYS = ("agents", "teams", "organizations", "automations", "sla", "forwarders",
-          "mailboxes")  # arrays of tables ([[dkim]] may be one too: see load)
+          "mailboxes", "webhooks")  # arrays of tables ([[dkim]] may be one too: see load)
 # [[mailboxes]]: one support address each (its relay is a [mailboxes.relay] table of [relay]'s
 # keys).
 MAILBOX_KEYS: dict[str, tuple[type | tuple[type, ...], str]] = {
@@ -140,6 +140,19 @@ MAILBOX_KEYS: dict[str, tuple[type | tuple[type, ...], str]] = {
     "team": (str, "a team name"),
     "reply_to": (str, '"token" or "public"'),
     "relay": (dict, "a [mailboxes.relay] table"),
+}
+# [[webhooks]]: one receiver of events each (see config.sections.read_webhooks).
+WEBHOOK_KEYS: dict[str, tuple[type | tuple[type, ...], str]] = {
+    "name": (str, "a name for the audit (default: the URL)"),
+    "url": (str, "an http:// or https:// URL"),
+    "events": (list, "a list of event names"),
+    "secret": (str, "a string (the HMAC-SHA256 key)"),
+    "secret_file": (str, "a file path"),
+    "allow_private": (bool, "true or false"),
+    "timeout": ((int, float), "a number (seconds)"),
+    "retry_base_seconds": ((int, float), "a number (seconds)"),
+    "retry_max_seconds": ((int, float), "a number (seconds)"),
+    "give_up_after_seconds": ((int, float), "a number (seconds)"),
 }
 ORG_KEYS = {"name": str, "domains": list, "notes": str, "on_new_ticket": dict}
 TEAM_KEYS = {"name": str, "members": list, "mailboxes": list}

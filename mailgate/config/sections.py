@@ -1,6 +1,6 @@
 """Readers for the sections with more than flat keys: teams, organizations and their routing,
-the relay, spam, DKIM keys ([dkim] or [[dkim]]), branding and [brands.NAME], [[mailboxes]], an
-agent's reply authentication, host:port values.
+the relay, spam, webhooks, DKIM keys ([dkim] or [[dkim]]), branding and [brands.NAME],
+[[mailboxes]], an agent's reply authentication, host:port values.
 
 Input: one section of the TOML document as parsed (untrusted form), the config file's directory
 for relative paths, and `fail(key, message)` to make the one-line `ConfigError`. Output: the
@@ -22,11 +22,13 @@ from mailgate.config.schema import (
     ROUTE_KEYS,
     SCHEMA,
     TEAM_KEYS,
+    WEBHOOK_KEYS,
 )
 from mailgate.config.settings import (
     REPLY_AUTH_METHODS,
     REPLY_TO_MODES,
     RETENTION_REMOVES,
+    WEBHOOK_EVENTS,
     Agent,
     Branding,
     Dkim,
@@ -35,6 +37,7 @@ from mailgate.config.settings import (
     Retention,
     Spam,
     Team,
+    Webhook,
 )
 
 
@@ -389,3 +392,78 @@ def parse_hostport(value: str, fail: Any) -> tuple[str, int]:
     if not 0 <= port < 65536:
         raise fail(f"port out of range: {port}")
     return host.strip("[]"), port
+
+
+def _webhook_url(value: str, fail: Any) -> str:
+    """An http(s) URL with a host, no user:password and no fragment (the address it names is
+    checked when it is resolved, at each delivery)."""
+    parts = urlsplit(value.strip())
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if parts.scheme.lower() not in ("http", "https"):
+        raise fail(f"expected an http:// or https:// URL, got {value!r}")
+    if not parts.hostname or port == -1 or parts.username is not None or parts.fragment \
+            or any(c.isspace() or ord(c) < 32 for c in value.strip()):
+        raise fail(f"not a usable URL (a host, an optional port, no user:password, no"
+                   f" #fragment): {value!r}")
+    return value.strip()
+
+
+def read_webhooks(entries: list[Any], base: Path, fail: Any) -> tuple[Webhook, ...]:
+    """`[[webhooks]]`: each an http(s) `url`, `events` from WEBHOOK_EVENTS, a `secret` (or a
+    `secret_file` holding it), positive times; names unique."""
+    out: list[Webhook] = []
+    seen: set[str] = set()
+    for i, entry in enumerate(entries):
+        where = f"[[webhooks]] #{i + 1}"
+        check_table(entry, where, WEBHOOK_KEYS, fail, lambda k: WEBHOOK_KEYS[k][1])
+        for key, value in entry.items():
+            if isinstance(value, bool) and key not in ("allow_private",):
+                raise fail(f"{where} {key}", f"expected {WEBHOOK_KEYS[key][1]}, got {value!r}")
+        if "url" not in entry:
+            raise fail(f"{where} url", "a webhook needs the url events are POSTed to")
+        url = _webhook_url(entry["url"], lambda m, w=where: fail(f"{w} url", m))
+        name = entry.get("name", "").strip() or url
+        if "name" in entry and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name):
+            raise fail(f"{where} name", "a webhook name is 1-64 letters, digits, '.', '_', '-'")
+        if name in seen:
+            raise fail(f"{where} name", f"two webhooks named {name!r} (give each its own name)")
+        seen.add(name)
+        events = read_strings(entry.get("events", []),
+                              lambda m, w=where: fail(f"{w} events", m))
+        if not events:
+            raise fail(f"{where} events", f"name the events to send (any of"
+                                          f" {', '.join(WEBHOOK_EVENTS)})")
+        for event in events:
+            if event not in WEBHOOK_EVENTS:
+                raise fail(f"{where} events", f"unknown event {event!r} (known:"
+                                              f" {', '.join(WEBHOOK_EVENTS)})")
+        secret = entry.get("secret", "")
+        if "secret_file" in entry:
+            if secret:
+                raise fail(f"{where} secret_file", "set either secret or secret_file, not both")
+            path = (base / entry["secret_file"]).resolve()
+            try:
+                secret = path.read_text().strip()
+            except (OSError, UnicodeDecodeError) as exc:
+                why = getattr(exc, "strerror", None) or "not readable text"
+                raise fail(f"{where} secret_file", f"cannot read {path}: {why}") from None
+        if len(secret) < 16:
+            raise fail(f"{where} {'secret_file' if 'secret_file' in entry else 'secret'}",
+                       "a webhook needs a secret of at least 16 characters (receivers check"
+                       " the signature with it)")
+        times = {}
+        defaults = Webhook("", "", ())
+        for key, limit in (("timeout", 300.0), ("retry_base_seconds", 86400.0),
+                           ("retry_max_seconds", 7 * 86400.0),
+                           ("give_up_after_seconds", 30 * 86400.0)):
+            value = float(entry.get(key, getattr(defaults, key)))
+            if not 0 < value <= limit:
+                raise fail(f"{where} {key}", f"must be more than 0 and at most {limit:g}")
+            times[key] = value
+        out.append(Webhook(name=name, url=url, events=tuple(dict.fromkeys(events)),
+                           secret=secret, allow_private=entry.get("allow_private", False),
+                           **times))
+    return tuple(out)

@@ -1,13 +1,13 @@
 """The validated configuration: frozen dataclasses, one per section that has a shape of its own.
 
 Input: none (definitions). Output: `Config` and its parts (`Agent`, `Team`, `Relay`, `Dkim`,
-`Branding`, `Mailbox`, `TemplateSettings`, `Spam`), built only by `mailgate.config.load`, so
-every value has been checked. Stdlib only.
+`Branding`, `Mailbox`, `TemplateSettings`, `Spam`, `Webhook`), built only by
+`mailgate.config.load`, so every value has been checked. Stdlib only.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -158,6 +158,27 @@ class Retention:
         return self.closed_days > 0 or self.audit_days > 0
 
 
+# What a `[[webhooks]]` entry may subscribe to (README "Webhooks" says when each is sent).
+WEBHOOK_EVENTS = ("ticket_created", "message_received", "status_changed", "assigned",
+                  "outbound_failed")
+
+
+@dataclass(frozen=True)
+class Webhook:
+    """`[[webhooks]]`: where events are POSTed (JSON, signed with `secret`), and how delivery
+    retries. `name` keys the outbox rows (default: the URL)."""
+
+    name: str
+    url: str
+    events: tuple[str, ...]
+    secret: str = field(repr=False, default="")
+    allow_private: bool = False  # loopback, private, link-local ... addresses allowed
+    timeout: float = 10.0  # seconds for one POST (connect to the end of the reply)
+    retry_base_seconds: float = 30.0  # the first retry's delay; doubled each time, +-20 %
+    retry_max_seconds: float = 3600.0
+    give_up_after_seconds: float = 86400.0  # after the event: failed, no more attempts
+
+
 @dataclass(frozen=True)
 class Config:
     path: Path
@@ -230,6 +251,7 @@ class Config:
     admin_session_idle_minutes: float = 480.0  # a panel session unused this long ends
     spam: Spam = Spam()
     retention: Retention = Retention()
+    webhooks: tuple[Webhook, ...] = ()  # [[webhooks]]
 
     def template(self, kind: str) -> TemplateSettings:
         return dict(self.templates).get(kind, TemplateSettings())

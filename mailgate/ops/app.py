@@ -132,7 +132,7 @@ def ruleset(config: Config) -> RuleSet:
 
 
 def automation(config: Config, mail: MailContext | None) -> Automation:
-    return Automation(ruleset(config), mail)
+    return Automation(ruleset(config), mail, config.webhooks)
 
 
 def sla_breached(config: Config) -> Callable[[Mapping[str, Any]], bool]:

@@ -1,8 +1,8 @@
 """The daemon: one asyncio process wiring the SMTP server, the spool writer, the pipeline
 worker (with `[pipeline] process = "separate"` in a child process of its own:
-`mailgate.ops.pipeline_process`) and the
-relay worker together, with an orderly stop on SIGTERM/SIGINT and a reload of the
-configuration on SIGHUP.
+`mailgate.ops.pipeline_process`), the relay worker and the webhook worker
+(`mailgate.outbound.webhooks`) together, with an orderly stop on SIGTERM/SIGINT and a reload
+of the configuration on SIGHUP.
 
 Input: a validated `Config`, the signals, and systemd's environment (see `mailgate.ops.sdnotify`);
 in a worker of `serve --workers N` (`Config.worker` set), the listening socket its supervisor
@@ -20,8 +20,8 @@ is lost); then the pipeline worker stops after its batch, the relay after the ma
 all within `[server] shutdown_seconds` as far as the mail in hand allows.
 
 SIGHUP: the config file is read again. When it is valid (and its templates render), the new
-recipient policy, templates, branding, workflow policy, relay settings, DKIM key, `[spam]`
-settings and log settings apply to the next message, without dropping a connection; settings
+recipient policy, templates, branding, workflow policy, relay settings, DKIM key, `[spam]`,
+`[[webhooks]]` and log settings apply to the next message, without dropping a connection; settings
 that only a restart can change (listen addresses, hostname, TLS, data_dir, message size) keep
 their running values and are logged as such. When it is not, one line names the file and key,
 and the running configuration stays.
@@ -47,6 +47,7 @@ from mailgate.ops.logsetup import setup_logging
 from mailgate.ops.pipeline_process import PipelineProcess
 from mailgate.outbound.mailer import MailContext
 from mailgate.outbound.relay import RelayWorker
+from mailgate.outbound.webhooks import WebhookWorker
 from mailgate.pipeline.process import Pipeline, PipelineWorker
 from mailgate.pipeline.scheduler import Scheduler
 from mailgate.smtp.handler import MailgateHandler
@@ -163,7 +164,14 @@ async def _serve(config: Config, given: socket.socket | None = None) -> None:
         config.database, config.relay, envelope_from=lambda m: live.route()[1](m),
         signer=app.dkim_signer(config), hostname=config.hostname,
         relay_for=lambda m: live.route()[0](m), node_id=config.node_id,
+        webhooks=config.webhooks,
     )
+    webhooks = WebhookWorker(config.database, config.webhooks, node_id=config.node_id)
+
+    def processed() -> None:  # the pipeline committed: mail and events may be due
+        relay.wake()
+        webhooks.wake()
+
     admin = None
     if config.admin_host is not None:  # an unsafe [admin] listen is refused here, before binding
         from mailgate.admin.server import AdminServer
@@ -175,11 +183,11 @@ async def _serve(config: Config, given: socket.socket | None = None) -> None:
     if config.pipeline_process == "separate":  # its own core: see mailgate.ops.pipeline_process
         worker = PipelineProcess(
             config, db, recover=lambda: _recover(spool, live.config.pipeline_max_attempts),
-            on_processed=relay.wake)
+            on_processed=processed)
         database_problem = worker.database_problem
     else:
         pipeline = app.pipeline(config, db, spool, mail)
-        worker = PipelineWorker(pipeline, on_processed=relay.wake)
+        worker = PipelineWorker(pipeline, on_processed=processed)
         database_problem = pipeline.database_problem
     automation = [pipeline.automation if pipeline else app.automation(config, mail)]
     scanner = Scanner(config.spam, config.hostname)
@@ -217,6 +225,7 @@ async def _serve(config: Config, given: socket.socket | None = None) -> None:
         where = f"{_address(sock)} (socket from systemd; [server] listen not used)"
     worker_task = asyncio.create_task(worker.run(), name="pipeline-worker")
     relay_task = asyncio.create_task(relay.run(), name="relay-worker")
+    webhooks_task = asyncio.create_task(webhooks.run(), name="webhook-worker")
     scheduler = Scheduler(config.database, lambda: automation[0], config.tick_seconds,
                           node_id=config.node_id,
                           retention=lambda: (live.config.retention, live.config.data_dir))
@@ -246,6 +255,7 @@ async def _serve(config: Config, given: socket.socket | None = None) -> None:
         handler.max_recipients, handler.min_free_bytes = new.max_recipients, new.min_free_bytes
         scanner.settings = new.spam
         relay.relay, relay.signer = new.relay, app.dkim_signer(new)
+        relay.webhooks = webhooks.webhooks = new.webhooks
         live.routes = None  # made again from the new config
         setup_logging(new.log_level, new.log_format)
         for reload_hook in live.reloaders:  # e.g. the admin endpoint's
@@ -299,10 +309,15 @@ async def _serve(config: Config, given: socket.socket | None = None) -> None:
             await worker_task  # finishes the batch in hand: claimed entries are never left
 
         relay.stop()
+        webhooks.stop()
         try:
             await asyncio.wait_for(relay_task, max(1.0, deadline - loop.time()))
         except TimeoutError:  # an attempt cut short stays `sending`: deferred at next start
             log.warning("relay attempts still in flight after %.0fs; stopping anyway", grace)
+        try:
+            await asyncio.wait_for(webhooks_task, max(1.0, deadline - loop.time()))
+        except TimeoutError:  # a POST cut short keeps its claim: retried at the next start
+            log.warning("webhook POSTs still in flight after %.0fs; stopping anyway", grace)
         if beat is not None:
             beat.cancel()
         if node_beat is not None:
@@ -312,6 +327,7 @@ async def _serve(config: Config, given: socket.socket | None = None) -> None:
         if admin is not None:
             await admin.stop()
         relay.close()
+        webhooks.close()
         await scanner.close()
         if pipeline is not None and pipeline.auth is not None:
             pipeline.auth.close()

@@ -52,9 +52,10 @@ from typing import Any, TypeVar
 
 import aiosmtplib
 
-from mailgate.config import Relay
+from mailgate.config import Relay, Webhook
 from mailgate.errors import PermanentFailure, TemporaryFailure, temporary_cause
 from mailgate.ops import metrics
+from mailgate.store import webhooks as hooks
 from mailgate.store.connect import open_store
 from mailgate.store.outbound import (
     OutboundMail,
@@ -157,7 +158,10 @@ class RelayWorker:
         relay_for: Callable[[OutboundMail], Relay] | None = None,
         node_id: str = "mailgate",
         settle_every: float = SETTLE_EVERY,
+        webhooks: tuple[Webhook, ...] = (),
     ) -> None:
+        # [[webhooks]]: mail given up is an `outbound_failed` event (replaced on a reload)
+        self.webhooks = webhooks
         # This node among those on one database: the name its claims carry.
         self.node_id = node_id
         self.settle_every = settle_every
@@ -450,15 +454,31 @@ class RelayWorker:
             self.failed += 1
             log.warning("outbound_id=%d failed (attempt %d, to %s): %s",
                         oid, mail.attempts, to, text, extra=ids)
-            await self._record(mail, status, mark_failed, oid, text, maybe_sent)
+            await self._record(mail, status, mark_failed, oid, text, maybe_sent,
+                               also=self._failed_event(mail, text))
         else:
             self.deferred += 1
             log.warning("outbound_id=%d deferred for %.1fs (attempt %d, to %s): %s",
                         oid, delay, mail.attempts, to, text, extra=ids)
             await self._record(mail, status, mark_deferred, oid, text, delay, maybe_sent)
 
+    def _failed_event(self, mail: OutboundMail, error: str) -> Callable[[Any], None] | None:
+        """The `outbound_failed` event for the webhooks subscribed to it (None: none is)."""
+        webhooks = self.webhooks
+        if not hooks.wanted(webhooks, "outbound_failed"):
+            return None
+
+        def emit(conn: Any) -> None:
+            row = conn.execute("SELECT kind, to_addr, subject, message_id FROM outbound"
+                               " WHERE id=?", (mail.id,)).fetchone()
+            kind, to, subject, message_id = row if row else (mail.kind, mail.to_addr, "", "")
+            hooks.emit(conn, webhooks, "outbound_failed", mail.ticket_id, outbound={
+                "id": mail.id, "kind": kind, "to": to, "subject": subject,
+                "message_id": message_id, "attempts": mail.attempts, "error": error})
+        return emit
+
     async def _record(self, mail: OutboundMail, status: str, fn: Callable[..., bool],
-                      *args: Any) -> None:
+                      *args: Any, **kwargs: Any) -> None:
         """Write the outcome of an attempt, retrying with backoff while the database says no for
         a reason that passes (locked, disk full, I/O error): the outcome is kept in memory
         meanwhile, so a sent mail is not sent again by this process. Should the process die
@@ -468,7 +488,8 @@ class RelayWorker:
         failures = 0
         while True:
             try:
-                held = await self._in_db(fn, *args, node_id=self.node_id, attempt=mail.attempts)
+                held = await self._in_db(fn, *args, node_id=self.node_id, attempt=mail.attempts,
+                                         **kwargs)
             except Exception as exc:
                 if not isinstance(exc, sqlite3.OperationalError) and temporary_cause(exc) is None:
                     log.exception("outbound_id=%d could not record %r; the row stays 'sending'"

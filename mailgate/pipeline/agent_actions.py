@@ -134,7 +134,8 @@ class Desk:
             mark_first_response(conn, ticket_id, now)
             self.automation.fire(conn, "agent_replied", ticket_id, Trigger(body=body))
             if ticket["status"] != "pending_customer":
-                self.automation.fire(conn, "status_changed", ticket_id, Trigger(body=body))
+                self.automation.fire(conn, "status_changed", ticket_id, Trigger(body=body),
+                                     was=ticket["status"], by=by)
         return ReplyResult(ticket_id, row, queued)
 
     def set_status(self, ticket_id: int, status: str, *, by: str) -> dict[str, Any]:
@@ -146,7 +147,8 @@ class Desk:
             set_status(conn, ticket_id, status, now_iso())
             actions.record(conn, ticket_id, by, "status", status=status, was=before["status"])
             if before["status"] != status:
-                self.automation.fire(conn, "status_changed", ticket_id, Trigger())
+                self.automation.fire(conn, "status_changed", ticket_id, Trigger(),
+                                     was=before["status"], by=by)
             ticket = ticket_row(conn, ticket_id)
             assert ticket is not None
             return ticket
@@ -158,6 +160,7 @@ class Desk:
             set_assignee(conn, ticket_id, agent.email, now_iso())
             actions.record(conn, ticket_id, by, "assign", assignee=agent.email,
                            was=ticket["assignee"])
+            was = ticket["assignee"]
             ticket["assignee"] = agent.email
             latest = latest_customer_message(conn, ticket_id)
             queued = queue_ticket_mail(
@@ -167,7 +170,7 @@ class Desk:
                          "customer_message": latest, "team": ticket["team"]},
                 automatic=True, envelope_sender=None,
             )
-            self.automation.fire(conn, "assigned", ticket_id, Trigger())
+            self.automation.fire(conn, "assigned", ticket_id, Trigger(), was=was, by=by)
             return queued
 
     def set_tags(self, ticket_id: int, tags: list[str], *, by: str) -> list[str]:

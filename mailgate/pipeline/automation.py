@@ -6,8 +6,10 @@ rules, the teams, and the organization's routing. Output: the actions applied (t
 — in turn within a team too —, status, priority, tags, templates sent through the outbox with
 the robot suppression, notifications to a team's members, internal notes), one
 `rule_evaluations` row per rule considered (hit or miss and the deciding condition), and further
-events (`assigned`, `status_changed`) evaluated in turn up to a depth of 5. An orchestrator: it
-calls the rules stage and the store; the rules stage itself stays pure.
+events (`assigned`, `status_changed`) evaluated in turn up to a depth of 5, and each of those two
+events queued for the webhooks subscribed to it (`store.webhooks.emit`, in the same
+transaction). An orchestrator: it calls the rules stage and the store; the rules stage itself
+stays pure.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from mailgate.config import Webhook
 from mailgate.model import Address, ParsedMail
 from mailgate.outbound.mailer import MailContext, queue_ticket_mail
 from mailgate.rules import (
@@ -31,6 +34,7 @@ from mailgate.rules import (
     sla_state,
 )
 from mailgate.store import outbound as outbox
+from mailgate.store import webhooks as hooks
 from mailgate.store.db import now_iso
 from mailgate.store.orgs import next_round_robin
 from mailgate.store.tickets import (
@@ -105,21 +109,35 @@ def facts_for(ticket: Mapping[str, Any], trigger: Trigger, now: datetime) -> Fac
     )
 
 
+# The events a change of the ticket row fires that webhooks hear of too: (the column that
+# changed, the key the webhook's body names it by).
+CHANGES = {"status_changed": "status", "assigned": "assignee"}
+
+
 class Automation:
-    def __init__(self, ruleset: RuleSet, mail: MailContext | None) -> None:
+    def __init__(self, ruleset: RuleSet, mail: MailContext | None,
+                 webhooks: tuple[Webhook, ...] = ()) -> None:
         self.ruleset = ruleset
         self.mail = mail
+        self.webhooks = webhooks  # [[webhooks]]: `status_changed` and `assigned` go out here
 
     # --- events -------------------------------------------------------------------------------
 
     def fire(self, conn: sqlite3.Connection, event: str, ticket_id: int, trigger: Trigger,
-             run: Run | None = None, depth: int = 0, only: str | None = None) -> Run:
+             run: Run | None = None, depth: int = 0, only: str | None = None, *,
+             was: str | None = None, by: str = "") -> Run:
         """Evaluate the rules for `event` on the ticket and apply those that hit. `only` limits
-        the evaluation to one rule (time events fire rule by rule)."""
+        the evaluation to one rule (time events fire rule by rule). A status or assignee change
+        (`was`: the value before, `by`: who or what changed it) is queued for the webhooks
+        subscribed to it first, with the ticket as the change left it."""
         run = run or Run()
         ticket = ticket_row(conn, ticket_id)
         if ticket is None:
             return run
+        if event in CHANGES and only is None and hooks.wanted(self.webhooks, event):
+            key = CHANGES[event]
+            hooks.emit(conn, self.webhooks, event, ticket_id,
+                       change={key: ticket[key], "previous": was, "by": by or "rule"})
         now = datetime.now(UTC)
         rules = tuple(r for r in self.ruleset.rules if only is None or r.name == only)
         evaluations = evaluate(rules, event, facts_for(ticket, trigger, now), self.ruleset.hours)
@@ -191,7 +209,7 @@ class Automation:
         """`ticket`: the ticket's row as the caller just read it (nothing changed it since),
         else it is read here."""
         now = now_iso()
-        events: list[str] = []
+        events: list[tuple[str, str | None]] = []  # (event, the value before)
         ticket = ticket or ticket_row(conn, ticket_id)
         assert ticket is not None
         unchanged = not any(actions.get(k) for k in (
@@ -213,7 +231,7 @@ class Automation:
         if assignee and assignee.lower() != (ticket["assignee"] or ""):
             set_assignee(conn, ticket_id, assignee.lower(), now)
             self._notify_assignee(conn, ticket_id, assignee.lower(), trigger, run)
-            events.append("assigned")
+            events.append(("assigned", ticket["assignee"]))
         if actions.get("priority") and actions["priority"] != ticket["priority"]:
             set_priority(conn, ticket_id, actions["priority"], now)
         if actions.get("add_tags") or actions.get("remove_tags"):
@@ -222,7 +240,7 @@ class Automation:
             set_tags(conn, ticket_id, sorted(tags), now)
         if actions.get("status") and actions["status"] != ticket["status"]:
             set_status(conn, ticket_id, actions["status"], now)
-            events.append("status_changed")
+            events.append(("status_changed", ticket["status"]))
         if actions.get("send_template"):  # the row read above, when no action changed it
             self._send_template(conn, ticket_id, actions["send_template"], trigger, run, source,
                                 ticket if unchanged else None)
@@ -230,8 +248,8 @@ class Automation:
             self._notify_team(conn, ticket_id, str(actions["notify_team"]), trigger, run, source)
         if actions.get("internal_note"):
             self._internal_note(conn, ticket_id, str(actions["internal_note"]), source, now)
-        for event in events:
-            self.fire(conn, event, ticket_id, trigger, run, depth + 1)
+        for event, was in events:
+            self.fire(conn, event, ticket_id, trigger, run, depth + 1, was=was, by=source)
 
     def _send_template(self, conn: sqlite3.Connection, ticket_id: int, spec: Any,
                        trigger: Trigger, run: Run, source: str,

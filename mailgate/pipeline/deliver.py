@@ -9,8 +9,9 @@ Message-ID, content digest and sender), or a ticket message with its workflow co
 it is authenticated as that agent, else an outgoing row saying why not; mail to a ticket's
 internal-note address kept as a note and sent to nobody; the Cc of a conversation joining it as
 participants; the team of the mailbox it came to; its Outlook Thread-Index; mail matching a
-ticket that was merged into another forwarded to that one) — and the incoming-audit row saying
-why. Part of the pipeline (an orchestrator): it calls the stages
+ticket that was merged into another forwarded to that one), the `ticket_created` and
+`message_received` events for the webhooks subscribed to them — and the incoming-audit row
+saying why. Part of the pipeline (an orchestrator): it calls the stages
 (threading, workflow, outbound) with look-ups bound to this transaction.
 """
 
@@ -43,6 +44,7 @@ from mailgate.rules.workflow import (
     decide,
 )
 from mailgate.store import outbound as outbox
+from mailgate.store import webhooks as hooks
 from mailgate.store.audit import IncomingAudit, record_incoming
 from mailgate.store.db import now_iso
 from mailgate.store.merge import resolve
@@ -393,6 +395,7 @@ class Deliverer:
         for att, sha in zip(parsed.attachments, inc.blobs, strict=True):
             add_attachment(conn, row, sha, att.filename, att.content_type, len(att.payload),
                            att.content_id, att.inline, att.details)
+        self._emit_stored(conn, decision.action == "create", ticket_id, row, env.queue_id)
         status_before = ticket["status"] if ticket else None
         if decision.new_status:
             set_status(conn, ticket_id, decision.new_status, now)
@@ -416,6 +419,16 @@ class Deliverer:
                       else f"mail from agent {sender}, {agent_refused}")
         self._run_rules(conn, inc, decision, ticket_id, status_before, why_silent)
         return Outcome(env.queue_id, action, ticket_id, reason)
+
+    def _emit_stored(self, conn: sqlite3.Connection, created: bool, ticket_id: int,
+                     message_row: int, queue_id: str) -> None:
+        """The webhooks' events for a stored message (nothing read when none wants them)."""
+        webhooks = self.automation.webhooks
+        if created:
+            hooks.emit(conn, webhooks, "ticket_created", ticket_id, queue_id=queue_id)
+        if hooks.wanted(webhooks, "message_received"):
+            hooks.emit(conn, webhooks, "message_received", ticket_id, queue_id=queue_id,
+                       message=hooks.message_fields(conn, message_row))
 
     def _thread_index(self, conn: sqlite3.Connection, parsed: ParsedMail, ticket_id: int
                       ) -> str | None:
@@ -475,7 +488,8 @@ class Deliverer:
             self.automation.fire(conn, "customer_replied", ticket_id, trigger, run)
         if decision.new_status and decision.new_status != status_before \
                 and decision.action != "create":
-            self.automation.fire(conn, "status_changed", ticket_id, trigger, run)
+            self.automation.fire(conn, "status_changed", ticket_id, trigger, run,
+                                 was=status_before, by=f"mail {env.queue_id}")
         for line in run.log:
             log.info("queue_id=%s %s", env.queue_id, line)
 

@@ -287,7 +287,7 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
 # The Alembic revisions in mailgate/store/migrations/versions, oldest first: kept here so that
 # opening the database needs no Alembic import (tests/test_db_cli.py checks them against the
 # directory). A new revision is added here too.
-REVISIONS: tuple[str, ...] = ("0001", "0002", "0003", "0004", "0005", "0006", "0007")
+REVISIONS: tuple[str, ...] = ("0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008")
 BASELINE = REVISIONS[0]  # the schema of legacy v11
 LEGACY_HEAD = 11  # len(MIGRATIONS): the legacy migrations are frozen here
 UPGRADE_HINT = "run 'mailgate db upgrade' (back the file up first)"
@@ -434,6 +434,23 @@ FRESH_STEPS: dict[str, tuple[str, ...]] = {
         "CREATE TABLE data_actions (id INTEGER NOT NULL, at TEXT NOT NULL, action TEXT NOT NULL,"
         " actor TEXT NOT NULL, subject TEXT, details TEXT, PRIMARY KEY (id))",
         "CREATE INDEX idx_data_actions_action_at ON data_actions (action, at)",
+    ),
+    "0008": (
+        "CREATE TABLE webhook_deliveries (id INTEGER NOT NULL, event TEXT NOT NULL,"
+        " webhook TEXT NOT NULL, url TEXT, ticket_id INTEGER, payload TEXT NOT NULL,"
+        " state TEXT NOT NULL, attempts INTEGER DEFAULT 0 NOT NULL, created_at TEXT NOT NULL,"
+        " created_ts FLOAT NOT NULL, next_attempt FLOAT DEFAULT 0 NOT NULL, last_error TEXT,"
+        " delivered_at TEXT, claimed_by TEXT, lease_until FLOAT, PRIMARY KEY (id))",
+        "CREATE INDEX idx_webhook_deliveries_state_next_attempt ON webhook_deliveries"
+        " (state, next_attempt)",
+        "CREATE INDEX idx_webhook_deliveries_ticket_id ON webhook_deliveries (ticket_id)",
+        "CREATE TABLE webhook_attempts (id INTEGER NOT NULL, delivery_id INTEGER NOT NULL,"
+        " attempt INTEGER NOT NULL, at TEXT NOT NULL, node TEXT, address TEXT,"
+        " status_code INTEGER, outcome TEXT NOT NULL, error TEXT, seconds FLOAT,"
+        " PRIMARY KEY (id))",
+        "CREATE INDEX idx_webhook_attempts_delivery_id_id ON webhook_attempts"
+        " (delivery_id, id)",
+        "CREATE INDEX idx_webhook_attempts_at ON webhook_attempts (at)",
     ),
 }
 

@@ -282,11 +282,16 @@ def mark_data_started(db: sqlite_utils.Database, outbound_id: int, node_id: str,
 
 
 def _outcome(db: sqlite_utils.Database, assignments: str, values: tuple[Any, ...],
-             outbound_id: int, node_id: str, attempt: int) -> bool:
+             outbound_id: int, node_id: str, attempt: int,
+             also: Callable[[Any], None] | None = None) -> bool:
+    """`also`: more to write in the same transaction when the outcome was written."""
     with transaction(db) as conn:
         cur = conn.execute(f"UPDATE outbound SET {assignments}, lease_until=NULL WHERE {_HELD}",
                            (*values, outbound_id, node_id, attempt))
-        return cur.rowcount == 1
+        held = cur.rowcount == 1
+        if held and also is not None:
+            also(conn)
+        return held
 
 
 def mark_sent(db: sqlite_utils.Database, outbound_id: int, reply: str, *, node_id: str,
@@ -311,11 +316,13 @@ def mark_deferred(db: sqlite_utils.Database, outbound_id: int, error: str, delay
 
 
 def mark_failed(db: sqlite_utils.Database, outbound_id: int, error: str,
-                maybe_sent: bool = False, *, node_id: str, attempt: int) -> bool:
-    """The claim rule of `mark_sent`."""
+                maybe_sent: bool = False, *, node_id: str, attempt: int,
+                also: Callable[[Any], None] | None = None) -> bool:
+    """The claim rule of `mark_sent`. `also(conn)` writes what the failure causes (the
+    `outbound_failed` webhook event) in the same transaction."""
     return _outcome(db, "status='failed', last_error=?, updated_at=?, data_started_at=NULL,"
                     " maybe_sent=maybe_sent+?", (error, now_iso(), int(maybe_sent)),
-                    outbound_id, node_id, attempt)
+                    outbound_id, node_id, attempt, also)
 
 
 def mark_bounced(conn: sqlite3.Connection, outbound_id: int, status: str, diagnostic: str

@@ -11,8 +11,9 @@ compare them as text.
 This is the head of the schema. The Alembic baseline revision (migrations/versions/0001_*)
 is a frozen copy of it at v11, revision 0002 adds what several nodes share, 0003 an index of
 tickets by requester, 0004 what merging and splitting tickets need (`tickets.merged_into`),
-0005 the agents' accounts and who changed each ticket, 0007 the data-protection log
-(retention runs, customer exports and erasures); a later change to the schema is a
+0005 the agents' accounts and who changed each ticket, 0006 when a ticket was imported from a
+mail archive, 0007 the data-protection log (retention runs, customer exports and erasures),
+0008 the webhooks' outbox and attempts; a later change to the schema is a
 change here plus a new revision, and tests/test_schema.py checks that the two agree on both
 engines.
 """
@@ -388,4 +389,43 @@ data_actions = Table(  # retention runs, customer exports and erasures (never an
     Column("subject", Text),  # erased:<keyed hash of the address>; NULL for retention
     Column("details", Text),  # JSON: counts, ticket ids, why
     Index("idx_data_actions_action_at", "action", "at"),
+)
+
+# --- revision 0008: webhooks ---------------------------------------------------------------
+
+webhook_deliveries = Table(  # one event for one webhook: the outbox of POSTs
+    "webhook_deliveries", metadata,
+    _pk(),
+    Column("event", Text, nullable=False),
+    Column("webhook", Text, nullable=False),  # the [[webhooks]] name (default: its URL)
+    Column("url", Text),  # the webhook's URL when the event was written
+    Column("ticket_id", Id),
+    Column("payload", Text, nullable=False),  # the JSON body, exactly as POSTed
+    Column("state", Text, nullable=False),  # queued, delivered, failed
+    Column("attempts", Integer, nullable=False, server_default=ZERO),
+    Column("created_at", Text, nullable=False),
+    Column("created_ts", Float, nullable=False),
+    Column("next_attempt", Float, nullable=False, server_default=ZERO),
+    Column("last_error", Text),
+    Column("delivered_at", Text),
+    Column("claimed_by", Text),  # the node delivering it, until lease_until
+    Column("lease_until", Float),
+    Index("idx_webhook_deliveries_state_next_attempt", "state", "next_attempt"),
+    Index("idx_webhook_deliveries_ticket_id", "ticket_id"),
+)
+
+webhook_attempts = Table(  # each POST of a delivery: the audit of webhooks
+    "webhook_attempts", metadata,
+    _pk(),
+    Column("delivery_id", Id, nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("at", Text, nullable=False),
+    Column("node", Text),
+    Column("address", Text),  # the IP address connected to (after the SSRF check)
+    Column("status_code", Integer),
+    Column("outcome", Text, nullable=False),  # delivered, retry, failed
+    Column("error", Text),
+    Column("seconds", Float),
+    Index("idx_webhook_attempts_delivery_id_id", "delivery_id", "id"),
+    Index("idx_webhook_attempts_at", "at"),
 )
