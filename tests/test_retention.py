@@ -126,6 +126,14 @@ def test_closed_tickets_lose_files_but_keep_text(make_daemon: Callable[..., Daem
     try:
         db.execute("UPDATE audit_incoming SET received_at = ? WHERE queue_id = ?",
                    (ago(91), old_audit))
+        for days, name in ((91, "old"), (1, "new")):  # a webhook event delivered long ago
+            when = datetime.now(UTC) - timedelta(days=days)
+            db.execute("INSERT INTO webhook_deliveries (event, webhook, payload, state,"
+                       " attempts, created_at, created_ts) VALUES ('ticket_created', ?, '{}',"
+                       " 'delivered', 1, ?, ?)", (name, ago(days), when.timestamp()))
+            db.execute("INSERT INTO webhook_attempts (delivery_id, attempt, at, outcome)"
+                       " SELECT id, 1, ?, 'delivered' FROM webhook_deliveries WHERE webhook = ?",
+                       (ago(days), name))
     finally:
         db.close()
 
@@ -151,6 +159,8 @@ def test_closed_tickets_lose_files_but_keep_text(make_daemon: Callable[..., Daem
     message = old["messages"][0]["id"]
     assert "no raw .eml kept" in d.cli("tickets", "raw", str(message), "--out", "-", expect=1)
     assert d.json("audit", "incoming", "--queue-id", old_audit) == []
+    assert done["counts"]["webhook_attempts"] == done["counts"]["webhook_deliveries"] == 1
+    assert [r["webhook"] for r in d.json("audit", "webhooks")] == ["new"]
     [row] = d.json("audit", "data")
     assert row["action"] == "retention" and row["actor"] == "cli"
     assert row["details"]["tickets"] == [s.old] and row["details"]["counts"]["raw_files"] == 1

@@ -12,7 +12,8 @@ Input: the store (SQLite or PostgreSQL; its rows trusted), the node's `data_dir`
   is not closed is never touched; one with outgoing mail still queued or being retried is left
   for a later run; mail still in a spool is not in the store at all and never touched.
 - audit rows older than `audit_days` go: the incoming audit, finished outgoing mail, rule
-  evaluations, quarantine records (with their raw files) and ticket actions.
+  evaluations, quarantine records (with their raw files), ticket actions, webhook attempts and
+  finished webhook deliveries.
 
 Work goes in batches of `batch` tickets (audit rows: ten times that), one short transaction
 each, so a large database is never locked for long; on PostgreSQL each batch locks its tickets
@@ -41,7 +42,8 @@ FINISHED = ("sent", "failed", "bounced", "suppressed")  # outgoing mail that is 
 PENDING = ("queued", "sending", "deferred")
 TICKET_IDS_KEPT = 1000  # ticket ids named in one audit row (the counts cover all)
 COUNTS = ("tickets", "raw_files", "outgoing_raw", "attachments", "blobs", "messages",
-          "audit_incoming", "outbound", "rule_evaluations", "spam", "ticket_actions")
+          "audit_incoming", "outbound", "rule_evaluations", "spam", "ticket_actions",
+          "webhook_attempts", "webhook_deliveries")
 
 
 @dataclass
@@ -228,6 +230,11 @@ class _Run:
             ("rule_evaluations", "id", "at < ?", (before,)),
             ("ticket_actions", "id", "at < ?", (before,)),
             ("spam", "queue_id", "received_at < ?", (before,)),
+            ("webhook_attempts", "id", "at < ?", (before,)),
+            # a finished delivery goes once none of its attempts is left
+            ("webhook_deliveries", "id", "created_ts < ? AND state IN ('delivered', 'failed')"
+             " AND NOT EXISTS (SELECT 1 FROM webhook_attempts a"
+             " WHERE a.delivery_id = webhook_deliveries.id)", (before_ts,)),
         ):
             self._audit_table(table, key, where, params)
 
