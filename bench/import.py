@@ -1,15 +1,17 @@
 """Import benchmark: how fast does `mailgate import` take a big mbox, in how much memory?
 
-Usage: python bench/import.py [--sizes 10000,100000] [--batch 200]
+Usage: python bench/import.py [--sizes 10000,100000] [--batch 200] [--jobs N]
 
 Input:  command-line options only. For each size it writes a synthetic mbox in a temporary
         directory — conversations of three messages (a customer's mail, an agent's reply, the
         customer's answer; about 2 KB each, every tenth first mail with a 20 KB attachment),
         dated over the last years, written newest conversation first so the import has to sort
         them — and runs `mailgate import --json --quiet` on it in a new process, into a fresh
-        data directory on the embedded SQLite.
+        data directory on the embedded SQLite (`--jobs N`: its examining processes; default:
+        mailgate's, one per CPU).
 Output: on stdout, per size: messages, seconds, messages/s, the import process's peak RSS (its
-        own rusage), and the tickets made; then, measured in the same run as baselines, the
+        own rusage; the examining processes hold one batch each and are not counted), and the
+        tickets made; then, measured in the same run as baselines, the
         rate at which the same messages are merely read and parsed by mailgate's parser in one
         process (the part of the import's work that is not the database), the import's rate as
         a ratio of it, and the peak RSS of the biggest size as a ratio of the smallest's
@@ -71,7 +73,7 @@ def write_mbox(path: Path, messages: int) -> None:
                 out.write("\n")
 
 
-def run_import(workdir: Path, mbox: Path, batch: int) -> dict:
+def run_import(workdir: Path, mbox: Path, batch: int, jobs: int | None) -> dict:
     work = workdir / mbox.stem
     work.mkdir()
     config = write_mailgate_config(work, free_port(), "example.com", "support@example.com",
@@ -81,7 +83,8 @@ def run_import(workdir: Path, mbox: Path, batch: int) -> dict:
     with open(work / "out.json", "wb") as out, open(work / "err.txt", "wb") as err:
         proc = subprocess.Popen(
             [sys.executable, "-m", "mailgate", "--config", str(config), "import", str(mbox),
-             "--json", "--quiet", "--batch", str(batch)], stdout=out, stderr=err, cwd=work)
+             "--json", "--quiet", "--batch", str(batch),
+             *(["--jobs", str(jobs)] if jobs else [])], stdout=out, stderr=err, cwd=work)
         _pid, status, usage = os.wait4(proc.pid, 0)  # the child's own rusage: its peak RSS
     seconds = time.perf_counter() - started
     code = os.waitstatus_to_exitcode(status)
@@ -104,13 +107,13 @@ def parse_rate(mbox: Path, limit: int) -> float:
     return len(entries) / (time.perf_counter() - started)
 
 
-def bench(workdir: Path, sizes: list[int], batch: int) -> None:
+def bench(workdir: Path, sizes: list[int], batch: int, jobs: int | None) -> None:
     results = []
     for size in sizes:
         mbox = workdir / f"m{size}.mbox"
         write_mbox(mbox, size)
         messages = size // 3 * 3
-        got = run_import(workdir, mbox, batch)
+        got = run_import(workdir, mbox, batch, jobs)
         if got["imported"] != messages or got["tickets_created"] != messages // 3:
             raise BenchError(f"{size}: imported {got['imported']} of {messages} into"
                              f" {got['tickets_created']} tickets")
@@ -134,9 +137,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="10000,100000")
     parser.add_argument("--batch", type=int, default=200)
+    parser.add_argument("--jobs", type=int, default=None)
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
-    return run_in_workdir("mailgate-bench-import-", lambda w: bench(w, sizes, args.batch))
+    return run_in_workdir("mailgate-bench-import-",
+                          lambda w: bench(w, sizes, args.batch, args.jobs))
 
 
 if __name__ == "__main__":
