@@ -314,6 +314,7 @@ def test_an_agent_signs_in_with_a_password_and_replies_as_themselves(
                            for m in relay.messages), "Alice's reply never reached the relay")
 
     browser.get(base + "/audit/incoming")
-    assert "Not for your role" in browser.page_source
+    # under load chromium has been seen to hand back an empty page source for a moment
+    WebDriverWait(browser, 20).until(lambda b: "Not for your role" in b.page_source)
     screens.shot("agent-forbidden")
     no_alert(browser)
