@@ -40,23 +40,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import re
 import sqlite3
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import aiosmtplib
 
 from mailgate.config import Relay, Webhook
 from mailgate.errors import PermanentFailure, TemporaryFailure, temporary_cause
 from mailgate.ops import metrics
+from mailgate.outbound.queue_worker import QueueWorker
 from mailgate.store import webhooks as hooks
-from mailgate.store.connect import open_store
 from mailgate.store.outbound import (
     OutboundMail,
     claim_due,
@@ -72,7 +70,6 @@ from mailgate.store.outbound import (
 
 log = logging.getLogger("mailgate.outbound.relay")
 
-T = TypeVar("T")
 
 MAX_CONCURRENCY = 4
 RECORD_RETRY_FIRST = 0.1  # seconds before writing an outcome again after the database said no
@@ -142,7 +139,7 @@ def backoff(relay: Relay, attempts: int) -> float:
     return min(relay.retry_max_seconds, relay.retry_base_seconds * 2 ** max(0, attempts - 1))
 
 
-class RelayWorker:
+class RelayWorker(QueueWorker):
     """Delivers due outbox rows until `stop()`; see the module docstring."""
 
     def __init__(
@@ -173,11 +170,7 @@ class RelayWorker:
         self.hostname = hostname
         self.concurrency = max(1, min(MAX_CONCURRENCY, concurrency))
         self.idle_poll = max(0.05, min(1.0, idle_poll))
-        self.db = open_store(database)
-        self._db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="relay-db")
-        self._wake = asyncio.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stopping = False
+        super().__init__(database, "relay-db")
         # Health, for the admin endpoint and `doctor`.
         self.last_ok: bool | None = None  # the last attempt was accepted (or refused for good)
         self.last_attempt_at: float | None = None  # time.time() of the last attempt's end
@@ -186,45 +179,10 @@ class RelayWorker:
         self.deferred = 0
         self.failed = 0
 
-    # --- control (callable from any thread) ---------------------------------------------------
-
-    def wake(self) -> None:
-        """New mail is in the outbox: look now instead of at the next poll."""
-        loop = self._loop
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if loop is None or running is loop:
-            self._wake.set()
-        else:
-            with contextlib.suppress(RuntimeError):  # the loop is already closed
-                loop.call_soon_threadsafe(self._wake.set)
-
-    def stop(self) -> None:
-        """Let the mails in flight finish, then return from `run()`."""
-        self._stopping = True
-        self.wake()
-
-    def close(self) -> None:
-        """Release the database connection and its thread (after `run()` has returned)."""
-        self._db_thread.shutdown(wait=True)
-        self.db.close()
-
     # --- the loop -----------------------------------------------------------------------------
 
-    async def _in_db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._db_thread,
-                                          functools.partial(fn, self.db, *args, **kwargs))
-
-    async def _sleep(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), max(0.0, seconds))
-
     async def run(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._wake = asyncio.Event()  # bound to this loop
+        self._started()
         recovered = False
         settled_at = -float("inf")
         while not self._stopping:

@@ -22,17 +22,12 @@ neither the pipeline nor the SMTP side ever waits on a receiver.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import functools
 import hashlib
 import hmac
 import logging
 import random
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -40,12 +35,11 @@ import aiohttp
 from mailgate import __version__
 from mailgate.config import Webhook
 from mailgate.errors import temporary_cause
+from mailgate.outbound.queue_worker import QueueWorker
 from mailgate.outbound.webhook_guard import PinnedResolver, Refused, Unresolved, check_host
 from mailgate.store import webhooks as store
-from mailgate.store.connect import open_store
 
 log = logging.getLogger("mailgate.webhooks")
-T = TypeVar("T")
 
 CONCURRENCY = 8  # deliveries in flight at once
 LEASE_MARGIN = 30.0  # seconds a claim outlives the POST's own timeout
@@ -79,7 +73,7 @@ class _Outcome:
         self.outcome, self.error, self.status, self.address = outcome, error, status, address
 
 
-class WebhookWorker:
+class WebhookWorker(QueueWorker):
     """Delivers due webhook events until `stop()`; see the module docstring."""
 
     def __init__(self, database: Path | str, webhooks: tuple[Webhook, ...], *,
@@ -89,52 +83,20 @@ class WebhookWorker:
         self.node_id = node_id
         self.idle_poll = max(0.05, min(5.0, idle_poll))
         self.concurrency = max(1, concurrency)
-        self.db = open_store(database)
-        self._db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="webhook-db")
-        self._wake = asyncio.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stopping = False
+        super().__init__(database, "webhook-db")
         self._down = False
         self.delivered = 0
         self.failed = 0
         self.retried = 0
 
-    # --- control ------------------------------------------------------------------------------
-
-    def wake(self) -> None:
-        """New events may be queued: look now (callable from any thread)."""
-        loop = self._loop
-        if loop is None:
-            return
-        with contextlib.suppress(RuntimeError):  # the loop is already closed
-            loop.call_soon_threadsafe(self._wake.set)
-
-    def stop(self) -> None:
-        self._stopping = True
-        self.wake()
-
-    def close(self) -> None:
-        self._db_thread.shutdown(wait=True)
-        self.db.close()
-
     # --- the loop -----------------------------------------------------------------------------
-
-    async def _in_db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._db_thread,
-                                          functools.partial(fn, self.db, *args, **kwargs))
-
-    async def _sleep(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), max(0.0, seconds))
 
     def _lease(self) -> float:
         longest = max((w.timeout for w in self.webhooks), default=10.0)
         return longest + LEASE_MARGIN
 
     async def run(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._wake = asyncio.Event()
+        self._started()
         released = False
         while not self._stopping:
             self._wake.clear()
