@@ -199,10 +199,6 @@ def queue_id_for(digest: str) -> str:
     return f"{QUEUE_PREFIX}{digest[:21]}"
 
 
-def _ts_iso(ts: float) -> str:
-    return now_iso(ts)
-
-
 class Importer(Deliverer):
     """Stores an archive's messages in archive mode (see the module docstring). Shares the
     live deliverer's look-ups (threading, organizations, teams, copied participants)."""
@@ -359,11 +355,8 @@ class Importer(Deliverer):
               reason: str) -> None:
         self.counts.skipped[reason] += 1
         if base is not None:
-            record_incoming(conn, IncomingAudit(
-                base.envelope, "ignored", reason=f"archive import: skipped, {reason}",
-                message_id=base.message_id, from_addr=base.from_addr, subject=base.subject,
-                defects=base.defects, classification=base.classification,
-                details=base.details))
+            record_incoming(conn, replace(base, action="ignored",
+                                          reason=f"archive import: skipped, {reason}"))
 
     def _store(self, conn: sqlite3.Connection, archive: Archive, item: _Staged) -> int | None:
         """One message's rows; the ticket it went to (None: not imported)."""
@@ -391,7 +384,7 @@ class Importer(Deliverer):
         base = IncomingAudit(
             self._envelope(item, sender), "", message_id=parsed.message_id, from_addr=sender,
             subject=parsed.subject, defects=len(parsed.defects), classification=item.kind,
-            details={"import": {**source, "date": _ts_iso(when)}})
+            details={"import": {**source, "date": now_iso(when)}})
         if item.kind in SKIPPED_KINDS:
             self._skip(conn, item, base, SKIPPED_KINDS[item.kind])
             return None
@@ -399,12 +392,9 @@ class Importer(Deliverer):
             if parsed.message_id else None
         if existing is not None:
             self.counts.duplicate += 1
-            record_incoming(conn, IncomingAudit(
-                base.envelope, "duplicate", reason=(
-                    f"archive import: Message-ID <{parsed.message_id}> from {sender} with the"
-                    f" same content is already stored on ticket #{existing}"),
-                message_id=parsed.message_id, from_addr=sender, subject=parsed.subject,
-                ticket_id=existing, classification=item.kind, details=base.details))
+            record_incoming(conn, replace(base, action="duplicate", ticket_id=existing, reason=(
+                f"archive import: Message-ID <{parsed.message_id}> from {sender} with the"
+                f" same content is already stored on ticket #{existing}")))
             return None
         ours = self._is_ours(sender)
         match = forward_merged(conn, find_ticket(parsed, base.envelope.rcpt_to,
@@ -424,7 +414,7 @@ class Importer(Deliverer):
             else:
                 internal = (f"sender {sender} is not a participant of ticket #{ticket_id}"
                             " (imported from the archive)")
-        at = _ts_iso(when)
+        at = now_iso(when)
         if ticket_id is None:
             made = self._create_archived(conn, parsed, base.envelope, ours, at)
             if made is None:
@@ -451,10 +441,8 @@ class Importer(Deliverer):
             why += f", kept as an internal note: {internal}"
         if match.notes:
             why += "; " + "; ".join(match.notes)
-        record_incoming(conn, IncomingAudit(
-            base.envelope, action, reason=why, message_id=parsed.message_id, from_addr=sender,
-            subject=parsed.subject, ticket_id=ticket_id, message_row=row, matched_by=matched_by,
-            defects=len(parsed.defects), classification=item.kind, details=base.details))
+        record_incoming(conn, replace(base, action=action, reason=why, ticket_id=ticket_id,
+                                      message_row=row, matched_by=matched_by))
         self.counts.imported += 1
         self.counts.tickets.add(ticket_id)
         return ticket_id
