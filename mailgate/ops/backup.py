@@ -31,6 +31,7 @@ exist or be empty: a restore never mixes two installations.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -91,28 +92,27 @@ def _skipped(rel: Path) -> bool:
             or (name.startswith(".") and name.endswith(".tmp")))
 
 
-def _copy(source: Path, target: Path) -> tuple[int, str]:
-    """Copy a file, returning its size and SHA-256."""
-    target.parent.mkdir(parents=True, exist_ok=True)
+def _hash(path: Path, copy_to: Path | None = None) -> tuple[int, str]:
+    """A file's size and SHA-256, read once; with `copy_to`, written there on the way."""
     digest = hashlib.sha256()
     size = 0
-    with open(source, "rb") as src, open(target, "wb") as dst:
+    with contextlib.ExitStack() as files:
+        src = files.enter_context(open(path, "rb"))
+        dst = files.enter_context(open(copy_to, "wb")) if copy_to is not None else None
         while chunk := src.read(CHUNK):
             digest.update(chunk)
-            dst.write(chunk)
             size += len(chunk)
+            if dst is not None:
+                dst.write(chunk)
+    return size, digest.hexdigest()
+
+
+def _copy(source: Path, target: Path) -> tuple[int, str]:
+    """Copy a file (with its times and mode), returning its size and SHA-256."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    found = _hash(source, target)
     shutil.copystat(source, target)
-    return size, digest.hexdigest()
-
-
-def _hash(path: Path) -> tuple[int, str]:
-    digest = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as handle:
-        while chunk := handle.read(CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-    return size, digest.hexdigest()
+    return found
 
 
 def _snapshot(source: Path, target: Path) -> None:
